@@ -1,0 +1,195 @@
+"""Reading and writing images: NIfTI for 3D, PNG (grey or RGB in one file) for 2D.
+
+Every reader checks what would otherwise surface later as a traceback (unreadable or truncated file,
+NaN or infinite voxels) and raises :class:`UnetzooError` naming the file. Every writer writes to a
+temporary name in the target folder and renames it, so a killed process never leaves a half-written file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from unetzoo.errors import file_error
+
+NIFTI_ENDINGS = (".nii.gz", ".nii")
+PNG_ENDINGS = (".png",)
+SUPPORTED_ENDINGS = NIFTI_ENDINGS + PNG_ENDINGS
+
+
+def file_ending(path: str | os.PathLike) -> str:
+    """The image ending of ``path`` (``.nii.gz``, ``.nii`` or ``.png``); raises for anything else."""
+    name = str(path).lower()
+    for ending in SUPPORTED_ENDINGS:
+        if name.endswith(ending):
+            return ending
+    raise file_error(path, f"unsupported file type (expected one of {', '.join(SUPPORTED_ENDINGS)})")
+
+
+def strip_ending(path: str | os.PathLike) -> str:
+    """File name without its image ending: ``case_0000.nii.gz`` -> ``case_0000``."""
+    name = Path(path).name
+    return name[: len(name) - len(file_ending(name))]
+
+
+@dataclass
+class Image:
+    """An image as arrays plus the geometry needed to write a result back exactly.
+
+    ``array`` is channel-first ``(C, *spatial)`` for images and ``(*spatial)`` for label maps.
+    ``affine`` is the 4x4 voxel-to-world matrix (identity for PNG). ``header`` is the NIfTI header
+    of the file (``None`` for PNG) so that outputs keep it.
+    """
+
+    array: np.ndarray
+    affine: np.ndarray
+    path: Path
+    header: object = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        return tuple(self.array.shape[-self.spatial_dims:])
+
+    @property
+    def spatial_dims(self) -> int:
+        return 2 if file_ending(self.path) in PNG_ENDINGS else 3
+
+    @property
+    def spacing(self) -> tuple[float, ...]:
+        return voxel_spacing(self.affine, self.spatial_dims)
+
+
+def voxel_spacing(affine: np.ndarray, spatial_dims: int = 3) -> tuple[float, ...]:
+    """Voxel size along each array axis, read from the columns of the affine."""
+    return tuple(float(s) for s in np.linalg.norm(np.asarray(affine)[:3, :spatial_dims], axis=0))
+
+
+def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray, object]:
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(path))
+        data = np.asarray(img.dataobj, dtype=np.float32)
+    except FileNotFoundError:
+        raise file_error(path, "file not found") from None
+    except Exception as exc:  # nibabel raises many types for truncated/corrupt files
+        raise file_error(path, f"cannot read NIfTI file ({type(exc).__name__}: {exc}); the file is corrupt or truncated") from None
+    return data, np.asarray(img.affine, dtype=np.float64), img.header
+
+
+def _read_png(path: Path) -> np.ndarray:
+    from PIL import Image as PILImage
+
+    try:
+        with PILImage.open(path) as pil:
+            pil.load()
+            if pil.mode in ("RGBA", "LA", "P", "CMYK"):
+                pil = pil.convert("RGB" if pil.mode != "LA" else "L")
+            data = np.asarray(pil)
+    except FileNotFoundError:
+        raise file_error(path, "file not found") from None
+    except Exception as exc:
+        raise file_error(path, f"cannot read PNG file ({type(exc).__name__}: {exc}); the file is corrupt or truncated") from None
+    return data.astype(np.float32)
+
+
+def read_array(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, object]:
+    """Read one file as ``(data, affine, header)``; data is spatial-first (channels, if any, last)."""
+    path = Path(path)
+    if not path.exists():
+        raise file_error(path, "file not found")
+    if file_ending(path) in NIFTI_ENDINGS:
+        data, affine, header = _read_nifti(path)
+    else:
+        data, affine, header = _read_png(path), np.eye(4), None
+    if not np.all(np.isfinite(data)):
+        bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
+        raise file_error(path, f"contains {bad} NaN or infinite voxel(s)")
+    return data, affine, header
+
+
+def read_image(paths: list[str | os.PathLike] | str | os.PathLike, spatial_dims: int | None = None) -> Image:
+    """Read one case's image as channel-first ``(C, *spatial)``.
+
+    ``paths`` is one file per channel (nnU-Net ``CASE_0000``, ``CASE_0001`` ...) or a single file whose
+    extra trailing axis holds the channels (MSD 4D NIfTI, RGB PNG). All channel files must share one shape.
+    """
+    paths = [Path(p) for p in (paths if isinstance(paths, (list, tuple)) else [paths])]
+    channels, affine, header = [], None, None
+    for path in paths:
+        data, file_affine, file_header = read_array(path)
+        dims = spatial_dims or (2 if file_ending(path) in PNG_ENDINGS else 3)
+        if data.ndim == dims:
+            data = data[None]
+        elif data.ndim == dims + 1:
+            data = np.moveaxis(data, -1, 0)
+        else:
+            raise file_error(path, f"expected a {dims}D image (optionally with channels), got an array of shape {data.shape}")
+        if channels and data.shape[1:] != channels[0].shape[1:]:
+            raise file_error(path, f"shape {data.shape[1:]} differs from the first channel's shape {channels[0].shape[1:]}")
+        channels.append(data)
+        if affine is None:
+            affine, header = file_affine, file_header
+    return Image(np.concatenate(channels, axis=0), affine, paths[0], header)
+
+
+def read_label(path: str | os.PathLike, spatial_dims: int | None = None) -> Image:
+    """Read a label map as integers ``(*spatial)``; non-integer values are an error."""
+    path = Path(path)
+    data, affine, header = read_array(path)
+    dims = spatial_dims or (2 if file_ending(path) in PNG_ENDINGS else 3)
+    if data.ndim == dims + 1 and file_ending(path) in PNG_ENDINGS:
+        data = data[..., 0]  # an RGB-saved mask: the channels are copies
+    if data.ndim != dims:
+        raise file_error(path, f"expected a {dims}D label map, got an array of shape {data.shape}")
+    rounded = np.rint(data)
+    if not np.array_equal(rounded, data):
+        raise file_error(path, "label map has non-integer values")
+    return Image(rounded.astype(np.int16), affine, path, header)
+
+
+def _atomic_target(out_path: Path):
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix="_" + out_path.name, dir=out_path.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def write_label_like(label: np.ndarray, reference: Image, out_path: str | os.PathLike) -> Path:
+    """Write a label map with the reference image's geometry (shape, affine, header), atomically."""
+    out_path = Path(out_path)
+    if tuple(label.shape) != reference.spatial_shape:
+        raise ValueError(f"label shape {label.shape} != reference shape {reference.spatial_shape}")
+    dtype = np.uint8 if label.max(initial=0) < 256 and label.min(initial=0) >= 0 else np.int16
+    return write_array(label.astype(dtype), out_path, reference.affine, reference.header)
+
+
+def write_array(data: np.ndarray, out_path: str | os.PathLike, affine: np.ndarray | None = None, header=None) -> Path:
+    """Write ``data`` (spatial-first) to NIfTI or PNG according to the ending, atomically."""
+    out_path = Path(out_path)
+    tmp = _atomic_target(out_path)  # same folder, same ending: the rename is atomic
+    try:
+        if file_ending(out_path) in NIFTI_ENDINGS:
+            import nibabel as nib
+
+            affine = affine if affine is not None else np.eye(4)
+            img = nib.Nifti1Image(data, affine, header=header.copy() if header is not None else None)
+            img.set_data_dtype(data.dtype)
+            img.header.set_slope_inter(1, 0)  # labels/probabilities are stored unscaled
+            if header is not None:
+                img.set_qform(affine, code=int(header["qform_code"]) or 1)
+                img.set_sform(affine, code=int(header["sform_code"]) or 1)
+            nib.save(img, str(tmp))
+        else:
+            from PIL import Image as PILImage
+
+            PILImage.fromarray(data).save(tmp, format="PNG")
+        os.replace(tmp, out_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out_path

@@ -1,0 +1,70 @@
+"""Model registry: ``register`` a builder under a name, ``create_model`` by name, ``list_models``.
+
+As in timm and segmentation_models_pytorch, every model is reachable through one factory, and an unknown
+name is an error that lists the valid ones. Each entry also names the paper it comes from and the
+*method* that trains and runs it (``dense``, ``implicit``, ...; see ``unetzoo.methods``).
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Callable
+
+from torch import nn
+
+from unetzoo.errors import UnetzooError
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    builder: Callable[..., nn.Module]
+    description: str
+    paper: str
+    method: str = "dense"
+    spatial_dims: tuple[int, ...] = (2, 3)
+
+    def accepts(self, argument: str) -> bool:
+        """Whether the builder takes ``argument`` (used to fill patch-dependent defaults such as depth)."""
+        return argument in inspect.signature(self.builder).parameters
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register(name: str, *, description: str, paper: str, method: str = "dense", spatial_dims: tuple[int, ...] = (2, 3)):
+    """Decorator: register ``builder(spatial_dims, in_channels, out_channels, **kwargs) -> nn.Module``."""
+
+    def decorator(builder):
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is registered twice")
+        _REGISTRY[name] = ModelEntry(name, builder, description, paper, method, tuple(spatial_dims))
+        return builder
+
+    return decorator
+
+
+def list_models() -> list[str]:
+    """Names of every registered model, sorted."""
+    return sorted(_REGISTRY)
+
+
+def model_info(name: str) -> ModelEntry:
+    """The registry entry of ``name``; an unknown name raises an error listing the valid ones."""
+    if name not in _REGISTRY:
+        raise UnetzooError(f"unknown model {name!r}; valid models: {', '.join(list_models())}")
+    return _REGISTRY[name]
+
+
+def create_model(name: str, spatial_dims: int = 3, in_channels: int = 1, out_channels: int = 2, **kwargs) -> nn.Module:
+    """Build model ``name`` for ``spatial_dims``-D inputs with the given channels; ``kwargs`` override its defaults.
+
+    Example::
+
+        net = create_model("unet", spatial_dims=2, in_channels=1, out_channels=3)
+    """
+    entry = model_info(name)
+    if spatial_dims not in entry.spatial_dims:
+        raise UnetzooError(f"model {name!r} supports spatial_dims {entry.spatial_dims}, not {spatial_dims}")
+    return entry.builder(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, **kwargs)

@@ -1,0 +1,146 @@
+"""nnU-Net's plain convolutional U-Net (2D and 3D) and the slice-by-slice 2D U-Net baseline.
+
+``unet`` is the "equivalent standard 3D U-Net" of implicit-unet.md (its reference [7], nnU-Net): two
+conv-InstanceNorm-LeakyReLU units per stage, strided-conv downsampling, transposed-conv upsampling,
+widths 32-64-128-256-320-320 and deep supervision (one 1x1 head per decoder level, weights 1/2^i).
+``unet2d-slices`` is the 2D U-Net of random-2.5d-unet.md: the same 2D network applied to every slice of a
+volume along one axis, the slices stacked back.
+"""
+
+from __future__ import annotations
+
+import torch
+from monai.networks.layers.factories import Conv
+from torch import nn
+
+from unetzoo.models.blocks import ConvStage, crop_to, init_he, pad_to_multiple, stage_widths
+from unetzoo.models.registry import register
+
+
+class PlainConvEncoder(nn.Module):
+    """Stages of conv units; every stage but the first halves the resolution with a strided conv.
+
+    ``forward`` returns the feature map of every stage, finest first (the skips of a U-Net, or the
+    multi-scale features that implicit-unet gathers at points).
+    """
+
+    def __init__(self, spatial_dims: int, in_channels: int, widths: list[int], convs_per_stage: list[int]):
+        super().__init__()
+        if len(widths) != len(convs_per_stage):
+            raise ValueError(f"{len(widths)} widths but {len(convs_per_stage)} conv counts")
+        self.widths = list(widths)
+        self.stages = nn.ModuleList(
+            ConvStage(spatial_dims, in_channels if i == 0 else widths[i - 1], width, n_convs, stride=1 if i == 0 else 2)
+            for i, (width, n_convs) in enumerate(zip(widths, convs_per_stage))
+        )
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        features = []
+        for stage in self.stages:
+            x = stage(x)
+            features.append(x)
+        return features
+
+
+class PlainConvDecoder(nn.Module):
+    """Transposed-conv upsampling, concatenation with the skip, conv stage; a 1x1 head at every level."""
+
+    def __init__(self, spatial_dims: int, widths: list[int], out_channels: int, convs_per_stage: int = 2):
+        super().__init__()
+        transposed = Conv[Conv.CONVTRANS, spatial_dims]
+        conv = Conv[Conv.CONV, spatial_dims]
+        levels = range(len(widths) - 2, -1, -1)  # from just above the bottleneck to the finest level
+        self.ups = nn.ModuleList(transposed(widths[i + 1], widths[i], 2, stride=2) for i in levels)
+        self.stages = nn.ModuleList(ConvStage(spatial_dims, 2 * widths[i], widths[i], convs_per_stage) for i in levels)
+        self.heads = nn.ModuleList(conv(widths[i], out_channels, 1) for i in levels)
+
+    def forward(self, features: list[torch.Tensor], all_levels: bool) -> list[torch.Tensor]:
+        """Logits, finest level first; only the finest unless ``all_levels`` (deep supervision)."""
+        x = features[-1]
+        outputs = []
+        for up, stage, head, skip in zip(self.ups, self.stages, self.heads, reversed(features[:-1])):
+            x = stage(torch.cat([up(x), skip], dim=1))
+            if all_levels or skip is features[0]:
+                outputs.append(head(x))
+        return outputs[::-1]
+
+
+class UNet(nn.Module):
+    """nnU-Net-style plain conv U-Net for 2D and 3D (``spatial_dims``).
+
+    Accepts any input size: pads the spatial axes to a multiple of ``2**(n_stages-1)`` and crops back.
+    In training mode with ``deep_supervision`` it returns a list of logits, full resolution first, then
+    1/2, 1/4, ... (one per decoder level); otherwise the full-resolution logits.
+
+    Example::
+
+        net = UNet(spatial_dims=3, in_channels=1, out_channels=3, n_stages=4)
+        logits = net.eval()(torch.zeros(1, 1, 37, 50, 35))  # -> (1, 3, 37, 50, 35)
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        n_stages: int = 6,
+        base_features: int = 32,
+        max_features: int = 320,
+        convs_per_stage: int = 2,
+        deep_supervision: bool = True,
+    ):
+        super().__init__()
+        widths = stage_widths(n_stages, base_features, max_features)
+        self.spatial_dims = spatial_dims
+        self.deep_supervision = deep_supervision
+        self.encoder = PlainConvEncoder(spatial_dims, in_channels, widths, [convs_per_stage] * n_stages)
+        self.decoder = PlainConvDecoder(spatial_dims, widths, out_channels, convs_per_stage)
+        self.divisor = 2 ** (n_stages - 1)
+        self.apply(init_he)
+
+    def forward(self, x: torch.Tensor):
+        x, shape = pad_to_multiple(x, self.divisor)
+        outputs = self.decoder(self.encoder(x), all_levels=self.training and self.deep_supervision)
+        outputs = [crop_to(out, [-(-s // 2**level) for s in shape]) for level, out in enumerate(outputs)]
+        return outputs if self.training and self.deep_supervision else outputs[0]
+
+
+class SliceWise(nn.Module):
+    """Apply a 2D network to every slice of a 3D input along ``axis`` (0, 1 or 2 of D, H, W) and stack.
+
+    Slices travel through the 2D network as one batch, so a (B, C, D, H, W) input costs one 2D forward
+    of batch B*D. Deep-supervision lists are stacked level by level.
+    """
+
+    def __init__(self, net2d: nn.Module, axis: int = 0):
+        super().__init__()
+        if axis not in (0, 1, 2):
+            raise ValueError(f"slice axis must be 0, 1 or 2, got {axis}")
+        self.net2d = net2d
+        self.axis = axis
+
+    def forward(self, x: torch.Tensor):
+        dim = 2 + self.axis
+        moved = x.movedim(dim, 1)  # (B, S, C, a, b)
+        b, s = moved.shape[:2]
+        out = self.net2d(moved.reshape(b * s, *moved.shape[2:]))
+
+        def restack(y):
+            return y.reshape(b, s, *y.shape[1:]).movedim(1, dim)
+
+        return [restack(y) for y in out] if isinstance(out, list) else restack(out)
+
+
+@register("unet", description="nnU-Net-style plain conv U-Net with deep supervision", paper="Isensee et al., nnU-Net, Nat Methods 2021 (implicit-unet.md ref. [7])")
+def unet(spatial_dims: int, in_channels: int, out_channels: int, **kwargs) -> nn.Module:
+    return UNet(spatial_dims, in_channels, out_channels, **kwargs)
+
+
+@register(
+    "unet2d-slices",
+    description="2D U-Net applied slice by slice to volumes (the 2D baseline)",
+    paper="Angermann et al., random-2.5d-unet.md (2D slice-by-slice baseline)",
+)
+def unet2d_slices(spatial_dims: int, in_channels: int, out_channels: int, slice_axis: int = 0, **kwargs) -> nn.Module:
+    net2d = UNet(2, in_channels, out_channels, **kwargs)
+    return net2d if spatial_dims == 2 else SliceWise(net2d, slice_axis)
