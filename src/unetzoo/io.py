@@ -193,3 +193,20 @@ def write_array(data: np.ndarray, out_path: str | os.PathLike, affine: np.ndarra
     finally:
         tmp.unlink(missing_ok=True)
     return out_path
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write a file (PNG plot, checkpoint bytes) atomically."""
+    path = Path(path)
+    tmp = _atomic_target(path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write a text file (JSON, CSV, Markdown) atomically."""
+    return write_bytes(path, text.encode())

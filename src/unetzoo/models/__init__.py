@@ -1,6 +1,7 @@
 """Networks. Importing this package registers every model (one module per architecture)."""
 
 from unetzoo.models import unet  # noqa: F401  (registers unet, unet2d-slices)
+from unetzoo.models import unetpp, sd_unet  # noqa: F401
 from unetzoo.models.registry import create_model, list_models, model_info, register
 
 __all__ = ["create_model", "list_models", "model_info", "register"]

@@ -34,7 +34,8 @@ _REGISTRY: dict[str, ModelEntry] = {}
 
 
 def register(name: str, *, description: str, paper: str, method: str = "dense", spatial_dims: tuple[int, ...] = (2, 3)):
-    """Decorator: register ``builder(spatial_dims, in_channels, out_channels, **kwargs) -> nn.Module``."""
+    """Decorator: register ``builder(spatial_dims, in_channels, out_channels, **kwargs) -> nn.Module`` (a class or a
+    function; name the patch-dependent arguments such as ``n_stages`` explicitly so the pipeline can fill them)."""
 
     def decorator(builder):
         if name in _REGISTRY:

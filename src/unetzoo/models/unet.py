@@ -65,6 +65,7 @@ class PlainConvDecoder(nn.Module):
         return outputs[::-1]
 
 
+@register("unet", description="nnU-Net-style plain conv U-Net with deep supervision", paper="Isensee et al., nnU-Net, Nat Methods 2021 (implicit-unet.md ref. [7])")
 class UNet(nn.Module):
     """nnU-Net-style plain conv U-Net for 2D and 3D (``spatial_dims``).
 
@@ -131,16 +132,15 @@ class SliceWise(nn.Module):
         return [restack(y) for y in out] if isinstance(out, list) else restack(out)
 
 
-@register("unet", description="nnU-Net-style plain conv U-Net with deep supervision", paper="Isensee et al., nnU-Net, Nat Methods 2021 (implicit-unet.md ref. [7])")
-def unet(spatial_dims: int, in_channels: int, out_channels: int, **kwargs) -> nn.Module:
-    return UNet(spatial_dims, in_channels, out_channels, **kwargs)
-
-
 @register(
     "unet2d-slices",
     description="2D U-Net applied slice by slice to volumes (the 2D baseline)",
     paper="Angermann et al., random-2.5d-unet.md (2D slice-by-slice baseline)",
+    method="slices",
 )
-def unet2d_slices(spatial_dims: int, in_channels: int, out_channels: int, slice_axis: int = 0, **kwargs) -> nn.Module:
-    net2d = UNet(2, in_channels, out_channels, **kwargs)
+def unet2d_slices(
+    spatial_dims: int, in_channels: int, out_channels: int, slice_axis: int = 0, n_stages: int = 6, deep_supervision: bool = True, **kwargs
+) -> nn.Module:
+    """A 2D :class:`UNet` (same defaults) wrapped in :class:`SliceWise` for volumes; a plain 2D U-Net for 2D data."""
+    net2d = UNet(2, in_channels, out_channels, n_stages=n_stages, deep_supervision=deep_supervision, **kwargs)
     return net2d if spatial_dims == 2 else SliceWise(net2d, slice_axis)

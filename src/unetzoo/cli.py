@@ -1,0 +1,198 @@
+"""The ``unetzoo`` command: a thin shell over the library's functions.
+
+A problem with the user's input (a bad file, a wrong option) ends the command with one line on stderr
+naming the file and the problem, and exit status 2; never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from unetzoo.errors import UnetzooError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="unetzoo", description="U-Net variants for 2D/3D medical image segmentation: train, predict, evaluate, benchmark, report.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("models", help="list the registered models")
+
+    p = sub.add_parser("phantom", help="write a synthetic dataset (nnU-Net layout)")
+    p.add_argument("kind", choices=["organs", "nuclei"], help="organs: 3D NIfTI volumes; nuclei: 2D RGB PNG")
+    p.add_argument("out", type=Path)
+    p.add_argument("--cases", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("train", help="train a model on one cross-validation fold of a dataset folder")
+    p.add_argument("data", type=Path, help="dataset folder (MSD or nnU-Net v2 layout)")
+    p.add_argument("--model", help="model name (see `unetzoo models`); default unet")
+    p.add_argument("--out", type=Path, required=True, help="run folder")
+    p.add_argument("--fold", type=int)
+    p.add_argument("--folds", type=int, help="number of cross-validation folds (default 5)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--iters-per-epoch", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--patch", type=int, nargs="+", metavar="N", help="patch size (D H W, or H W in 2D); default from the data")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--optimizer", choices=["adamw", "sgd"])
+    p.add_argument("--max-minutes", type=float, help="stop training after this many minutes (then validate)")
+    p.add_argument("--device", choices=["cpu", "cuda"])
+    p.add_argument("--devices", type=int, help="number of devices (DDP through Lightning; CPU processes over gloo)")
+    p.add_argument("--precision", help="32-true, bf16-mixed or 16-mixed")
+    p.add_argument("--num-workers", type=int, help="data-loading worker processes")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="override any config field, e.g. --set augment.elastic_p=0.2 --set model_args.n_stages=5")
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint_last.pt")
+
+    p = sub.add_parser("predict", help="predict a folder or one file with a trained run")
+    p.add_argument("run", type=Path)
+    p.add_argument("input", type=Path)
+    p.add_argument("output", type=Path)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--overwrite", action="store_true", help="redo cases already predicted")
+    p.add_argument("--save-probabilities", action="store_true", help="also write CASE.npz with the class probabilities")
+    p.add_argument("--mirror", action="store_true", default=None, help="test-time mirroring over every axis")
+    p.add_argument("--overlap", type=float, help="sliding-window overlap (default from the run: 0.3)")
+
+    p = sub.add_parser("evaluate", help="compare predictions with reference labels")
+    p.add_argument("pred", type=Path)
+    p.add_argument("labels", type=Path)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--labels-ids", type=int, nargs="+", help="label ids to evaluate (default: every nonzero value found)")
+    p.add_argument("--nsd-tolerance", type=float, default=1.0, help="normalised surface Dice tolerance in mm")
+
+    p = sub.add_parser("demo", help="the whole pipeline on a synthetic dataset: phantom, train, predict, evaluate")
+    p.add_argument("out", type=Path)
+    p.add_argument("--model", default="unet")
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    return parser
+
+
+def _config_from_args(args):
+    from unetzoo.config import Config
+
+    saved = args.out / "config.json"
+    config = Config.load(saved) if args.resume and saved.is_file() else Config()
+    flags = {
+        "model": ("model",),
+        "fold": ("fold",),
+        "seed": ("seed",),
+        "folds": ("data", "folds"),
+        "patch": ("data", "patch_size"),
+        "num_workers": ("data", "num_workers"),
+        "epochs": ("train", "epochs"),
+        "iters_per_epoch": ("train", "iters_per_epoch"),
+        "batch_size": ("train", "batch_size"),
+        "lr": ("train", "lr"),
+        "optimizer": ("train", "optimizer"),
+        "max_minutes": ("train", "max_minutes"),
+        "device": ("train", "device"),
+        "devices": ("train", "devices"),
+        "precision": ("train", "precision"),
+    }
+    for flag, path in flags.items():
+        value = getattr(args, flag)
+        if value is not None:
+            target = config
+            for part in path[:-1]:
+                target = getattr(target, part)
+            setattr(target, path[-1], value)
+    for assignment in args.set:
+        config.set(assignment)
+    return config
+
+
+def _models() -> None:
+    from unetzoo.models import list_models, model_info
+
+    rows = [(n, model_info(n)) for n in list_models()]
+    width = max(len(n) for n, _ in rows)
+    for name, entry in rows:
+        dims = "/".join(f"{d}D" for d in entry.spatial_dims)
+        print(f"{name:<{width}}  {dims:<5}  {entry.method:<8}  {entry.description}  [{entry.paper}]")
+
+
+def _demo(args) -> None:
+    from unetzoo.config import Config
+    from unetzoo.data.phantoms import write_organs_phantom
+    from unetzoo.evaluation import evaluate_folder
+    from unetzoo.inference import predict
+    from unetzoo.training import train
+
+    data = write_organs_phantom(args.out / "data", cases=10, seed=0)
+    config = Config(model=args.model)
+    config.data.folds = 5
+    config.data.num_workers = 0
+    config.train.epochs = args.epochs
+    config.train.iters_per_epoch = 25
+    config.train.lr = 1e-3
+    config.train.device = args.device
+    config.data.patch_size = [32, 32, 32]
+    run = train(data, args.out / "run", config, resume=(args.out / "run" / "checkpoint_last.pt").is_file())
+    predict(run, data / "imagesTr", args.out / "predictions", device=args.device)
+    summary = evaluate_folder(args.out / "predictions", data / "labelsTr", args.out / "evaluation")
+    print(f"demo: mean Dice over all {len(summary['cases'])} cases (training cases included) {summary['foreground_mean']['Dice']:.3f}; "
+          f"held-out fold: see {run / 'validation' / 'summary.json'}; results in {args.out}")
+
+
+def run(argv=None) -> None:
+    args = _parser().parse_args(argv)
+    if args.command == "models":
+        _models()
+    elif args.command == "phantom":
+        from unetzoo.data.phantoms import write_nuclei_phantom, write_organs_phantom
+
+        writer = write_organs_phantom if args.kind == "organs" else write_nuclei_phantom
+        print(writer(args.out, cases=args.cases, seed=args.seed))
+    elif args.command == "train":
+        from unetzoo.training import train
+
+        train(args.data, args.out, _config_from_args(args), resume=args.resume)
+    elif args.command == "predict":
+        from unetzoo.inference import predict
+
+        written = predict(args.run, args.input, args.output, device=args.device, overwrite=args.overwrite,
+                          save_probabilities=args.save_probabilities, mirror=args.mirror, overlap=args.overlap)
+        print(f"{len(written)} prediction(s) in {args.output}")
+    elif args.command == "evaluate":
+        from unetzoo.evaluation import evaluate_folder
+
+        summary = evaluate_folder(args.pred, args.labels, args.out, label_ids=args.labels_ids, nsd_tolerance_mm=args.nsd_tolerance)
+        for label, metrics in summary["mean"].items():
+            print(f"label {label}: " + "  ".join(f"{k} {v:.4f}" if v is not None else f"{k} n/a" for k, v in metrics.items()))
+        print(f"summary: {args.out / 'summary.json'}")
+    elif args.command == "demo":
+        _demo(args)
+
+
+def user_error(exc: BaseException) -> UnetzooError | None:
+    """The UnetzooError behind ``exc`` (MONAI and Lightning wrap exceptions raised inside transforms)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, UnetzooError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def main(argv=None) -> int:
+    try:
+        run(argv)
+    except KeyboardInterrupt:
+        print("unetzoo: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        error = user_error(exc)
+        if error is None:
+            raise
+        print(f"unetzoo: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""Dataset folders in the two layouts users already have: Medical Segmentation Decathlon and nnU-Net v2.
+
+- MSD: ``dataset.json`` with ``modality`` ({"0": "MRI"}), ``labels`` ({"0": "background", "1": ...}) and a
+  ``training`` list of ``{"image": "./imagesTr/NAME.nii.gz", "label": "./labelsTr/NAME.nii.gz"}``; a
+  multi-modal image is one 4D file with the channels last.
+- nnU-Net v2: ``dataset.json`` with ``channel_names``, ``labels`` (name -> int) and ``file_ending``; one file
+  per channel ``imagesTr/CASE_0000.ext``, ``CASE_0001.ext`` ...; labels ``labelsTr/CASE.ext``.
+  NIfTI for 3D, PNG (grey or RGB in one file) for 2D.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from unetzoo.errors import UnetzooError, file_error
+from unetzoo.io import PNG_ENDINGS, SUPPORTED_ENDINGS, file_ending, strip_ending
+
+
+@dataclass
+class Case:
+    name: str
+    images: list[Path]  # one file per channel (nnU-Net) or one file holding every channel (MSD, RGB PNG)
+    label: Path | None = None
+
+    def as_dict(self) -> dict:
+        item = {"image": [str(p) for p in self.images], "name": self.name}
+        if self.label is not None:
+            item["label"] = str(self.label)
+        return item
+
+
+@dataclass
+class Dataset:
+    root: Path
+    layout: str  # "msd" or "nnunet"
+    channel_names: list[str]  # modality of every input channel, e.g. ["MRI"], ["CT"], ["R", "G", "B"]
+    labels: dict[int, str]  # label id -> name, background included
+    file_ending: str
+    cases: list[Case]
+
+    @property
+    def spatial_dims(self) -> int:
+        return 2 if self.file_ending in PNG_ENDINGS else 3
+
+    @property
+    def num_classes(self) -> int:
+        return max(self.labels) + 1
+
+    def case(self, name: str) -> Case:
+        for case in self.cases:
+            if case.name == name:
+                return case
+        raise UnetzooError(f"{self.root}: no case named {name!r}")
+
+
+def load_dataset(root: str | Path) -> Dataset:
+    """Read ``root/dataset.json`` and list the training cases; MSD or nnU-Net layout is detected."""
+    root = Path(root)
+    meta_path = root / "dataset.json"
+    if not root.is_dir():
+        raise file_error(root, "dataset folder not found")
+    if not meta_path.is_file():
+        raise file_error(meta_path, "missing dataset.json (expected the MSD or nnU-Net v2 layout)")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise file_error(meta_path, f"invalid JSON ({exc})") from None
+    if "labels" not in meta:
+        raise file_error(meta_path, "no 'labels' entry")
+    if "training" in meta and "channel_names" not in meta:
+        dataset = _load_msd(root, meta, meta_path)
+    elif "channel_names" in meta:
+        dataset = _load_nnunet(root, meta, meta_path)
+    else:
+        raise file_error(meta_path, "neither an MSD ('training' list) nor an nnU-Net v2 ('channel_names') dataset.json")
+    if not dataset.cases:
+        raise file_error(root / "imagesTr", "no training cases found")
+    if 0 not in dataset.labels:
+        raise file_error(meta_path, "the labels must include background as 0")
+    return dataset
+
+
+def _int_labels(meta: dict, meta_path: Path, msd: bool) -> dict[int, str]:
+    try:
+        if msd:
+            return {int(k): str(v) for k, v in meta["labels"].items()}
+        return {int(v): str(k) for k, v in meta["labels"].items()}
+    except (TypeError, ValueError):
+        raise file_error(meta_path, "labels must map ids to names (MSD) or names to integer ids (nnU-Net)") from None
+
+
+def _load_msd(root: Path, meta: dict, meta_path: Path) -> Dataset:
+    modality = meta.get("modality", {"0": "MRI"})
+    channels = [modality[k] for k in sorted(modality, key=int)]
+    cases = []
+    for entry in meta["training"]:
+        image = (root / entry["image"]).resolve()
+        label = (root / entry["label"]).resolve()
+        for path in (image, label):
+            if not path.is_file():
+                raise file_error(path, f"listed in {meta_path.name} but missing")
+        cases.append(Case(strip_ending(image), [image], label))
+    ending = file_ending(cases[0].images[0]) if cases else ".nii.gz"
+    return Dataset(root, "msd", channels, _int_labels(meta, meta_path, msd=True), ending, cases)
+
+
+def _load_nnunet(root: Path, meta: dict, meta_path: Path) -> Dataset:
+    channels = [meta["channel_names"][k] for k in sorted(meta["channel_names"], key=int)]
+    ending = meta.get("file_ending", ".nii.gz")
+    if ending not in SUPPORTED_ENDINGS:
+        raise file_error(meta_path, f"file_ending {ending!r} not supported (use one of {', '.join(SUPPORTED_ENDINGS)})")
+    if ending in PNG_ENDINGS and channels in (["R", "G", "B"], ["r", "g", "b"]):
+        channels_in_files = 1  # nnU-Net's NaturalImage2DIO: RGB in one file
+    else:
+        channels_in_files = len(channels)
+    cases = []
+    for case_name, images in sorted(group_channel_files(root / "imagesTr", ending).items()):
+        if len(images) != channels_in_files:
+            raise file_error(root / "imagesTr" / f"{case_name}_0000{ending}", f"case has {len(images)} channel file(s), dataset.json lists {len(channels)} channel(s)")
+        label = root / "labelsTr" / f"{case_name}{ending}"
+        if not label.is_file():
+            raise file_error(label, "label file missing for this training case")
+        cases.append(Case(case_name, images, label))
+    return Dataset(root, "nnunet", channels, _int_labels(meta, meta_path, msd=False), ending, cases)
+
+
+def group_channel_files(folder: Path, ending: str) -> dict[str, list[Path]]:
+    """``CASE_0000.ext``, ``CASE_0001.ext`` ... grouped by case, channels in order."""
+    if not folder.is_dir():
+        raise file_error(folder, "folder not found")
+    groups: dict[str, list[tuple[int, Path]]] = {}
+    for path in folder.iterdir():
+        if not path.name.endswith(ending) or path.name.startswith("."):
+            continue
+        stem = path.name[: -len(ending)]
+        case, _, channel = stem.rpartition("_")
+        if not case or not (channel.isdigit() and len(channel) == 4):
+            raise file_error(path, "image names must end in _XXXX (channel index), as CASE_0000" + ending)
+        groups.setdefault(case, []).append((int(channel), path))
+    return {case: [p for _, p in sorted(items)] for case, items in groups.items()}
+
+
+def prediction_inputs(input_path: str | Path, n_channel_files: int) -> dict[str, list[Path]]:
+    """Cases to predict from a folder (nnU-Net ``CASE_0000.ext`` or MSD ``NAME.ext`` files) or a single file."""
+    input_path = Path(input_path)
+    if input_path.is_file():
+        ending = file_ending(input_path)
+        stem = strip_ending(input_path)
+        case, _, channel = stem.rpartition("_")
+        if n_channel_files > 1 or (case and channel.isdigit() and len(channel) == 4):
+            files = group_channel_files(input_path.parent, ending)
+            return {case: files[case]}
+        return {stem: [input_path]}
+    if not input_path.is_dir():
+        raise file_error(input_path, "input not found")
+    files = sorted(p for p in input_path.iterdir() if not p.name.startswith(".") and p.name.lower().endswith(SUPPORTED_ENDINGS))
+    if not files:
+        raise file_error(input_path, f"no image files ({', '.join(SUPPORTED_ENDINGS)}) in this folder")
+    ending = file_ending(files[0])
+    stems = [strip_ending(p) for p in files]
+    if all(s.rpartition("_")[2].isdigit() and len(s.rpartition("_")[2]) == 4 for s in stems):
+        groups = group_channel_files(input_path, ending)
+        for case, paths in groups.items():
+            if len(paths) != n_channel_files:
+                raise file_error(paths[0], f"case {case!r} has {len(paths)} channel file(s), the model expects {n_channel_files}")
+        return groups
+    if n_channel_files > 1:
+        raise file_error(input_path, f"the model expects {n_channel_files} channel files per case, named CASE_0000{ending} ...")
+    return {s: [p] for s, p in zip(stems, files)}
+
+
+def make_splits(case_names: list[str], folds: int = 5, seed: int = 0) -> list[dict[str, list[str]]]:
+    """k-fold cross-validation splits, shuffled from ``seed`` (nnU-Net's ``splits_final.json`` format)."""
+    if folds < 2:
+        raise UnetzooError(f"cross-validation needs at least 2 folds, got {folds}")
+    if len(case_names) < folds:
+        raise UnetzooError(
+            f"the dataset has {len(case_names)} case(s), fewer than the {folds} folds requested; "
+            f"use --folds {max(2, len(case_names))} or fewer (each fold needs a validation case)"
+        )
+    names = sorted(case_names)
+    random.Random(seed).shuffle(names)
+    chunks = [names[i::folds] for i in range(folds)]
+    return [
+        {"train": sorted(n for j, chunk in enumerate(chunks) if j != k for n in chunk), "val": sorted(chunks[k])}
+        for k in range(folds)
+    ]

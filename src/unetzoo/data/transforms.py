@@ -1,0 +1,149 @@
+"""MONAI transform chains: load -> normalise -> orient (RAS) -> resample (deterministic, cached), then
+patch sampling and augmentation (random, every draw).
+
+Loading goes through :mod:`unetzoo.io` so a bad file is a one-line error naming it; the images become
+MONAI ``MetaTensor`` objects so that orientation and resampling are recorded and inverted at prediction
+time (``Invertd``), which puts predictions back in the input's exact geometry.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.transforms import (
+    Compose,
+    MapTransform,
+    Orientationd,
+    Rand2DElasticd,
+    Rand3DElasticd,
+    RandAdjustContrastd,
+    RandCropByPosNegLabeld,
+    RandFlipd,
+    RandGaussianNoised,
+    RandRotated,
+    RandZoomd,
+    Spacingd,
+    SpatialPadd,
+)
+
+from unetzoo.config import AugmentConfig
+from unetzoo.io import read_image, read_label
+
+RGB_NAMES = {"R", "G", "B", "RGB"}
+
+
+def _meta_tensor(array: np.ndarray, image) -> MetaTensor:
+    affine = torch.as_tensor(image.affine, dtype=torch.float64)
+    meta = {
+        "filename_or_obj": str(image.path),
+        "original_affine": affine.clone(),
+        "spatial_shape": np.array(image.spatial_shape),
+        "original_channel_dim": 0,
+    }
+    return MetaTensor(torch.from_numpy(np.ascontiguousarray(array)), affine=affine, meta=meta)
+
+
+class LoadCased(MapTransform):
+    """Read ``image`` (list of channel files) and optional ``label`` into channel-first MetaTensors."""
+
+    def __init__(self, spatial_dims: int):
+        super().__init__(["image", "label"], allow_missing_keys=True)
+        self.spatial_dims = spatial_dims
+
+    def __call__(self, data: dict) -> dict:
+        data = dict(data)
+        image = read_image(data["image"], self.spatial_dims)
+        data["image"] = _meta_tensor(image.array, image)
+        if "label" in data:
+            label = read_label(data["label"], self.spatial_dims)
+            data["label"] = _meta_tensor(label.array[None].astype(np.float32), label)
+        return data
+
+
+class NormalizeByModalityd(MapTransform):
+    """Per-channel normalisation chosen by modality (nnU-Net's schemes).
+
+    CT: clip to the dataset's foreground 0.5-99.5 percentiles, then z-score with the dataset's foreground
+    mean and std. RGB: scale to [0, 1]. Anything else (MRI ...): per-image z-score, over the nonzero voxels
+    when the image has a zero background (zeros stay zero).
+    """
+
+    def __init__(self, channel_names: list[str], ct_stats: dict):
+        super().__init__(["image"])
+        self.channel_names = [name.upper() for name in channel_names]
+        self.ct_stats = ct_stats
+
+    def __call__(self, data: dict) -> dict:
+        data = dict(data)
+        image = data["image"]
+        out = image.clone().float()
+        rgb = all(name in RGB_NAMES for name in self.channel_names)
+        for c in range(image.shape[0]):
+            x = image[c].float()
+            if rgb:
+                out[c] = x / 255.0
+            elif self.channel_names[min(c, len(self.channel_names) - 1)] == "CT":
+                stats = self.ct_stats[str(c)]
+                out[c] = (x.clamp(stats["p00_5"], stats["p99_5"]) - stats["mean"]) / stats["std"]
+            else:
+                out[c] = _zscore(x)
+        data["image"] = out
+        return data
+
+
+def _zscore(x: torch.Tensor) -> torch.Tensor:
+    nonzero = x != 0
+    if nonzero.float().mean() < 0.9:  # a zero background (skull-stripped MRI, cropped volumes): ignore it
+        values = x[nonzero]
+        if values.numel() < 2:
+            return x
+        return torch.where(nonzero, (x - values.mean()) / values.std().clamp_min(1e-8), x)
+    return (x - x.mean()) / x.std().clamp_min(1e-8)
+
+
+def preprocessing(plan: dict, with_label: bool = True) -> Compose:
+    """The deterministic chain: load, normalise, then (3D) orient to RAS and resample to the plan's spacing."""
+    keys = ["image", "label"] if with_label else ["image"]
+    chain = [LoadCased(plan["spatial_dims"]), NormalizeByModalityd(plan["channel_names"], plan["ct_stats"])]
+    if plan["spatial_dims"] == 3:
+        modes = ["bilinear", "nearest"][: len(keys)]
+        chain += [Orientationd(keys, axcodes="RAS"), Spacingd(keys, pixdim=plan["target_spacing"], mode=modes)]
+    return Compose(chain)
+
+
+def augmentation(patch_size: list[int], aug: AugmentConfig, pos_neg: list[float], samples: int) -> Compose:
+    """Pad, sample ``samples`` patches 1:2 positive:negative, then the papers' augmentations.
+
+    An axis of patch size 1 (slice-by-slice 2D training) is neither rotated out of plane, zoomed nor flipped.
+    """
+    keys = ["image", "label"]
+    dims = len(patch_size)
+    thin = [s == 1 for s in patch_size]
+    in_plane = [i for i in range(dims) if not thin[i]]
+    radians = math.radians(aug.rotation_degrees)
+    if dims == 2:
+        rotate = {"range_x": radians}
+    else:  # rotation about axis a turns the plane of the two other axes: allowed when both are full
+        ranges = [radians if all(not thin[j] for j in range(3) if j != a) else 0.0 for a in range(3)]
+        rotate = {"range_x": ranges[0], "range_y": ranges[1], "range_z": ranges[2]}
+    zoom_lo = [aug.scaling_range[0] if not t else 1.0 for t in thin]
+    zoom_hi = [aug.scaling_range[1] if not t else 1.0 for t in thin]
+    chain = [
+        SpatialPadd(keys, spatial_size=patch_size),
+        RandCropByPosNegLabeld(keys, "label", spatial_size=patch_size, pos=pos_neg[0], neg=pos_neg[1], num_samples=samples),
+        RandRotated(keys, prob=aug.rotation_p, mode=["bilinear", "nearest"], padding_mode="zeros", keep_size=True, **rotate),
+        RandZoomd(keys, prob=aug.scaling_p, min_zoom=zoom_lo, max_zoom=zoom_hi, mode=["trilinear" if dims == 3 else "bilinear", "nearest"], keep_size=True),
+    ]
+    if aug.elastic_p > 0 and len(in_plane) == dims:
+        elastic = Rand3DElasticd if dims == 3 else Rand2DElasticd
+        spacing = {"sigma_range": (5, 8), "magnitude_range": (50, 150)} if dims == 3 else {"spacing": (20, 20), "magnitude_range": (1, 2)}
+        chain.append(elastic(keys, prob=aug.elastic_p, mode=["bilinear", "nearest"], padding_mode="zeros", **spacing))
+    chain += [RandFlipd(keys, prob=aug.flip_p, spatial_axis=axis) for axis in in_plane]
+    chain += [
+        RandGaussianNoised("image", prob=aug.noise_p, std=aug.noise_std),
+        RandAdjustContrastd("image", prob=aug.contrast_p, gamma=tuple(aug.contrast_gamma), retain_stats=True),
+    ]
+    return Compose(chain)

@@ -1,0 +1,233 @@
+"""Per-case, per-class segmentation metrics and a folder evaluation that writes nnU-Net-style summaries.
+
+For each label id: ``Dice``, ``IoU``, ``NSD`` (normalised surface Dice at a tolerance in mm), ``HD95``
+(95th percentile Hausdorff distance in mm) and the voxel counts ``TP``, ``FP``, ``FN``, ``TN``,
+``n_pred``, ``n_ref`` (the keys of nnU-Net's ``summary.json``). Surface metrics come from MONAI with
+the voxel spacing, so anisotropic voxels are measured in mm.
+
+Empty masks, per label:
+
+* reference and prediction both empty: Dice, IoU, NSD and HD95 are NaN. As in nnU-Net, such a case is
+  left out of the means (means and standard deviations use ``nanmean``/``nanstd``).
+* only one of them empty: Dice = IoU = NSD = 0 and HD95 = the image diagonal in mm, the worst possible
+  value, so that a missed or hallucinated structure is penalised instead of silently dropped.
+
+Per case, over all classes including background (the voxels in none of the label ids), as in the
+random 2.5D U-Net paper: ``MA`` (mean accuracy) = mean of the per-class recalls TP/(TP+FN), and
+``mean_IU`` = mean of the per-class IoUs. A class absent from the reference has no recall, and a class
+absent from both has no IoU; those are left out of the case's mean.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import warnings
+from io import StringIO
+from pathlib import Path
+
+import numpy as np
+
+from unetzoo.errors import UnetzooError, file_error
+from unetzoo.io import SUPPORTED_ENDINGS, read_label, strip_ending, write_text
+
+log = logging.getLogger(__name__)
+
+SUMMARY_METRICS = ("Dice", "IoU", "NSD", "HD95")
+CSV_COLUMNS = ("case", "label", "Dice", "IoU", "NSD", "HD95", "TP", "FP", "FN", "n_pred", "n_ref")
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    return numerator / denominator if denominator > 0 else math.nan
+
+
+def _surface_metrics(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...], tolerance_mm: float) -> tuple[np.ndarray, np.ndarray]:
+    """HD95 and NSD for each channel of the boolean stacks ``(n, *spatial)``, none of them empty."""
+    import torch
+    from monai.metrics import compute_hausdorff_distance, compute_surface_dice
+
+    y_pred = torch.from_numpy(pred[None].astype(np.float32))
+    y = torch.from_numpy(ref[None].astype(np.float32))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # MONAI warns about its own deprecated internals
+        hd95 = compute_hausdorff_distance(y_pred, y, include_background=True, percentile=95, spacing=list(spacing))
+        nsd = compute_surface_dice(y_pred, y, [tolerance_mm] * len(pred), include_background=True, spacing=list(spacing))
+    return hd95[0].numpy().astype(float), nsd[0].numpy().astype(float)
+
+
+def case_metrics(
+    pred: np.ndarray,
+    ref: np.ndarray,
+    label_ids: list[int],
+    spacing: tuple[float, ...],
+    nsd_tolerance_mm: float = 1.0,
+) -> dict[int, dict[str, float]]:
+    """Metrics of one case for each label id (2D or 3D label maps of equal shape, spacing in mm per axis)."""
+    if pred.shape != ref.shape:
+        raise ValueError(f"prediction shape {pred.shape} != reference shape {ref.shape}")
+    if len(spacing) != ref.ndim:
+        raise ValueError(f"spacing {spacing} does not match a {ref.ndim}D label map")
+    diagonal = float(np.linalg.norm(np.array(ref.shape) * np.array(spacing)))
+    results, both_present = {}, []
+    for label in label_ids:
+        p, r = pred == label, ref == label
+        tp = int(np.count_nonzero(p & r))
+        n_pred, n_ref = int(np.count_nonzero(p)), int(np.count_nonzero(r))
+        fp, fn = n_pred - tp, n_ref - tp
+        metrics = {
+            "Dice": _ratio(2 * tp, 2 * tp + fp + fn),
+            "IoU": _ratio(tp, tp + fp + fn),
+            "NSD": math.nan,
+            "HD95": math.nan,
+            "TP": tp, "FP": fp, "FN": fn, "TN": int(ref.size - tp - fp - fn),
+            "n_pred": n_pred, "n_ref": n_ref,
+        }
+        if n_pred and n_ref:
+            both_present.append(label)
+        elif n_pred or n_ref:
+            metrics.update(NSD=0.0, HD95=diagonal)
+        results[label] = metrics
+    if both_present:
+        hd95, nsd = _surface_metrics(
+            np.stack([pred == label for label in both_present]),
+            np.stack([ref == label for label in both_present]),
+            spacing, nsd_tolerance_mm,
+        )
+        for label, hd, ns in zip(both_present, hd95, nsd):
+            results[label].update(HD95=float(hd), NSD=float(ns))
+    return results
+
+
+def class_means(pred: np.ndarray, ref: np.ndarray, label_ids: list[int]) -> dict[str, float]:
+    """``MA`` and ``mean_IU`` of one case over background (voxels in no label id) and every label id."""
+    pred_classes = [~np.isin(pred, label_ids)] + [pred == label for label in label_ids]
+    ref_classes = [~np.isin(ref, label_ids)] + [ref == label for label in label_ids]
+    recalls, ious = [], []
+    for p, r in zip(pred_classes, ref_classes):
+        tp = np.count_nonzero(p & r)
+        recalls.append(_ratio(tp, np.count_nonzero(r)))
+        ious.append(_ratio(tp, np.count_nonzero(p | r)))
+    return {"MA": _nanmean(recalls), "mean_IU": _nanmean(ious)}
+
+
+def _nanmean(values) -> float:
+    values = np.asarray(values, dtype=float)
+    return float(np.nanmean(values)) if np.any(~np.isnan(values)) else math.nan
+
+
+def _nanstd(values) -> float:
+    values = np.asarray(values, dtype=float)
+    return float(np.nanstd(values)) if np.any(~np.isnan(values)) else math.nan
+
+
+def _label_files(folder: Path) -> dict[str, Path]:
+    """Image files of a folder keyed by case name (file name without its ending)."""
+    if not folder.is_dir():
+        raise file_error(folder, "folder not found")
+    files: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or not path.is_file() or not path.name.lower().endswith(SUPPORTED_ENDINGS):
+            continue
+        case = strip_ending(path)
+        if case in files:
+            raise file_error(path, f"same case name as {files[case].name}")
+        files[case] = path
+    return files
+
+
+def _check_values(path: Path, array: np.ndarray, label_ids: list[int]) -> None:
+    unknown = sorted(set(np.unique(array).tolist()) - {0, *label_ids})
+    if unknown:
+        raise file_error(path, f"label value(s) {unknown} not among the label ids {[0, *label_ids]}")
+
+
+def _jsonable(value):
+    """Replace NaN/inf by None and NumPy scalars by Python ones so the JSON stays valid."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def evaluate_folder(
+    pred_dir: str | os.PathLike,
+    label_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    label_ids: list[int] | None = None,
+    nsd_tolerance_mm: float = 1.0,
+) -> dict:
+    """Compare every reference in ``label_dir`` with the prediction of the same case name in ``pred_dir``.
+
+    Writes ``out_dir/summary.json`` (nnU-Net keys plus ``std``, ``MA``, ``mean_IU`` and NSD/HD95) and
+    ``out_dir/cases.csv`` (one row per case and label, NaN as an empty cell) and returns the summary as
+    written (NaN as None).
+    ``label_ids`` defaults to all non-zero values found; spacing is taken from each reference's affine.
+    """
+    from tqdm import tqdm
+
+    pred_dir, label_dir, out_dir = Path(pred_dir), Path(label_dir), Path(out_dir)
+    refs, preds = _label_files(label_dir), _label_files(pred_dir)
+    if not refs:
+        raise file_error(label_dir, f"no reference label files ({', '.join(SUPPORTED_ENDINGS)})")
+    missing = [refs[case].name for case in refs if case not in preds]
+    if missing:
+        raise file_error(pred_dir, f"no prediction for {len(missing)} reference(s): {', '.join(missing)}")
+    extra = [preds[case].name for case in preds if case not in refs]
+    if extra:
+        log.warning("ignoring %d prediction(s) without a reference in %s: %s", len(extra), label_dir, ", ".join(extra))
+
+    if label_ids is None:
+        found: set[int] = set()
+        for case in refs:
+            for path in (refs[case], preds[case]):
+                found.update(np.unique(read_label(path).array).tolist())
+        label_ids = sorted(found - {0})
+    label_ids = [int(label) for label in label_ids]
+
+    cases = []
+    for case in tqdm(list(refs), desc="evaluating", unit="case", disable=len(refs) <= 5):
+        ref, pred = read_label(refs[case]), read_label(preds[case])
+        if pred.array.shape != ref.array.shape:
+            raise file_error(preds[case], f"shape {pred.array.shape} differs from reference {refs[case]} shape {ref.array.shape}")
+        _check_values(refs[case], ref.array, label_ids)
+        _check_values(preds[case], pred.array, label_ids)
+        metrics = case_metrics(pred.array, ref.array, label_ids, ref.spacing, nsd_tolerance_mm)
+        cases.append({
+            "case": case,
+            "prediction_file": str(preds[case]),
+            "reference_file": str(refs[case]),
+            "metrics": metrics,
+            **class_means(pred.array, ref.array, label_ids),
+        })
+
+    per_label = {label: {m: [c["metrics"][label][m] for c in cases] for m in SUMMARY_METRICS} for label in label_ids}
+    mean = {label: {m: _nanmean(v) for m, v in values.items()} for label, values in per_label.items()}
+    std = {label: {m: _nanstd(v) for m, v in values.items()} for label, values in per_label.items()}
+    foreground_mean = {m: _nanmean([mean[label][m] for label in label_ids]) for m in SUMMARY_METRICS}
+    foreground_mean.update({m: _nanmean([c[m] for c in cases]) for m in ("MA", "mean_IU")})
+    summary = _jsonable({
+        "mean": mean,
+        "std": std,
+        "foreground_mean": foreground_mean,
+        "cases": cases,
+        "nsd_tolerance_mm": float(nsd_tolerance_mm),
+        "label_ids": label_ids,
+    })
+
+    write_text(out_dir / "summary.json", json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    table = StringIO()
+    writer = csv.writer(table, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for c in summary["cases"]:
+        for label, m in c["metrics"].items():
+            writer.writerow([c["case"], label] + ["" if m[k] is None else m[k] for k in CSV_COLUMNS[2:]])  # NaN -> empty cell
+    write_text(out_dir / "cases.csv", table.getvalue())
+    return summary

@@ -1,0 +1,70 @@
+"""Dense training and inference: Dice+CE on every voxel of a patch, deep supervision, sliding windows.
+
+This is nnU-Net's procedure and the one every convolutional model of the zoo uses (``unet``, ``unetpp``,
+``sd-unet`` ...). Deep-supervision outputs are weighted 1/2^i and normalised (nnU-Net), unless the model
+sets ``deep_supervision_weights`` (U-Net++ weights its full-resolution heads equally); targets are
+downsampled to each output's size by nearest interpolation.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from monai.losses import DiceCELoss
+
+from unetzoo.methods.base import Method
+
+
+def supervision_weights(n_outputs: int) -> list[float]:
+    """1, 1/2, 1/4 ... normalised to sum to one."""
+    raw = [1.0 / 2**i for i in range(n_outputs)]
+    return [w / sum(raw) for w in raw]
+
+
+class DenseMethod(Method):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # nnU-Net's Dice+CE: batch Dice over the foreground classes, softmax, one-hot targets.
+        self.loss = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
+
+    def training_loss(self, batch: dict) -> torch.Tensor:
+        image, label = batch["image"], batch["label"]
+        outputs = self.model(image)
+        if not isinstance(outputs, (list, tuple)):
+            return self.loss(outputs, label)
+        weights = getattr(self.model, "deep_supervision_weights", None) or supervision_weights(len(outputs))
+        total = 0.0
+        for weight, logits in zip(weights, outputs):
+            target = label if logits.shape[2:] == label.shape[2:] else F.interpolate(label.float(), size=logits.shape[2:], mode="nearest")
+            total = total + weight * self.loss(logits, target)
+        return total
+
+    def predict_window(self, window: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.model(window).float(), dim=1)
+
+
+class SliceMethod(DenseMethod):
+    """Slice-by-slice 2D training of a 3D dataset (random-2.5d-unet.md's 2D baseline).
+
+    Training crops patches one slice thick along the model's axis, and as many of them per case draw as
+    the volume patch has slices, so one step sees as many voxels as a 3D step. Inference runs the 2D
+    network on every slice of each sliding window (it never mixes slices), without mirroring along the
+    slice axis.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.axis = getattr(self.model, "axis", None)
+
+    def train_patch_size(self) -> list[int]:
+        if self.axis is None:  # 2D data: a plain 2D U-Net
+            return self.patch_size
+        patch = list(self.patch_size)
+        patch[self.axis] = 1
+        return patch
+
+    def samples_per_case(self, configured: int) -> int:
+        return configured if self.axis is None else configured * self.patch_size[self.axis]
+
+    def mirror_axes(self) -> list[int]:
+        return [d for d in super().mirror_axes() if self.axis is None or d != 2 + self.axis]

@@ -1,0 +1,59 @@
+"""Training progress: the per-epoch history plot (``progress.png``) and the timestamped run log.
+
+Mirrors nnU-Net's ``progress.png`` (loss and validation Dice per epoch, epoch time) and
+``training_log_<timestamp>.txt`` (every line also printed to the console).
+"""
+
+from __future__ import annotations
+
+import io as _io
+import logging
+import time
+from pathlib import Path
+
+
+def run_logger(run_dir: Path, name: str = "unetzoo.train") -> logging.Logger:
+    """A logger writing timestamped lines to ``run_dir/training_log_<timestamp>.txt`` and to the console."""
+    logger = logging.getLogger(f"{name}.{run_dir.resolve()}")
+    if not logger.handlers:
+        logger.setLevel(logging.INFO)
+        stamp = time.strftime("%Y_%m_%d_%H_%M_%S")
+        formatter = logging.Formatter("%(asctime)s: %(message)s", "%Y-%m-%d %H:%M:%S")
+        for handler in (logging.FileHandler(run_dir / f"training_log_{stamp}.txt"), logging.StreamHandler()):
+            handler.setFormatter(formatter)
+            logger.addHandler(handler)
+        logger.propagate = False
+    return logger
+
+
+def plot_progress(history: list[dict], path: Path, title: str = "") -> None:
+    """Three panels: training loss and validation Dice per epoch; epoch time; learning rate."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from unetzoo.io import write_bytes
+
+    epochs = [h["epoch"] for h in history]
+    fig, axes = plt.subplots(3, 1, figsize=(9, 10), sharex=True)
+    ax = axes[0]
+    ax.plot(epochs, [h["train_loss"] for h in history], color="tab:blue", label="training loss")
+    ax.set_ylabel("loss")
+    twin = ax.twinx()
+    twin.plot(epochs, [h["val_dice"] for h in history], color="tab:green", marker=".", label="validation Dice (mean fg)")
+    twin.set_ylabel("Dice")
+    twin.set_ylim(0, 1)
+    lines = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
+    ax.legend(lines, [line.get_label() for line in lines], loc="center right")
+    ax.set_title(title)
+    axes[1].plot(epochs, [h["epoch_time_s"] for h in history], color="tab:orange")
+    axes[1].set_ylabel("epoch time (s)")
+    axes[2].plot(epochs, [h["lr"] for h in history], color="tab:red")
+    axes[2].set_ylabel("learning rate")
+    axes[2].set_xlabel("epoch")
+    fig.tight_layout()
+    buffer = _io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=80)
+    plt.close(fig)
+    write_bytes(path, buffer.getvalue())

@@ -1,0 +1,286 @@
+"""Training on Lightning's Trainer: one run folder per (dataset, model, fold), resumable, DDP-ready.
+
+Run folder (nnU-Net's outputs, so its users find their way): ``config.json`` (resolved), ``plan.json``,
+``splits.json``, ``checkpoint_best.pt``, ``checkpoint_last.pt`` (both written to a temporary name and
+renamed), ``training_log_<timestamp>.txt``, ``progress.png``, ``history.json`` and, after training,
+``validation/`` with the held-out fold predicted by the full inference procedure and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import ModelCheckpoint
+from monai.data import CacheDataset, DataLoader, MetaTensor, list_data_collate
+
+from unetzoo.config import Config
+from unetzoo.data.datasets import load_dataset, make_splits
+from unetzoo.data.plan import make_plan
+from unetzoo.data.transforms import augmentation, preprocessing
+from unetzoo.errors import UnetzooError
+from unetzoo.io import write_text
+from unetzoo.methods import Method, build_method
+from unetzoo.progress import plot_progress, run_logger
+
+BEST, LAST = "checkpoint_best", "checkpoint_last"
+CHECKPOINT_EXT = ".pt"
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints are written to a temporary file in the run folder, then renamed over the old one."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None):
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".tmp_{os.getpid()}_{path.name}")
+        torch.save(checkpoint, tmp)
+        os.replace(tmp, path)
+
+
+class PatchDataset(torch.utils.data.Dataset):
+    """``length`` random training samples drawn from cached, preprocessed cases (an "epoch" of iterations)."""
+
+    def __init__(self, cases: CacheDataset, transform, length: int):
+        self.cases, self.transform, self.length = cases, transform, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int):
+        return self.transform(self.cases[index % len(self.cases)])
+
+
+def _plain(batch: dict) -> dict:
+    return {k: v.as_tensor() if isinstance(v, MetaTensor) else v for k, v in batch.items()}
+
+
+def poly_lr(epoch: int, epochs: int, exponent: float = 0.9) -> float:
+    """nnU-Net's poly schedule factor (1 - epoch/epochs)^0.9."""
+    return (1 - min(epoch, epochs - 1) / epochs) ** exponent
+
+
+class SegmentationModule(L.LightningModule):
+    """Wraps a :class:`Method`: training steps give its loss, validation uses its full inference procedure
+    and reports nnU-Net's pseudo Dice (global TP/FP/FN over the validation cases, per class)."""
+
+    def __init__(self, method: Method, config: Config, plan: dict, train_items: list[dict], val_items: list[dict], run_dir: Path):
+        super().__init__()
+        self.method, self.model = method, method.model
+        self.config, self.plan, self.run_dir = config, plan, run_dir
+        self.train_items, self.val_items = train_items, val_items
+        self.history: list[dict] = []
+        self._loss_sum, self._loss_count, self._epoch_start = 0.0, 0, time.time()
+        self._counts = None
+        self.log_file = None
+
+    # ---- data -------------------------------------------------------------------------------------
+    def _cached(self, items):
+        return CacheDataset(items, preprocessing(self.plan), num_workers=self.config.data.cache_workers, progress=False)
+
+    def train_dataloader(self):
+        cfg = self.config
+        samples = self.method.samples_per_case(cfg.data.samples_per_case)
+        transform = augmentation(self.method.train_patch_size(), cfg.augment, cfg.data.pos_neg_ratio, samples)
+        # each draw yields `samples` patches; the loader batches draws so a step sees batch_size * samples patches
+        length = cfg.train.iters_per_epoch * cfg.train.batch_size * self.trainer.world_size
+        dataset = PatchDataset(self._cached(self.train_items), transform, length)
+        return DataLoader(
+            dataset,
+            batch_size=cfg.train.batch_size,
+            shuffle=True,
+            num_workers=cfg.data.num_workers,
+            collate_fn=list_data_collate,
+            persistent_workers=cfg.data.num_workers > 0,
+            drop_last=True,
+        )
+
+    def val_dataloader(self):
+        items = self.val_items[: self.config.train.val_cases or None]
+        return DataLoader(self._cached(items), batch_size=1, num_workers=0)
+
+    # ---- steps ------------------------------------------------------------------------------------
+    def on_train_epoch_start(self):
+        self._loss_sum, self._loss_count, self._epoch_start = 0.0, 0, time.time()
+
+    def training_step(self, batch, batch_idx):
+        loss = self.method.training_loss(_plain(batch))
+        if not torch.isfinite(loss):
+            raise UnetzooError(f"training diverged: loss is {loss.item()} at epoch {self.current_epoch}, step {batch_idx}; lower --lr")
+        self._loss_sum += float(loss.detach())
+        self._loss_count += 1
+        self.log("loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=self.config.train.batch_size)
+        return loss
+
+    def on_validation_epoch_start(self):
+        self._counts = torch.zeros(3, self.plan["num_classes"], dtype=torch.float64, device=self.device)
+
+    def validation_step(self, batch, batch_idx):
+        batch = _plain(batch)
+        prediction = self.method.predict(batch["image"]).argmax(1)
+        label = batch["label"][:, 0].long()
+        for c in range(1, self.plan["num_classes"]):
+            p, r = prediction == c, label == c
+            self._counts[0, c] += (p & r).sum()
+            self._counts[1, c] += (p & ~r).sum()
+            self._counts[2, c] += (~p & r).sum()
+
+    def on_validation_epoch_end(self):
+        counts = self._counts
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(counts)
+        tp, fp, fn = counts[:, 1:]
+        dice = (2 * tp / (2 * tp + fp + fn).clamp_min(1)).tolist()
+        mean_dice = float(np.mean(dice)) if dice else 0.0
+        self.log("val_dice", mean_dice, prog_bar=True, sync_dist=False)
+        if self.trainer.sanity_checking:
+            return
+        loss_sum = torch.tensor([self._loss_sum, self._loss_count], dtype=torch.float64, device=self.device)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(loss_sum)
+        record = {
+            "epoch": self.current_epoch,
+            "train_loss": float(loss_sum[0] / max(loss_sum[1], 1)),
+            "val_dice": mean_dice,
+            "val_dice_per_class": dict(zip(list(self.plan["labels"])[1:], dice)),
+            "epoch_time_s": time.time() - self._epoch_start,
+            "lr": self.optimizers().param_groups[0]["lr"],
+        }
+        self.history.append(record)
+        if self.trainer.is_global_zero:
+            best = max(h["val_dice"] for h in self.history)
+            per_class = ", ".join(f"{d:.4f}" for d in dice)
+            log = run_logger(self.run_dir)
+            log.info(
+                f"epoch {record['epoch']}: train_loss {record['train_loss']:.4f}  pseudo Dice [{per_class}]  "
+                f"epoch time {record['epoch_time_s']:.1f} s  lr {record['lr']:.2e}" + ("  (new best)" if best == mean_dice else "")
+            )
+            write_text(self.run_dir / "history.json", json.dumps(self.history, indent=1))
+            plot_progress(self.history, self.run_dir / "progress.png", title=f"{self.config.model}, fold {self.config.fold}")
+
+    # ---- optimisation and checkpoint state ---------------------------------------------------------
+    def configure_optimizers(self):
+        cfg = self.config.train
+        if cfg.optimizer == "adamw":
+            optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        elif cfg.optimizer == "sgd":
+            optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay)
+        else:
+            raise UnetzooError(f"unknown optimizer {cfg.optimizer!r} (adamw or sgd)")
+        if cfg.scheduler == "constant":
+            return optimizer
+        if cfg.scheduler != "poly":
+            raise UnetzooError(f"unknown scheduler {cfg.scheduler!r} (poly or constant)")
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: poly_lr(epoch, cfg.epochs))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["unetzoo"] = {"config": self.config.to_dict(), "plan": self.plan, "history": self.history}
+
+    def on_load_checkpoint(self, checkpoint):
+        self.history = list(checkpoint.get("unetzoo", {}).get("history", []))
+
+
+def _load_or_make(path: Path, make):
+    if path.is_file():
+        return json.loads(path.read_text())
+    value = make()
+    write_text(path, json.dumps(value, indent=2))
+    return value
+
+
+def train(data_dir: str | Path, run_dir: str | Path, config: Config, resume: bool = False) -> Path:
+    """Train ``config.model`` on fold ``config.fold`` of the dataset in ``data_dir``; returns the run folder.
+
+    With ``resume`` the run continues from ``checkpoint_last.pt`` (weights, optimizer, scheduler, epoch);
+    ``splits.json`` and ``plan.json`` of an existing run folder are reused, never recomputed.
+    """
+    run_dir = Path(run_dir)
+    last = run_dir / f"{LAST}{CHECKPOINT_EXT}"
+    if resume and not last.is_file():
+        raise UnetzooError(f"{last}: no checkpoint to resume from")
+    if not resume and last.is_file():
+        raise UnetzooError(f"{run_dir}: already holds a trained run; pass --resume to continue it or choose another --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log = run_logger(run_dir)
+    dataset = load_dataset(data_dir)
+    names = [c.name for c in dataset.cases]
+    splits = _load_or_make(run_dir / "splits.json", lambda: make_splits(names, config.data.folds, config.seed))
+    if not 0 <= config.fold < len(splits):
+        raise UnetzooError(f"fold {config.fold} does not exist: splits.json has folds 0..{len(splits) - 1}")
+    split = splits[config.fold]
+    log.info(f"dataset {dataset.root} ({dataset.layout} layout): {len(names)} cases; fold {config.fold}: {len(split['train'])} training, {len(split['val'])} validation")
+    plan = _load_or_make(
+        run_dir / "plan.json",
+        lambda: make_plan(dataset, dataset.cases, config.data.patch_size, config.data.target_spacing, config.seed),
+    )
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    method = build_method(config, plan)
+    config.data.patch_size = plan["patch_size"]
+    config.save(run_dir / "config.json")
+    n_params = sum(p.numel() for p in method.model.parameters() if p.requires_grad)
+    log.info(f"model {config.model}: {n_params:,} parameters, patch {plan['patch_size']}, spacing {plan['target_spacing']}, args {config.model_args}")
+    items = {c.name: c.as_dict() for c in dataset.cases}
+    module = SegmentationModule(method, config, plan, [items[n] for n in split["train"]], [items[n] for n in split["val"]], run_dir)
+    trainer = _trainer(config, run_dir)
+    trainer.fit(module, ckpt_path=str(last) if resume else None)
+    if trainer.is_global_zero:
+        log.info("training done")
+        validate_run(run_dir, dataset, split["val"], log)
+    return run_dir
+
+
+def _trainer(config: Config, run_dir: Path) -> L.Trainer:
+    cfg = config.train
+    checkpoint = ModelCheckpoint(
+        dirpath=run_dir, filename=BEST, monitor="val_dice", mode="max", save_last=True, save_top_k=1, enable_version_counter=False
+    )
+    checkpoint.CHECKPOINT_NAME_LAST = LAST
+    checkpoint.FILE_EXTENSION = CHECKPOINT_EXT
+    accelerator = {"cpu": "cpu", "cuda": "gpu", "gpu": "gpu"}.get(cfg.device)
+    if accelerator is None:
+        raise UnetzooError(f"unknown device {cfg.device!r} (cpu or cuda)")
+    if accelerator == "gpu" and not torch.cuda.is_available():
+        raise UnetzooError("--device cuda requested but no CUDA device is available")
+    return L.Trainer(
+        accelerator=accelerator,
+        devices=cfg.devices,
+        strategy="ddp" if cfg.devices > 1 else "auto",
+        precision=cfg.precision,
+        max_epochs=cfg.epochs,
+        max_time={"seconds": cfg.max_minutes * 60} if cfg.max_minutes > 0 else None,
+        gradient_clip_val=cfg.grad_clip or None,
+        callbacks=[checkpoint],
+        plugins=[AtomicCheckpointIO()],
+        logger=False,
+        default_root_dir=run_dir,
+        num_sanity_val_steps=0,
+        log_every_n_steps=10,
+        enable_model_summary=False,
+    )
+
+
+def validate_run(run_dir: Path, dataset, val_names: list[str], log) -> dict:
+    """Predict the held-out fold with the full inference procedure into ``validation/`` and evaluate it."""
+    from unetzoo.evaluation import evaluate_folder
+    from unetzoo.inference import Predictor
+
+    out = run_dir / "validation"
+    predictor = Predictor(run_dir, device=Config.load(run_dir / "config.json").train.device)
+    cases = [dataset.case(n) for n in val_names]
+    predictor.predict_cases({c.name: c.images for c in cases}, out, overwrite=True)
+    labels_dir = out / "labels"
+    labels_dir.mkdir(exist_ok=True)
+    for case in cases:  # evaluate_folder pairs files by name: link the references under the case names
+        link = labels_dir / f"{case.name}{dataset.file_ending}"
+        if not link.exists():
+            os.symlink(case.label.resolve(), link)
+    summary = evaluate_folder(out, labels_dir, out, label_ids=sorted(k for k in dataset.labels if k))
+    log.info(f"validation: mean Dice {summary['foreground_mean']['Dice']:.4f} over {len(cases)} cases; per class " + ", ".join(f"{k}: {v['Dice']:.4f}" for k, v in summary["mean"].items()))
+    return summary
