@@ -28,7 +28,7 @@ def test_registry_names():
         assert name in list_models()
         entry = model_info(name)
         assert entry.method == "dense" and entry.spatial_dims == (2, 3)
-        assert entry.accepts("n_stages")
+        assert entry.accepts("n_stages") and entry.accepts("deep_supervision")  # the pipeline fills them
 
 
 @pytest.mark.parametrize("spatial_dims,n_stages", [(2, 4), (3, 3)])

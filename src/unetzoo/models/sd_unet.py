@@ -89,6 +89,11 @@ def _valid(indices: Iterable[int], upper: int, what: str) -> list[int]:
     return indices
 
 
+@register(
+    "sd-unet",
+    description="SDU-Net: U-Net with spatial dependency layers (directional gated sweeps) at chosen scales",
+    paper="Carvalho et al., Spatially Dependent U-Nets (sd-unet.md)",
+)
 class SDUNet(UNet):
     """SDU-Net: :class:`~unetzoo.models.unet.UNet` with SDN layers at chosen encoder stages / decoder levels.
 
@@ -139,6 +144,11 @@ class SDUNet(UNet):
             self.decoder.stages[n_stages - 2 - level] = stage(2 * widths[level], widths[level], 1)  # stages run deepest first
 
 
+@register(
+    "sdn-unetpp",
+    description="SDNU-Net: U-Net++ with spatial dependency layers on its outer encoder/decoder nodes",
+    paper="Carvalho et al., Spatially Dependent U-Nets (sd-unet.md)",
+)
 class SDNUNetPlusPlus(UNetPlusPlus):
     """SDNU-Net: :class:`~unetzoo.models.unetpp.UNetPlusPlus` with SDN layers at chosen nodes ``X^{i,j}``.
 
@@ -187,21 +197,3 @@ class SDNUNetPlusPlus(UNetPlusPlus):
             spatial_dims, in_channels, out_channels, n_stages, base_features, max_features, convs_per_stage, deep_supervision, eval_head, make_node
         )
         self.sdn_nodes = nodes
-
-
-@register(
-    "sd-unet",
-    description="SDU-Net: U-Net with spatial dependency layers (directional gated sweeps) at chosen scales",
-    paper="Carvalho et al., Spatially Dependent U-Nets (sd-unet.md)",
-)
-def sd_unet(spatial_dims: int, in_channels: int, out_channels: int, n_stages: int = 6, **kwargs) -> nn.Module:
-    return SDUNet(spatial_dims, in_channels, out_channels, n_stages=n_stages, **kwargs)
-
-
-@register(
-    "sdn-unetpp",
-    description="SDNU-Net: U-Net++ with spatial dependency layers on its outer encoder/decoder nodes",
-    paper="Carvalho et al., Spatially Dependent U-Nets (sd-unet.md)",
-)
-def sdn_unetpp(spatial_dims: int, in_channels: int, out_channels: int, n_stages: int = 6, **kwargs) -> nn.Module:
-    return SDNUNetPlusPlus(spatial_dims, in_channels, out_channels, n_stages=n_stages, **kwargs)

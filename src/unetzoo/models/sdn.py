@@ -31,14 +31,17 @@ Implementation (what differs from the authors' code, see ../shared/notes/referen
   (2D: ``conv1d`` over the line; 3D: 3x3 ``conv2d`` over the plane), so one step updates a whole line
   or plane for every batch element at once. The hidden part ``W_h h + b_h`` does not depend on the
   sweep (``h`` is the value before the sweep), so it is computed for *all* lines with one 1x1
-  convolution before the loop. The only Python loop left is the one along the sweep axis.
-* A direction is an (axis, reverse) pair: the sweep axis is moved next to the channels and the lines
-  are visited in increasing or decreasing order, so one routine serves every direction and any map
+  convolution before the loop. The only Python loop left is the one along the sweep axis. Lines are
+  taken with ``unbind`` and the result is stacked once, so the backward pass stays linear in the
+  number of lines (per-step indexing would zero-fill a whole-map gradient at every step).
+* A direction is an (axis, reverse) pair: the sweep axis is moved to the front and the lines are
+  visited in increasing or decreasing order (the neighbourhood is symmetric, so nothing is flipped), so one routine serves every direction and any map
   shape (the authors' loop always runs over ``H``, which breaks non-square maps).
 * The weights are stored as ``weight_ih`` (3S, S, 3[, 3]) -- the authors' ``W_ih`` (3S, 3S) with the
   neighbour axis split out -- ``bias_ih`` (3S), ``weight_hh`` (3S, S), ``bias_hh`` (3S), gate order
   (r, z, n) as ``torch.nn.GRUCell``, all initialised U(-1/sqrt(S), 1/sqrt(S)) as the authors' cell.
-  The projections keep PyTorch's default convolution initialisation.
+  The projections keep PyTorch's default convolution initialisation (the SDN stages of ``sd_unet``
+  re-initialise them He-style, like every convolution of the zoo).
 
 Direction names (``SDN_DIRECTIONS``), spatial axes counted after batch and channels:
 
@@ -48,8 +51,9 @@ Direction names (``SDN_DIRECTIONS``), spatial axes counted after batch and chann
   ``bottom_up`` along H; ``left_right`` / ``right_left`` along W.
 
 The default is the authors' choice, two sweeps along different axes: ``("left_right", "top_down")``
-(their dirs [0, 2]) in 2D; in 3D, where the paper has no SDN, one forward sweep per axis
-``("front_back", "top_down", "left_right")``.
+(their dirs [0, 2]) in 2D; in 3D, for which the paper only says that 6 directions are possible, one
+forward sweep per axis ``("front_back", "top_down", "left_right")`` (a departure: every axis gets a
+recurrence).
 
 Example::
 
@@ -133,7 +137,9 @@ class SDNCell(nn.Module):
         conv = F.conv1d if self.spatial_dims == 2 else F.conv2d
         weight_hh = self.weight_hh.view(*self.weight_hh.shape, *([1] * (self.spatial_dims - 1)))
         hidden = conv(lines.flatten(0, 1), weight_hh, self.bias_hh).unflatten(0, (n_lines, batch))
-        hid_r, hid_z, hid_n = hidden.chunk(3, dim=2)
+        # per-line views by unbind, not lines[d]: the backward of an index zero-fills a whole-map gradient per step
+        hid_r, hid_z, hid_n = (part.unbind(0) for part in hidden.chunk(3, dim=2))
+        lines = lines.unbind(0)
         order = range(n_lines - 1, -1, -1) if reverse else range(n_lines)
         out: list[torch.Tensor] = [None] * n_lines  # type: ignore[list-item]
         prev = None

@@ -37,6 +37,11 @@ NodeFactory = Callable[[int, int, int, int, int], nn.Module]
 """``make_node(i, j, in_channels, out_channels, stride) -> module`` builds node ``X^{i,j}``."""
 
 
+@register(
+    "unetpp",
+    description="U-Net++: nested dense skips, deep supervision on every X^{0,j} (nnU-Net conv units)",
+    paper="Zhou et al., UNet++, IEEE TMI 2019 (sd-unet.md ref. [17])",
+)
 class UNetPlusPlus(nn.Module):
     """U-Net++ for 2D and 3D (``spatial_dims``) with deep supervision on every ``X^{0,j}``.
 
@@ -114,7 +119,7 @@ class UNetPlusPlus(nn.Module):
         supervised = self.training and self.deep_supervision
         if supervised or self.eval_head == "mean":
             columns = list(range(last, 0, -1))
-        elif self.training or self.eval_head is None:
+        elif self.eval_head is None:
             columns = [last]
         else:
             columns = [int(self.eval_head)]
@@ -125,12 +130,3 @@ class UNetPlusPlus(nn.Module):
         if len(outputs) > 1:
             return torch.stack(outputs).mean(dim=0)
         return outputs[0]
-
-
-@register(
-    "unetpp",
-    description="U-Net++: nested dense skips, deep supervision on every X^{0,j} (nnU-Net conv units)",
-    paper="Zhou et al., UNet++, IEEE TMI 2019 (sd-unet.md ref. [17])",
-)
-def unetpp(spatial_dims: int, in_channels: int, out_channels: int, n_stages: int = 6, **kwargs) -> nn.Module:
-    return UNetPlusPlus(spatial_dims, in_channels, out_channels, n_stages=n_stages, **kwargs)
