@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from unetzoo.errors import UnetzooError, file_error
+from unetzoo.errors import file_error
 from unetzoo.io import SUPPORTED_ENDINGS, read_label, strip_ending, write_text
 
 log = logging.getLogger(__name__)

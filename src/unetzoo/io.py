@@ -154,9 +154,14 @@ def read_label(path: str | os.PathLike, spatial_dims: int | None = None) -> Imag
 
 
 def _atomic_target(out_path: Path):
+    """An empty temporary file beside ``out_path`` (same folder, so the final rename is atomic), with the
+    permissions a plainly created file would get (mkstemp makes it private)."""
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix="_" + out_path.name, dir=out_path.parent)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     return Path(tmp)
 
 

@@ -66,6 +66,15 @@ def poly_lr(epoch: int, epochs: int, exponent: float = 0.9) -> float:
     return (1 - min(epoch, epochs - 1) / epochs) ** exponent
 
 
+def make_optimizer(parameters, cfg) -> torch.optim.Optimizer:
+    """The optimizer of ``config.train`` (AdamW or SGD with Nesterov momentum); shared with the benchmark."""
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(parameters, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(parameters, lr=cfg.lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay)
+    raise UnetzooError(f"unknown optimizer {cfg.optimizer!r} (adamw or sgd)")
+
+
 class SegmentationModule(L.LightningModule):
     """Wraps a :class:`Method`: training steps give its loss, validation uses its full inference procedure
     and reports nnU-Net's pseudo Dice (global TP/FP/FN over the validation cases, per class)."""
@@ -76,7 +85,7 @@ class SegmentationModule(L.LightningModule):
         self.config, self.plan, self.run_dir = config, plan, run_dir
         self.train_items, self.val_items = train_items, val_items
         self.history: list[dict] = []
-        self._loss_sum, self._loss_count, self._epoch_start = 0.0, 0, time.time()
+        self._loss_sum, self._loss_count, self._epoch_start, self._epoch_lr = 0.0, 0, time.time(), 0.0
         self._counts = None
         self.log_file = None
 
@@ -108,6 +117,7 @@ class SegmentationModule(L.LightningModule):
     # ---- steps ------------------------------------------------------------------------------------
     def on_train_epoch_start(self):
         self._loss_sum, self._loss_count, self._epoch_start = 0.0, 0, time.time()
+        self._epoch_lr = self.optimizers().param_groups[0]["lr"]  # the scheduler steps before validation ends
 
     def training_step(self, batch, batch_idx):
         loss = self.method.training_loss(_plain(batch))
@@ -150,7 +160,7 @@ class SegmentationModule(L.LightningModule):
             "val_dice": mean_dice,
             "val_dice_per_class": dict(zip(list(self.plan["labels"])[1:], dice)),
             "epoch_time_s": time.time() - self._epoch_start,
-            "lr": self.optimizers().param_groups[0]["lr"],
+            "lr": self._epoch_lr,
         }
         self.history.append(record)
         if self.trainer.is_global_zero:
@@ -167,12 +177,7 @@ class SegmentationModule(L.LightningModule):
     # ---- optimisation and checkpoint state ---------------------------------------------------------
     def configure_optimizers(self):
         cfg = self.config.train
-        if cfg.optimizer == "adamw":
-            optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        elif cfg.optimizer == "sgd":
-            optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay)
-        else:
-            raise UnetzooError(f"unknown optimizer {cfg.optimizer!r} (adamw or sgd)")
+        optimizer = make_optimizer(self.model.parameters(), cfg)
         if cfg.scheduler == "constant":
             return optimizer
         if cfg.scheduler != "poly":
@@ -281,6 +286,8 @@ def validate_run(run_dir: Path, dataset, val_names: list[str], log) -> dict:
         link = labels_dir / f"{case.name}{dataset.file_ending}"
         if not link.exists():
             os.symlink(case.label.resolve(), link)
+    # the source files of every validation case, so that `unetzoo report` can draw image/label/prediction overlays
+    write_text(out / "cases.json", json.dumps({c.name: {"image": [str(p.resolve()) for p in c.images], "label": str(c.label.resolve())} for c in cases}, indent=1))
     summary = evaluate_folder(out, labels_dir, out, label_ids=sorted(k for k in dataset.labels if k))
     log.info(f"validation: mean Dice {summary['foreground_mean']['Dice']:.4f} over {len(cases)} cases; per class " + ", ".join(f"{k}: {v['Dice']:.4f}" for k, v in summary["mean"].items()))
     return summary

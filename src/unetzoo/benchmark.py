@@ -1,0 +1,424 @@
+"""Cost benchmark of any set of registered models, measured the same way for each (the papers' cost tables).
+
+For every model, two fresh subprocesses (:mod:`unetzoo.benchmark_worker`), one per phase, so that nothing
+(allocations, caches, memory peaks, compiled kernels) carries from one model or phase to the next:
+
+* training: ``params`` (trainable parameters), ``macs`` (multiply-accumulates of one inference forward on
+  one patch, batch 1, ``torch.utils.flop_counter``: convolutions and matrix products), ``train_step_s``
+  (median wall time of a training step: forward, loss, backward, gradient clip, optimizer step, after
+  ``warmup`` untimed steps) and ``train_peak_mem_mb`` (peak memory over the timed steps);
+* inference: ``infer_s`` and ``infer_peak_mem_mb``: the method's full inference procedure
+  (``Method.predict``: sliding windows, mirroring if configured) on one whole volume.
+
+The model's own method decides what a step and a forward are: a slice method trains on
+``batch_size * patch[axis]`` one-slice patches (what its loader gives), a point-sampling method samples its
+points, and so on; MACs are those of ``Method.predict_window`` on one volume patch (for a dense model, its
+forward). Inputs are synthetic (random ellipsoid labels with foreground in every patch, noisy image),
+the same for every model. Memory: see :mod:`unetzoo.benchmark_worker`.
+
+Outputs: ``benchmark.json``, ``benchmark.csv``, ``benchmark.png``, and the table on stdout (each figure
+with its ratio to the first model).
+"""
+
+from __future__ import annotations
+
+import csv
+import io as _io
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from unetzoo.config import Config
+from unetzoo.errors import UnetzooError
+from unetzoo.io import write_bytes, write_text
+
+FIGURES = ("params", "macs", "train_step_s", "train_peak_mem_mb", "infer_s", "infer_peak_mem_mb")
+LABELS = {
+    "params": "parameters",
+    "macs": "MACs / patch",
+    "train_step_s": "train step (s)",
+    "train_peak_mem_mb": "train peak mem (MB)",
+    "infer_s": "inference (s)",
+    "infer_peak_mem_mb": "infer peak mem (MB)",
+}
+PATCH_CAP = {2: 256, 3: 128}
+
+
+def synthetic_plan(shape: list[int], classes: int = 2, patch: list[int] | None = None) -> dict:
+    """A plan for synthetic ``shape`` = ``[C, *spatial]`` (2D or 3D) with ``classes`` classes (background
+    included); the patch defaults to the spatial shape, capped at 128 (3D) or 256 (2D) per axis."""
+    if len(shape) not in (3, 4) or any(int(s) < 1 for s in shape):
+        raise UnetzooError(f"--shape expects C H W (2D) or C D H W (3D) with positive sizes, got {shape}")
+    channels, spatial = int(shape[0]), [int(s) for s in shape[1:]]
+    dims = len(spatial)
+    if classes < 2:
+        raise UnetzooError(f"--classes must be at least 2 (background and one class), got {classes}")
+    patch = _check_patch(patch, dims) or [min(PATCH_CAP[dims], s) for s in spatial]
+    return {
+        "spatial_dims": dims,
+        "channel_names": ["MRI"] * channels,
+        "labels": {str(i): "background" if i == 0 else f"class{i}" for i in range(classes)},
+        "num_classes": classes,
+        "file_ending": ".nii.gz" if dims == 3 else ".png",
+        "n_channel_files": channels,
+        "target_spacing": [1.0] * dims if dims == 3 else None,
+        "median_shape": [float(s) for s in spatial],
+        "patch_size": patch,
+        "ct_stats": {},
+    }
+
+
+def data_plan(data_dir: str | Path, patch: list[int] | None = None) -> dict:
+    """The plan ``unetzoo train`` would compute for the dataset (patch from the data unless ``patch``)."""
+    from unetzoo.data.datasets import load_dataset
+    from unetzoo.data.plan import make_plan
+
+    dataset = load_dataset(data_dir)
+    return make_plan(dataset, dataset.cases, _check_patch(patch, dataset.spatial_dims))
+
+
+def _check_patch(patch, dims: int):
+    if not patch:
+        return None
+    if len(patch) != dims or any(int(p) < 1 for p in patch):
+        raise UnetzooError(f"--patch {' '.join(map(str, patch))} must give {dims} positive sizes for {dims}D data")
+    return [int(p) for p in patch]
+
+
+def _run_worker(spec: dict, timeout: float | None = None) -> dict:
+    """Run one phase in a fresh ``python -m unetzoo.benchmark_worker`` process; returns its JSON result."""
+    with tempfile.TemporaryDirectory(prefix="unetzoo_bench_") as tmp:
+        spec_path, out_path = Path(tmp) / "spec.json", Path(tmp) / "result.json"
+        spec_path.write_text(json.dumps(spec))
+        env = dict(os.environ)
+        if spec.get("threads"):
+            env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(spec["threads"])
+        try:
+            proc = subprocess.run(
+                [sys.executable, "-m", "unetzoo.benchmark_worker", str(spec_path), str(out_path)],
+                capture_output=True, text=True, env=env, timeout=timeout,
+            )
+        except subprocess.TimeoutExpired:
+            return {"error": f"timed out after {timeout} s"}
+        if out_path.is_file():
+            return json.loads(out_path.read_text())
+        tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-5:]
+        return {"error": f"worker exited with status {proc.returncode} (killed for memory?): " + " | ".join(tail)}
+
+
+def _model_config(base: Config, name: str, plan: dict) -> Config:
+    config = Config.from_dict(json.loads(json.dumps(base.to_dict())))
+    config.model = name
+    config.data.patch_size = plan["patch_size"]
+    return config
+
+
+def benchmark_models(
+    models: list[str],
+    plan: dict,
+    config: Config | None = None,
+    device: str = "cpu",
+    warmup: int = 2,
+    steps: int = 5,
+    infer_shape: list[int] | None = None,
+    infer_repeats: int = 1,
+    threads: int | None = None,
+    configs: dict[str, Config] | None = None,
+    timeout: float | None = None,
+    log=None,
+    phases=("train", "infer"),
+) -> dict:
+    """Measure every model in ``models`` (registry names) on ``plan``; returns the ``benchmark.json`` dict.
+
+    ``config`` holds the shared settings (batch size, optimizer, inference, model_args ...; default
+    ``Config()``); ``configs`` may give a model its own config instead (e.g. a trained run's). The
+    inference volume is ``infer_shape`` (spatial), default the plan's median shape. ``phases`` may leave
+    out ``"infer"`` (its figures are then None).
+    """
+    import torch
+
+    from unetzoo.inference import resolve_device
+    from unetzoo.models import model_info
+
+    if not models:
+        raise UnetzooError("no models to benchmark")
+    if warmup < 0 or steps < 1:
+        raise UnetzooError(f"need warmup >= 0 and steps >= 1, got {warmup} and {steps}")
+    resolve_device(device)
+    base = config or Config()
+    configs = configs or {}
+    for name in models:
+        entry = model_info(name)  # unknown name: error listing the valid ones
+        if plan["spatial_dims"] not in entry.spatial_dims:
+            raise UnetzooError(f"model {name!r} supports spatial_dims {entry.spatial_dims}, the benchmark data is {plan['spatial_dims']}D")
+    infer_shape = [int(round(s)) for s in (infer_shape or plan["median_shape"])]
+    log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+    load = _load_average()  # other work on the machine before we start: times are only comparable on an idle one
+    rows = []
+    for index, name in enumerate(models):
+        model_config = configs.get(name) or _model_config(base, name, plan)
+        spec = {
+            "config": model_config.to_dict(), "plan": plan, "device": device, "threads": threads, "warmup": warmup,
+            "steps": steps, "infer_shape": infer_shape, "infer_repeats": infer_repeats, "seed": model_config.seed,
+        }
+        row = {"model": name}
+        for phase in phases:
+            log(f"benchmark [{index + 1}/{len(models)}] {name}: {phase} ...")
+            result = _run_worker({**spec, "phase": phase}, timeout=timeout)
+            if "error" in result:
+                row.setdefault("errors", {})[phase] = result["error"]
+                if result.get("traceback"):
+                    row.setdefault("tracebacks", {})[phase] = result["traceback"]
+                log(f"benchmark {name}: {phase} failed: {result['error']}")
+                continue
+            row.update(result)
+        for figure in FIGURES:
+            row.setdefault(figure, None)
+        row["batch_size"] = model_config.train.batch_size
+        row["patch"] = list(plan["patch_size"])
+        rows.append(row)
+    threads_used = next((r["threads"] for r in rows if r.get("threads")), threads or torch.get_num_threads())
+    memory_methods = sorted({r["memory_method"] for r in rows if r.get("memory_method")})
+    return {
+        "models": [{"model": row["model"], **{f: row[f] for f in FIGURES}, **row} for row in rows],
+        "device": device,
+        "device_name": _device_name(device),
+        "torch": torch.__version__,
+        "threads": threads_used,
+        "patch": list(plan["patch_size"]),
+        "batch_size": base.train.batch_size,
+        "spatial_dims": plan["spatial_dims"],
+        "channels": len(plan["channel_names"]),
+        "num_classes": plan["num_classes"],
+        "infer_shape": infer_shape,
+        "warmup_steps": warmup,
+        "timed_steps": steps,
+        "infer_repeats": infer_repeats,
+        "memory_method": memory_methods[0] if len(memory_methods) == 1 else memory_methods,
+        "optimizer": base.train.optimizer,
+        "load_average": load,
+        "cpu_count": os.cpu_count(),
+        "precision": "fp32",
+    }
+
+
+def _load_average() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):
+        return None
+
+
+def _device_name(device: str) -> str:
+    import torch
+
+    if device == "cuda" and torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{name}, {os.cpu_count()} logical cores"
+
+
+def _shape(value) -> str:
+    return "x".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def _human(figure: str, value) -> str:
+    if value is None:
+        return "failed"
+    if figure in ("params", "macs"):
+        for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+            if abs(value) >= scale:
+                return f"{value / scale:.2f}{unit}"
+        return f"{value:.0f}"
+    if figure.endswith("_s"):
+        return f"{value:.3f}" if value < 10 else f"{value:.1f}"
+    return f"{value:.1f}"
+
+
+def ratios(result: dict) -> list[dict]:
+    """Per model, each figure divided by the first model's (None where either is missing or zero)."""
+    first = result["models"][0]
+    out = []
+    for row in result["models"]:
+        out.append({f: (row[f] / first[f] if row.get(f) is not None and first.get(f) else None) for f in FIGURES})
+    return out
+
+
+def format_table(result: dict) -> str:
+    """The text table: a header naming device, threads, torch, patch and batch; every figure with its
+    ratio to the first model."""
+    header = (
+        f"device {result['device']} ({result['device_name']}), {result['threads']} threads, torch {result['torch']}, "
+        f"{result['precision']}\npatch {_shape(result['patch'])}, batch {result['batch_size']}, "
+        f"inference volume {_shape(result['infer_shape'])} ({result['channels']} channel(s), {result['num_classes']} classes); "
+        f"median of {result['timed_steps']} training steps after {result['warmup_steps']} warm-up steps; "
+        f"memory: {result['memory_method']}"
+    )
+    columns = ["model", *[LABELS[f] for f in FIGURES]]
+    table = [columns]
+    for row, ratio in zip(result["models"], ratios(result)):
+        cells = [row["model"]]
+        for f in FIGURES:
+            text = _human(f, row.get(f))
+            if ratio[f] is not None:
+                text += f" (x{ratio[f]:.2f})"
+            cells.append(text)
+        table.append(cells)
+    widths = [max(len(r[i]) for r in table) for i in range(len(columns))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in table]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    notes = []
+    for row in result["models"]:
+        slices = row.get("train_patch") and row["train_patch"] != row.get("patch")
+        if slices:
+            notes.append(f"{row['model']}: a training step is {row['train_batch']} patches of {_shape(row['train_patch'])}")
+        for phase, error in (row.get("errors") or {}).items():
+            notes.append(f"{row['model']}: {phase} failed: {error}")
+    load, cores = result.get("load_average"), result.get("cpu_count")
+    if load is not None and cores and result["device"] == "cpu" and load > 0.5 * cores:
+        notes.append(f"warning: the machine was busy before the benchmark (1-minute load {load} on {cores} cores): CPU times are unreliable")
+    return "\n".join([header, "", *lines, *(["", *notes] if notes else [])])
+
+
+def write_outputs(result: dict, out_dir: str | Path) -> dict[str, Path]:
+    """Write ``benchmark.json``, ``benchmark.csv`` and ``benchmark.png`` into ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out_dir / "benchmark.json", "csv": out_dir / "benchmark.csv", "png": out_dir / "benchmark.png"}
+    write_text(paths["json"], json.dumps(result, indent=2) + "\n")
+    buffer = _io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    context = ("device", "threads", "torch", "batch_size")
+    writer.writerow(["model", *FIGURES, *[f"{f}_ratio" for f in FIGURES], "patch", "train_patch", "train_batch", *context])
+    for row, ratio in zip(result["models"], ratios(result)):
+        writer.writerow(
+            [row["model"], *["" if row.get(f) is None else row[f] for f in FIGURES],
+             *["" if ratio[f] is None else f"{ratio[f]:.4f}" for f in FIGURES],
+             _shape(row.get("patch") or result["patch"]), _shape(row.get("train_patch") or []), row.get("train_batch", ""),
+             *[result[c] for c in context]]
+        )
+    write_text(paths["csv"], buffer.getvalue())
+    write_bytes(paths["png"], _bar_chart(result))
+    return paths
+
+
+def _bar_chart(result: dict) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    names = [row["model"] for row in result["models"]]
+    colors = plt.get_cmap("tab10").colors
+    fig, axes = plt.subplots(2, 3, figsize=(4 + 1.1 * max(3, len(names)) * 1.5, 7.5))
+    for ax, figure in zip(axes.flat, FIGURES):
+        values = [row.get(figure) for row in result["models"]]
+        heights = [v if v is not None else 0 for v in values]
+        bars = ax.bar(range(len(names)), heights, color=[colors[i % 10] for i in range(len(names))])
+        for bar, value in zip(bars, values):
+            ax.annotate(_human(figure, value), (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                        ha="center", va="bottom", fontsize=8, xytext=(0, 2), textcoords="offset points")
+        ax.set_title(LABELS[figure])
+        ax.set_xticks(range(len(names)), names, rotation=30 if len(names) > 3 else 0, ha="right" if len(names) > 3 else "center", fontsize=8)
+        ax.set_ylim(0, max([h for h in heights if h] or [1]) * 1.18)
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _pos, f=figure: _human(f, v) if v else "0"))
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(
+        f"{result['device']} ({result['threads']} threads), torch {result['torch']}, patch {_shape(result['patch'])}, "
+        f"batch {result['batch_size']}, volume {_shape(result['infer_shape'])}",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    buffer = _io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _with_options(config: Config, batch_size: int | None, sets) -> Config:
+    if batch_size is not None:
+        if batch_size < 1:
+            raise UnetzooError(f"--batch-size must be positive, got {batch_size}")
+        config.train.batch_size = batch_size
+    for assignment in sets or ():
+        config.set(assignment)
+    return config
+
+
+def run_benchmark(models, out_dir, data=None, shape=None, patch=None, classes: int = 2, config: Config | None = None,
+                  runs=None, batch_size: int | None = None, sets=(), **kwargs) -> dict:
+    """The ``unetzoo benchmark`` command: plan from ``data`` (a dataset folder) or ``shape`` (synthetic),
+    or each trained run's own config and plan (``runs``); measure, write the outputs, print the table.
+
+    ``batch_size`` and ``sets`` (``section.field=value``) override the config of every model (of every
+    run). With ``runs``, every run is measured with the configuration it was trained with, and a one-model
+    ``benchmark.json`` is also written into the run folder (``unetzoo report`` shows it).
+    """
+    if runs:
+        if models or data is not None or shape is not None or patch:
+            raise UnetzooError("--run takes the models, data plan and patch from the run folders: drop --models/--data/--shape/--patch")
+        return _benchmark_runs(runs, out_dir, batch_size, sets, **kwargs)
+    if (data is None) == (shape is None):
+        raise UnetzooError("give exactly one of --data DIR or --shape C [D] H W")
+    config = _with_options(config or Config(), batch_size, sets)
+    plan = data_plan(data, patch) if data is not None else synthetic_plan(list(shape), classes, patch)
+    if models in ("all", ["all"]):
+        from unetzoo.models import list_models, model_info
+
+        models = [m for m in list_models() if plan["spatial_dims"] in model_info(m).spatial_dims]
+    if kwargs.get("infer_shape") and len(kwargs["infer_shape"]) != plan["spatial_dims"]:
+        raise UnetzooError(f"--infer-shape needs {plan['spatial_dims']} sizes for {plan['spatial_dims']}D data")
+    if shape is not None and not kwargs.get("infer_shape"):
+        kwargs["infer_shape"] = list(shape)[1:]
+    result = benchmark_models(list(models), plan, config=config, **kwargs)
+    write_outputs(result, out_dir)
+    print(format_table(result))
+    print(f"\nwritten: {Path(out_dir) / 'benchmark.json'}, benchmark.csv, benchmark.png")
+    _raise_failures(result, out_dir)
+    return result
+
+
+def _raise_failures(result: dict, out_dir) -> None:
+    failed = [f"{row['model']} ({', '.join(row['errors'])})" for row in result["models"] if row.get("errors")]
+    if failed:
+        raise UnetzooError(f"benchmark failed for {', '.join(failed)}: the errors and tracebacks are in {Path(out_dir) / 'benchmark.json'}")
+
+
+def _benchmark_runs(runs, out_dir, batch_size=None, sets=(), **kwargs) -> dict:
+    from unetzoo.errors import file_error
+
+    results = []
+    for run in runs:
+        run = Path(run)
+        for name in ("config.json", "plan.json"):
+            if not (run / name).is_file():
+                raise file_error(run / name, "missing: not a unetzoo run folder")
+        config = _with_options(Config.load(run / "config.json"), batch_size, sets)
+        plan = json.loads((run / "plan.json").read_text())
+        result = benchmark_models([config.model], plan, config=config, configs={config.model: config}, **kwargs)
+        result["models"][0]["run"] = str(run)
+        write_text(run / "benchmark.json", json.dumps(result, indent=2) + "\n")
+        results.append(result)
+    combined = dict(results[0])
+    combined["models"] = [r["models"][0] for r in results]
+    for key in ("patch", "batch_size", "infer_shape", "channels", "num_classes"):
+        if any(r[key] != results[0][key] for r in results):
+            combined[key] = "per run"
+    write_outputs(combined, out_dir)
+    print(format_table(combined))
+    print(f"\nwritten: {Path(out_dir) / 'benchmark.json'}, benchmark.csv, benchmark.png; and benchmark.json in each run folder")
+    _raise_failures(combined, out_dir)
+    return combined
