@@ -7,8 +7,15 @@ its size before the first step; torch keeps no CPU allocator statistics). A trai
 
     PYTHONPATH=src python3 benchmarks/implicit_profile.py --shape 96 96 64 --batch 2 [--out FILE] [--profile]
 
-``--profile`` also prints torch.profiler's top operators of one implicit-unet train step.
-The CPU of the development machine is shared: rerun before trusting a single figure.
+``--profile`` prints torch.profiler's top operators of one implicit-unet train step instead.
+``--interleave VARIANTS`` times train steps of several variants in one process, alternating step by step, so
+that every variant sees the same load (the fairest timing on a shared CPU); VARIANTS is JSON
+``{"name": ["model", {model_args}, {method_args}], ...}``, the first one the reference of the ratios, e.g.
+
+    python3 benchmarks/implicit_profile.py --threads 1 --repeats 3 --interleave \
+      '{"unet": ["unet", {}, {}], "implicit": ["implicit-unet", {}, {}], "paper-density": ["implicit-unet", {}, {"points": 0.0122}]}'
+
+The CPU of the development machine is shared: rerun before trusting a single figure (one thread is steadier).
 """
 
 from __future__ import annotations
@@ -88,6 +95,37 @@ def child(args) -> dict:
     return out
 
 
+def interleave(args) -> dict:
+    from unetzoo.config import Config
+    from unetzoo.methods import build_method
+
+    torch.set_num_threads(args.threads)
+    plan = {"patch_size": list(args.shape), "spatial_dims": len(args.shape), "channel_names": ["MRI"], "num_classes": 3}
+    methods, optimizers = {}, {}
+    for name, (model, model_args, method_args) in json.loads(args.interleave).items():
+        config = Config(model=model)
+        config.model_args.update(model_args)
+        config.method_args.update(method_args)
+        methods[name] = build_method(config, plan)
+        methods[name].model.train()
+        optimizers[name] = torch.optim.AdamW(methods[name].model.parameters(), lr=1e-4)
+    batch = _batch(args.shape, args.batch)
+    times = {name: [] for name in methods}
+    for _ in range(1 + args.repeats):
+        for name, method in methods.items():
+            start = time.perf_counter()
+            optimizers[name].zero_grad(set_to_none=True)
+            method.training_loss(batch).backward()
+            optimizers[name].step()
+            times[name].append(time.perf_counter() - start)
+        print({name: round(t[-1], 2) for name, t in times.items()}, flush=True)
+    median = {name: statistics.median(t[1:]) for name, t in times.items()}
+    first = next(iter(median))
+    result = {"train_step_s": median, "ratios": {name: m / median[first] for name, m in median.items()}}
+    print(json.dumps(result, indent=1))
+    return result
+
+
 def profile_step(args) -> None:
     from torch.profiler import ProfilerActivity, profile
 
@@ -112,6 +150,7 @@ def main(argv=None) -> None:
     parser.add_argument("--models", default="unet,implicit-unet")
     parser.add_argument("--what", default="params,train,infer")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--interleave", help="JSON variants to time step by step in one process (see above)")
     parser.add_argument("--out")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
@@ -121,6 +160,12 @@ def main(argv=None) -> None:
         return
     if args.profile:
         profile_step(args)
+        return
+    if args.interleave:
+        result = interleave(args)
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump(result, f, indent=1)
         return
     results = {}
     for model in args.models.split(","):

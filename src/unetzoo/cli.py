@@ -55,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--save-probabilities", action="store_true", help="also write CASE.npz with the class probabilities")
     p.add_argument("--mirror", action="store_true", default=None, help="test-time mirroring over every axis")
     p.add_argument("--overlap", type=float, help="sliding-window overlap (default from the run: 0.3)")
+    p.add_argument("--upsample", type=int, default=1, metavar="F", help="write F-times finer outputs of the same extent (continuous decoders: implicit-unet)")
 
     p = sub.add_parser("evaluate", help="compare predictions with reference labels")
     p.add_argument("pred", type=Path)
@@ -68,6 +69,41 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="unet")
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+
+    p = sub.add_parser("benchmark", help="parameters, MACs, training step time and memory, inference time and memory of models")
+    p.add_argument("--models", help="comma-separated model names, or 'all' (every registered model for the data's dimensions)")
+    p.add_argument("--run", type=Path, nargs="+", help="trained run folder(s): measure each with its own config and plan (instead of --models)")
+    p.add_argument("--data", type=Path, help="dataset folder: plan (patch, channels, classes) and median shape from the data")
+    p.add_argument("--shape", type=int, nargs="+", metavar="N", help="synthetic input C D H W (3D) or C H W (2D)")
+    p.add_argument("--classes", type=int, default=2, help="classes of the synthetic input, background included (default 2)")
+    p.add_argument("--patch", type=int, nargs="+", metavar="N", help="patch size (default: from the data / the shape, capped)")
+    p.add_argument("--infer-shape", type=int, nargs="+", metavar="N", help="spatial size of the predicted volume (default: --shape or the data's median shape)")
+    p.add_argument("--batch-size", type=int, help="training batch size (default 2, as training)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's default)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed warm-up steps (default 2)")
+    p.add_argument("--steps", type=int, default=5, help="timed training steps; their median is reported (default 5)")
+    p.add_argument("--infer-repeats", type=int, default=1, help="timed whole-volume predictions; their median is reported (default 1)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="config override for every model, e.g. --set model_args.n_stages=4")
+    p.add_argument("--out", type=Path, required=True, help="folder for benchmark.json, benchmark.csv, benchmark.png")
+
+    p = sub.add_parser("report", help="one page comparing trained runs: metrics, training time, cost, curves, overlays")
+    p.add_argument("runs", type=Path, nargs="+", metavar="RUN")
+    p.add_argument("--out", type=Path, required=True, help="folder for report.md and its PNGs")
+    p.add_argument("--cases", nargs="+", help="validation cases to overlay (default: the first --n-cases common to all runs)")
+    p.add_argument("--n-cases", type=int, default=3)
+    p.add_argument("--axis", type=int, choices=[0, 1, 2], help="slice axis of 3D images (default: largest spacing)")
+    p.add_argument("--label", type=int, help="overlay one label id only (default: all foreground classes)")
+    p.add_argument("--benchmark", type=Path, help="a benchmark.json whose figures to show for runs without their own (matched by model name)")
+    p.add_argument("--data", type=Path, help="dataset folder to find the validation images in (default: validation/cases.json)")
+
+    p = sub.add_parser("overlay", help="image | ground truth | prediction | errors (TP white, FP red, FN blue) of one case")
+    p.add_argument("image", type=Path, nargs="+", help="image file(s) of the case (one per channel), then the label, then the prediction")
+    p.add_argument("--out", type=Path, required=True, help="PNG file to write")
+    p.add_argument("--axis", type=int, choices=[0, 1, 2], help="slice axis of 3D images (default: largest spacing)")
+    p.add_argument("--slice", type=int, help="slice index (default: the slice with most reference foreground)")
+    p.add_argument("--label", type=int, help="one label id only (default: all foreground classes)")
+    p.add_argument("--alpha", type=float, default=0.75, help="opacity of the error colours over the image")
     return parser
 
 
@@ -120,6 +156,7 @@ def _demo(args) -> None:
     from unetzoo.data.phantoms import write_organs_phantom
     from unetzoo.evaluation import evaluate_folder
     from unetzoo.inference import predict
+    from unetzoo.report import make_report
     from unetzoo.training import train
 
     data = write_organs_phantom(args.out / "data", cases=10, seed=0)
@@ -134,8 +171,9 @@ def _demo(args) -> None:
     run = train(data, args.out / "run", config, resume=(args.out / "run" / "checkpoint_last.pt").is_file())
     predict(run, data / "imagesTr", args.out / "predictions", device=args.device)
     summary = evaluate_folder(args.out / "predictions", data / "labelsTr", args.out / "evaluation")
+    page = make_report([run], args.out / "report")
     print(f"demo: mean Dice over all {len(summary['cases'])} cases (training cases included) {summary['foreground_mean']['Dice']:.3f}; "
-          f"held-out fold: see {run / 'validation' / 'summary.json'}; results in {args.out}")
+          f"held-out fold: {run / 'validation' / 'summary.json'}; report: {page}")
 
 
 def run(argv=None) -> None:
@@ -155,7 +193,7 @@ def run(argv=None) -> None:
         from unetzoo.inference import predict
 
         written = predict(args.run, args.input, args.output, device=args.device, overwrite=args.overwrite,
-                          save_probabilities=args.save_probabilities, mirror=args.mirror, overlap=args.overlap)
+                          save_probabilities=args.save_probabilities, mirror=args.mirror, overlap=args.overlap, upsample=args.upsample)
         print(f"{len(written)} prediction(s) in {args.output}")
     elif args.command == "evaluate":
         from unetzoo.evaluation import evaluate_folder
@@ -166,6 +204,28 @@ def run(argv=None) -> None:
         print(f"summary: {args.out / 'summary.json'}")
     elif args.command == "demo":
         _demo(args)
+    elif args.command == "benchmark":
+        from unetzoo.benchmark import run_benchmark
+
+        if (args.models is None) == (args.run is None):
+            raise UnetzooError("give --models A,B,... or --run RUN [RUN ...]")
+        models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
+        run_benchmark(models, args.out, data=args.data, shape=args.shape, patch=args.patch, classes=args.classes,
+                      batch_size=args.batch_size, sets=args.set, runs=args.run, device=args.device, warmup=args.warmup,
+                      steps=args.steps, infer_shape=args.infer_shape, infer_repeats=args.infer_repeats, threads=args.threads)
+    elif args.command == "report":
+        from unetzoo.report import make_report
+
+        page = make_report(args.runs, args.out, cases=args.cases, n_cases=args.n_cases, axis=args.axis, benchmark=args.benchmark,
+                           data=args.data, label_id=args.label)
+        print(f"report: {page}")
+    elif args.command == "overlay":
+        from unetzoo.report import write_overlay
+
+        if len(args.image) < 3:
+            raise UnetzooError("overlay expects IMAGE [IMAGE ...] LABEL PRED")
+        *images, label, pred = args.image
+        print(write_overlay(images, label, pred, args.out, axis=args.axis, index=args.slice, label_id=args.label, alpha=args.alpha))
 
 
 def user_error(exc: BaseException) -> UnetzooError | None:
@@ -179,7 +239,18 @@ def user_error(exc: BaseException) -> UnetzooError | None:
     return None
 
 
+def _quiet_library_warnings() -> None:
+    """Hide the dependencies' deprecation chatter that says nothing about the user's run."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning, module="monai")
+    warnings.filterwarnings("ignore", message="Setting affine, but the applied meta contains an affine")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
+
+
 def main(argv=None) -> int:
+    _quiet_library_warnings()
     try:
         run(argv)
     except KeyboardInterrupt:

@@ -7,9 +7,8 @@ already predicted is skipped unless ``overwrite``; files are written under a tem
 
 from __future__ import annotations
 
+import io
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,7 @@ from unetzoo.config import Config
 from unetzoo.data.datasets import prediction_inputs
 from unetzoo.data.transforms import preprocessing
 from unetzoo.errors import UnetzooError, file_error
-from unetzoo.io import NIFTI_ENDINGS, file_ending, write_array
+from unetzoo.io import NIFTI_ENDINGS, file_ending, write_array, write_bytes
 from unetzoo.methods import build_method
 
 
@@ -49,7 +48,7 @@ def load_weights(model: torch.nn.Module, checkpoint_path: Path) -> dict:
 class Predictor:
     """A trained run ready to predict: ``Predictor(run_dir).predict_cases({name: [files]}, out_dir)``."""
 
-    def __init__(self, run_dir: str | Path, device: str = "cpu", checkpoint: str = "best", overlap: float | None = None, mirror: bool | None = None):
+    def __init__(self, run_dir: str | Path, device: str = "cpu", checkpoint: str = "best", overlap: float | None = None, mirror: bool | None = None, upsample: int = 1):
         run_dir = Path(run_dir)
         for name in ("config.json", "plan.json"):
             if not (run_dir / name).is_file():
@@ -62,6 +61,11 @@ class Predictor:
         self.plan = json.loads((run_dir / "plan.json").read_text())
         self.device = resolve_device(device)
         self.method = build_method(self.config, self.plan)
+        self.upsample = int(upsample)
+        if self.upsample < 1:
+            raise UnetzooError(f"--upsample must be a positive integer, got {upsample}")
+        if self.upsample > 1 and not getattr(self.method, "continuous", False):
+            raise UnetzooError(f"--upsample needs a model with a continuous decoder (implicit-unet); {self.config.model!r} predicts on its voxel grid only")
         path = run_dir / f"checkpoint_{checkpoint}.pt"
         if not path.is_file():
             path = run_dir / "checkpoint_last.pt"
@@ -75,6 +79,15 @@ class Predictor:
         """Class probabilities (K, *spatial) of one case, in the input file's own voxel grid."""
         data = self.preprocess({"image": [str(p) for p in paths]})
         image = data["image"]
+        if self.upsample > 1:  # see unetzoo.upsampling: fine preprocessed grid -> fine grid of the input file
+            from unetzoo.upsampling import resample_to_grid, upsampled_affine
+
+            probs = self.method.predict(image.as_tensor()[None].to(self.device), upsample=self.upsample)[0].float().cpu()
+            if self.plan["spatial_dims"] == 3:
+                reference = nib_geometry(paths[0])
+                probs = resample_to_grid(probs, upsampled_affine(image.affine.numpy(), self.upsample),
+                                         upsampled_affine(reference[0], self.upsample), [self.upsample * s for s in reference[1]])
+            return probs
         probs = self.method.predict(image.as_tensor()[None].to(self.device))[0].float().cpu()
         if self.plan["spatial_dims"] == 3:
             pred = MetaTensor(probs, affine=image.affine, meta=dict(image.meta))
@@ -97,15 +110,24 @@ class Predictor:
                 written.append(target)
                 continue
             probs = self.predict_probabilities(paths)
-            save_prediction(probs.argmax(0).numpy(), paths[0], target)
+            save_prediction(probs.argmax(0).numpy(), paths[0], target, upsample=self.upsample)
             if save_probabilities:
                 save_npz(out_dir / f"{name}.npz", probabilities=probs.numpy().astype(np.float16))
             written.append(target)
         return written
 
 
-def save_prediction(label: np.ndarray, reference_path: Path, target: Path) -> Path:
-    """Write ``label`` with the reference file's geometry: NIfTI shape/affine/header, or PNG size."""
+def nib_geometry(path: Path) -> tuple[np.ndarray, tuple[int, ...]]:
+    """(affine, spatial shape) of a NIfTI file."""
+    import nibabel as nib
+
+    ref = nib.load(str(path))
+    return np.asarray(ref.affine, dtype=np.float64), tuple(int(s) for s in ref.shape[:3])
+
+
+def save_prediction(label: np.ndarray, reference_path: Path, target: Path, upsample: int = 1) -> Path:
+    """Write ``label`` with the reference file's geometry: NIfTI shape/affine/header, or PNG size; with
+    ``upsample`` F, the F-times finer grid of the same extent (:func:`unetzoo.upsampling.upsampled_affine`)."""
     if file_ending(reference_path) in NIFTI_ENDINGS:
         import nibabel as nib
 
@@ -118,25 +140,26 @@ def save_prediction(label: np.ndarray, reference_path: Path, target: Path) -> Pa
         with PILImage.open(reference_path) as pil:
             shape = (pil.height, pil.width)
         affine, header = None, None
+    if upsample > 1:
+        from unetzoo.upsampling import upsampled_affine
+
+        shape = tuple(upsample * s for s in shape)
+        affine = upsampled_affine(affine, upsample) if affine is not None else None
     if tuple(label.shape) != tuple(shape):
         raise file_error(reference_path, f"internal error: prediction shape {label.shape} != input shape {shape}")
     return write_array(label.astype(np.uint8), target, affine, header)
 
 
 def save_npz(path: Path, **arrays) -> Path:
-    """``np.savez_compressed`` to a temporary name in the same folder, then rename."""
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".npz", dir=path.parent)
-    os.close(fd)
-    try:
-        np.savez_compressed(tmp, **arrays)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return path
+    """``np.savez_compressed`` written atomically (temporary name in the same folder, then rename)."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return write_bytes(path, buffer.getvalue())
 
 
-def predict(run_dir, input_path, output_dir, device="cpu", overwrite=False, save_probabilities=False, mirror=None, overlap=None) -> list[Path]:
-    """Predict a folder (``CASE_0000.ext`` or MSD ``NAME.ext`` files) or one file into ``output_dir``."""
-    predictor = Predictor(run_dir, device=device, overlap=overlap, mirror=mirror)
+def predict(run_dir, input_path, output_dir, device="cpu", overwrite=False, save_probabilities=False, mirror=None, overlap=None, upsample=1) -> list[Path]:
+    """Predict a folder (``CASE_0000.ext`` or MSD ``NAME.ext`` files) or one file into ``output_dir``; ``upsample``
+    F > 1 (continuous-decoder models only) writes F-times finer outputs of the same world extent."""
+    predictor = Predictor(run_dir, device=device, overlap=overlap, mirror=mirror, upsample=upsample)
     cases = prediction_inputs(input_path, predictor.plan["n_channel_files"])
     return predictor.predict_cases(cases, output_dir, overwrite=overwrite, save_probabilities=save_probabilities)

@@ -5,10 +5,11 @@ from __future__ import annotations
 from unetzoo.config import Config
 from unetzoo.methods.base import Method
 from unetzoo.methods.dense import DenseMethod, SliceMethod
+from unetzoo.methods.implicit import ImplicitMethod
 from unetzoo.models import create_model, model_info
 from unetzoo.models.blocks import stages_for_patch
 
-METHODS: dict[str, type[Method]] = {"dense": DenseMethod, "slices": SliceMethod}
+METHODS: dict[str, type[Method]] = {"dense": DenseMethod, "slices": SliceMethod, "implicit": ImplicitMethod}
 
 
 def build_method(config: Config, plan: dict) -> Method:
