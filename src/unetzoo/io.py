@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +49,6 @@ class Image:
     affine: np.ndarray
     path: Path
     header: object = None
-    extra: dict = field(default_factory=dict)
 
     @property
     def spatial_shape(self) -> tuple[int, ...]:
@@ -163,15 +162,6 @@ def _atomic_target(out_path: Path):
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)
     return Path(tmp)
-
-
-def write_label_like(label: np.ndarray, reference: Image, out_path: str | os.PathLike) -> Path:
-    """Write a label map with the reference image's geometry (shape, affine, header), atomically."""
-    out_path = Path(out_path)
-    if tuple(label.shape) != reference.spatial_shape:
-        raise ValueError(f"label shape {label.shape} != reference shape {reference.spatial_shape}")
-    dtype = np.uint8 if label.max(initial=0) < 256 and label.min(initial=0) >= 0 else np.int16
-    return write_array(label.astype(dtype), out_path, reference.affine, reference.header)
 
 
 def write_array(data: np.ndarray, out_path: str | os.PathLike, affine: np.ndarray | None = None, header=None) -> Path:

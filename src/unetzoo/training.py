@@ -25,6 +25,7 @@ from unetzoo.data.datasets import load_dataset, make_splits
 from unetzoo.data.plan import make_plan
 from unetzoo.data.transforms import augmentation, preprocessing
 from unetzoo.errors import UnetzooError
+from unetzoo.inference import resolve_device
 from unetzoo.io import write_text
 from unetzoo.methods import Method, build_method
 from unetzoo.progress import plot_progress, run_logger
@@ -248,11 +249,7 @@ def _trainer(config: Config, run_dir: Path) -> L.Trainer:
     )
     checkpoint.CHECKPOINT_NAME_LAST = LAST
     checkpoint.FILE_EXTENSION = CHECKPOINT_EXT
-    accelerator = {"cpu": "cpu", "cuda": "gpu", "gpu": "gpu"}.get(cfg.device)
-    if accelerator is None:
-        raise UnetzooError(f"unknown device {cfg.device!r} (cpu or cuda)")
-    if accelerator == "gpu" and not torch.cuda.is_available():
-        raise UnetzooError("--device cuda requested but no CUDA device is available")
+    accelerator = {"cpu": "cpu", "cuda": "gpu"}[resolve_device(cfg.device).type]
     return L.Trainer(
         accelerator=accelerator,
         devices=cfg.devices,
