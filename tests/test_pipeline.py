@@ -114,8 +114,9 @@ def test_ddp_over_two_cpu_processes(organs, tmp_path):
                      "--devices", "2", "--num-workers", "0", "--set", "data.cache_workers=0", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (run / "checkpoint_last.pt").is_file() and (run / "validation" / "summary.json").is_file()
-    logs = "".join(p.read_text() for p in run.glob("training_log_*.txt"))  # each rank may open its own log
-    assert logs.count("epoch 0:") == 1  # only rank 0 logs epochs
+    logs = list(run.glob("training_log_*.txt"))
+    assert len(logs) == 1  # only global rank 0 opens a log
+    assert logs[0].read_text().count("epoch 0:") == 1
 
 
 # ---- bad input: one line naming the file, exit status 2, no traceback, nothing written lost -------------

@@ -13,16 +13,25 @@ from pathlib import Path
 
 
 def run_logger(run_dir: Path, name: str = "unetzoo.train") -> logging.Logger:
-    """A logger writing timestamped lines to ``run_dir/training_log_<timestamp>.txt`` and to the console."""
+    """A logger writing timestamped lines to ``run_dir/training_log_<timestamp>.txt`` and to the console.
+
+    Under DDP every rank runs the training script; only global rank 0 (Lightning's ``rank_zero_only.rank``,
+    read from the launcher's environment) opens the file and prints, so a run has one log as in nnU-Net.
+    """
+    from lightning.pytorch.utilities import rank_zero_only
+
     logger = logging.getLogger(f"{name}.{run_dir.resolve()}")
     if not logger.handlers:
         logger.setLevel(logging.INFO)
+        logger.propagate = False
+        if rank_zero_only.rank != 0:
+            logger.addHandler(logging.NullHandler())
+            return logger
         stamp = time.strftime("%Y_%m_%d_%H_%M_%S")
         formatter = logging.Formatter("%(asctime)s: %(message)s", "%Y-%m-%d %H:%M:%S")
         for handler in (logging.FileHandler(run_dir / f"training_log_{stamp}.txt"), logging.StreamHandler()):
             handler.setFormatter(formatter)
             logger.addHandler(handler)
-        logger.propagate = False
     return logger
 
 
