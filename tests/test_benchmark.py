@@ -70,6 +70,23 @@ def test_2d_shape_in_process():
     assert infer["infer_s"] > 0 and infer["infer_shape"] == [24, 30]
 
 
+def test_training_step_runs_in_the_configured_precision():
+    """Same seed, weights and batch: the bf16-autocast loss is close to the fp32 loss but not equal to it."""
+    plan = synthetic_plan([1, 16, 16, 16])
+    losses = {}
+    for precision in ("32-true", "bf16-mixed"):
+        config = tiny()
+        config.train.precision = precision
+        spec = {"config": config.to_dict(), "plan": plan, "device": "cpu", "warmup": 0, "steps": 1}
+        losses[precision] = measure_train(spec)["train_loss"]
+    assert losses["bf16-mixed"] == pytest.approx(losses["32-true"], rel=0.05)
+    assert losses["bf16-mixed"] != losses["32-true"]
+    config = tiny()
+    config.train.precision = "64-true"
+    with pytest.raises(UnetzooError, match="precision '64-true'"):
+        benchmark_models(["unet"], plan, config=config)
+
+
 def test_synthetic_labels_have_foreground_in_thin_patches():
     import torch
 

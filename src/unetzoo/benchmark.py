@@ -6,9 +6,11 @@ For every model, two fresh subprocesses (:mod:`unetzoo.benchmark_worker`), one p
 * training: ``params`` (trainable parameters), ``macs`` (multiply-accumulates of one inference forward on
   one patch, batch 1, ``torch.utils.flop_counter``: convolutions and matrix products), ``train_step_s``
   (median wall time of a training step: forward, loss, backward, gradient clip, optimizer step, after
-  ``warmup`` untimed steps) and ``train_peak_mem_mb`` (peak memory over the timed steps);
+  ``warmup`` untimed steps, in the config's ``train.precision``) and ``train_peak_mem_mb`` (peak memory
+  over the timed steps);
 * inference: ``infer_s`` and ``infer_peak_mem_mb``: the method's full inference procedure
-  (``Method.predict``: sliding windows, mirroring if configured) on one whole volume.
+  (``Method.predict``: sliding windows, mirroring if configured) on one whole volume, in fp32 as
+  ``unetzoo predict``.
 
 The model's own method decides what a step and a forward are: a slice method trains on
 ``batch_size * patch[axis]`` one-slice patches (what its loader gives), a point-sampling method samples its
@@ -34,6 +36,7 @@ from pathlib import Path
 
 from unetzoo.config import Config
 from unetzoo.errors import UnetzooError
+from unetzoo.benchmark_worker import AUTOCAST_DTYPES
 from unetzoo.io import write_bytes, write_text
 
 FIGURES = ("params", "macs", "train_step_s", "train_peak_mem_mb", "infer_s", "infer_peak_mem_mb")
@@ -150,6 +153,8 @@ def benchmark_models(
         raise UnetzooError(f"need warmup >= 0 and steps >= 1, got {warmup} and {steps}")
     resolve_device(device)
     base = config or Config()
+    if base.train.precision not in AUTOCAST_DTYPES:
+        raise UnetzooError(f"precision {base.train.precision!r} is not one of {', '.join(AUTOCAST_DTYPES)}")
     configs = configs or {}
     for name in models:
         entry = model_info(name)  # unknown name: error listing the valid ones
@@ -202,7 +207,7 @@ def benchmark_models(
         "optimizer": base.train.optimizer,
         "load_average": load,
         "cpu_count": os.cpu_count(),
-        "precision": "fp32",
+        "precision": base.train.precision,
     }
 
 

@@ -125,9 +125,15 @@ def _sync(torch, device) -> None:
         torch.cuda.synchronize(device)
 
 
+AUTOCAST_DTYPES = {"32-true": None, "bf16-mixed": "bfloat16", "16-mixed": "float16"}  # Lightning precision -> autocast
+
+
 def measure_train(spec: dict) -> dict:
     """Median wall time and peak memory of full training steps (forward, loss, backward, gradient clip,
-    optimizer step) on the batch the training loader would give; then parameters and MACs."""
+    optimizer step) on the batch the training loader would give; then parameters and MACs.
+
+    The step runs in the config's ``train.precision`` as Lightning's mixed-precision plugin does: forward
+    and loss under ``torch.autocast`` (bf16 or fp16), fp16 with a gradient scaler; 32-true in fp32."""
     torch, config, plan, device = _setup(spec)
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -144,14 +150,19 @@ def measure_train(spec: dict) -> dict:
     cases = [synthetic_case(patch, len(plan["channel_names"]), plan["num_classes"], generator) for _ in range(n)]
     batch = {"image": torch.stack([c[0] for c in cases]).to(device), "label": torch.stack([c[1] for c in cases]).to(device)}
     del cases
+    dtype = AUTOCAST_DTYPES[config.train.precision]
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == "float16")
 
     def step() -> float:
         optimizer.zero_grad(set_to_none=True)
-        loss = method.training_loss(batch)
-        loss.backward()
+        with torch.autocast(device.type, dtype=getattr(torch, dtype or "float32"), enabled=dtype is not None):
+            loss = method.training_loss(batch)
+        scaler.scale(loss).backward()
         if config.train.grad_clip:
+            scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.grad_clip)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         return float(loss.detach())
 
     for _ in range(int(spec["warmup"])):

@@ -81,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="training batch size (default 2, as training)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's default)")
+    p.add_argument("--precision", help="training-step precision, as train's: 32-true (default), bf16-mixed or 16-mixed; inference stays fp32")
     p.add_argument("--warmup", type=int, default=2, help="untimed warm-up steps (default 2)")
     p.add_argument("--steps", type=int, default=5, help="timed training steps; their median is reported (default 5)")
     p.add_argument("--infer-repeats", type=int, default=1, help="timed whole-volume predictions; their median is reported (default 1)")
@@ -210,8 +211,9 @@ def run(argv=None) -> None:
         if (args.models is None) == (args.run is None):
             raise UnetzooError("give --models A,B,... or --run RUN [RUN ...]")
         models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
+        sets = args.set + ([f"train.precision={args.precision}"] if args.precision else [])
         run_benchmark(models, args.out, data=args.data, shape=args.shape, patch=args.patch, classes=args.classes,
-                      batch_size=args.batch_size, sets=args.set, runs=args.run, device=args.device, warmup=args.warmup,
+                      batch_size=args.batch_size, sets=sets, runs=args.run, device=args.device, warmup=args.warmup,
                       steps=args.steps, infer_shape=args.infer_shape, infer_repeats=args.infer_repeats, threads=args.threads)
     elif args.command == "report":
         from unetzoo.report import make_report
