@@ -122,6 +122,7 @@ def test_report_from_two_runs(tmp_path):
                  "| unet | unet |", "unet2d-slices", "0:00:40", "300.0", "2.00G", "![training curves](curves.png)", "![overlays](overlays.png)"):
         assert text in page, text
     assert "**2.100 ± 0.010**" in page  # HD95: lower is better
+    assert "### IoU (Jaccard)" in page and "**0.800 ± 0.010**" in page  # IoU of run a's class 1 (Dice - 0.1) beats run b's
     for png in ("curves.png", "overlays.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
 

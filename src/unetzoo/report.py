@@ -2,7 +2,7 @@
 
 ``make_report(runs, out)`` writes ``out/report.md`` with ``curves.png`` and ``overlays.png`` beside it:
 
-* per-class Dice, NSD and HD95 of each run's held-out fold (mean +- standard deviation over cases, from
+* per-class Dice, IoU (Jaccard), NSD and HD95 of each run's held-out fold (mean +- standard deviation over cases, from
   ``RUN/validation/summary.json``), the best value of each column in bold;
 * training: epochs, total and median epoch time (``history.json``), parameters, best pseudo Dice;
 * the benchmark figures where the run has them (``RUN/benchmark.json``, written by
@@ -285,7 +285,7 @@ def _metric_tables(runs: list[dict], names: list[str]) -> list[str]:
     for run in runs:
         labels.update({str(k): v for k, v in (run["plan"].get("labels") or {}).items() if str(k) != "0"})
     ids = sorted({k for run in runs if run["summary"] for k in run["summary"]["mean"]}, key=lambda k: int(k) if k.isdigit() else k)
-    for metric, better in (("Dice", max), ("NSD", max), ("HD95", min)):
+    for metric, better in (("Dice", max), ("IoU", max), ("NSD", max), ("HD95", min)):
         header = [f"{labels.get(k, k)} ({k})" for k in ids] + ["mean"]
         cells, values = [], []
         for run in runs:
@@ -309,8 +309,10 @@ def _metric_tables(runs: list[dict], names: list[str]) -> list[str]:
                     for i, v in enumerate(values):
                         if v[j] is not None and v[j] == best:
                             cells[i][j] = f"**{cells[i][j]}**"
-        unit = " (mm)" if metric == "HD95" else ""
-        lines += [f"### {metric}{unit}", "", "| run | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|"]
+        # distances are in mm where the data has a spacing (NIfTI), in pixels where it has none (PNG)
+        unit = (" (mm)" if runs[0]["plan"].get("target_spacing") else " (px)") if metric == "HD95" else ""
+        title = "IoU (Jaccard)" if metric == "IoU" else metric
+        lines += [f"### {title}{unit}", "", "| run | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|"]
         lines += [f"| {name} | " + " | ".join(row) + " |" for name, row in zip(names, cells)]
         lines.append("")
     return lines
