@@ -36,6 +36,23 @@ def test_run_folder_holds_nnunet_outputs(trained_run):
     assert config["model_args"]["n_stages"] == 3  # filled from the 16^3 patch and recorded
 
 
+def test_fold_all_trains_on_every_case_without_held_out_validation(tmp_path):
+    """nnU-Net's fold "all", even on a dataset with fewer cases than cross-validation folds."""
+    from unetzoo.data.phantoms import write_organs_phantom
+
+    data = write_organs_phantom(tmp_path / "data", cases=3, seed=2, shape=(20, 20, 16))
+    run = tmp_path / "run"
+    result = run_cli("train", data, "--out", run, "--fold", "all", "--epochs", "1", "--iters-per-epoch", "2", "--patch", "16", "16", "16",
+                     "--num-workers", "0", "--set", "data.cache_workers=0")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (run / "checkpoint_last.pt").is_file() and json.loads((run / "config.json").read_text())["fold"] == "all"
+    assert not (run / "splits.json").exists() and not (run / "validation").exists()
+    log = next(run.glob("training_log_*.txt")).read_text()
+    assert "fold all: 3 training, 3 validation" in log and "no held-out cases" in log
+    bad = run_cli("train", data, "--out", tmp_path / "other", "--fold", "first")
+    assert bad.returncode == 2 and "a fold number or 'all'" in bad.stderr
+
+
 def test_predictions_keep_input_geometry_and_skip_done_cases(trained_run, organs, tmp_path):
     out = tmp_path / "pred"
     written = predict(trained_run, organs / "imagesTr", out)

@@ -29,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("data", type=Path, help="dataset folder (MSD or nnU-Net v2 layout)")
     p.add_argument("--model", help="model name (see `unetzoo models`); default unet")
     p.add_argument("--out", type=Path, required=True, help="run folder")
-    p.add_argument("--fold", type=int)
+    p.add_argument("--fold", type=_fold, help="cross-validation fold (default 0), or 'all' to train on every case (no held-out validation)")
     p.add_argument("--folds", type=int, help="number of cross-validation folds (default 5)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--iters-per-epoch", type=int)
@@ -106,6 +106,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--label", type=int, help="one label id only (default: all foreground classes)")
     p.add_argument("--alpha", type=float, default=0.75, help="opacity of the error colours over the image")
     return parser
+
+
+def _fold(value: str) -> int | str:
+    if value == "all":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a fold number or 'all', got {value!r}") from None
 
 
 def _config_from_args(args):

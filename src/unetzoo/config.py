@@ -73,7 +73,7 @@ class InferenceConfig:
 @dataclass
 class Config:
     model: str = "unet"
-    fold: int = 0
+    fold: int | str = 0  # a cross-validation fold, or "all" (train on every case, as nnU-Net's fold all)
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)

@@ -204,6 +204,8 @@ def _load_or_make(path: Path, make):
 def train(data_dir: str | Path, run_dir: str | Path, config: Config, resume: bool = False) -> Path:
     """Train ``config.model`` on fold ``config.fold`` of the dataset in ``data_dir``; returns the run folder.
 
+    ``fold="all"`` trains on every case (nnU-Net's final-model fold): no ``splits.json``, no held-out validation.
+
     With ``resume`` the run continues from ``checkpoint_last.pt`` (weights, optimizer, scheduler, epoch);
     ``splits.json`` and ``plan.json`` of an existing run folder are reused, never recomputed.
     """
@@ -217,10 +219,13 @@ def train(data_dir: str | Path, run_dir: str | Path, config: Config, resume: boo
     log = run_logger(run_dir)
     dataset = load_dataset(data_dir)
     names = [c.name for c in dataset.cases]
-    splits = _load_or_make(run_dir / "splits.json", lambda: make_splits(names, config.data.folds, config.seed))
-    if not 0 <= config.fold < len(splits):
-        raise UnetzooError(f"fold {config.fold} does not exist: splits.json has folds 0..{len(splits) - 1}")
-    split = splits[config.fold]
+    if config.fold == "all":  # nnU-Net's fold "all": every case trains; pseudo Dice is on training cases
+        split = {"train": sorted(names), "val": sorted(names)}
+    else:
+        splits = _load_or_make(run_dir / "splits.json", lambda: make_splits(names, config.data.folds, config.seed))
+        if not isinstance(config.fold, int) or not 0 <= config.fold < len(splits):
+            raise UnetzooError(f"fold {config.fold!r} does not exist: splits.json has folds 0..{len(splits) - 1} (or use fold all)")
+        split = splits[config.fold]
     log.info(f"dataset {dataset.root} ({dataset.layout} layout): {len(names)} cases; fold {config.fold}: {len(split['train'])} training, {len(split['val'])} validation")
     plan = _load_or_make(
         run_dir / "plan.json",
@@ -238,7 +243,10 @@ def train(data_dir: str | Path, run_dir: str | Path, config: Config, resume: boo
     trainer.fit(module, ckpt_path=str(last) if resume else None)
     if trainer.is_global_zero:
         log.info("training done")
-        validate_run(run_dir, dataset, split["val"], log)
+        if config.fold == "all":
+            log.info("fold all: no held-out cases, so no validation/ folder (evaluate a separate test set with predict + evaluate)")
+        else:
+            validate_run(run_dir, dataset, split["val"], log)
     return run_dir
 
 
