@@ -123,6 +123,8 @@ def test_report_from_two_runs(tmp_path):
         assert text in page, text
     assert "**2.100 ± 0.010**" in page  # HD95: lower is better
     assert "### IoU (Jaccard)" in page and "**0.800 ± 0.010**" in page  # IoU of run a's class 1 (Dice - 0.1) beats run b's
+    # per case, run b's Dice is 0.1 below run a's in both classes: a constant paired difference, worse on both cases
+    assert "| slices | 2 | -0.1000 [-0.1000, -0.1000] | 0 / 2 | n/a | n/a |" in page
     for png in ("curves.png", "overlays.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
 

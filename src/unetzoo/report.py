@@ -4,6 +4,7 @@
 
 * per-class Dice, IoU (Jaccard), NSD and HD95 of each run's held-out fold (mean +- standard deviation over cases, from
   ``RUN/validation/summary.json``), the best value of each column in bold;
+* paired per-case differences of Dice and IoU to the first run (mean, 95 % t-interval, cases better / worse);
 * training: epochs, total and median epoch time (``history.json``), parameters, best pseudo Dice;
 * the benchmark figures where the run has them (``RUN/benchmark.json``, written by
   ``unetzoo benchmark --run RUN``, or a ``benchmark.json`` given with ``benchmark=``, matched by model name);
@@ -318,6 +319,50 @@ def _metric_tables(runs: list[dict], names: list[str]) -> list[str]:
     return lines
 
 
+def _case_means(run: dict) -> dict[str, dict[str, float]]:
+    """Per held-out case, the mean over its foreground classes of Dice and IoU (classes without a value skipped)."""
+    means = {}
+    for case in (run["summary"] or {}).get("cases", []):
+        per_class = list(case.get("metrics", {}).values())
+        means[case["case"]] = {}
+        for metric in ("Dice", "IoU"):
+            values = [v[metric] for v in per_class if v.get(metric) is not None and np.isfinite(v[metric])]
+            means[case["case"]][metric] = float(np.mean(values)) if values else float("nan")
+    return means
+
+
+def _paired_table(runs: list[dict], names: list[str]) -> list[str]:
+    """Each run against the first on the held-out cases both predicted: mean paired difference with a 95 % t-interval,
+    and on how many cases it is better / worse -- whether a gap between two models is more than case-to-case noise."""
+    from scipy import stats
+
+    base = _case_means(runs[0])
+    if len(runs) < 2 or not base:
+        return []
+    lines = [f"## Paired differences to `{names[0]}`", "",
+             f"Per held-out case: the run's mean over foreground classes minus `{names[0]}`'s. Mean over the cases both runs "
+             "predicted, 95 % t-interval, and the number of cases on which the run is better / worse.", "",
+             "| run | cases | Δ Dice [95 % CI] | better / worse | Δ IoU [95 % CI] | better / worse |", "|---|---|---|---|---|---|"]
+    for name, run in zip(names[1:], runs[1:]):
+        other = _case_means(run)
+        common = sorted(set(base) & set(other))
+        cells = []
+        for metric in ("Dice", "IoU"):
+            diff = np.array([other[c][metric] - base[c][metric] for c in common])
+            diff = diff[np.isfinite(diff)]
+            if diff.size == 0:
+                cells += ["n/a", "n/a"]
+                continue
+            mean = diff.mean()
+            text = f"{mean:+.4f}"
+            if diff.size > 1:
+                half = stats.t.ppf(0.975, diff.size - 1) * diff.std(ddof=1) / np.sqrt(diff.size)
+                text += f" [{mean - half:+.4f}, {mean + half:+.4f}]"
+            cells += [text, f"{int((diff > 0).sum())} / {int((diff < 0).sum())}"]
+        lines.append(f"| {name} | {len(common)} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def _training_table(runs: list[dict], names: list[str]) -> list[str]:
     lines = ["| run | model | parameters | epochs | training time (h:mm:ss) | median epoch (s) | best pseudo Dice | last train loss | validation cases |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -482,6 +527,7 @@ def make_report(runs, out_dir, cases: list[str] | None = None, n_cases: int = 3,
     if without:
         lines += [f"No `validation/summary.json` (training not finished?): {', '.join(without)}.", ""]
     lines += _metric_tables(loaded, names)
+    lines += _paired_table(loaded, names)
     lines += ["## Training", ""] + _training_table(loaded, names)
     lines += ["## Cost (unetzoo benchmark)", ""] + _benchmark_table(loaded, names, bench)
     write_bytes(out / "curves.png", plot_curves(loaded, names))
