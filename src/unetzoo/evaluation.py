@@ -110,10 +110,11 @@ def class_means(pred: np.ndarray, ref: np.ndarray, label_ids: list[int]) -> dict
         tp = np.count_nonzero(p & r)
         recalls.append(_ratio(tp, np.count_nonzero(r)))
         ious.append(_ratio(tp, np.count_nonzero(p | r)))
-    return {"MA": _nanmean(recalls), "mean_IU": _nanmean(ious)}
+    return {"MA": nanmean(recalls), "mean_IU": nanmean(ious)}
 
 
-def _nanmean(values) -> float:
+def nanmean(values) -> float:
+    """Mean of the values that are not NaN (None counts as NaN); NaN when there are none, without a warning."""
     values = np.asarray(values, dtype=float)
     return float(np.nanmean(values)) if np.any(~np.isnan(values)) else math.nan
 
@@ -209,10 +210,10 @@ def evaluate_folder(
         })
 
     per_label = {label: {m: [c["metrics"][label][m] for c in cases] for m in SUMMARY_METRICS} for label in label_ids}
-    mean = {label: {m: _nanmean(v) for m, v in values.items()} for label, values in per_label.items()}
+    mean = {label: {m: nanmean(v) for m, v in values.items()} for label, values in per_label.items()}
     std = {label: {m: _nanstd(v) for m, v in values.items()} for label, values in per_label.items()}
-    foreground_mean = {m: _nanmean([mean[label][m] for label in label_ids]) for m in SUMMARY_METRICS}
-    foreground_mean.update({m: _nanmean([c[m] for c in cases]) for m in ("MA", "mean_IU")})
+    foreground_mean = {m: nanmean([mean[label][m] for label in label_ids]) for m in SUMMARY_METRICS}
+    foreground_mean.update({m: nanmean([c[m] for c in cases]) for m in ("MA", "mean_IU")})
     summary = _jsonable({
         "mean": mean,
         "std": std,

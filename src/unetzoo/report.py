@@ -321,13 +321,12 @@ def _metric_tables(runs: list[dict], names: list[str]) -> list[str]:
 
 def _case_means(run: dict) -> dict[str, dict[str, float]]:
     """Per held-out case, the mean over its foreground classes of Dice and IoU (classes without a value skipped)."""
+    from unetzoo.evaluation import nanmean
+
     means = {}
     for case in (run["summary"] or {}).get("cases", []):
         per_class = list(case.get("metrics", {}).values())
-        means[case["case"]] = {}
-        for metric in ("Dice", "IoU"):
-            values = [v[metric] for v in per_class if v.get(metric) is not None and np.isfinite(v[metric])]
-            means[case["case"]][metric] = float(np.mean(values)) if values else float("nan")
+        means[case["case"]] = {metric: nanmean([v.get(metric) for v in per_class]) for metric in ("Dice", "IoU")}
     return means
 
 
