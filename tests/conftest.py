@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from unetzoo.config import Config
 from unetzoo.data.phantoms import write_organs_phantom
@@ -25,6 +26,21 @@ def tiny_config(model: str = "unet", epochs: int = 1) -> Config:
     config.train.iters_per_epoch = 3
     config.train.lr = 1e-3
     return config
+
+
+def assert_eval_map(net: torch.nn.Module, x: torch.Tensor, out_channels: int) -> None:
+    """The model contract in eval mode: one finite map with the input's batch and spatial size."""
+    net.eval()
+    with torch.no_grad():
+        y = net(x)
+    assert y.shape == (x.shape[0], out_channels, *x.shape[2:]) and torch.isfinite(y).all()
+
+
+def assert_gradients(net: torch.nn.Module) -> None:
+    """After a backward pass: every trainable parameter took part in the loss and has a finite gradient."""
+    grads = [p.grad for p in net.parameters() if p.requires_grad]
+    assert all(g is not None for g in grads), "every parameter takes part in the training loss"
+    assert all(torch.isfinite(g).all() for g in grads)
 
 
 def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import assert_eval_map, assert_gradients
 from unetzoo.config import Config, InferenceConfig
 from unetzoo.errors import UnetzooError
 from unetzoo.methods import METHODS, build_method
@@ -45,13 +46,10 @@ def test_registry_and_paper_encoder():
 def test_model_contract(spatial_dims, shape, gather):
     net = _tiny(spatial_dims, in_channels=2, gather=gather)
     x = torch.randn(2, 2, *shape)
-    net.eval()
-    with torch.no_grad():
-        y = net(x)
-    assert y.shape == (2, 3, *shape) and torch.isfinite(y).all()
+    assert_eval_map(net, x, 3)
     net.train()
     net(x).square().mean().backward()
-    assert all(p.grad is not None for p in net.parameters())
+    assert_gradients(net)
 
 
 # ---- gather ------------------------------------------------------------------------------------------

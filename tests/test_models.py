@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from conftest import assert_eval_map, assert_gradients
 from unetzoo import UnetzooError, create_model, list_models, model_info
 
 ODD_SHAPES = {2: (45, 37), 3: (19, 21, 17)}
@@ -24,17 +25,13 @@ def test_forward_backward_any_size(name, dims):
     torch.manual_seed(0)
     model = _build(name, dims)
     x = torch.randn(2, 2, *ODD_SHAPES[dims])
-    model.eval()
-    with torch.no_grad():
-        out = model(x)
-    assert out.shape == (2, 3, *ODD_SHAPES[dims])
+    assert_eval_map(model, x, 3)
     model.train()
     outputs = model(x)
     outputs = outputs if isinstance(outputs, list) else [outputs]
     assert outputs[0].shape == (2, 3, *ODD_SHAPES[dims])
     sum(o.float().mean() for o in outputs).backward()
-    grads = [p.grad for p in model.parameters() if p.requires_grad]
-    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert_gradients(model)
 
 
 @pytest.mark.parametrize("name,dims", _cases())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import assert_eval_map, assert_gradients
 from unetzoo.models import create_model, list_models, model_info
 from unetzoo.models.sd_unet import SDNStage, SDNUNetPlusPlus, SDUNet
 from unetzoo.models.sdn import SDN, ResSDN
@@ -38,10 +39,7 @@ def test_model_contract(name, spatial_dims, n_stages):
     shape = INPUTS[spatial_dims]
     x = torch.randn(2, 2, *shape)
 
-    net.eval()
-    with torch.no_grad():
-        y = net(x)
-    assert y.shape == (2, 3, *shape) and torch.isfinite(y).all()
+    assert_eval_map(net, x, 3)
 
     net.train()
     outputs = net(x)
@@ -56,9 +54,7 @@ def test_model_contract(name, spatial_dims, n_stages):
         assert net.deep_supervision_weights == pytest.approx([1 / (n_stages - 1)] * (n_stages - 1))
     loss = sum(out.square().mean() for out in outputs)
     loss.backward()
-    grads = [p.grad for p in net.parameters()]
-    assert all(g is not None for g in grads), "every parameter takes part in the training loss"
-    assert all(torch.isfinite(g).all() for g in grads)
+    assert_gradients(net)
 
 
 @pytest.mark.parametrize("name", NAMES)
