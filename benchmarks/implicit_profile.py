@@ -38,14 +38,14 @@ def _rss_mb() -> float:
 
 def _method(model: str, shape, unet_stages: int, method_args: dict):
     from unetzoo.config import Config
+    from unetzoo.data.plan import Plan
     from unetzoo.methods import build_method
 
     config = Config(model=model)
     if model == "unet":
         config.model_args["n_stages"] = unet_stages
     config.method_args.update(method_args)
-    plan = {"patch_size": list(shape), "spatial_dims": len(shape), "channel_names": ["MRI"], "num_classes": 3}
-    return build_method(config, plan)
+    return build_method(config, Plan.synthetic(list(shape), classes=3))[0]
 
 
 def _batch(shape, batch: int):
@@ -97,16 +97,17 @@ def child(args) -> dict:
 
 def interleave(args) -> dict:
     from unetzoo.config import Config
+    from unetzoo.data.plan import Plan
     from unetzoo.methods import build_method
 
     torch.set_num_threads(args.threads)
-    plan = {"patch_size": list(args.shape), "spatial_dims": len(args.shape), "channel_names": ["MRI"], "num_classes": 3}
+    plan = Plan.synthetic(list(args.shape), classes=3)
     methods, optimizers = {}, {}
     for name, (model, model_args, method_args) in json.loads(args.interleave).items():
         config = Config(model=model)
         config.model_args.update(model_args)
         config.method_args.update(method_args)
-        methods[name] = build_method(config, plan)
+        methods[name] = build_method(config, plan)[0]
         methods[name].model.train()
         optimizers[name] = torch.optim.AdamW(methods[name].model.parameters(), lr=1e-4)
     batch = _batch(args.shape, args.batch)

@@ -75,7 +75,7 @@ def main(argv=None) -> dict:
     split = json.loads((args.run / "splits.json").read_text())[predictor.config.fold]
     names = split["val"][: args.cases or None]
     dataset = load_dataset(args.data)
-    labels = [int(k) for k in predictor.plan["labels"] if int(k) > 0]
+    labels = [int(k) for k in predictor.plan.labels if int(k) > 0]
     rows = []
     for name in names:
         case = dataset.case(name)

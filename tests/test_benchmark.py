@@ -8,7 +8,8 @@ import json
 import pytest
 
 from unetzoo.benchmark import FIGURES, benchmark_models, format_table, synthetic_plan
-from unetzoo.benchmark_worker import measure_infer, measure_train, synthetic_case
+from unetzoo.benchmark_worker import measure_infer, measure_train
+from unetzoo.data.phantoms import synthetic_case
 from unetzoo.config import Config
 from unetzoo.errors import UnetzooError
 
@@ -62,8 +63,8 @@ def test_cli_writes_json_csv_png_with_positive_figures(tmp_path):
 def test_2d_shape_in_process():
     """A 2D synthetic plan (the SDN models are benchmarked at 96x96): both phases run, shapes as asked."""
     plan = synthetic_plan([3, 24, 24], classes=3)
-    assert plan["spatial_dims"] == 2 and plan["patch_size"] == [24, 24] and len(plan["channel_names"]) == 3
-    spec = {"config": tiny("unet").to_dict(), "plan": plan, "device": "cpu", "warmup": 1, "steps": 1, "infer_shape": [24, 30]}
+    assert plan.spatial_dims == 2 and plan.patch_size == [24, 24] and plan.in_channels == 3
+    spec = {"config": tiny("unet").to_dict(), "plan": plan.to_dict(), "device": "cpu", "warmup": 1, "steps": 1, "infer_shape": [24, 30]}
     train = measure_train(spec)
     assert train["params"] > 0 and train["macs"] > 0 and train["train_step_s"] > 0 and train["train_patch"] == [24, 24]
     infer = measure_infer(spec)
@@ -77,7 +78,7 @@ def test_training_step_runs_in_the_configured_precision():
     for precision in ("32-true", "bf16-mixed"):
         config = tiny()
         config.train.precision = precision
-        spec = {"config": config.to_dict(), "plan": plan, "device": "cpu", "warmup": 0, "steps": 1}
+        spec = {"config": config.to_dict(), "plan": plan.to_dict(), "device": "cpu", "warmup": 0, "steps": 1}
         losses[precision] = measure_train(spec)["train_loss"]
     assert losses["bf16-mixed"] == pytest.approx(losses["32-true"], rel=0.05)
     assert losses["bf16-mixed"] != losses["32-true"]
@@ -122,6 +123,6 @@ def test_data_plan_takes_patch_and_median_shape_from_the_dataset(organs):
     from unetzoo.benchmark import data_plan
 
     plan = data_plan(organs, patch=[16, 16, 16])
-    assert plan["patch_size"] == [16, 16, 16] and plan["spatial_dims"] == 3 and len(plan["median_shape"]) == 3
-    default = data_plan(organs)["patch_size"]  # from the data: the median shape rounded up to a multiple of 8
-    assert all(p % 8 == 0 and p >= s for p, s in zip(default, plan["median_shape"]))
+    assert plan.patch_size == [16, 16, 16] and plan.spatial_dims == 3 and len(plan.median_shape) == 3
+    default = data_plan(organs).patch_size  # from the data: the median shape rounded up to a multiple of 8
+    assert all(p % 8 == 0 and p >= s for p, s in zip(default, plan.median_shape))

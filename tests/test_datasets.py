@@ -99,9 +99,9 @@ def test_plan_median_spacing_and_patch(organs):
         ras = np.empty(3)
         ras[axes] = s
         spacings.append(ras)
-    assert plan["target_spacing"] == pytest.approx(np.median(spacings, axis=0).tolist(), rel=1e-4)
-    assert all(p % 8 == 0 for p in plan["patch_size"])
-    assert plan["num_classes"] == 4 and plan["n_channel_files"] == 1
+    assert plan.target_spacing == pytest.approx(np.median(spacings, axis=0).tolist(), rel=1e-4)
+    assert all(p % 8 == 0 for p in plan.patch_size)
+    assert plan.num_classes == 4 and plan.n_channel_files == 1
 
 
 def test_plan_rejects_unlisted_label_values(tmp_path):

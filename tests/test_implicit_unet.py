@@ -1,9 +1,8 @@
 """implicit-unet: registry and model contract, the gather at hand-placed points, the point sampler, broad-then-fine
-inference against dense inference, and ``--upsample`` geometry."""
+inference against dense inference, and the geometry of ``--upsample`` and ``--grid`` (for every model)."""
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
@@ -11,13 +10,13 @@ import pytest
 import torch
 
 from conftest import assert_eval_map, assert_gradients
-from unetzoo.config import Config, InferenceConfig
-from unetzoo.errors import UnetzooError
-from unetzoo.methods import METHODS, build_method
+from unetzoo.config import Config
+from unetzoo.data.plan import Plan
+from unetzoo.methods import METHODS, Grid, build_method
+from unetzoo.methods.grid import refined_affine
 from unetzoo.methods.implicit import ImplicitMethod, boundary_mask, sample_points
 from unetzoo.models import create_model, model_info
 from unetzoo.models.implicit_unet import normalise_coordinates, positional_encoding
-from unetzoo.upsampling import upsampled_affine
 
 TINY = {"base_features": 4, "max_features": 8, "hidden": 16}
 
@@ -32,7 +31,7 @@ def test_registry_and_paper_encoder():
     entry = model_info("implicit-unet")
     assert entry.method == "implicit" and entry.spatial_dims == (2, 3)
     assert METHODS["implicit"] is ImplicitMethod
-    assert not entry.accepts("n_stages"), "the pipeline must not replace the paper's 4 stages by nnU-Net's depth"
+    assert entry.plan_defaults is None, "the pipeline must not replace the paper's 4 stages by nnU-Net's depth"
     net = create_model("implicit-unet", 3, 1, 2)
     assert net.convs_per_stage == [2, 2, 4, 4] and net.widths == [32, 64, 128, 256]
     assert net.in_features == 480 + 3 * 21
@@ -179,7 +178,8 @@ def test_sampler_reflects_points_into_the_patch():
 
 # ---- method ------------------------------------------------------------------------------------------
 def _method(spatial_dims=3, patch=(24, 24, 24), **method_args):
-    return ImplicitMethod(_tiny(spatial_dims), 3, list(patch), InferenceConfig(), **method_args)
+    plan = Plan.synthetic(list(patch), classes=3, patch=list(patch))
+    return ImplicitMethod(_tiny(spatial_dims), plan, Config(model="implicit-unet"), **method_args)
 
 
 def test_training_loss_backward():
@@ -198,10 +198,9 @@ def test_build_method_passes_method_args():
     config = Config(model="implicit-unet")
     config.model_args.update(TINY)
     config.method_args.update({"points": 1234, "boundary_fraction": 0.25, "sigma": 3.0, "broad_stride": 2})
-    plan = {"patch_size": [16, 16, 16], "spatial_dims": 3, "channel_names": ["MRI"], "num_classes": 2}
-    method = build_method(config, plan)
+    method, resolved = build_method(config, Plan.synthetic([16, 16, 16]))
     assert isinstance(method, ImplicitMethod) and method.points == 1234 and method.broad_stride == 2
-    assert "n_stages" not in config.model_args and method.model.convs_per_stage == [2, 2, 4, 4]
+    assert "n_stages" not in resolved.model_args and method.model.convs_per_stage == [2, 2, 4, 4]
 
 
 def _ball_logits(points, centre, radii, scale=10.0):
@@ -310,9 +309,10 @@ def test_sliding_window_predict_sparse_equals_dense_and_upsamples():
     labels, decoded = {}, {}
     for dense in (False, True):
         for upsample in (1, 2):
-            method = ImplicitMethod(_tiny(in_channels=1), 3, [24, 24, 24], InferenceConfig(), dense=dense)
+            method = _method(3, (24, 24, 24), dense=dense)
             calls = _install_known_model(method, centre, radii)
-            probs = method.predict(image, upsample=upsample)
+            with torch.no_grad():
+                probs = method.predict(image, None if upsample == 1 else Grid.refinement(shape, upsample))
             decoded[dense, upsample] = calls["points"]
             assert probs.shape == (1, 3, *[upsample * s for s in shape])
             labels[dense, upsample] = probs.argmax(1)[0]
@@ -324,7 +324,7 @@ def test_sliding_window_predict_sparse_equals_dense_and_upsamples():
         assert decoded[False, upsample] < 0.5 * decoded[True, upsample]
 
 
-# ---- --upsample ----------------------------------------------------------------------------------------
+# ---- --upsample and --grid -----------------------------------------------------------------------------
 def _tiny_run(root, model, dims=3):
     """A run folder with untrained weights (geometry does not need training): config, plan, checkpoint."""
     from unetzoo.data.datasets import load_dataset
@@ -347,9 +347,9 @@ def _tiny_run(root, model, dims=3):
     config.model_args.update(TINY if model == "implicit-unet" else {"base_features": 4, "max_features": 8})
     run = root / f"{model}{dims}d"
     run.mkdir()
-    method = build_method(config, plan)
-    config.save(run / "config.json")
-    (run / "plan.json").write_text(json.dumps(plan))
+    method, resolved = build_method(config, plan)
+    resolved.save(run / "config.json")
+    plan.save(run / "plan.json")
     torch.save({"state_dict": {f"model.{k}": v for k, v in method.model.state_dict().items()}}, run / "checkpoint_last.pt")
     return dataset, run
 
@@ -371,36 +371,64 @@ def test_upsample_writes_finer_grid_of_the_same_extent(tmp_path):
         world_in = ref.affine @ np.append(np.broadcast_to(corner_in, 3), 1)
         world_out = out.affine @ np.append(np.broadcast_to(corner_out, 3), 1)
         assert np.allclose(world_in, world_out, atol=1e-4), "the world extent (box of voxel edges) is unchanged"
-    assert np.allclose(upsampled_affine(np.diag([2.0, 3.0, 1.0, 1.0]), 2)[:3, 3], [-0.5, -0.75, -0.25])
+    assert np.allclose(refined_affine(np.diag([2.0, 3.0, 1.0, 1.0]), 2)[:3, 3], [-0.5, -0.75, -0.25])
 
 
 def test_direct_resampling_matches_invertd(tmp_path):
-    """F = 1 through the upsample route (affine-to-affine resampling) = the usual Invertd route."""
-    from unetzoo.inference import Predictor, nib_geometry
-    from unetzoo.upsampling import resample_to_grid
+    """The input's own grid as a target Grid (affine-to-affine resampling) = the usual Invertd route."""
+    from unetzoo.inference import Predictor, file_geometry
 
     dataset, run = _tiny_run(tmp_path, "implicit-unet")
     predictor = Predictor(run)
     paths = dataset.cases[0].images
     via_invertd = predictor.predict_probabilities(paths)
     image = predictor.preprocess({"image": [str(p) for p in paths]})["image"]
-    probs = predictor.method.predict(image.as_tensor()[None])[0]
-    affine, shape = nib_geometry(paths[0])
-    direct = resample_to_grid(probs, image.affine.numpy(), affine, shape)
+    with torch.no_grad():
+        probs = predictor.method.predict(image.as_tensor()[None])
+    affine, shape, _ = file_geometry(paths[0])
+    direct = Grid.between(image.affine.numpy(), affine, shape).resample(probs)[0]
     assert direct.shape == via_invertd.shape
     assert (direct - via_invertd).abs().max() < 1e-5  # (a one-voxel shift of the target grid changes it by ~2e-3)
 
 
-def test_upsample_is_an_error_for_voxel_grid_models(tmp_path, capsys):
+@pytest.mark.parametrize("model", ["unet", "implicit-unet"])
+def test_grid_reference_gives_that_images_geometry(tmp_path, model):
+    """--grid REF: the output has REF's shape and affine; REF = the input itself reproduces the plain prediction.
+    Voxel-grid models resample their probabilities, continuous ones sample their function."""
+    import nibabel as nib
+
+    from unetzoo.cli import main
+
+    dataset, run = _tiny_run(tmp_path, model)
+    case, other = dataset.cases
+    plain = main(["predict", str(run), str(case.images[0]), str(tmp_path / "plain")])
+    itself = main(["predict", str(run), str(case.images[0]), str(tmp_path / "itself"), "--grid", str(case.images[0])])
+    assert plain == itself == 0
+    name = case.images[0].name.replace("_0000", "")
+    a, b = nib.load(str(tmp_path / "plain" / name)), nib.load(str(tmp_path / "itself" / name))
+    assert np.array_equal(a.affine, b.affine) and (np.asarray(a.dataobj) == np.asarray(b.dataobj)).mean() > 0.99
+    # another image's grid (rotated affine, other shape), twice as fine: exactly its geometry
+    reference = nib.load(str(other.images[0]))
+    fine = nib.Nifti1Image(np.zeros([2 * s for s in reference.shape], np.float32), refined_affine(reference.affine, 2))
+    nib.save(fine, str(tmp_path / "ref.nii.gz"))
+    assert main(["predict", str(run), str(case.images[0]), str(tmp_path / "other"), "--grid", str(tmp_path / "ref.nii.gz")]) == 0
+    out = nib.load(str(tmp_path / "other" / name))
+    assert out.shape == fine.shape and np.allclose(out.affine, fine.affine, atol=1e-6)
+
+
+def test_upsample_resamples_voxel_grid_models_and_grid_errors_are_one_line(tmp_path, capsys):
+    import nibabel as nib
+
     from unetzoo.cli import main
     from unetzoo.inference import Predictor
 
     dataset, run = _tiny_run(tmp_path, "unet")
-    with pytest.raises(UnetzooError, match="continuous decoder"):
-        Predictor(run, upsample=2)
-    status = main(["predict", str(run), str(dataset.cases[0].images[0]), str(tmp_path / "out"), "--upsample", "2"])
+    case = dataset.cases[0]
+    written = Predictor(run, upsample=2).predict_cases({case.name: case.images}, tmp_path / "out")
+    assert nib.load(str(written[0])).shape == tuple(2 * s for s in nib.load(str(case.images[0])).shape)
+    status = main(["predict", str(run), str(case.images[0]), str(tmp_path / "out2"), "--grid", str(tmp_path / "nope.nii.gz")])
     err = capsys.readouterr().err.strip()
-    assert status == 2 and len(err.splitlines()) == 1 and "--upsample" in err
+    assert status == 2 and len(err.splitlines()) == 1 and "nope.nii.gz" in err
 
 
 def test_points_as_a_fraction_of_the_patch():

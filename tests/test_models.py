@@ -1,51 +1,10 @@
-"""Every registered model: 2D and 3D, odd input sizes, train (deep supervision) and eval, backward, save/load."""
+"""The nnU-Net-style U-Net and its slice-wise 2D wrapper (every model's method contract: tests/test_contract.py)."""
 
 import pytest
 import torch
 
 from conftest import assert_eval_map, assert_gradients
 from unetzoo import UnetzooError, create_model, list_models, model_info
-
-ODD_SHAPES = {2: (45, 37), 3: (19, 21, 17)}
-SMALL_ARGS = {"n_stages": 3, "sdn_state_size": 8}
-
-
-def _cases():
-    return [(name, dims) for name in list_models() for dims in model_info(name).spatial_dims]
-
-
-def _build(name, dims, **extra):
-    entry = model_info(name)
-    kwargs = {k: v for k, v in SMALL_ARGS.items() if entry.accepts(k)}
-    return create_model(name, spatial_dims=dims, in_channels=2, out_channels=3, **kwargs, **extra)
-
-
-@pytest.mark.parametrize("name,dims", _cases())
-def test_forward_backward_any_size(name, dims):
-    torch.manual_seed(0)
-    model = _build(name, dims)
-    x = torch.randn(2, 2, *ODD_SHAPES[dims])
-    assert_eval_map(model, x, 3)
-    model.train()
-    outputs = model(x)
-    outputs = outputs if isinstance(outputs, list) else [outputs]
-    assert outputs[0].shape == (2, 3, *ODD_SHAPES[dims])
-    sum(o.float().mean() for o in outputs).backward()
-    assert_gradients(model)
-
-
-@pytest.mark.parametrize("name,dims", _cases())
-def test_state_dict_round_trip(name, dims, tmp_path):
-    torch.manual_seed(0)
-    model = _build(name, dims).eval()
-    torch.save(model.state_dict(), tmp_path / "w.pt")
-    torch.manual_seed(1)
-    other = _build(name, dims).eval()
-    other.load_state_dict(torch.load(tmp_path / "w.pt"))
-    x = torch.randn(1, 2, *ODD_SHAPES[dims])
-    with torch.no_grad():
-        assert torch.allclose(model(x), other(x))
-
 
 def test_unet_deep_supervision_levels():
     model = create_model("unet", spatial_dims=3, in_channels=1, out_channels=2, n_stages=4).train()

@@ -29,7 +29,8 @@ def test_registry_names():
         assert name in list_models()
         entry = model_info(name)
         assert entry.method == "dense" and entry.spatial_dims == (2, 3)
-        assert entry.accepts("n_stages") and entry.accepts("deep_supervision")  # the pipeline fills them
+        assert entry.plan_defaults is not None  # the pipeline fills the depth and deep supervision
+        assert entry.method_defaults == ({} if name == "sd-unet" else {"head_weights": "equal"})
 
 
 @pytest.mark.parametrize("spatial_dims,n_stages", [(2, 4), (3, 3)])
@@ -48,10 +49,9 @@ def test_model_contract(name, spatial_dims, n_stages):
         assert len(outputs) == n_stages - 1
         for level, out in enumerate(outputs):
             assert out.shape == (2, 3, *[-(-s // 2**level) for s in shape])
-    else:  # U-Net++: every head X^{0,j} at full resolution, equal weights
+    else:  # U-Net++: every head X^{0,j} at full resolution (weighted equally by the method: registration)
         assert len(outputs) == n_stages - 1
         assert all(out.shape == (2, 3, *shape) for out in outputs)
-        assert net.deep_supervision_weights == pytest.approx([1 / (n_stages - 1)] * (n_stages - 1))
     loss = sum(out.square().mean() for out in outputs)
     loss.backward()
     assert_gradients(net)

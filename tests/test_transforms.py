@@ -42,7 +42,7 @@ def test_preprocessing_reorients_and_resamples(organs):
     image, label = data["image"], data["label"]
     assert image.shape[1:] == label.shape[1:]
     spacing = np.linalg.norm(image.affine[:3, :3].numpy(), axis=0)
-    assert spacing == pytest.approx(plan["target_spacing"], rel=1e-3)
+    assert spacing == pytest.approx(plan.target_spacing, rel=1e-3)
     assert set(torch.unique(label).tolist()) <= {0, 1, 2, 3}
 
 

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from unetzoo.config import Config
 from unetzoo.errors import UnetzooError
-from unetzoo.benchmark_worker import AUTOCAST_DTYPES
+from unetzoo.data.plan import Plan
 from unetzoo.io import write_bytes, write_text
 
 FIGURES = ("params", "macs", "train_step_s", "train_peak_mem_mb", "infer_s", "infer_peak_mem_mb")
@@ -48,34 +48,21 @@ LABELS = {
     "infer_s": "inference (s)",
     "infer_peak_mem_mb": "infer peak mem (MB)",
 }
-PATCH_CAP = {2: 256, 3: 128}
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
 
 
-def synthetic_plan(shape: list[int], classes: int = 2, patch: list[int] | None = None) -> dict:
+def synthetic_plan(shape: list[int], classes: int = 2, patch: list[int] | None = None) -> Plan:
     """A plan for synthetic ``shape`` = ``[C, *spatial]`` (2D or 3D) with ``classes`` classes (background
     included); the patch defaults to the spatial shape, capped at 128 (3D) or 256 (2D) per axis."""
     if len(shape) not in (3, 4) or any(int(s) < 1 for s in shape):
         raise UnetzooError(f"--shape expects C H W (2D) or C D H W (3D) with positive sizes, got {shape}")
     channels, spatial = int(shape[0]), [int(s) for s in shape[1:]]
-    dims = len(spatial)
     if classes < 2:
         raise UnetzooError(f"--classes must be at least 2 (background and one class), got {classes}")
-    patch = _check_patch(patch, dims) or [min(PATCH_CAP[dims], s) for s in spatial]
-    return {
-        "spatial_dims": dims,
-        "channel_names": ["MRI"] * channels,
-        "labels": {str(i): "background" if i == 0 else f"class{i}" for i in range(classes)},
-        "num_classes": classes,
-        "file_ending": ".nii.gz" if dims == 3 else ".png",
-        "n_channel_files": channels,
-        "target_spacing": [1.0] * dims if dims == 3 else None,
-        "median_shape": [float(s) for s in spatial],
-        "patch_size": patch,
-        "ct_stats": {},
-    }
+    return Plan.synthetic(spatial, channels, classes, _check_patch(patch, len(spatial)))
 
 
-def data_plan(data_dir: str | Path, patch: list[int] | None = None) -> dict:
+def data_plan(data_dir: str | Path, patch: list[int] | None = None) -> Plan:
     """The plan ``unetzoo train`` would compute for the dataset (patch from the data unless ``patch``)."""
     from unetzoo.data.datasets import load_dataset
     from unetzoo.data.plan import make_plan
@@ -113,16 +100,24 @@ def _run_worker(spec: dict, timeout: float | None = None) -> dict:
         return {"error": f"worker exited with status {proc.returncode} (killed for memory?): " + " | ".join(tail)}
 
 
-def _model_config(base: Config, name: str, plan: dict) -> Config:
+def _model_config(base: Config, name: str, plan: Plan) -> Config:
     config = Config.from_dict(json.loads(json.dumps(base.to_dict())))
     config.model = name
-    config.data.patch_size = plan["patch_size"]
+    config.data.patch_size = plan.patch_size
     return config
+
+
+def _model_plan(plan: Plan, name: str, fixed_patch: bool) -> Plan:
+    """The plan a model is measured on: whole-volume methods take the whole (median) volume unless the patch was
+    given explicitly."""
+    from unetzoo.methods import method_class
+
+    return plan.for_whole_volumes() if method_class(name).whole_volumes and not fixed_patch else plan
 
 
 def benchmark_models(
     models: list[str],
-    plan: dict,
+    plan: Plan,
     config: Config | None = None,
     device: str = "cpu",
     warmup: int = 2,
@@ -133,13 +128,15 @@ def benchmark_models(
     configs: dict[str, Config] | None = None,
     timeout: float | None = None,
     log=None,
+    patch_given: bool = False,
     phases=("train", "infer"),
 ) -> dict:
     """Measure every model in ``models`` (registry names) on ``plan``; returns the ``benchmark.json`` dict.
 
     ``config`` holds the shared settings (batch size, optimizer, inference, model_args ...; default
     ``Config()``); ``configs`` may give a model its own config instead (e.g. a trained run's). The
-    inference volume is ``infer_shape`` (spatial), default the plan's median shape. ``phases`` may leave
+    inference volume is ``infer_shape`` (spatial), default the plan's median shape. Whole-volume methods are
+    measured on the whole median volume unless ``patch_given`` (the user fixed the patch). ``phases`` may leave
     out ``"infer"`` (its figures are then None).
     """
     import torch
@@ -153,21 +150,22 @@ def benchmark_models(
         raise UnetzooError(f"need warmup >= 0 and steps >= 1, got {warmup} and {steps}")
     resolve_device(device)
     base = config or Config()
-    if base.train.precision not in AUTOCAST_DTYPES:
-        raise UnetzooError(f"precision {base.train.precision!r} is not one of {', '.join(AUTOCAST_DTYPES)}")
+    if base.train.precision not in PRECISIONS:
+        raise UnetzooError(f"precision {base.train.precision!r} is not one of {', '.join(PRECISIONS)}")
     configs = configs or {}
     for name in models:
         entry = model_info(name)  # unknown name: error listing the valid ones
-        if plan["spatial_dims"] not in entry.spatial_dims:
-            raise UnetzooError(f"model {name!r} supports spatial_dims {entry.spatial_dims}, the benchmark data is {plan['spatial_dims']}D")
-    infer_shape = [int(round(s)) for s in (infer_shape or plan["median_shape"])]
+        if plan.spatial_dims not in entry.spatial_dims:
+            raise UnetzooError(f"model {name!r} supports spatial_dims {entry.spatial_dims}, the benchmark data is {plan.spatial_dims}D")
+    infer_shape = [int(round(s)) for s in (infer_shape or plan.median_shape)]
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
     load = _load_average()  # other work on the machine before we start: times are only comparable on an idle one
     rows = []
     for index, name in enumerate(models):
-        model_config = configs.get(name) or _model_config(base, name, plan)
+        model_plan = _model_plan(plan, name, fixed_patch=bool(configs.get(name) or patch_given))
+        model_config = configs.get(name) or _model_config(base, name, model_plan)
         spec = {
-            "config": model_config.to_dict(), "plan": plan, "device": device, "threads": threads, "warmup": warmup,
+            "config": model_config.to_dict(), "plan": model_plan.to_dict(), "device": device, "threads": threads, "warmup": warmup,
             "steps": steps, "infer_shape": infer_shape, "infer_repeats": infer_repeats, "seed": model_config.seed,
         }
         row = {"model": name}
@@ -184,7 +182,7 @@ def benchmark_models(
         for figure in FIGURES:
             row.setdefault(figure, None)
         row["batch_size"] = model_config.train.batch_size
-        row["patch"] = list(plan["patch_size"])
+        row["patch"] = list(model_plan.patch_size)
         rows.append(row)
     threads_used = next((r["threads"] for r in rows if r.get("threads")), threads or torch.get_num_threads())
     memory_methods = sorted({r["memory_method"] for r in rows if r.get("memory_method")})
@@ -194,11 +192,11 @@ def benchmark_models(
         "device_name": _device_name(device),
         "torch": torch.__version__,
         "threads": threads_used,
-        "patch": list(plan["patch_size"]),
+        "patch": list(plan.patch_size),
         "batch_size": base.train.batch_size,
-        "spatial_dims": plan["spatial_dims"],
-        "channels": len(plan["channel_names"]),
-        "num_classes": plan["num_classes"],
+        "spatial_dims": plan.spatial_dims,
+        "channels": plan.in_channels,
+        "num_classes": plan.num_classes,
         "infer_shape": infer_shape,
         "warmup_steps": warmup,
         "timed_steps": steps,
@@ -383,12 +381,12 @@ def run_benchmark(models, out_dir, data=None, shape=None, patch=None, classes: i
     if models in ("all", ["all"]):
         from unetzoo.models import list_models, model_info
 
-        models = [m for m in list_models() if plan["spatial_dims"] in model_info(m).spatial_dims]
-    if kwargs.get("infer_shape") and len(kwargs["infer_shape"]) != plan["spatial_dims"]:
-        raise UnetzooError(f"--infer-shape needs {plan['spatial_dims']} sizes for {plan['spatial_dims']}D data")
+        models = [m for m in list_models() if plan.spatial_dims in model_info(m).spatial_dims]
+    if kwargs.get("infer_shape") and len(kwargs["infer_shape"]) != plan.spatial_dims:
+        raise UnetzooError(f"--infer-shape needs {plan.spatial_dims} sizes for {plan.spatial_dims}D data")
     if shape is not None and not kwargs.get("infer_shape"):
         kwargs["infer_shape"] = list(shape)[1:]
-    result = benchmark_models(list(models), plan, config=config, **kwargs)
+    result = benchmark_models(list(models), plan, config=config, patch_given=bool(patch), **kwargs)
     write_outputs(result, out_dir)
     print(format_table(result))
     print(f"\nwritten: {Path(out_dir) / 'benchmark.json'}, benchmark.csv, benchmark.png")
@@ -412,7 +410,7 @@ def _benchmark_runs(runs, out_dir, batch_size=None, sets=(), **kwargs) -> dict:
             if not (run / name).is_file():
                 raise file_error(run / name, "missing: not a unetzoo run folder")
         config = _with_options(Config.load(run / "config.json"), batch_size, sets)
-        plan = json.loads((run / "plan.json").read_text())
+        plan = Plan.load(run / "plan.json")
         result = benchmark_models([config.model], plan, config=config, configs={config.model: config}, **kwargs)
         result["models"][0]["run"] = str(run)
         write_text(run / "benchmark.json", json.dumps(result, indent=2) + "\n")

@@ -5,9 +5,10 @@
 the result is written as JSON to ``OUT``. Each phase runs in its own process so that no allocation, cache
 or memory peak of a previous model or phase is seen by the next one.
 
-Everything goes through the :class:`~unetzoo.methods.base.Method` contract (``build_method``,
-``train_patch_size``, ``samples_per_case``, ``training_loss``, ``predict_window``, ``predict``), so a model
-registered later is measured with its own training and inference procedure without code here.
+Everything goes through the :class:`~unetzoo.methods.base.Method` contract (``build_method``, ``example_batch``,
+``training_loss`` and ``parameter_groups`` inside the training's own Lightning module and Trainer settings,
+``predict``), so a model registered later is measured with its own training and inference procedure without code
+here.
 
 Memory
 ------
@@ -83,32 +84,11 @@ class MemoryProbe:
         return peak - self.baseline
 
 
-def synthetic_case(shape, channels: int, num_classes: int, generator, blobs: int = 3):
-    """An image ``(C, *shape)`` and a label ``(1, *shape)`` of class ids: ``blobs`` random ellipsoids per
-    foreground class (every label holds foreground, so point-sampling methods find boundaries), the image
-    their class intensity plus Gaussian noise."""
-    import torch
-
-    shape = [int(s) for s in shape]
-    grids = torch.meshgrid(*[torch.arange(s, dtype=torch.float32) for s in shape], indexing="ij")
-    label = torch.zeros(shape, dtype=torch.float32)
-    for cls in range(1, num_classes):
-        for _ in range(blobs):
-            center = [torch.rand((), generator=generator) * s for s in shape]
-            radius = [(0.1 + 0.2 * torch.rand((), generator=generator)) * max(s, 2) if s > 1 else 1.0 for s in shape]
-            distance = sum(((g - c) / r) ** 2 for g, c, r in zip(grids, center, radius))
-            label[distance <= 1] = cls
-        # at least the voxel nearest the last centre, whatever the radii
-        label[tuple(min(int(c), s - 1) for c, s in zip(center, shape))] = cls
-    image = label[None].repeat(channels, *[1] * len(shape)) / max(num_classes - 1, 1)
-    image = image + 0.3 * torch.randn(image.shape, generator=generator)
-    return image, label[None]
-
-
 def _setup(spec: dict):
     import torch
 
     from unetzoo.config import Config
+    from unetzoo.data.plan import Plan
     from unetzoo.inference import resolve_device
 
     if spec.get("threads"):
@@ -117,7 +97,7 @@ def _setup(spec: dict):
     device = resolve_device(spec.get("device", "cpu"))
     if device.type == "cuda":
         torch.cuda.init()  # cudnn.benchmark is left at torch's default, as the Lightning trainer leaves it
-    return torch, Config.from_dict(spec["config"]), spec["plan"], device
+    return torch, Config.from_dict(spec["config"]), Plan.from_dict(spec["plan"]), device
 
 
 def _sync(torch, device) -> None:
@@ -125,72 +105,62 @@ def _sync(torch, device) -> None:
         torch.cuda.synchronize(device)
 
 
-AUTOCAST_DTYPES = {"32-true": None, "bf16-mixed": "bfloat16", "16-mixed": "float16"}  # Lightning precision -> autocast
-
-
 def measure_train(spec: dict) -> dict:
-    """Median wall time and peak memory of full training steps (forward, loss, backward, gradient clip,
-    optimizer step) on the batch the training loader would give; then parameters and MACs.
+    """Median wall time and peak memory of training steps, then parameters and MACs.
 
-    The step runs in the config's ``train.precision`` as Lightning's mixed-precision plugin does: forward
-    and loss under ``torch.autocast`` (bf16 or fp16), fp16 with a gradient scaler; 32-true in fp32."""
+    The steps are those of ``unetzoo train``: the same Lightning module (the method's loss and parameter groups)
+    and the same Trainer settings (precision, gradient clipping), fed the method's ``example_batch``; only
+    checkpoints, validation and logging are off. A step is timed from the Trainer's batch start to its batch end."""
     torch, config, plan, device = _setup(spec)
+    import lightning as L
     from torch.utils.flop_counter import FlopCounterMode
 
     from unetzoo.methods import build_method
-    from unetzoo.training import make_optimizer
+    from unetzoo.training import SegmentationModule, trainer_settings
 
+    warmup, steps = int(spec["warmup"]), int(spec["steps"])
     generator = torch.Generator().manual_seed(int(spec.get("seed", 0)))
     probe = MemoryProbe(device)
-    method = build_method(config, plan)
-    model = method.model.to(device).train()
-    optimizer = make_optimizer(model.parameters(), config.train)
-    patch = method.train_patch_size()
-    n = config.train.batch_size * method.samples_per_case(config.data.samples_per_case)
-    cases = [synthetic_case(patch, len(plan["channel_names"]), plan["num_classes"], generator) for _ in range(n)]
-    batch = {"image": torch.stack([c[0] for c in cases]).to(device), "label": torch.stack([c[1] for c in cases]).to(device)}
-    del cases
-    dtype = AUTOCAST_DTYPES[config.train.precision]
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == "float16")
-
-    def step() -> float:
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=getattr(torch, dtype or "float32"), enabled=dtype is not None):
-            loss = method.training_loss(batch)
-        scaler.scale(loss).backward()
-        if config.train.grad_clip:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.train.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        return float(loss.detach())
-
-    for _ in range(int(spec["warmup"])):
-        step()
-    _sync(torch, device)
-    probe.reset_peak()
+    method, config = build_method(config, plan, train_cases=spec.get("train_cases"))
+    batches = [method.example_batch(generator) for _ in range(min(warmup + steps, 2))]
     times, losses = [], []
-    for _ in range(int(spec["steps"])):
-        start = time.perf_counter()
-        losses.append(step())
-        _sync(torch, device)
-        times.append(time.perf_counter() - start)
+
+    class StepTimer(L.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            _sync(torch, device)
+            if batch_idx == warmup:
+                probe.reset_peak()
+            self.start = time.perf_counter()
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            _sync(torch, device)
+            if batch_idx >= warmup:
+                times.append(time.perf_counter() - self.start)
+                losses.append(float(outputs["loss"].detach()))
+
+    module = SegmentationModule(method, config, plan)
+    # batch_size=None: the loader hands over each prepared batch as it is
+    loader = torch.utils.data.DataLoader([batches[i % len(batches)] for i in range(warmup + steps)], batch_size=None)
+    trainer = L.Trainer(**trainer_settings(config, method), max_steps=warmup + steps, callbacks=[StepTimer()], logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, limit_val_batches=0)
+    trainer.fit(module, train_dataloaders=loader)
     peak = probe.peak_mb()
 
+    model = method.model
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    optimizer.zero_grad(set_to_none=True)
     model.eval()
-    window = torch.zeros(1, len(plan["channel_names"]), *method.patch_size, device=device)
+    window = torch.zeros(1, plan.in_channels, *method.patch_size, device=device)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         method.predict_window(window)
+    first = batches[0]
     return {
         "params": int(params),
         "macs": int(counter.get_total_flops() // 2),
         "train_step_s": statistics.median(times),
         "train_step_times_s": times,
         "train_peak_mem_mb": peak,
-        "train_patch": [int(p) for p in patch],
-        "train_batch": int(n),
+        "train_patch": [int(p) for p in first["image"].shape[2:]],
+        "train_batch": int(first["image"].shape[0]),
         "train_loss": losses[-1] if losses else None,
         "memory_method": probe.method,
         "model_args": config.model_args,
@@ -198,30 +168,31 @@ def measure_train(spec: dict) -> dict:
 
 
 def measure_infer(spec: dict) -> dict:
-    """Wall time and peak memory of ``method.predict`` (sliding windows, mirroring as configured) on one
-    whole synthetic volume, after warm-up calls of ``predict_window`` on one batch of windows."""
+    """Wall time and peak memory of ``method.predict`` (its full procedure: sliding windows and mirroring as
+    configured, or whatever the method does) on one whole synthetic volume, after one warm-up prediction of a
+    patch-sized volume."""
     torch, config, plan, device = _setup(spec)
-    from unetzoo.methods import build_method
+    from unetzoo.data.phantoms import synthetic_case
+    from unetzoo.methods import build_method, inference_context
 
     generator = torch.Generator().manual_seed(int(spec.get("seed", 0)) + 1)
     probe = MemoryProbe(device)
-    method = build_method(config, plan)
+    method, config = build_method(config, plan, train_cases=spec.get("train_cases"))
     method.model.to(device).eval()
     shape = [int(s) for s in spec["infer_shape"]]
-    image, _ = synthetic_case(shape, len(plan["channel_names"]), plan["num_classes"], generator)
+    image, _ = synthetic_case(shape, plan.in_channels, plan.num_classes, generator)
     image = image[None].to(device)
-    roi = [min(p, s) if p == 1 else p for p, s in zip(method.patch_size, shape)]
-    window = torch.zeros(config.inference.sw_batch_size, image.shape[1], *roi, device=device)
-    with torch.no_grad():
+    warm = [min(p, s) for p, s in zip(method.patch_size, shape)]
+    with inference_context(method):
         for _ in range(max(1, int(spec["warmup"]))):
-            method.predict_window(window)
-    del window
+            method.predict(image[(..., *[slice(0, w) for w in warm])])
     _sync(torch, device)
     probe.reset_peak()
     times = []
     for _ in range(max(1, int(spec.get("infer_repeats", 1)))):
         start = time.perf_counter()
-        probs = method.predict(image)
+        with inference_context(method):
+            probs = method.predict(image)
         _sync(torch, device)
         times.append(time.perf_counter() - start)
         if tuple(probs.shape[2:]) != tuple(shape):

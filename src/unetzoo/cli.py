@@ -55,7 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--save-probabilities", action="store_true", help="also write CASE.npz with the class probabilities")
     p.add_argument("--mirror", action="store_true", default=None, help="test-time mirroring over every axis")
     p.add_argument("--overlap", type=float, help="sliding-window overlap (default from the run: 0.3)")
-    p.add_argument("--upsample", type=int, default=1, metavar="F", help="write F-times finer outputs of the same extent (continuous decoders: implicit-unet)")
+    p.add_argument("--upsample", type=int, default=1, metavar="F", help="write F-times finer outputs of the same extent (continuous models sample their function; others resample probabilities)")
+    p.add_argument("--grid", type=Path, metavar="REF", help="write the segmentation on the grid of this NIfTI image (another plane or resolution) instead of the input's")
 
     p = sub.add_parser("evaluate", help="compare predictions with reference labels")
     p.add_argument("pred", type=Path)
@@ -203,7 +204,8 @@ def run(argv=None) -> None:
         from unetzoo.inference import predict
 
         written = predict(args.run, args.input, args.output, device=args.device, overwrite=args.overwrite,
-                          save_probabilities=args.save_probabilities, mirror=args.mirror, overlap=args.overlap, upsample=args.upsample)
+                          save_probabilities=args.save_probabilities, mirror=args.mirror, overlap=args.overlap, upsample=args.upsample,
+                          grid_reference=args.grid)
         print(f"{len(written)} prediction(s) in {args.output}")
     elif args.command == "evaluate":
         from unetzoo.evaluation import evaluate_folder

@@ -1,14 +1,14 @@
 """Predict images with a trained run: preprocess, the method's full inference procedure, back to the input's
 exact geometry (MONAI ``Invertd`` undoes resampling and reorientation on the probabilities), argmax, save.
 
-NIfTI predictions keep the input's shape, affine and header; PNG predictions the input's size. A case
-already predicted is skipped unless ``overwrite``; files are written under a temporary name and renamed.
+NIfTI predictions keep the input's shape, affine and header; PNG predictions the input's size (or, on request,
+another grid: ``--upsample``, ``--grid``; see :class:`unetzoo.methods.Grid`). A case already predicted is skipped
+unless ``overwrite``; files are written under a temporary name and renamed.
 """
 
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +18,12 @@ from monai.transforms import Invertd
 
 from unetzoo.config import Config
 from unetzoo.data.datasets import prediction_inputs
+from unetzoo.data.plan import Plan
 from unetzoo.data.transforms import preprocessing
 from unetzoo.errors import UnetzooError, file_error
 from unetzoo.io import NIFTI_ENDINGS, file_ending, write_array, write_bytes
-from unetzoo.methods import build_method
+from unetzoo.methods import Grid, build_method, inference_context
+from unetzoo.methods.grid import refined_affine
 
 
 def resolve_device(name: str) -> torch.device:
@@ -46,26 +48,36 @@ def load_weights(model: torch.nn.Module, checkpoint_path: Path) -> dict:
 
 
 class Predictor:
-    """A trained run ready to predict: ``Predictor(run_dir).predict_cases({name: [files]}, out_dir)``."""
+    """A trained run ready to predict: ``Predictor(run_dir).predict_cases({name: [files]}, out_dir)``.
 
-    def __init__(self, run_dir: str | Path, device: str = "cpu", checkpoint: str = "best", overlap: float | None = None, mirror: bool | None = None, upsample: int = 1):
+    Outputs lie on the input file's own grid, or on a target grid: ``upsample`` F > 1 refines the input's grid
+    F times (same world extent), ``grid_reference`` (a NIfTI file) takes that image's grid (another plane, another
+    resolution). Methods with a continuous function sample it there; the others' probabilities are resampled.
+    """
+
+    def __init__(self, run_dir: str | Path, device: str = "cpu", checkpoint: str = "best", overlap: float | None = None,
+                 mirror: bool | None = None, upsample: int = 1, grid_reference: str | Path | None = None):
         run_dir = Path(run_dir)
         for name in ("config.json", "plan.json"):
             if not (run_dir / name).is_file():
                 raise file_error(run_dir / name, "missing: not a unetzoo run folder (train one with `unetzoo train`)")
-        self.config = Config.load(run_dir / "config.json")
+        config = Config.load(run_dir / "config.json")
         if overlap is not None:
-            self.config.inference.overlap = overlap
+            config.inference.overlap = overlap
         if mirror is not None:
-            self.config.inference.mirror = mirror
-        self.plan = json.loads((run_dir / "plan.json").read_text())
+            config.inference.mirror = mirror
+        self.plan = Plan.load(run_dir / "plan.json")
         self.device = resolve_device(device)
-        self.method = build_method(self.config, self.plan)
+        self.method, self.config = build_method(config, self.plan)
         self.upsample = int(upsample)
         if self.upsample < 1:
             raise UnetzooError(f"--upsample must be a positive integer, got {upsample}")
-        if self.upsample > 1 and not getattr(self.method, "continuous", False):
-            raise UnetzooError(f"--upsample needs a model with a continuous decoder (implicit-unet); {self.config.model!r} predicts on its voxel grid only")
+        self.grid_reference = Path(grid_reference) if grid_reference is not None else None
+        if self.grid_reference is not None:
+            if self.plan.spatial_dims != 3 or file_ending(self.grid_reference) not in NIFTI_ENDINGS:
+                raise file_error(self.grid_reference, "--grid needs a NIfTI reference image and a run trained on 3D NIfTI data")
+            if not self.grid_reference.is_file():
+                raise file_error(self.grid_reference, "--grid reference image not found")
         path = run_dir / f"checkpoint_{checkpoint}.pt"
         if not path.is_file():
             path = run_dir / "checkpoint_last.pt"
@@ -75,27 +87,37 @@ class Predictor:
         self.method.model.to(self.device).eval()
         self.preprocess = preprocessing(self.plan, with_label=False)
 
+    def target_geometry(self, paths: list[Path]) -> tuple[np.ndarray | None, tuple[int, ...], object]:
+        """(affine, shape, header) of the output of a case: the --grid reference's, or the input's (refined F
+        times with --upsample); PNG inputs have no affine or header."""
+        affine, shape, header = file_geometry(self.grid_reference or paths[0])
+        if self.upsample > 1:
+            shape = tuple(self.upsample * s for s in shape)
+            affine = refined_affine(affine, self.upsample) if affine is not None else None
+        return affine, shape, header
+
     def predict_probabilities(self, paths: list[Path]) -> torch.Tensor:
-        """Class probabilities (K, *spatial) of one case, in the input file's own voxel grid."""
+        """Class probabilities (K, *spatial) of one case on its output grid (:meth:`target_geometry`)."""
         data = self.preprocess({"image": [str(p) for p in paths]})
         image = data["image"]
-        if self.upsample > 1:  # see unetzoo.upsampling: fine preprocessed grid -> fine grid of the input file
-            from unetzoo.upsampling import resample_to_grid, upsampled_affine
-
-            probs = self.method.predict(image.as_tensor()[None].to(self.device), upsample=self.upsample)[0].float().cpu()
-            if self.plan["spatial_dims"] == 3:
-                reference = nib_geometry(paths[0])
-                probs = resample_to_grid(probs, upsampled_affine(image.affine.numpy(), self.upsample),
-                                         upsampled_affine(reference[0], self.upsample), [self.upsample * s for s in reference[1]])
+        x = image.as_tensor()[None].to(self.device)
+        if self.upsample == 1 and self.grid_reference is None:
+            with inference_context(self.method):
+                probs = self.method.predict(x)[0].float().cpu()
+            if self.plan.spatial_dims == 3:  # undo resampling and reorientation exactly (MONAI Invertd)
+                pred = MetaTensor(probs, affine=image.affine, meta=dict(image.meta))
+                pred.applied_operations = list(image.applied_operations)
+                data["pred"] = pred
+                data = Invertd("pred", transform=self.preprocess, orig_keys="image", nearest_interp=False)(data)
+                probs = data["pred"].as_tensor()
             return probs
-        probs = self.method.predict(image.as_tensor()[None].to(self.device))[0].float().cpu()
-        if self.plan["spatial_dims"] == 3:
-            pred = MetaTensor(probs, affine=image.affine, meta=dict(image.meta))
-            pred.applied_operations = list(image.applied_operations)
-            data["pred"] = pred
-            data = Invertd("pred", transform=self.preprocess, orig_keys="image", nearest_interp=False)(data)
-            probs = data["pred"].as_tensor()
-        return probs
+        affine, shape, _ = self.target_geometry(paths)
+        if self.plan.spatial_dims == 3:
+            grid = Grid.between(image.affine.numpy(), affine, shape)
+        else:  # a PNG is predicted in its own pixel frame: only refinement
+            grid = Grid.refinement(image.shape[1:], self.upsample)
+        with inference_context(self.method):
+            return self.method.predict(x, grid)[0].float().cpu()
 
     def predict_cases(self, cases: dict[str, list[Path]], out_dir: str | Path, overwrite: bool = False, save_probabilities: bool = False) -> list[Path]:
         """Predict every case into ``out_dir/CASE.<input ending>``; returns the written (or kept) files."""
@@ -110,44 +132,28 @@ class Predictor:
                 written.append(target)
                 continue
             probs = self.predict_probabilities(paths)
-            save_prediction(probs.argmax(0).numpy(), paths[0], target, upsample=self.upsample)
+            affine, shape, header = self.target_geometry(paths)
+            label = probs.argmax(0).numpy()
+            if tuple(label.shape) != tuple(shape):
+                raise file_error(paths[0], f"internal error: prediction shape {label.shape} != output shape {shape}")
+            write_array(label.astype(np.uint8), target, affine, header)
             if save_probabilities:
                 save_npz(out_dir / f"{name}.npz", probabilities=probs.numpy().astype(np.float16))
             written.append(target)
         return written
 
 
-def nib_geometry(path: Path) -> tuple[np.ndarray, tuple[int, ...]]:
-    """(affine, spatial shape) of a NIfTI file."""
-    import nibabel as nib
-
-    ref = nib.load(str(path))
-    return np.asarray(ref.affine, dtype=np.float64), tuple(int(s) for s in ref.shape[:3])
-
-
-def save_prediction(label: np.ndarray, reference_path: Path, target: Path, upsample: int = 1) -> Path:
-    """Write ``label`` with the reference file's geometry: NIfTI shape/affine/header, or PNG size; with
-    ``upsample`` F, the F-times finer grid of the same extent (:func:`unetzoo.upsampling.upsampled_affine`)."""
-    if file_ending(reference_path) in NIFTI_ENDINGS:
+def file_geometry(path: Path) -> tuple[np.ndarray | None, tuple[int, ...], object]:
+    """(affine, spatial shape, header) of a NIfTI file; (None, (H, W), None) of a PNG."""
+    if file_ending(path) in NIFTI_ENDINGS:
         import nibabel as nib
 
-        ref = nib.load(str(reference_path))
-        shape = ref.shape[:3]
-        affine, header = ref.affine, ref.header
-    else:
-        from PIL import Image as PILImage
+        ref = nib.load(str(path))
+        return np.asarray(ref.affine, dtype=np.float64), tuple(int(s) for s in ref.shape[:3]), ref.header
+    from PIL import Image as PILImage
 
-        with PILImage.open(reference_path) as pil:
-            shape = (pil.height, pil.width)
-        affine, header = None, None
-    if upsample > 1:
-        from unetzoo.upsampling import upsampled_affine
-
-        shape = tuple(upsample * s for s in shape)
-        affine = upsampled_affine(affine, upsample) if affine is not None else None
-    if tuple(label.shape) != tuple(shape):
-        raise file_error(reference_path, f"internal error: prediction shape {label.shape} != input shape {shape}")
-    return write_array(label.astype(np.uint8), target, affine, header)
+    with PILImage.open(path) as pil:
+        return None, (pil.height, pil.width), None
 
 
 def save_npz(path: Path, **arrays) -> Path:
@@ -157,9 +163,10 @@ def save_npz(path: Path, **arrays) -> Path:
     return write_bytes(path, buffer.getvalue())
 
 
-def predict(run_dir, input_path, output_dir, device="cpu", overwrite=False, save_probabilities=False, mirror=None, overlap=None, upsample=1) -> list[Path]:
+def predict(run_dir, input_path, output_dir, device="cpu", overwrite=False, save_probabilities=False, mirror=None, overlap=None,
+            upsample=1, grid_reference=None) -> list[Path]:
     """Predict a folder (``CASE_0000.ext`` or MSD ``NAME.ext`` files) or one file into ``output_dir``; ``upsample``
-    F > 1 (continuous-decoder models only) writes F-times finer outputs of the same world extent."""
-    predictor = Predictor(run_dir, device=device, overlap=overlap, mirror=mirror, upsample=upsample)
-    cases = prediction_inputs(input_path, predictor.plan["n_channel_files"])
+    F > 1 writes F-times finer outputs of the same world extent, ``grid_reference`` outputs on that image's grid."""
+    predictor = Predictor(run_dir, device=device, overlap=overlap, mirror=mirror, upsample=upsample, grid_reference=grid_reference)
+    cases = prediction_inputs(input_path, predictor.plan.n_channel_files)
     return predictor.predict_cases(cases, output_dir, overwrite=overwrite, save_probabilities=save_probabilities)

@@ -261,9 +261,10 @@ def _run_names(runs: list[dict]) -> list[str]:
 def _parameters(run: dict) -> int | None:
     try:
         from unetzoo.config import Config
+        from unetzoo.data.plan import Plan
         from unetzoo.methods import build_method
 
-        method = build_method(Config.from_dict(run["config"]), run["plan"])
+        method, _ = build_method(Config.from_dict(run["config"]), Plan.from_dict(run["plan"]))
         return sum(p.numel() for p in method.model.parameters() if p.requires_grad)
     except Exception:  # an old or foreign run folder: the report still shows the rest
         return None

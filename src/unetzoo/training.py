@@ -22,12 +22,12 @@ from monai.data import CacheDataset, DataLoader, MetaTensor, list_data_collate
 
 from unetzoo.config import Config
 from unetzoo.data.datasets import load_dataset, make_splits
-from unetzoo.data.plan import make_plan
-from unetzoo.data.transforms import augmentation, preprocessing
+from unetzoo.data.plan import Plan, make_plan
+from unetzoo.data.transforms import preprocessing
 from unetzoo.errors import UnetzooError
 from unetzoo.inference import resolve_device
 from unetzoo.io import write_text
-from unetzoo.methods import Method, build_method
+from unetzoo.methods import Method, build_method, method_class
 from unetzoo.progress import plot_progress, run_logger
 
 BEST, LAST = "checkpoint_best", "checkpoint_last"
@@ -77,14 +77,15 @@ def make_optimizer(parameters, cfg) -> torch.optim.Optimizer:
 
 
 class SegmentationModule(L.LightningModule):
-    """Wraps a :class:`Method`: training steps give its loss, validation uses its full inference procedure
-    and reports nnU-Net's pseudo Dice (global TP/FP/FN over the validation cases, per class)."""
+    """Wraps a :class:`Method`: training steps give its loss, the optimizer takes its parameter groups,
+    validation uses its full inference procedure and reports nnU-Net's pseudo Dice (global TP/FP/FN over the
+    validation cases, per class). Without ``run_dir`` (the benchmark) nothing is written."""
 
-    def __init__(self, method: Method, config: Config, plan: dict, train_items: list[dict], val_items: list[dict], run_dir: Path):
+    def __init__(self, method: Method, config: Config, plan: Plan, train_items: list[dict] = (), val_items: list[dict] = (), run_dir: Path | None = None):
         super().__init__()
         self.method, self.model = method, method.model
         self.config, self.plan, self.run_dir = config, plan, run_dir
-        self.train_items, self.val_items = train_items, val_items
+        self.train_items, self.val_items = list(train_items), list(val_items)
         self.history: list[dict] = []
         self._loss_sum, self._loss_count, self._epoch_start, self._epoch_lr = 0.0, 0, time.time(), 0.0
         self._counts = None
@@ -96,11 +97,9 @@ class SegmentationModule(L.LightningModule):
 
     def train_dataloader(self):
         cfg = self.config
-        samples = self.method.samples_per_case(cfg.data.samples_per_case)
-        transform = augmentation(self.method.train_patch_size(), cfg.augment, cfg.data.pos_neg_ratio, samples)
-        # each draw yields `samples` patches; the loader batches draws so a step sees batch_size * samples patches
+        # each draw yields the method's samples; the loader batches draws so a step sees batch_size draws
         length = cfg.train.iters_per_epoch * cfg.train.batch_size * self.trainer.world_size
-        dataset = PatchDataset(self._cached(self.train_items), transform, length)
+        dataset = PatchDataset(self._cached(self.train_items), self.method.train_transform(), length)
         return DataLoader(
             dataset,
             batch_size=cfg.train.batch_size,
@@ -130,13 +129,13 @@ class SegmentationModule(L.LightningModule):
         return loss
 
     def on_validation_epoch_start(self):
-        self._counts = torch.zeros(3, self.plan["num_classes"], dtype=torch.float64, device=self.device)
+        self._counts = torch.zeros(3, self.plan.num_classes, dtype=torch.float64, device=self.device)
 
     def validation_step(self, batch, batch_idx):
         batch = _plain(batch)
         prediction = self.method.predict(batch["image"]).argmax(1)
         label = batch["label"][:, 0].long()
-        for c in range(1, self.plan["num_classes"]):
+        for c in range(1, self.plan.num_classes):
             p, r = prediction == c, label == c
             self._counts[0, c] += (p & r).sum()
             self._counts[1, c] += (p & ~r).sum()
@@ -150,7 +149,7 @@ class SegmentationModule(L.LightningModule):
         dice = (2 * tp / (2 * tp + fp + fn).clamp_min(1)).tolist()
         mean_dice = float(np.mean(dice)) if dice else 0.0
         self.log("val_dice", mean_dice, prog_bar=True, sync_dist=False)
-        if self.trainer.sanity_checking:
+        if self.trainer.sanity_checking or self.run_dir is None:
             return
         loss_sum = torch.tensor([self._loss_sum, self._loss_count], dtype=torch.float64, device=self.device)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -159,7 +158,7 @@ class SegmentationModule(L.LightningModule):
             "epoch": self.current_epoch,
             "train_loss": float(loss_sum[0] / max(loss_sum[1], 1)),
             "val_dice": mean_dice,
-            "val_dice_per_class": dict(zip(list(self.plan["labels"])[1:], dice)),
+            "val_dice_per_class": dict(zip(list(self.plan.labels)[1:], dice)),
             "epoch_time_s": time.time() - self._epoch_start,
             "lr": self._epoch_lr,
         }
@@ -178,7 +177,7 @@ class SegmentationModule(L.LightningModule):
     # ---- optimisation and checkpoint state ---------------------------------------------------------
     def configure_optimizers(self):
         cfg = self.config.train
-        optimizer = make_optimizer(self.model.parameters(), cfg)
+        optimizer = make_optimizer(self.method.parameter_groups(), cfg)
         if cfg.scheduler == "constant":
             return optimizer
         if cfg.scheduler != "poly":
@@ -187,7 +186,7 @@ class SegmentationModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
     def on_save_checkpoint(self, checkpoint):
-        checkpoint["unetzoo"] = {"config": self.config.to_dict(), "plan": self.plan, "history": self.history}
+        checkpoint["unetzoo"] = {"config": self.config.to_dict(), "plan": self.plan.to_dict(), "history": self.history}
 
     def on_load_checkpoint(self, checkpoint):
         self.history = list(checkpoint.get("unetzoo", {}).get("history", []))
@@ -227,52 +226,82 @@ def train(data_dir: str | Path, run_dir: str | Path, config: Config, resume: boo
             raise UnetzooError(f"fold {config.fold!r} does not exist: splits.json has folds 0..{len(splits) - 1} (or use fold all)")
         split = splits[config.fold]
     log.info(f"dataset {dataset.root} ({dataset.layout} layout): {len(names)} cases; fold {config.fold}: {len(split['train'])} training, {len(split['val'])} validation")
-    plan = _load_or_make(
-        run_dir / "plan.json",
-        lambda: make_plan(dataset, dataset.cases, config.data.patch_size, config.data.target_spacing, config.seed),
-    )
+    plan_path = run_dir / "plan.json"
+    if plan_path.is_file():
+        plan = Plan.load(plan_path)
+    else:
+        whole = method_class(config.model).whole_volumes
+        plan = make_plan(dataset, dataset.cases, config.data.patch_size, config.data.target_spacing, config.seed, cap_patch=not whole)
+        plan.save(plan_path)
     L.seed_everything(config.seed, workers=True, verbose=False)
-    method = build_method(config, plan)
-    config.data.patch_size = plan["patch_size"]
+    method, config = build_method(config, plan, train_cases=len(split["train"]))
+    config.data.patch_size = plan.patch_size
     config.save(run_dir / "config.json")
     n_params = sum(p.numel() for p in method.model.parameters() if p.requires_grad)
-    log.info(f"model {config.model}: {n_params:,} parameters, patch {plan['patch_size']}, spacing {plan['target_spacing']}, args {config.model_args}")
+    log.info(f"model {config.model}: {n_params:,} parameters, patch {plan.patch_size}, spacing {plan.target_spacing}, args {config.model_args}")
     items = {c.name: c.as_dict() for c in dataset.cases}
-    module = SegmentationModule(method, config, plan, [items[n] for n in split["train"]], [items[n] for n in split["val"]], run_dir)
-    trainer = _trainer(config, run_dir)
+    train_items = [{**items[n], "case_index": i} for i, n in enumerate(split["train"])]
+    module = SegmentationModule(method, config, plan, train_items, [items[n] for n in split["val"]], run_dir)
+    trainer = _trainer(config, run_dir, method)
     trainer.fit(module, ckpt_path=str(last) if resume else None)
     if trainer.is_global_zero:
         log.info("training done")
         if config.fold == "all":
             log.info("fold all: no held-out cases, so no validation/ folder (evaluate a separate test set with predict + evaluate)")
         else:
+            _calibrate(module, run_dir, log)
             validate_run(run_dir, dataset, split["val"], log)
     return run_dir
 
 
-def _trainer(config: Config, run_dir: Path) -> L.Trainer:
+def _calibrate(module: SegmentationModule, run_dir: Path, log) -> None:
+    """Let the method choose its inference settings on the validation cases with the best weights, and record
+    them in ``config.json`` (e.g. NISF's number of latent-fitting steps)."""
+    from unetzoo.inference import load_weights
+
+    if type(module.method).calibrate is Method.calibrate:  # the method chooses nothing: skip the preprocessing
+        return
+    best = run_dir / f"{BEST}{CHECKPOINT_EXT}"
+    load_weights(module.method.model, best if best.is_file() else run_dir / f"{LAST}{CHECKPOINT_EXT}")
+    cases = module._cached(module.val_items)
+    updates = module.method.calibrate([cases[i] for i in range(len(cases))], log)
+    if updates:
+        module.config.method_args.update(updates)
+        module.config.save(run_dir / "config.json")
+        log.info(f"calibrated on {len(cases)} validation cases: {updates}")
+
+
+def trainer_settings(config: Config, method: Method) -> dict:
+    """The Trainer arguments that decide what a training step computes (device, precision, clipping, autograd in
+    validation); shared by ``train`` and the benchmark so both run the same step."""
     cfg = config.train
+    return {
+        "accelerator": {"cpu": "cpu", "cuda": "gpu"}[resolve_device(cfg.device).type],
+        "devices": cfg.devices,
+        "strategy": "ddp" if cfg.devices > 1 else "auto",
+        "precision": cfg.precision,
+        "max_epochs": cfg.epochs,
+        "gradient_clip_val": cfg.grad_clip or None,
+        "enable_model_summary": False,
+        "inference_mode": not method.grad_at_inference,  # a method that fits at test time needs autograd in validation
+    }
+
+
+def _trainer(config: Config, run_dir: Path, method: Method) -> L.Trainer:
     checkpoint = ModelCheckpoint(
         dirpath=run_dir, filename=BEST, monitor="val_dice", mode="max", save_last=True, save_top_k=1, enable_version_counter=False
     )
     checkpoint.CHECKPOINT_NAME_LAST = LAST
     checkpoint.FILE_EXTENSION = CHECKPOINT_EXT
-    accelerator = {"cpu": "cpu", "cuda": "gpu"}[resolve_device(cfg.device).type]
     return L.Trainer(
-        accelerator=accelerator,
-        devices=cfg.devices,
-        strategy="ddp" if cfg.devices > 1 else "auto",
-        precision=cfg.precision,
-        max_epochs=cfg.epochs,
-        max_time={"seconds": cfg.max_minutes * 60} if cfg.max_minutes > 0 else None,
-        gradient_clip_val=cfg.grad_clip or None,
+        **trainer_settings(config, method),
+        max_time={"seconds": config.train.max_minutes * 60} if config.train.max_minutes > 0 else None,
         callbacks=[checkpoint],
         plugins=[AtomicCheckpointIO()],
         logger=False,
         default_root_dir=run_dir,
         num_sanity_val_steps=0,
         log_every_n_steps=10,
-        enable_model_summary=False,
     )
 
 

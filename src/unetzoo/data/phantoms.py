@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import torch
 from scipy.ndimage import gaussian_filter
 
 from unetzoo.errors import UnetzooError
@@ -136,3 +137,23 @@ def write_nuclei_phantom(out_dir: str | os.PathLike, cases: int, seed: int, shap
         {"0": "R", "1": "G", "2": "B"}, {"background": 0, "nucleus": 1}, cases, ".png",
     )
     return out_dir
+
+
+def synthetic_case(shape, channels: int, num_classes: int, generator, blobs: int = 3):
+    """An image ``(C, *shape)`` and a label ``(1, *shape)`` of class ids: ``blobs`` random ellipsoids per
+    foreground class (every label holds foreground, so point-sampling methods find boundaries), the image
+    their class intensity plus Gaussian noise."""
+    shape = [int(s) for s in shape]
+    grids = torch.meshgrid(*[torch.arange(s, dtype=torch.float32) for s in shape], indexing="ij")
+    label = torch.zeros(shape, dtype=torch.float32)
+    for cls in range(1, num_classes):
+        for _ in range(blobs):
+            center = [torch.rand((), generator=generator) * s for s in shape]
+            radius = [(0.1 + 0.2 * torch.rand((), generator=generator)) * max(s, 2) if s > 1 else 1.0 for s in shape]
+            distance = sum(((g - c) / r) ** 2 for g, c, r in zip(grids, center, radius))
+            label[distance <= 1] = cls
+        # at least the voxel nearest the last centre, whatever the radii
+        label[tuple(min(int(c), s - 1) for c, s in zip(center, shape))] = cls
+    image = label[None].repeat(channels, *[1] * len(shape)) / max(num_classes - 1, 1)
+    image = image + 0.3 * torch.randn(image.shape, generator=generator)
+    return image, label[None]

@@ -8,6 +8,11 @@ Verification reads every file, so a bad case stops the run before training with 
 
 from __future__ import annotations
 
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
 import numpy as np
 
 from unetzoo.data.datasets import Case, Dataset
@@ -16,6 +21,78 @@ from unetzoo.io import read_image, read_label
 
 PATCH_CAP = {2: 256, 3: 128}  # largest default patch edge per spatial dims
 CT_SAMPLES_PER_CASE = 10_000
+
+
+@dataclass
+class Plan:
+    """What training fixed about the data; saved as ``plan.json`` and read back by every later command.
+
+    ``labels`` maps label id (as a string, JSON's key type) to name, background included; ``target_spacing`` is
+    None for 2D (PNG) data; ``patch_size`` is the training patch (for whole-volume methods: the padded volume).
+    """
+
+    spatial_dims: int
+    channel_names: list[str]
+    labels: dict[str, str]
+    num_classes: int
+    file_ending: str
+    n_channel_files: int
+    target_spacing: list[float] | None
+    median_shape: list[float]
+    patch_size: list[int]
+    ct_stats: dict = field(default_factory=dict)
+
+    @property
+    def in_channels(self) -> int:
+        return len(self.channel_names)
+
+    def for_whole_volumes(self) -> "Plan":
+        """This plan with the uncapped median shape (rounded up to a multiple of 8) as its patch: what a method
+        that trains and predicts on whole volumes takes."""
+        return dataclasses.replace(self, patch_size=rounded_shape(self.median_shape))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Plan":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def save(self, path: str | Path) -> None:
+        from unetzoo.io import write_text
+
+        write_text(path, json.dumps(self.to_dict(), indent=2))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Plan":
+        path = Path(path)
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError) as exc:
+            raise file_error(path, f"unreadable plan ({type(exc).__name__}: {exc})") from None
+
+    @classmethod
+    def synthetic(cls, spatial: list[int], channels: int = 1, classes: int = 2, patch: list[int] | None = None, cap: bool = True) -> "Plan":
+        """The plan of synthetic data of ``spatial`` shape (benchmarks, tests): 1-mm MRI-like channels, the patch
+        the shape itself (capped per axis like a dataset's unless ``cap`` is False)."""
+        dims = len(spatial)
+        return cls(
+            spatial_dims=dims,
+            channel_names=["MRI"] * channels,
+            labels={str(i): "background" if i == 0 else f"class{i}" for i in range(classes)},
+            num_classes=classes,
+            file_ending=".nii.gz" if dims == 3 else ".png",
+            n_channel_files=channels,
+            target_spacing=[1.0] * dims if dims == 3 else None,
+            median_shape=[float(s) for s in spatial],
+            patch_size=[int(p) for p in patch] if patch else [min(PATCH_CAP[dims], int(s)) if cap else int(s) for s in spatial],
+        )
+
+
+def rounded_shape(shape) -> list[int]:
+    """Every edge rounded up to a multiple of 8 (a patch that a U-Net with up to 4 halvings divides)."""
+    return [int(8 * np.ceil(float(s) / 8)) for s in shape]
 
 
 def ras_axes(affine: np.ndarray) -> np.ndarray:
@@ -40,8 +117,9 @@ def verify_case(case: Case, dataset: Dataset):
     return image, label
 
 
-def make_plan(dataset: Dataset, cases: list[Case], patch_size=None, target_spacing=None, seed: int = 0) -> dict:
-    """Verify ``cases`` and compute the plan (see module docstring); explicit arguments override the medians."""
+def make_plan(dataset: Dataset, cases: list[Case], patch_size=None, target_spacing=None, seed: int = 0, cap_patch: bool = True) -> Plan:
+    """Verify ``cases`` and compute the plan (see module docstring); explicit arguments override the medians.
+    ``cap_patch`` False (methods that take whole volumes) keeps the whole median shape as the patch."""
     from tqdm import tqdm
 
     dims = dataset.spatial_dims
@@ -66,7 +144,8 @@ def make_plan(dataset: Dataset, cases: list[Case], patch_size=None, target_spaci
     if patch_size:
         patch = [int(p) for p in patch_size]
     else:
-        patch = [int(min(PATCH_CAP[dims], 8 * np.ceil(s / 8))) for s in median_shape]
+        patch = rounded_shape(median_shape)
+        patch = [min(PATCH_CAP[dims], p) for p in patch] if cap_patch else patch
     if len(patch) != dims:
         raise file_error(dataset.root, f"patch size {patch} has {len(patch)} axes, the images have {dims}")
     ct_stats = {}
@@ -75,15 +154,15 @@ def make_plan(dataset: Dataset, cases: list[Case], patch_size=None, target_spaci
         lo, hi = np.percentile(values, [0.5, 99.5])
         clipped = np.clip(values, lo, hi)
         ct_stats[str(c)] = {"p00_5": float(lo), "p99_5": float(hi), "mean": float(clipped.mean()), "std": float(clipped.std() or 1.0)}
-    return {
-        "spatial_dims": dims,
-        "channel_names": dataset.channel_names,
-        "labels": {str(k): v for k, v in sorted(dataset.labels.items())},
-        "num_classes": dataset.num_classes,
-        "file_ending": dataset.file_ending,
-        "n_channel_files": len(cases[0].images),
-        "target_spacing": [float(s) for s in spacing] if dims == 3 else None,
-        "median_shape": [float(s) for s in median_shape],
-        "patch_size": patch,
-        "ct_stats": ct_stats,
-    }
+    return Plan(
+        spatial_dims=dims,
+        channel_names=list(dataset.channel_names),
+        labels={str(k): v for k, v in sorted(dataset.labels.items())},
+        num_classes=dataset.num_classes,
+        file_ending=dataset.file_ending,
+        n_channel_files=len(cases[0].images),
+        target_spacing=[float(s) for s in spacing] if dims == 3 else None,
+        median_shape=[float(s) for s in median_shape],
+        patch_size=patch,
+        ct_stats=ct_stats,
+    )

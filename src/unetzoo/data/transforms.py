@@ -104,13 +104,14 @@ def _zscore(x: torch.Tensor) -> torch.Tensor:
     return (x - x.mean()) / x.std().clamp_min(1e-8)
 
 
-def preprocessing(plan: dict, with_label: bool = True) -> Compose:
-    """The deterministic chain: load, normalise, then (3D) orient to RAS and resample to the plan's spacing."""
+def preprocessing(plan, with_label: bool = True) -> Compose:
+    """The deterministic chain for a :class:`~unetzoo.data.plan.Plan`: load, normalise, then (3D) orient to RAS and
+    resample to the plan's spacing."""
     keys = ["image", "label"] if with_label else ["image"]
-    chain = [LoadCased(plan["spatial_dims"]), NormalizeByModalityd(plan["channel_names"], plan["ct_stats"])]
-    if plan["spatial_dims"] == 3:
+    chain = [LoadCased(plan.spatial_dims), NormalizeByModalityd(plan.channel_names, plan.ct_stats)]
+    if plan.spatial_dims == 3:
         modes = ["bilinear", "nearest"][: len(keys)]
-        chain += [Orientationd(keys, axcodes="RAS"), Spacingd(keys, pixdim=plan["target_spacing"], mode=modes)]
+        chain += [Orientationd(keys, axcodes="RAS"), Spacingd(keys, pixdim=plan.target_spacing, mode=modes)]
     return Compose(chain)
 
 

@@ -2,35 +2,44 @@
 
 from __future__ import annotations
 
+import copy
+
 from unetzoo.config import Config
-from unetzoo.methods.base import Method
+from unetzoo.data.plan import Plan
+from unetzoo.methods.base import Method, inference_context
 from unetzoo.methods.dense import DenseMethod, SliceMethod
+from unetzoo.methods.grid import Grid
 from unetzoo.methods.implicit import ImplicitMethod
 from unetzoo.models import create_model, model_info
-from unetzoo.models.blocks import stages_for_patch
 
 METHODS: dict[str, type[Method]] = {"dense": DenseMethod, "slices": SliceMethod, "implicit": ImplicitMethod}
 
+__all__ = ["METHODS", "Grid", "Method", "build_method", "inference_context", "method_class"]
 
-def build_method(config: Config, plan: dict) -> Method:
-    """Create the configured model for the plan's data and wrap it in its method.
 
-    Patch-dependent defaults are filled here and written back into ``config.model_args`` so that the run
-    folder records them: a model that takes ``n_stages`` gets nnU-Net's depth rule for the patch.
+def method_class(model_name: str) -> type[Method]:
+    """The Method subclass that trains and runs registered model ``model_name``."""
+    return METHODS[model_info(model_name).method]
+
+
+def build_method(config: Config, plan: Plan, train_cases: int | None = None) -> tuple[Method, Config]:
+    """Create the configured model for the plan's data, wrap it in its method; returns ``(method, resolved)``.
+
+    ``resolved`` is a copy of ``config`` with every default the data decides filled in (the model's
+    ``plan_defaults``: depth from the patch, number of training subjects ...) and the method arguments the model's
+    registration asks for, so that the run folder records exactly what was built. ``train_cases`` is the number of
+    training cases (for models with per-subject state); a run folder's resolved config already holds it.
     """
     entry = model_info(config.model)
-    model_args = dict(config.model_args)
-    if entry.accepts("n_stages") and "n_stages" not in model_args:
-        model_args["n_stages"] = stages_for_patch(plan["patch_size"])
-    if entry.accepts("deep_supervision") and "deep_supervision" not in model_args:
-        model_args["deep_supervision"] = config.train.deep_supervision
-    config.model_args = model_args
+    resolved = copy.deepcopy(config)
+    defaults = entry.plan_defaults(plan, config, train_cases) if entry.plan_defaults else {}
+    resolved.model_args = {**defaults, **config.model_args}
+    resolved.method_args = {**entry.method_defaults, **config.method_args}
     model = create_model(
         config.model,
-        spatial_dims=plan["spatial_dims"],
-        in_channels=len(plan["channel_names"]),
-        out_channels=plan["num_classes"],
-        **model_args,
+        spatial_dims=plan.spatial_dims,
+        in_channels=plan.in_channels,
+        out_channels=plan.num_classes,
+        **resolved.model_args,
     )
-    method_cls = METHODS[entry.method]
-    return method_cls(model, plan["num_classes"], plan["patch_size"], config.inference, **config.method_args)
+    return METHODS[entry.method](model, plan, resolved, **resolved.method_args), resolved

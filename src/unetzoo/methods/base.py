@@ -1,8 +1,22 @@
-"""The Method contract: how a family of models turns a batch into a loss and an image into probabilities.
+"""The Method contract: how a family of models trains on a dataset and turns an image into probabilities.
 
-A model is an ``nn.Module`` from the registry; a method is the procedure around it (dense patches, sampled
-points, latent codes, projections). Training, inference and the benchmark only talk to this interface, so a
-new family plugs into every command by adding one Method subclass.
+A model is an ``nn.Module`` from the registry and holds every learnable tensor (weights, latent tables), so
+checkpoints, resume and DDP need nothing from the method. A method is the procedure around it (dense patches,
+sampled points, latent codes, projections). Training, inference and the benchmark talk to this interface only:
+a new family is a subclass here plus one line in ``methods.METHODS``.
+
+What a method declares (class attributes, read by training, inference and the benchmark):
+
+* ``whole_volumes``: training samples and prediction inputs are whole preprocessed volumes (no patch crop, no
+  sliding window); the plan then keeps the whole median shape as its patch instead of capping it.
+* ``continuous``: ``predict(image, grid)`` samples the model's function at any grid's points itself; otherwise the
+  base class predicts on the voxel grid and resamples the probabilities onto the grid.
+* ``grad_at_inference``: ``predict`` needs autograd (fitting a latent code); inference then runs under
+  ``torch.no_grad`` (which the method may lift) instead of ``torch.inference_mode`` (which it could not).
+
+What a method supplies: :meth:`train_transform`, :meth:`training_loss`, :meth:`parameter_groups`,
+:meth:`example_batch`, :meth:`predict` and, optionally, :meth:`calibrate` (settings chosen on the validation
+cases after training, saved into the run's config).
 """
 
 from __future__ import annotations
@@ -12,41 +26,82 @@ import itertools
 import torch
 from torch import nn
 
-from unetzoo.config import InferenceConfig
+from unetzoo.config import Config
+from unetzoo.data.plan import Plan
+from unetzoo.methods.grid import Grid
 
 
 class Method:
-    """Base class. Subclasses implement :meth:`training_loss` and :meth:`predict_window`."""
+    """Base class: dense training on patches, sliding-window prediction. Subclasses implement
+    :meth:`training_loss` and :meth:`predict_window`, and override what their family does differently."""
 
-    def __init__(self, model: nn.Module, num_classes: int, patch_size: list[int], inference: InferenceConfig):
+    whole_volumes = False
+    continuous = False
+    grad_at_inference = False
+
+    def __init__(self, model: nn.Module, plan: Plan, config: Config):
         self.model = model
-        self.num_classes = num_classes
-        self.patch_size = list(patch_size)
-        self.inference = inference
+        self.plan = plan
+        self.config = config
+        self.num_classes = plan.num_classes
+        self.patch_size = list(plan.patch_size)
+        self.inference = config.inference
 
+    # ---- training -------------------------------------------------------------------------------------
     def train_patch_size(self) -> list[int]:
         """The patch the data loader crops for one training sample."""
         return self.patch_size
 
-    def samples_per_case(self, configured: int) -> int:
-        """Patches cropped per case draw (a slice method crops several slices to match a volume patch)."""
-        return configured
+    def samples_per_draw(self) -> int:
+        """Samples cropped from one case per draw (a slice method crops several slices to match a volume patch)."""
+        return self.config.data.samples_per_case
+
+    def train_transform(self):
+        """The random transform from a cached, preprocessed case ``{"image", "label", "case_index", ...}`` to the
+        training sample(s) of one draw: here nnU-Net's patch sampling and augmentation."""
+        from unetzoo.data.transforms import augmentation
+
+        cfg = self.config
+        return augmentation(self.train_patch_size(), cfg.augment, cfg.data.pos_neg_ratio, self.samples_per_draw())
 
     def training_loss(self, batch: dict) -> torch.Tensor:
-        """Loss of one batch ``{"image": (B, C, *patch), "label": (B, 1, *patch)}``."""
+        """Loss of one collated batch of training samples."""
         raise NotImplementedError
+
+    def parameter_groups(self) -> list[dict]:
+        """Optimizer parameter groups (a family may give a latent table its own learning rate or no decay)."""
+        return [{"params": [p for p in self.model.parameters() if p.requires_grad]}]
+
+    def example_batch(self, generator: torch.Generator) -> dict:
+        """A synthetic batch shaped like the training loader's (``unetzoo benchmark`` times steps on it)."""
+        from unetzoo.data.phantoms import synthetic_case
+
+        n = self.config.train.batch_size * self.samples_per_draw()
+        cases = [synthetic_case(self.train_patch_size(), self.plan.in_channels, self.num_classes, generator) for _ in range(n)]
+        return {"image": torch.stack([c[0] for c in cases]), "label": torch.stack([c[1] for c in cases])}
+
+    def calibrate(self, cases: list[dict], log) -> dict:
+        """Settings chosen on the preprocessed validation ``cases`` after training (e.g. a step count); the
+        training writes them into the run's ``config.json`` ``method_args``. Dense methods choose nothing."""
+        return {}
+
+    # ---- inference ------------------------------------------------------------------------------------
+    def predict(self, image: torch.Tensor, grid: Grid | None = None) -> torch.Tensor:
+        """Class probabilities of preprocessed images (B, C, *S): (B, K, *S) on the image's own voxel grid, or
+        (B, K, *grid.shape) on ``grid`` (here: resampled linearly from the voxel grid)."""
+        self.model.eval()
+        probs = self.sliding_window(image)
+        return probs if grid is None else grid.resample(probs)
 
     def predict_window(self, window: torch.Tensor) -> torch.Tensor:
         """Class probabilities (B, K, *window) of one sliding-window patch."""
         raise NotImplementedError
 
-    @torch.no_grad()
-    def predict(self, image: torch.Tensor) -> torch.Tensor:
-        """Probabilities (B, K, *spatial) of whole images by Gaussian-weighted sliding windows (MONAI),
-        optionally averaged over mirrored copies (test-time augmentation)."""
+    def sliding_window(self, image: torch.Tensor) -> torch.Tensor:
+        """Gaussian-weighted sliding windows (MONAI) over the whole image, optionally averaged over mirrored copies
+        (test-time augmentation)."""
         from monai.inferers import sliding_window_inference
 
-        self.model.eval()
         roi = [min(p, s) if p == 1 else p for p, s in zip(self.patch_size, image.shape[2:])]
         return sliding_window_inference(
             image,
@@ -70,3 +125,8 @@ class Method:
             probs = self.predict_window(flipped)
             total = total + (probs.flip(dims) if dims else probs)
         return total / len(flips)
+
+
+def inference_context(method: Method):
+    """The autograd context prediction runs in: ``inference_mode`` unless the method fits something at test time."""
+    return torch.no_grad() if method.grad_at_inference else torch.inference_mode()

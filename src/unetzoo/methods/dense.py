@@ -1,9 +1,10 @@
 """Dense training and inference: Dice+CE on every voxel of a patch, deep supervision, sliding windows.
 
 This is nnU-Net's procedure and the one every convolutional model of the zoo uses (``unet``, ``unetpp``,
-``sd-unet`` ...). Deep-supervision outputs are weighted 1/2^i and normalised (nnU-Net), unless the model
-sets ``deep_supervision_weights`` (U-Net++ weights its full-resolution heads equally); targets are
-downsampled to each output's size by nearest interpolation.
+``sd-unet`` ...). A model in training mode with deep supervision returns a list of logits, the inference head
+first. ``head_weights`` (a method argument, set per model in its registration) weights them: ``"halving"``
+1, 1/2, 1/4 ... normalised (nnU-Net's outputs at decreasing resolution), or ``"equal"`` (U-Net++'s full-resolution
+heads, Zhou et al.). Targets are downsampled to each output's size by nearest interpolation.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from monai.losses import DiceCELoss
 
+from unetzoo.errors import UnetzooError
 from unetzoo.methods.base import Method
 
 
@@ -21,9 +23,15 @@ def supervision_weights(n_outputs: int) -> list[float]:
     return [w / sum(raw) for w in raw]
 
 
+HEAD_WEIGHTS = {"halving": supervision_weights, "equal": lambda n: [1.0 / n] * n}
+
+
 class DenseMethod(Method):
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, model, plan, config, head_weights: str = "halving"):
+        super().__init__(model, plan, config)
+        if head_weights not in HEAD_WEIGHTS:
+            raise UnetzooError(f"method_args.head_weights must be one of {sorted(HEAD_WEIGHTS)}, got {head_weights!r}")
+        self.head_weights = HEAD_WEIGHTS[head_weights]
         # nnU-Net's Dice+CE: batch Dice over the foreground classes, softmax, one-hot targets.
         self.loss = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
 
@@ -32,7 +40,7 @@ class DenseMethod(Method):
         outputs = self.model(image)
         if not isinstance(outputs, (list, tuple)):
             return self.loss(outputs, label)
-        weights = getattr(self.model, "deep_supervision_weights", None) or supervision_weights(len(outputs))
+        weights = self.head_weights(len(outputs))
         total = 0.0
         for weight, logits in zip(weights, outputs):
             target = label if logits.shape[2:] == label.shape[2:] else F.interpolate(label.float(), size=logits.shape[2:], mode="nearest")
@@ -46,15 +54,15 @@ class DenseMethod(Method):
 class SliceMethod(DenseMethod):
     """Slice-by-slice 2D training of a 3D dataset (random-2.5d-unet.md's 2D baseline).
 
-    Training crops patches one slice thick along the model's axis, and as many of them per case draw as
-    the volume patch has slices, so one step sees as many voxels as a 3D step. Inference runs the 2D
-    network on every slice of each sliding window (it never mixes slices), without mirroring along the
-    slice axis.
+    Training crops patches one slice thick along the model's ``slice_axis`` (a model argument), and as many of
+    them per case draw as the volume patch has slices, so one step sees as many voxels as a 3D step. Inference
+    runs the 2D network on every slice of each sliding window (it never mixes slices), without mirroring along
+    the slice axis. On 2D data the model is a plain 2D U-Net and this is the dense method.
     """
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.axis = getattr(self.model, "axis", None)
+    def __init__(self, model, plan, config, **method_args):
+        super().__init__(model, plan, config, **method_args)
+        self.axis = config.model_args.get("slice_axis", 0) if plan.spatial_dims == 3 else None
 
     def train_patch_size(self) -> list[int]:
         if self.axis is None:  # 2D data: a plain 2D U-Net
@@ -63,7 +71,8 @@ class SliceMethod(DenseMethod):
         patch[self.axis] = 1
         return patch
 
-    def samples_per_case(self, configured: int) -> int:
+    def samples_per_draw(self) -> int:
+        configured = super().samples_per_draw()
         return configured if self.axis is None else configured * self.patch_size[self.axis]
 
     def mirror_axes(self) -> list[int]:

@@ -41,15 +41,21 @@ Inference, per sliding-window patch (overlap 0.3, Gaussian weighting, ``inferenc
    borders). Padding voxels do not count in the average. With ``--upsample`` the kernel is 3 output voxels.
 
 ``dense=True`` predicts every voxel (the check of the sparse procedure; it is also how the broad-then-fine
-result is validated in the tests). ``predict(image, upsample=F)`` samples the decoder on an F-times finer grid:
-fine voxel J of a window sits at window coordinate (J + 1/2) / F - 1/2 (the centres of F^d sub-voxels of every
-voxel), and MONAI's sliding window places F-times larger outputs (its ``zoom_scale``).
+result is validated in the tests).
+
+Other grids (``predict(image, grid)``, e.g. ``--upsample F`` or ``--grid REF``): the decoder is sampled on the
+F-times finer grid of the image, F = ceil(1 / the grid's step) (fine voxel J of a window sits at window
+coordinate (J + 1/2) / F - 1/2, the centres of F^d sub-voxels of every voxel; MONAI's sliding window places
+F-times larger outputs through its ``zoom_scale``), and that fine map is resampled linearly onto the grid, which
+is exact (no resampling) when the grid is that refinement itself. Decoding every grid point inside each sliding
+window would avoid the resampling, but would lose the broad-then-fine saving, which needs a regular mesh.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.losses import DiceCELoss
@@ -57,6 +63,7 @@ from torch.nn.utils import parametrize
 
 from unetzoo.errors import UnetzooError
 from unetzoo.methods.base import Method
+from unetzoo.methods.grid import Grid
 
 
 def _pool(x: torch.Tensor, kernel: int, kind: str) -> torch.Tensor:
@@ -150,14 +157,13 @@ def fine_coordinates(size, upsample: int, device=None) -> list[torch.Tensor]:
 class ImplicitMethod(Method):
     """Points for training, broad-then-fine sparse prediction for inference (module docstring)."""
 
-    continuous = True  # predict(image, upsample=F) samples a finer grid
+    continuous = True  # predict(image, grid) samples the decoder on the grid's refinement
 
     def __init__(
         self,
         model,
-        num_classes: int,
-        patch_size: list[int],
-        inference,
+        plan,
+        config,
         points: float = 30000,
         boundary_fraction: float = 0.5,
         sigma: float = 5.0,
@@ -166,7 +172,7 @@ class ImplicitMethod(Method):
         dense: bool = False,
         smooth: int = 3,
     ):
-        super().__init__(model, num_classes, patch_size, inference)
+        super().__init__(model, plan, config)
         if not 0.0 <= boundary_fraction <= 1.0:
             raise UnetzooError(f"method_args.boundary_fraction must be in [0, 1], got {boundary_fraction}")
         band = max(1, int(broad_stride) // 2) if band is None else band
@@ -196,20 +202,22 @@ class ImplicitMethod(Method):
         return self.points
 
     # ---- inference ------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def predict(self, image: torch.Tensor, upsample: int = 1) -> torch.Tensor:
-        """Probabilities (B, K, *(F * spatial)) by Gaussian-weighted sliding windows, then the 3^d smoothing."""
-        upsample = int(upsample)
-        if upsample < 1:
-            raise UnetzooError(f"--upsample must be a positive integer, got {upsample}")
+    def predict(self, image: torch.Tensor, grid: Grid | None = None) -> torch.Tensor:
+        """Probabilities on the image's grid or on ``grid`` (module docstring): Gaussian-weighted sliding windows
+        on the F-times finer grid, the 3^d smoothing, then (unless the grid is that refinement) resampling."""
+        self.model.eval()
+        upsample = 1 if grid is None else max(1, math.ceil(1.0 / grid.step() - 1e-6))
         self.upsample = upsample
         try:
-            probs = super().predict(image)
+            probs = self.sliding_window(image)
         finally:
             self.upsample = 1
-        return _pool(probs, self.smooth, "avg") if self.smooth > 1 else probs
+        probs = _pool(probs, self.smooth, "avg") if self.smooth > 1 else probs
+        if grid is None:
+            return probs
+        to_fine = Grid.refinement(image.shape[2:], upsample).affine  # fine index -> image index
+        return Grid(grid.shape, np.linalg.inv(to_fine) @ grid.affine).resample(probs)
 
-    @torch.no_grad()
     def predict_window(self, window: torch.Tensor) -> torch.Tensor:
         """Probabilities (B, K, *(F * window)) of a batch of windows: broad-then-fine, or dense."""
         size = tuple(window.shape[2:])

@@ -25,6 +25,12 @@ def stages_for_patch(patch_size, max_stages: int = 6, min_edge: int = 4) -> int:
     return max(2, min(max_stages, 1 + int(math.floor(math.log2(smallest / min_edge)))))
 
 
+def unet_plan_defaults(plan, config, train_cases=None) -> dict:
+    """Data-dependent arguments of the nnU-Net-style models: depth from the patch (nnU-Net's rule) and deep
+    supervision from ``train.deep_supervision``."""
+    return {"n_stages": stages_for_patch(plan.patch_size), "deep_supervision": config.train.deep_supervision}
+
+
 class ConvNormAct(nn.Sequential):
     """Convolution -> InstanceNorm (affine, eps 1e-5) -> LeakyReLU(0.01): nnU-Net's plain conv unit."""
 

@@ -1,14 +1,16 @@
 """Model registry: ``register`` a builder under a name, ``create_model`` by name, ``list_models``.
 
 As in timm and segmentation_models_pytorch, every model is reachable through one factory, and an unknown
-name is an error that lists the valid ones. Each entry also names the paper it comes from and the
-*method* that trains and runs it (``dense``, ``implicit``, ...; see ``unetzoo.methods``).
+name is an error that lists the valid ones. Each entry also names the paper it comes from, the *method* that
+trains and runs it (``dense``, ``implicit``, ...; see ``unetzoo.methods``), the method arguments this model
+needs (``method_defaults``), and ``plan_defaults(plan, config, train_cases) -> dict``: the model arguments that
+depend on the data (depth from the patch, the number of training subjects ...), which the pipeline fills unless
+the user set them.
 """
 
 from __future__ import annotations
 
-import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from torch import nn
@@ -24,23 +26,31 @@ class ModelEntry:
     paper: str
     method: str = "dense"
     spatial_dims: tuple[int, ...] = (2, 3)
-
-    def accepts(self, argument: str) -> bool:
-        """Whether the builder takes ``argument`` (used to fill patch-dependent defaults such as depth)."""
-        return argument in inspect.signature(self.builder).parameters
+    plan_defaults: Callable[..., dict] | None = None
+    method_defaults: dict = field(default_factory=dict)
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
-def register(name: str, *, description: str, paper: str, method: str = "dense", spatial_dims: tuple[int, ...] = (2, 3)):
+def register(
+    name: str,
+    *,
+    description: str,
+    paper: str,
+    method: str = "dense",
+    spatial_dims: tuple[int, ...] = (2, 3),
+    plan_defaults: Callable[..., dict] | None = None,
+    method_defaults: dict | None = None,
+):
     """Decorator: register ``builder(spatial_dims, in_channels, out_channels, **kwargs) -> nn.Module`` (a class or a
-    function; name the patch-dependent arguments such as ``n_stages`` explicitly so the pipeline can fill them)."""
+    function) with its method, its data-dependent defaults ``plan_defaults(plan, config, train_cases)`` and the
+    method arguments it needs."""
 
     def decorator(builder):
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is registered twice")
-        _REGISTRY[name] = ModelEntry(name, builder, description, paper, method, tuple(spatial_dims))
+        _REGISTRY[name] = ModelEntry(name, builder, description, paper, method, tuple(spatial_dims), plan_defaults, dict(method_defaults or {}))
         return builder
 
     return decorator

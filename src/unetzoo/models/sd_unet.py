@@ -39,7 +39,7 @@ from collections.abc import Iterable, Sequence
 from monai.networks.layers.factories import Act, Norm
 from torch import nn
 
-from unetzoo.models.blocks import ConvNormAct, ConvStage, init_he, stage_widths
+from unetzoo.models.blocks import ConvNormAct, ConvStage, init_he, stage_widths, unet_plan_defaults
 from unetzoo.models.registry import register
 from unetzoo.models.sdn import SDN, ResSDN
 from unetzoo.models.unet import UNet
@@ -93,6 +93,7 @@ def _valid(indices: Iterable[int], upper: int, what: str) -> list[int]:
     "sd-unet",
     description="SDU-Net: U-Net with spatial dependency layers (directional gated sweeps) at chosen scales",
     paper="Carvalho et al., Spatially Dependent U-Nets (sd-unet.md)",
+    plan_defaults=unet_plan_defaults,
 )
 class SDUNet(UNet):
     """SDU-Net: :class:`~unetzoo.models.unet.UNet` with SDN layers at chosen encoder stages / decoder levels.
@@ -148,6 +149,8 @@ class SDUNet(UNet):
     "sdn-unetpp",
     description="SDNU-Net: U-Net++ with spatial dependency layers on its outer encoder/decoder nodes",
     paper="Carvalho et al., Spatially Dependent U-Nets (sd-unet.md)",
+    plan_defaults=unet_plan_defaults,
+    method_defaults={"head_weights": "equal"},
 )
 class SDNUNetPlusPlus(UNetPlusPlus):
     """SDNU-Net: :class:`~unetzoo.models.unetpp.UNetPlusPlus` with SDN layers at chosen nodes ``X^{i,j}``.

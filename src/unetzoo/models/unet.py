@@ -13,7 +13,7 @@ import torch
 from monai.networks.layers.factories import Conv
 from torch import nn
 
-from unetzoo.models.blocks import ConvStage, crop_to, init_he, pad_to_multiple, stage_widths
+from unetzoo.models.blocks import ConvStage, crop_to, init_he, pad_to_multiple, stage_widths, unet_plan_defaults
 from unetzoo.models.registry import register
 
 
@@ -65,7 +65,12 @@ class PlainConvDecoder(nn.Module):
         return outputs[::-1]
 
 
-@register("unet", description="nnU-Net-style plain conv U-Net with deep supervision", paper="Isensee et al., nnU-Net, Nat Methods 2021 (implicit-unet.md ref. [7])")
+@register(
+    "unet",
+    description="nnU-Net-style plain conv U-Net with deep supervision",
+    paper="Isensee et al., nnU-Net, Nat Methods 2021 (implicit-unet.md ref. [7])",
+    plan_defaults=unet_plan_defaults,
+)
 class UNet(nn.Module):
     """nnU-Net-style plain conv U-Net for 2D and 3D (``spatial_dims``).
 
@@ -137,6 +142,7 @@ class SliceWise(nn.Module):
     description="2D U-Net applied slice by slice to volumes (the 2D baseline)",
     paper="Angermann et al., random-2.5d-unet.md (2D slice-by-slice baseline)",
     method="slices",
+    plan_defaults=lambda plan, config, train_cases=None: {**unet_plan_defaults(plan, config), "slice_axis": 0},
 )
 def unet2d_slices(
     spatial_dims: int, in_channels: int, out_channels: int, slice_axis: int = 0, n_stages: int = 6, deep_supervision: bool = True, **kwargs

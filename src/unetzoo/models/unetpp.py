@@ -11,8 +11,8 @@ strided-conv downsampling, transposed-conv upsampling and He initialisation are 
 
 Deep supervision: in training mode with ``deep_supervision`` the model returns the logits of every
 head as a list, **deepest head first** -- ``[X^{0,n-1}, X^{0,n-2}, ..., X^{0,1}]`` -- so that
-``outputs[0]`` is the head used at inference. All heads are at full resolution and
-``deep_supervision_weights`` is ``[1/(n-1)] * (n-1)``: the loss is computed on each head and averaged
+``outputs[0]`` is the head used at inference. All heads are at full resolution and the
+dense method weights them equally (``head_weights="equal"`` in the registration): the loss is computed on each head and averaged
 (Zhou's code, and the maintainer's answer in MrGiovanni/UNetPlusPlus#29: no averaging of outputs
 before the loss).
 
@@ -30,7 +30,7 @@ import torch
 from monai.networks.layers.factories import Conv
 from torch import nn
 
-from unetzoo.models.blocks import ConvStage, crop_to, init_he, pad_to_multiple, stage_widths
+from unetzoo.models.blocks import ConvStage, crop_to, init_he, pad_to_multiple, stage_widths, unet_plan_defaults
 from unetzoo.models.registry import register
 
 NodeFactory = Callable[[int, int, int, int, int], nn.Module]
@@ -41,6 +41,8 @@ NodeFactory = Callable[[int, int, int, int, int], nn.Module]
     "unetpp",
     description="U-Net++: nested dense skips, deep supervision on every X^{0,j} (nnU-Net conv units)",
     paper="Zhou et al., UNet++, IEEE TMI 2019 (sd-unet.md ref. [17])",
+    plan_defaults=unet_plan_defaults,
+    method_defaults={"head_weights": "equal"},
 )
 class UNetPlusPlus(nn.Module):
     """U-Net++ for 2D and 3D (``spatial_dims``) with deep supervision on every ``X^{0,j}``.
@@ -98,7 +100,6 @@ class UNetPlusPlus(nn.Module):
                 self.ups[f"{i}_{j}"] = transposed(widths[i + 1], widths[i], 2, stride=2)
                 self.nodes[f"{i}_{j}"] = make_node(i, j, widths[i] * (j + 1), widths[i], 1)
         self.heads = nn.ModuleList(conv(widths[0], out_channels, 1) for _ in range(1, n_stages))  # heads[j-1] on X^{0,j}
-        self.deep_supervision_weights = [1.0 / (n_stages - 1)] * (n_stages - 1)
         self.apply(init_he)
 
     def _features(self, x: torch.Tensor, depth: int) -> dict[tuple[int, int], torch.Tensor]:
