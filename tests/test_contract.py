@@ -1,5 +1,6 @@
 """The Method contract, for every registered model through its own method, 2D and 3D where supported:
-build -> training_loss -> backward -> predict (own grid, odd size, and a 2x finer grid) -> weights round trip.
+build -> training_loss -> backward -> predict (own grid, odd size, and a 2x finer grid) -> predict_sequence (two
+frames of a 3D+t case) -> weights round trip.
 
 A new model is covered by registering it: nothing here names a model."""
 
@@ -49,6 +50,12 @@ def test_every_model_trains_and_predicts_through_its_method(name, dims, tmp_path
     fine = _predict(method, image, Grid.refinement(ODD[dims], 2))
     assert fine.shape == (1, 3, *[2 * s for s in ODD[dims]])
     assert torch.allclose(fine.sum(1), torch.ones(1), atol=1e-4)
+
+    torch.manual_seed(3)
+    with inference_context(method):
+        sequence = method.predict_sequence([image, image.flip(2)], Grid.refinement(ODD[dims], 2))
+    assert [p.shape for p in sequence] == [fine.shape] * 2, "3D+t: one probability map per frame on the grid"
+    assert all(torch.allclose(p.sum(1), torch.ones(1), atol=1e-4) for p in sequence)
 
     torch.save(method.model.state_dict(), tmp_path / "weights.pt")
     other, _ = _method(name, dims, seed=1)

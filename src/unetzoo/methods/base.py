@@ -15,8 +15,13 @@ What a method declares (class attributes, read by training, inference and the be
   ``torch.no_grad`` (which the method may lift) instead of ``torch.inference_mode`` (which it could not).
 
 What a method supplies: :meth:`train_transform`, :meth:`training_loss`, :meth:`parameter_groups`,
-:meth:`example_batch`, :meth:`predict` and, optionally, :meth:`calibrate` (settings chosen on the validation
-cases after training, saved into the run's config).
+:meth:`example_batch`, :meth:`predict` and, optionally, :meth:`predict_sequence` (the frames of one 3D+t case
+together; by default frame by frame) and :meth:`calibrate` (settings chosen on the validation cases after
+training, saved into the run's config).
+
+3D+t data: a 4D case is a sequence of 3D frames sharing one affine. Training and validation items are single
+frames carrying ``case_index`` (the subject), ``frame_index`` and ``num_frames`` (0 and 1 for 3D data), so a method
+that ignores time trains on frames unchanged.
 """
 
 from __future__ import annotations
@@ -92,6 +97,12 @@ class Method:
         self.model.eval()
         probs = self.sliding_window(image)
         return probs if grid is None else grid.resample(probs)
+
+    def predict_sequence(self, frames: list[torch.Tensor], grid: Grid | None = None) -> list[torch.Tensor]:
+        """Class probabilities of the T preprocessed frames (1, C, *S) of one 3D+t case, each as :meth:`predict`
+        returns it; the frames share one geometry, so one ``grid`` fits all. Here: every frame on its own (a
+        method with a subject-level state, e.g. one latent code per subject, fits it over all frames)."""
+        return [self.predict(frame, grid) for frame in frames]
 
     def predict_window(self, window: torch.Tensor) -> torch.Tensor:
         """Class probabilities (B, K, *window) of one sliding-window patch."""
