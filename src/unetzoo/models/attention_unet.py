@@ -1,0 +1,90 @@
+"""Attention U-Net (Oktay et al., "Attention U-Net: learning where to look for the pancreas", 2018; the backbone of
+regularized-unet.md section 2.4, its ref. [12]), 2D and 3D.
+
+Every skip connection passes through an additive attention gate (Oktay et al. section 2, eq. 1-2) before it is
+concatenated with the upsampled decoder features: ``alpha = sigmoid(psi(relu(W_x x + W_g g)))`` and the skip
+becomes ``alpha * x``. The gating signal ``g`` is the coarser decoder feature after its transposed-conv upsampling,
+so ``x`` and ``g`` share a grid (MONAI's :class:`~monai.networks.nets.attentionunet.AttentionBlock`, used here;
+Oktay's code instead strides ``W_x`` and upsamples ``alpha``). The intermediate width is half the skip's width.
+
+For a fair comparison with ``unet`` everything else is :class:`unetzoo.models.unet.UNet`: nnU-Net's
+conv-InstanceNorm-LeakyReLU units, widths 32 doubled per stage capped at 320, strided-conv downsampling,
+transposed-conv upsampling, He initialisation and deep supervision (Oktay's network uses max pooling, BatchNorm
+and ReLU, widths 64-1024 in 2D). Only the gates (1x1 convolutions with BatchNorm, as MONAI's block) are added.
+"""
+
+from __future__ import annotations
+
+import torch
+from monai.networks.nets.attentionunet import AttentionBlock
+from torch import nn
+
+from unetzoo.models.blocks import crop_to, init_he, pad_to_multiple, stage_widths, unet_plan_defaults
+from unetzoo.models.registry import register
+from unetzoo.models.unet import PlainConvDecoder, PlainConvEncoder
+
+
+class GatedDecoder(PlainConvDecoder):
+    """:class:`PlainConvDecoder` with an additive attention gate on every skip, gated by the upsampled features."""
+
+    def __init__(self, spatial_dims: int, widths: list[int], out_channels: int, convs_per_stage: int = 2):
+        super().__init__(spatial_dims, widths, out_channels, convs_per_stage)
+        levels = range(len(widths) - 2, -1, -1)
+        self.gates = nn.ModuleList(
+            AttentionBlock(spatial_dims, f_int=max(widths[i] // 2, 1), f_g=widths[i], f_l=widths[i]) for i in levels
+        )
+
+    def forward(self, features: list[torch.Tensor], all_levels: bool) -> list[torch.Tensor]:
+        """Logits, finest level first; only the finest unless ``all_levels`` (deep supervision)."""
+        x = features[-1]
+        outputs = []
+        for up, gate, stage, head, skip in zip(self.ups, self.gates, self.stages, self.heads, reversed(features[:-1])):
+            g = up(x)
+            x = stage(torch.cat([g, gate(g, skip)], dim=1))
+            if all_levels or skip is features[0]:
+                outputs.append(head(x))
+        return outputs[::-1]
+
+
+@register(
+    "attention-unet",
+    description="Attention U-Net: additive attention gates on the skips (nnU-Net conv units and widths)",
+    paper="Oktay et al., Attention U-Net, MIDL 2018 (regularized-unet.md ref. [12])",
+    plan_defaults=unet_plan_defaults,
+)
+class AttentionUNet(nn.Module):
+    """Attention U-Net for 2D and 3D (``spatial_dims``): :class:`~unetzoo.models.unet.UNet` with gated skips.
+
+    Accepts any input size (pads to a multiple of ``2**(n_stages-1)`` and crops back). In training mode with
+    ``deep_supervision`` it returns a list of logits, full resolution first; otherwise the full-resolution logits.
+
+    Example::
+
+        net = AttentionUNet(spatial_dims=3, in_channels=1, out_channels=5, n_stages=5)
+        logits = net.eval()(torch.zeros(1, 1, 40, 56, 48))  # -> (1, 5, 40, 56, 48)
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        n_stages: int = 6,
+        base_features: int = 32,
+        max_features: int = 320,
+        convs_per_stage: int = 2,
+        deep_supervision: bool = True,
+    ):
+        super().__init__()
+        widths = stage_widths(n_stages, base_features, max_features)
+        self.deep_supervision = deep_supervision
+        self.encoder = PlainConvEncoder(spatial_dims, in_channels, widths, [convs_per_stage] * n_stages)
+        self.decoder = GatedDecoder(spatial_dims, widths, out_channels, convs_per_stage)
+        self.divisor = 2 ** (n_stages - 1)
+        self.apply(init_he)
+
+    def forward(self, x: torch.Tensor):
+        x, shape = pad_to_multiple(x, self.divisor)
+        outputs = self.decoder(self.encoder(x), all_levels=self.training and self.deep_supervision)
+        outputs = [crop_to(out, [-(-s // 2**level) for s in shape]) for level, out in enumerate(outputs)]
+        return outputs if self.training and self.deep_supervision else outputs[0]
