@@ -46,10 +46,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="override any config field, e.g. --set augment.elastic_p=0.2 --set model_args.n_stages=5")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint_last.pt")
 
-    p = sub.add_parser("predict", help="predict a folder or one file with a trained run")
-    p.add_argument("run", type=Path)
+    p = sub.add_parser("predict", help="predict a folder or one file with a trained run, or an ensemble of runs")
+    p.add_argument("run", type=Path, nargs="+", metavar="RUN", help="run folder(s); several (e.g. the five folds) average their probabilities")
     p.add_argument("input", type=Path)
     p.add_argument("output", type=Path)
+    p.add_argument("--checkpoint", default="best", choices=["best", "last"], help="weights of each run (default best; falls back to last)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--overwrite", action="store_true", help="redo cases already predicted")
     p.add_argument("--save-probabilities", action="store_true", help="also write CASE.npz with the class probabilities")
@@ -205,7 +206,7 @@ def run(argv=None) -> None:
 
         written = predict(args.run, args.input, args.output, device=args.device, overwrite=args.overwrite,
                           save_probabilities=args.save_probabilities, mirror=args.mirror, overlap=args.overlap, upsample=args.upsample,
-                          grid_reference=args.grid)
+                          grid_reference=args.grid, checkpoint=args.checkpoint)
         print(f"{len(written)} prediction(s) in {args.output}")
     elif args.command == "evaluate":
         from unetzoo.evaluation import evaluate_folder

@@ -1,5 +1,7 @@
 """Predict images with a trained run: preprocess, the method's full inference procedure, back to the input's
 exact geometry (MONAI ``Invertd`` undoes resampling and reorientation on the probabilities), argmax, save.
+Several runs (the folds of a cross-validation) predict as an :class:`Ensemble`: the mean of their probabilities.
+Images already in memory: :meth:`Predictor.predict_array`.
 
 NIfTI predictions keep the input's shape, affine and header; PNG predictions the input's size (or, on request,
 another grid: ``--upsample``, ``--grid``; see :class:`unetzoo.methods.Grid`). A case already predicted is skipped
@@ -21,7 +23,7 @@ from unetzoo.data.datasets import prediction_inputs
 from unetzoo.data.plan import Plan
 from unetzoo.data.transforms import preprocessing
 from unetzoo.errors import UnetzooError, file_error
-from unetzoo.io import NIFTI_ENDINGS, file_ending, write_array, write_bytes
+from unetzoo.io import NIFTI_ENDINGS, Image, file_ending, write_array, write_bytes
 from unetzoo.methods import Grid, build_method, inference_context
 from unetzoo.methods.grid import refined_affine
 
@@ -47,12 +49,18 @@ def load_weights(model: torch.nn.Module, checkpoint_path: Path) -> dict:
     return checkpoint
 
 
+CHECKPOINTS = ("best", "last")
+COMPATIBLE = ("spatial_dims", "channel_names", "n_channel_files", "labels")  # plan fields an ensemble's runs share
+
+
 class Predictor:
-    """A trained run ready to predict: ``Predictor(run_dir).predict_cases({name: [files]}, out_dir)``.
+    """A trained run ready to predict: ``Predictor(run_dir).predict_cases({name: [files]}, out_dir)``, or
+    ``Predictor(run_dir).predict_array(array, affine)`` for an image in memory.
 
     Outputs lie on the input file's own grid, or on a target grid: ``upsample`` F > 1 refines the input's grid
     F times (same world extent), ``grid_reference`` (a NIfTI file) takes that image's grid (another plane, another
     resolution). Methods with a continuous function sample it there; the others' probabilities are resampled.
+    ``checkpoint`` "best" (falls back to the last one when the run never validated) or "last".
     """
 
     def __init__(self, run_dir: str | Path, device: str = "cpu", checkpoint: str = "best", overlap: float | None = None,
@@ -78,7 +86,11 @@ class Predictor:
                 raise file_error(self.grid_reference, "--grid needs a NIfTI reference image and a run trained on 3D NIfTI data")
             if not self.grid_reference.is_file():
                 raise file_error(self.grid_reference, "--grid reference image not found")
+        if checkpoint not in CHECKPOINTS:
+            raise UnetzooError(f"--checkpoint must be one of {', '.join(CHECKPOINTS)}, got {checkpoint!r}")
         path = run_dir / f"checkpoint_{checkpoint}.pt"
+        if not path.is_file() and checkpoint == "last":
+            raise file_error(path, "missing: the run has not finished an epoch")
         if not path.is_file():
             path = run_dir / "checkpoint_last.pt"
         if not path.is_file():
@@ -87,18 +99,23 @@ class Predictor:
         self.method.model.to(self.device).eval()
         self.preprocess = preprocessing(self.plan, with_label=False)
 
-    def target_geometry(self, paths: list[Path]) -> tuple[np.ndarray | None, tuple[int, ...], object]:
-        """(affine, shape, header) of the output of a case: the --grid reference's, or the input's (refined F
-        times with --upsample); PNG inputs have no affine or header."""
-        affine, shape, header = file_geometry(self.grid_reference or paths[0])
+    def target_geometry(self, source: list[Path] | Image) -> tuple[np.ndarray | None, tuple[int, ...], object]:
+        """(affine, shape, header) of the output of a case (its files, or an :class:`Image` in memory): the --grid
+        reference's, or the input's (refined F times with --upsample); 2D inputs have no affine or header."""
+        if self.grid_reference is not None or not isinstance(source, Image):
+            affine, shape, header = file_geometry(self.grid_reference or source[0])
+        else:
+            affine = source.affine if source.spatial_dims == 3 else None
+            shape, header = source.spatial_shape, source.header
         if self.upsample > 1:
             shape = tuple(self.upsample * s for s in shape)
             affine = refined_affine(affine, self.upsample) if affine is not None else None
         return affine, shape, header
 
-    def predict_probabilities(self, paths: list[Path]) -> torch.Tensor:
-        """Class probabilities (K, *spatial) of one case on its output grid (:meth:`target_geometry`)."""
-        data = self.preprocess({"image": [str(p) for p in paths]})
+    def predict_probabilities(self, source: list[Path] | Image) -> torch.Tensor:
+        """Class probabilities (K, *spatial) of one case (its files, or an :class:`Image` in memory) on its output
+        grid (:meth:`target_geometry`)."""
+        data = self.preprocess({"image": source if isinstance(source, Image) else [str(p) for p in source]})
         image = data["image"]
         x = image.as_tensor()[None].to(self.device)
         if self.upsample == 1 and self.grid_reference is None:
@@ -111,7 +128,7 @@ class Predictor:
                 data = Invertd("pred", transform=self.preprocess, orig_keys="image", nearest_interp=False)(data)
                 probs = data["pred"].as_tensor()
             return probs
-        affine, shape, _ = self.target_geometry(paths)
+        affine, shape, _ = self.target_geometry(source)
         if self.plan.spatial_dims == 3:
             grid = Grid.between(image.affine.numpy(), affine, shape)
         else:  # a PNG is predicted in its own pixel frame: only refinement
@@ -142,6 +159,53 @@ class Predictor:
             written.append(target)
         return written
 
+    def predict_array(self, array: np.ndarray, affine: np.ndarray | None = None) -> np.ndarray:
+        """The label map (uint8) of an image in memory, in the input's geometry (or on --grid / --upsample's grid).
+
+        ``array`` is channel-first ``(C, *spatial)`` as :func:`unetzoo.io.read_image` gives (``(*spatial)`` for
+        one channel); ``affine`` its 4x4 voxel-to-world matrix (3D; identity when None, ignored in 2D), which
+        decides orientation and spacing exactly as a file's affine does.
+        """
+        image = array_image(array, affine, self.plan)
+        return self.predict_probabilities(image).argmax(0).numpy().astype(np.uint8)
+
+
+class Ensemble(Predictor):
+    """Several runs of one dataset (the folds of a cross-validation) predicting as one: the mean of their class
+    probabilities, nnU-Net's default. The runs must share channels and labels; each preprocesses with its own
+    plan and returns probabilities on the same output grid, so models, spacings and patches may differ."""
+
+    def __init__(self, run_dirs: list[str | Path], **options):
+        self.members = [Predictor(run_dir, **options) for run_dir in run_dirs]
+        first = self.members[0]
+        for run_dir, member in zip(run_dirs[1:], self.members[1:]):
+            for name in COMPATIBLE:
+                if getattr(member.plan, name) != getattr(first.plan, name):
+                    raise file_error(Path(run_dir) / "plan.json", f"cannot ensemble with {run_dirs[0]}: {name} "
+                                     f"{getattr(member.plan, name)} differs from {getattr(first.plan, name)}")
+        self.plan, self.upsample, self.grid_reference = first.plan, first.upsample, first.grid_reference
+
+    def predict_probabilities(self, source: list[Path] | Image) -> torch.Tensor:
+        return sum(member.predict_probabilities(source) for member in self.members) / len(self.members)
+
+
+def array_image(array: np.ndarray, affine: np.ndarray | None, plan: Plan) -> Image:
+    """An in-memory image as :class:`Image` (what reading a file of the plan's kind gives); wrong dimensions or
+    channels, or non-finite values, are a one-line error."""
+    array = np.asarray(array, dtype=np.float32)
+    dims = plan.spatial_dims
+    if array.ndim == dims:
+        array = array[None]
+    if array.ndim != dims + 1 or array.shape[0] != plan.in_channels:
+        raise UnetzooError(f"array of shape {array.shape}: the run expects {plan.in_channels} channel(s) of a {dims}D image, "
+                           f"shaped (C, {', '.join('XYZ'[:dims]) if dims == 3 else 'H, W'})")
+    if not np.all(np.isfinite(array)):
+        raise UnetzooError(f"array of shape {array.shape} contains NaN or infinite values")
+    affine = np.eye(4) if affine is None or dims == 2 else np.asarray(affine, dtype=np.float64)
+    if affine.shape != (4, 4):
+        raise UnetzooError(f"affine must be a 4x4 matrix, got shape {affine.shape}")
+    return Image(array, affine, Path("array" + (".nii.gz" if dims == 3 else ".png")))
+
 
 def file_geometry(path: Path) -> tuple[np.ndarray | None, tuple[int, ...], object]:
     """(affine, spatial shape, header) of a NIfTI file; (None, (H, W), None) of a PNG."""
@@ -164,9 +228,12 @@ def save_npz(path: Path, **arrays) -> Path:
 
 
 def predict(run_dir, input_path, output_dir, device="cpu", overwrite=False, save_probabilities=False, mirror=None, overlap=None,
-            upsample=1, grid_reference=None) -> list[Path]:
-    """Predict a folder (``CASE_0000.ext`` or MSD ``NAME.ext`` files) or one file into ``output_dir``; ``upsample``
-    F > 1 writes F-times finer outputs of the same world extent, ``grid_reference`` outputs on that image's grid."""
-    predictor = Predictor(run_dir, device=device, overlap=overlap, mirror=mirror, upsample=upsample, grid_reference=grid_reference)
+            upsample=1, grid_reference=None, checkpoint="best") -> list[Path]:
+    """Predict a folder (``CASE_0000.ext`` or MSD ``NAME.ext`` files) or one file into ``output_dir`` with one run,
+    or with a list of runs as an :class:`Ensemble`; ``upsample`` F > 1 writes F-times finer outputs of the same world
+    extent, ``grid_reference`` outputs on that image's grid."""
+    options = dict(device=device, checkpoint=checkpoint, overlap=overlap, mirror=mirror, upsample=upsample, grid_reference=grid_reference)
+    runs = list(run_dir) if isinstance(run_dir, (list, tuple)) else [run_dir]
+    predictor = Ensemble(runs, **options) if len(runs) > 1 else Predictor(runs[0], **options)
     cases = prediction_inputs(input_path, predictor.plan.n_channel_files)
     return predictor.predict_cases(cases, output_dir, overwrite=overwrite, save_probabilities=save_probabilities)

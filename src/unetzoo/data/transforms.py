@@ -30,7 +30,7 @@ from monai.transforms import (
 )
 
 from unetzoo.config import AugmentConfig
-from unetzoo.io import read_image, read_label
+from unetzoo.io import Image, read_image, read_label
 
 RGB_NAMES = {"R", "G", "B", "RGB"}
 
@@ -47,7 +47,8 @@ def _meta_tensor(array: np.ndarray, image) -> MetaTensor:
 
 
 class LoadCased(MapTransform):
-    """Read ``image`` (list of channel files) and optional ``label`` into channel-first MetaTensors."""
+    """Read ``image`` (list of channel files, or an :class:`~unetzoo.io.Image` already in memory) and optional
+    ``label`` into channel-first MetaTensors."""
 
     def __init__(self, spatial_dims: int):
         super().__init__(["image", "label"], allow_missing_keys=True)
@@ -55,7 +56,7 @@ class LoadCased(MapTransform):
 
     def __call__(self, data: dict) -> dict:
         data = dict(data)
-        image = read_image(data["image"], self.spatial_dims)
+        image = data["image"] if isinstance(data["image"], Image) else read_image(data["image"], self.spatial_dims)
         data["image"] = _meta_tensor(image.array, image)
         if "label" in data:
             label = read_label(data["label"], self.spatial_dims)
