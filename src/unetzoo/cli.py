@@ -36,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--patch", type=int, nargs="+", metavar="N", help="patch size (D H W, or H W in 2D); default from the data")
     p.add_argument("--lr", type=float)
-    p.add_argument("--optimizer", choices=["adamw", "sgd"])
+    p.add_argument("--optimizer", choices=["adamw", "sgd", "adam"])
     p.add_argument("--max-minutes", type=float, help="stop training after this many minutes (then validate)")
     p.add_argument("--device", choices=["cpu", "cuda"])
     p.add_argument("--devices", type=int, help="number of devices (DDP through Lightning; CPU processes over gloo)")

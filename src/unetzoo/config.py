@@ -48,11 +48,12 @@ class TrainConfig:
     epochs: int = 100
     iters_per_epoch: int = 250
     batch_size: int = 2
-    optimizer: str = "adamw"  # "adamw" (implicit-unet.md: AdamW 1e-4) or "sgd" (nnU-Net: 1e-2, momentum 0.99, nesterov)
+    optimizer: str = "adamw"  # "adamw" (implicit-unet.md: AdamW 1e-4), "sgd" (nnU-Net: 1e-2, momentum 0.99, nesterov) or "adam" (random-2.5d-unet.md: 1e-3)
     lr: float = 1e-4
     weight_decay: float = 3e-5
     momentum: float = 0.99
-    scheduler: str = "poly"  # "poly" (lr * (1 - epoch/epochs)^0.9, nnU-Net) or "constant"
+    scheduler: str = "poly"  # "poly" (lr * (1 - epoch/epochs)^0.9, nnU-Net), "constant" or "plateau" (halve after 3 epochs without a better validation Dice, random-2.5d-unet.md)
+    early_stop: int = 0  # stop after this many epochs without a better validation Dice (random-2.5d-unet.md: 5); 0 = never
     deep_supervision: bool = True
     val_cases: int = 0  # cases used for the per-epoch validation Dice; 0 = every validation case
     max_minutes: float = 0.0  # stop after this much training time (0 = no limit); the run still validates

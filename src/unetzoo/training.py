@@ -17,7 +17,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from monai.data import CacheDataset, DataLoader, MetaTensor, list_data_collate
 
 from unetzoo.config import Config
@@ -68,12 +68,14 @@ def poly_lr(epoch: int, epochs: int, exponent: float = 0.9) -> float:
 
 
 def make_optimizer(parameters, cfg) -> torch.optim.Optimizer:
-    """The optimizer of ``config.train`` (AdamW or SGD with Nesterov momentum); shared with the benchmark."""
+    """The optimizer of ``config.train`` (AdamW, SGD with Nesterov momentum, or Adam); shared with the benchmark."""
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(parameters, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(parameters, lr=cfg.lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay)
-    raise UnetzooError(f"unknown optimizer {cfg.optimizer!r} (adamw or sgd)")
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(parameters, lr=cfg.lr)
+    raise UnetzooError(f"unknown optimizer {cfg.optimizer!r} (adamw, sgd or adam)")
 
 
 class SegmentationModule(L.LightningModule):
@@ -118,6 +120,7 @@ class SegmentationModule(L.LightningModule):
     def on_train_epoch_start(self):
         self._loss_sum, self._loss_count, self._epoch_start = 0.0, 0, time.time()
         self._epoch_lr = self.optimizers().param_groups[0]["lr"]  # the scheduler steps before validation ends
+        self.method.start_epoch(self.current_epoch)
 
     def training_step(self, batch, batch_idx):
         loss = self.method.training_loss(_plain(batch))
@@ -180,8 +183,11 @@ class SegmentationModule(L.LightningModule):
         optimizer = make_optimizer(self.method.parameter_groups(), cfg)
         if cfg.scheduler == "constant":
             return optimizer
+        if cfg.scheduler == "plateau":  # random-2.5d-unet.md Sec. 4: halve after 3 epochs without improvement
+            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=3)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch", "monitor": "val_dice"}}
         if cfg.scheduler != "poly":
-            raise UnetzooError(f"unknown scheduler {cfg.scheduler!r} (poly or constant)")
+            raise UnetzooError(f"unknown scheduler {cfg.scheduler!r} (poly, constant or plateau)")
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: poly_lr(epoch, cfg.epochs))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
@@ -296,7 +302,7 @@ def _trainer(config: Config, run_dir: Path, method: Method) -> L.Trainer:
     return L.Trainer(
         **trainer_settings(config, method),
         max_time={"seconds": config.train.max_minutes * 60} if config.train.max_minutes > 0 else None,
-        callbacks=[checkpoint],
+        callbacks=[checkpoint] + ([EarlyStopping(monitor="val_dice", mode="max", patience=config.train.early_stop)] if config.train.early_stop > 0 else []),
         plugins=[AtomicCheckpointIO()],
         logger=False,
         default_root_dir=run_dir,

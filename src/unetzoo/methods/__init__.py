@@ -10,9 +10,10 @@ from unetzoo.methods.base import Method, inference_context
 from unetzoo.methods.dense import DenseMethod, SliceMethod
 from unetzoo.methods.grid import Grid
 from unetzoo.methods.implicit import ImplicitMethod
+from unetzoo.methods.projection import ProjectionMethod
 from unetzoo.models import create_model, model_info
 
-METHODS: dict[str, type[Method]] = {"dense": DenseMethod, "slices": SliceMethod, "implicit": ImplicitMethod}
+METHODS: dict[str, type[Method]] = {"dense": DenseMethod, "slices": SliceMethod, "implicit": ImplicitMethod, "projection": ProjectionMethod}
 
 __all__ = ["METHODS", "Grid", "Method", "build_method", "inference_context", "method_class"]
 

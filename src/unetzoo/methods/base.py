@@ -61,6 +61,9 @@ class Method:
         """Samples cropped from one case per draw (a slice method crops several slices to match a volume patch)."""
         return self.config.data.samples_per_case
 
+    def start_epoch(self, epoch: int) -> None:
+        """Called by the training at the start of every epoch (0-based), for losses with a schedule."""
+
     def train_transform(self):
         """The random transform from a cached, preprocessed case ``{"image", "label", "case_index", ...}`` to the
         training sample(s) of one draw: here nnU-Net's patch sampling and augmentation."""
