@@ -1,0 +1,156 @@
+"""Projection U-Nets (random-2.5d-unet.md): projection geometry, backprojection, adjointness, the two training
+paths, shapes, the loss mix schedule."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from unetzoo.config import Config
+from unetzoo.data.plan import Plan
+from unetzoo.methods import build_method
+from unetzoo.methods.projection import dice_loss
+from unetzoo.models.projection_unet import (
+    ProjectionUNet,
+    RandomProjectionUNet,
+    backproject,
+    detector_size,
+    mip,
+    sum_project,
+)
+
+SHAPE = (7, 5, 11)  # axis 1 rotates the 7 x 11 plane (D, W); detector ceil(hypot(6, 10)) + 1 = 13 pixels
+
+
+def _expected_pixel(p: int, q: int, plane, n: int, theta: float) -> float:
+    """Detector coordinate of voxel (p, q) from the rotation matrix: the plane's centre maps to the detector's."""
+    rad = math.radians(theta)
+    rotation = torch.tensor([[math.cos(rad), -math.sin(rad)], [math.sin(rad), math.cos(rad)]], dtype=torch.float64)
+    centred = torch.tensor([q - (plane[1] - 1) / 2, p - (plane[0] - 1) / 2], dtype=torch.float64)
+    return float((rotation @ centred)[0]) + (n - 1) / 2
+
+
+@pytest.mark.parametrize("theta", [0.0, 30.0, 90.0, 135.0, 171.0])
+def test_bright_voxel_projects_where_the_rotation_puts_it(theta):
+    x = torch.zeros(1, 1, *SHAPE)
+    x[0, 0, 2, 3, 8] = 1.0  # depth-plane (p, q) = (2, 8), row 3
+    n = detector_size(SHAPE, 1)
+    assert n == 13
+    image = mip(x, theta, axis=1)
+    assert image.shape == (1, 1, 5, n)
+    assert image[0, 0, [0, 1, 2, 4]].abs().max() == 0  # only the voxel's row lights up
+    u = _expected_pixel(2, 8, (7, 11), n, theta)
+    assert int(image[0, 0, 3].argmax()) == round(u)
+    if theta in (0.0, 90.0):  # on the lattice: the full value at exactly one pixel
+        assert image[0, 0, 3, round(u)] == pytest.approx(1.0) and image.sum() == pytest.approx(1.0)
+    assert image[0, 0, 3, round(u)] >= 0.25  # bilinear: the nearest pixel keeps at least a quarter
+
+
+def test_mip_pads_with_the_volume_minimum():
+    x = torch.full((1, 1, *SHAPE), -3.0)
+    x[0, 0, 1, 2, 5] = 2.0
+    image = mip(x, 45.0, axis=1)
+    assert image.min() == pytest.approx(-3.0) and image.max() > -3.0  # outside the volume is never brighter
+
+
+def test_backprojection_of_one_pixel_is_the_line_through_the_volume():
+    n = detector_size(SHAPE, 1)
+    y = torch.zeros(1, 1, 5, n)
+    y[0, 0, 3, 7] = 1.0
+    # theta 0: detector pixel 7 is column q = 7 - 6 + 5 = 6 of the (D, W) plane, at every depth of row 3
+    line = torch.zeros(1, 1, *SHAPE)
+    line[0, 0, :, 3, 6] = 1.0
+    assert torch.equal(backproject(y, 0.0, SHAPE, 1), line)
+    # theta 90: u = -(p - 3) + 6, so pixel 7 is depth p = 2, along every column
+    line = torch.zeros(1, 1, *SHAPE)
+    line[0, 0, 2, 3, :] = 1.0
+    assert torch.allclose(backproject(y, 90.0, SHAPE, 1), line, atol=1e-6)
+    # any angle: the literal smear along the depth, rotated back by -theta with grid_sample
+    for theta in (20.0, 63.0, 145.0):
+        smeared = y[:, :, 3:4].expand(1, 1, n, n).double()  # (t, u) plane of row 3: constant along the depth t
+        rad = math.radians(theta)
+        p = torch.arange(7.0, dtype=torch.float64)[:, None] - 3
+        q = torch.arange(11.0, dtype=torch.float64)[None, :] - 5
+        u = q * math.cos(rad) - p * math.sin(rad) + (n - 1) / 2
+        t = q * math.sin(rad) + p * math.cos(rad) + (n - 1) / 2
+        grid = torch.stack([(2 * u + 1) / n - 1, (2 * t + 1) / n - 1], dim=-1)[None]
+        literal = F.grid_sample(smeared, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0, 0]
+        volume = backproject(y.double(), theta, SHAPE, 1)
+        assert torch.allclose(volume[0, 0, :, 3], literal, atol=1e-6)
+        assert volume[0, 0, :, [0, 1, 2, 4]].abs().max() == 0
+        assert volume.sum() > 0
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_sum_projection_and_backprojection_are_adjoint(axis):
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, *SHAPE, generator=g, dtype=torch.float64)
+    for theta in (0.0, 17.0, 90.0, 123.0):
+        px = sum_project(x, theta, axis)
+        y = torch.rand(px.shape, generator=g, dtype=torch.float64)
+        left, right = (px * y).sum(), (x * backproject(y, theta, SHAPE, axis)).sum()
+        assert abs(float(left - right)) <= 1e-4 * abs(float(left))
+        assert px.sum() == pytest.approx(float(x.sum()))  # every voxel lands on the detector in full
+
+
+def _small(cls, **kwargs):
+    torch.manual_seed(0)
+    return cls(3, in_channels=1, out_channels=3, n_stages=2, base_features=4, max_features=8, **kwargs)
+
+
+def test_path_two_trains_only_its_filtration_and_tuning():
+    net = _small(RandomProjectionUNet, directions=4, all_directions=6)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    optimizer = torch.optim.Adam(net.parameters(), lr=0.1)
+    x = torch.rand(1, 1, 9, 8, 10)
+    label = (x > 0.7).long()
+    dice_loss(net.path2(x), label).backward()
+    assert all(p.grad is None for p in net.net2d.parameters()) and all(p.grad is None for p in net.reconstruction.parameters())
+    optimizer.step()
+    after = net.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("net2d.") or k.startswith("reconstruction."))
+    assert not torch.equal(before["full_reconstruction.filters"], after["full_reconstruction.filters"])
+    net.zero_grad()
+    dice_loss(net.path1(x), label).backward()  # path 1 trains the 2D U-Net
+    assert all(p.grad is not None for p in net.net2d.parameters())
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_odd_sizes_keep_their_shape(axis):
+    x = torch.rand(1, 1, 13, 17, 11)
+    for net in (_small(ProjectionUNet, directions=3, axis=axis), _small(RandomProjectionUNet, directions=3, all_directions=5, axis=axis)):
+        assert net.eval()(x).shape == (1, 3, 13, 17, 11)
+
+
+def test_random_angles_one_whole_degree_per_bin():
+    net = _small(RandomProjectionUNet, directions=12)
+    angles = net.random_angles(torch.Generator().manual_seed(3))
+    assert len(angles) == 12
+    for k, theta in enumerate(angles):
+        assert theta == int(theta) and 15 * k <= theta < 15 * (k + 1)
+    assert RandomProjectionUNet.fixed_angles(60)[:3] == [0.0, 3.0, 6.0]
+
+
+def test_loss_mix_schedule_and_whole_volume_prediction():
+    config = Config(model="random-2.5d-unet", model_args={"directions": 2, "all_directions": 3, "n_stages": 2, "base_features": 4})
+    method, resolved = build_method(config, Plan.synthetic([12, 10, 9]), train_cases=2)
+    assert resolved.method_args == {} and method.whole_volumes
+    weights = []
+    for epoch in range(3):
+        method.start_epoch(epoch)
+        weights.append(method.path1_weight())
+    assert weights == pytest.approx([0.99, 0.99 * 0.99, 0.99 * 0.99 * 0.99**2])  # c(n+1) = c(n) 0.99^n
+    probs = method.predict(torch.rand(1, 1, 12, 10, 9))
+    assert probs.shape == (1, 2, 12, 10, 9) and torch.allclose(probs.sum(1), torch.ones(1))
+
+
+def test_dice_loss_matches_equation_one():
+    logits = torch.tensor([0.0, 2.0, -1.0, 0.5]).reshape(1, 1, 1, 1, 4)
+    logits = torch.cat([torch.zeros_like(logits), logits], dim=1)
+    label = torch.tensor([1, 1, 0, 0]).reshape(1, 1, 1, 1, 4)
+    p = torch.sigmoid(torch.tensor([0.0, 2.0, -1.0, 0.5]))
+    expected = 1 - 2 * (p[0] + p[1]) / (p.sum() + 2)
+    assert float(dice_loss(logits, label)) == pytest.approx(float(expected), rel=1e-5)
