@@ -59,6 +59,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--upsample", type=int, default=1, metavar="F", help="write F-times finer outputs of the same extent (continuous models sample their function; others resample probabilities)")
     p.add_argument("--grid", type=Path, metavar="REF", help="write the segmentation on the grid of this NIfTI image (another plane or resolution) instead of the input's")
 
+    p = sub.add_parser("export", help="save a run's network as TorchScript or ONNX, with its plan, for runtimes without unetzoo")
+    p.add_argument("run", type=Path)
+    p.add_argument("out", type=Path, help="output folder: the network, plan.json, config.json, export.json")
+    p.add_argument("--format", default="torchscript", choices=["torchscript", "onnx"], help="default torchscript; onnx needs pip install 'unetzoo[onnx]'")
+    p.add_argument("--checkpoint", default="best", choices=["best", "last"])
+
     p = sub.add_parser("evaluate", help="compare predictions with reference labels")
     p.add_argument("pred", type=Path)
     p.add_argument("labels", type=Path)
@@ -208,6 +214,10 @@ def run(argv=None) -> None:
                           save_probabilities=args.save_probabilities, mirror=args.mirror, overlap=args.overlap, upsample=args.upsample,
                           grid_reference=args.grid, checkpoint=args.checkpoint)
         print(f"{len(written)} prediction(s) in {args.output}")
+    elif args.command == "export":
+        from unetzoo.export import export_run
+
+        print(export_run(args.run, args.out, fmt=args.format, checkpoint=args.checkpoint))
     elif args.command == "evaluate":
         from unetzoo.evaluation import evaluate_folder
 

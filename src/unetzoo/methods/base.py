@@ -13,6 +13,8 @@ What a method declares (class attributes, read by training, inference and the be
   base class predicts on the voxel grid and resamples the probabilities onto the grid.
 * ``grad_at_inference``: ``predict`` needs autograd (fitting a latent code); inference then runs under
   ``torch.no_grad`` (which the method may lift) instead of ``torch.inference_mode`` (which it could not).
+* ``exportable``: each sliding window's probabilities are the softmax of the network's output alone, so
+  ``unetzoo export`` can save the network for other runtimes (TorchScript, ONNX).
 
 What a method supplies: :meth:`train_transform`, :meth:`training_loss`, :meth:`parameter_groups`,
 :meth:`example_batch`, :meth:`predict` and, optionally, :meth:`predict_sequence` (the frames of one 3D+t case
@@ -43,6 +45,7 @@ class Method:
     whole_volumes = False
     continuous = False
     grad_at_inference = False
+    exportable = False
 
     def __init__(self, model: nn.Module, plan: Plan, config: Config):
         self.model = model

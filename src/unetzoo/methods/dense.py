@@ -27,6 +27,8 @@ HEAD_WEIGHTS = {"halving": supervision_weights, "equal": lambda n: [1.0 / n] * n
 
 
 class DenseMethod(Method):
+    exportable = True
+
     def __init__(self, model, plan, config, head_weights: str = "halving"):
         super().__init__(model, plan, config)
         if head_weights not in HEAD_WEIGHTS:
