@@ -91,3 +91,25 @@ def test_nuclei_layout_values_and_reproducibility(tmp_path):
     assert (again / "imagesTr/nuclei_000_0000.png").read_bytes() == (out / "imagesTr/nuclei_000_0000.png").read_bytes()
     assert read_label(again / "labelsTr/nuclei_000.png").array.tobytes() == label.array.tobytes()
     assert read_label(other / "labelsTr/nuclei_000.png").array.tobytes() != label.array.tobytes()
+
+
+def test_vessels_sparse_tubes_among_distractors_reproducible(tmp_path):
+    from unetzoo.data.phantoms import write_vessels_phantom
+
+    shape = (32, 64, 48)
+    data = write_vessels_phantom(tmp_path / "a", cases=2, seed=3, shape=shape)
+    assert json.loads((data / "dataset.json").read_text())["labels"] == {"background": 0, "vessel": 1}
+    for i in range(2):
+        image = read_image(data / "imagesTr" / f"vessels_00{i}_0000.nii.gz").array[0]
+        label = read_label(data / "labelsTr" / f"vessels_00{i}.nii.gz").array
+        assert image.shape == label.shape == shape
+        assert 0.002 <= label.mean() <= 0.0035  # the paper's sparsity (0.24 % foreground), plus at most one last ball
+        vessel = label > 0
+        assert image[vessel].mean() > image[~vessel].mean() + 30  # thin: partial volume dims them
+        bright = image > np.median(image[vessel])  # a threshold at the vessels' median catches distractors too
+        assert (bright & ~vessel).sum() > (bright & vessel).sum()
+    again = write_vessels_phantom(tmp_path / "b", cases=1, seed=3, shape=shape)
+    other = write_vessels_phantom(tmp_path / "c", cases=1, seed=4, shape=shape)
+    name = "labelsTr/vessels_000.nii.gz"
+    assert read_label(data / name).array.tobytes() == read_label(again / name).array.tobytes()
+    assert read_label(data / name).array.tobytes() != read_label(other / name).array.tobytes()

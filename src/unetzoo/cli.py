@@ -20,10 +20,11 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list the registered models")
 
     p = sub.add_parser("phantom", help="write a synthetic dataset (nnU-Net layout)")
-    p.add_argument("kind", choices=["organs", "nuclei"], help="organs: 3D NIfTI volumes; nuclei: 2D RGB PNG")
+    p.add_argument("kind", choices=["organs", "nuclei", "vessels"], help="organs: 3D NIfTI volumes; nuclei: 2D RGB PNG; vessels: sparse 3D vessel trees with distractors")
     p.add_argument("out", type=Path)
     p.add_argument("--cases", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shape", type=int, nargs="+", metavar="N", help="image shape (D H W, or H W for nuclei); default per kind")
 
     p = sub.add_parser("train", help="train a model on one cross-validation fold of a dataset folder")
     p.add_argument("data", type=Path, help="dataset folder (MSD or nnU-Net v2 layout)")
@@ -199,10 +200,13 @@ def run(argv=None) -> None:
     if args.command == "models":
         _models()
     elif args.command == "phantom":
-        from unetzoo.data.phantoms import write_nuclei_phantom, write_organs_phantom
+        from unetzoo.data.phantoms import write_nuclei_phantom, write_organs_phantom, write_vessels_phantom
 
-        writer = write_organs_phantom if args.kind == "organs" else write_nuclei_phantom
-        print(writer(args.out, cases=args.cases, seed=args.seed))
+        writer = {"organs": write_organs_phantom, "nuclei": write_nuclei_phantom, "vessels": write_vessels_phantom}[args.kind]
+        dims = 2 if args.kind == "nuclei" else 3
+        if args.shape and (len(args.shape) != dims or min(args.shape) < 8):
+            raise UnetzooError(f"--shape: {args.kind} takes {dims} sizes of at least 8, got {args.shape}")
+        print(writer(args.out, cases=args.cases, seed=args.seed, **({"shape": tuple(args.shape)} if args.shape else {})))
     elif args.command == "train":
         from unetzoo.training import train
 

@@ -2,8 +2,9 @@
 
 ``write_organs_phantom`` writes 3D MRI-like volumes with a few overlapping ellipsoid "organs";
 ``write_nuclei_phantom`` writes 2D RGB images of bright nuclei on a dark background. Both are easy
-enough for a small U-Net to learn in a few hundred iterations, and reproducible: case ``i`` is drawn
-from ``(seed, i)`` only, so the same seed gives identical arrays.
+enough for a small U-Net to learn in a few hundred iterations. ``write_vessels_phantom`` writes sparse
+MRA-like vessel trees among bright distractors (random-2.5d-unet.md's task), harder by design. All are
+reproducible: case ``i`` is drawn from ``(seed, i)`` only, so the same seed gives identical arrays.
 """
 
 from __future__ import annotations
@@ -135,6 +136,100 @@ def write_nuclei_phantom(out_dir: str | os.PathLike, cases: int, seed: int, shap
     _write_dataset_json(
         out_dir, "NucleiPhantom", f"Synthetic RGB images of bright nuclei on a dark noisy background (seed {seed})",
         {"0": "R", "1": "G", "2": "B"}, {"background": 0, "nucleus": 1}, cases, ".png",
+    )
+    return out_dir
+
+
+def _ball(mask: np.ndarray, centre: np.ndarray, radius: float) -> None:
+    """Set the voxels of ``mask`` within ``radius`` of ``centre`` (voxel coordinates)."""
+    lo = np.maximum(np.floor(centre - radius).astype(int), 0)
+    hi = np.minimum(np.ceil(centre + radius).astype(int) + 1, mask.shape)
+    if np.any(hi <= lo):
+        return
+    local = np.ogrid[tuple(slice(a, b) for a, b in zip(lo, hi))]
+    inside = sum((g - c) ** 2 for g, c in zip(local, centre)) <= radius**2
+    mask[tuple(slice(a, b) for a, b in zip(lo, hi))] |= inside
+
+
+def _turn(rng: np.random.Generator, direction: np.ndarray, degrees: float) -> np.ndarray:
+    """``direction`` turned by ``degrees`` about a random axis perpendicular to it."""
+    axis = np.cross(direction, rng.normal(size=3))
+    axis /= np.linalg.norm(axis)
+    rad = np.deg2rad(degrees)
+    return np.cos(rad) * direction + np.sin(rad) * np.cross(axis, direction)
+
+
+def _vessel_tree(rng: np.random.Generator, shape: tuple[int, int, int], target: int) -> np.ndarray:
+    """A label mask of branching, tortuous tubes grown until ``target`` voxels are foreground.
+
+    Trunks enter through a face of the longest axis (radius 1.8-2.4 voxels); every branch walks in unit steps
+    whose heading drifts (tortuosity) and, with probability 1/25 per step, spawns a child turned by 30-70
+    degrees with 0.6-0.85 of its radius (children thinner than 0.8 voxels are dropped); a tube ends where it
+    leaves the volume or after its length. A new trunk starts while the tree is below ``target``."""
+    size = np.asarray(shape, float)
+    long_axis = int(np.argmax(size))
+    mask = np.zeros(shape, bool)
+    branches: list[tuple[np.ndarray, np.ndarray, float]] = []
+    while mask.sum() < target:
+        if not branches:
+            start = rng.uniform(0.25 * size, 0.75 * size)
+            start[long_axis] = 0.0 if rng.random() < 0.5 else size[long_axis] - 1
+            heading = np.zeros(3)
+            heading[long_axis] = 1.0 if start[long_axis] == 0 else -1.0
+            branches.append((start, _turn(rng, heading, rng.uniform(0, 25)), rng.uniform(1.8, 2.4)))
+        position, heading, radius = branches.pop()
+        drift = np.zeros(3)
+        for _ in range(int(rng.uniform(0.4, 0.9) * size[long_axis])):
+            _ball(mask, position, radius)
+            drift = 0.8 * drift + rng.normal(0.0, 0.12, size=3)
+            heading = heading + drift
+            heading /= np.linalg.norm(heading)
+            position = position + heading
+            if np.any(position < 0) or np.any(position > size - 1) or mask.sum() >= target:
+                break
+            if rng.random() < 1 / 25 and radius * 0.6 >= 0.8:
+                branches.append((position.copy(), _turn(rng, heading, rng.uniform(30, 70)), radius * rng.uniform(0.6, 0.85)))
+    return mask
+
+
+def write_vessels_phantom(
+    out_dir: str | os.PathLike,
+    cases: int,
+    seed: int,
+    shape: tuple[int, int, int] = (96, 288, 224),
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
+) -> Path:
+    """Write ``cases`` MRA-like cases ``vessels_000`` ... (label 1: vessel); returns ``out_dir``.
+
+    random-2.5d-unet.md's problem in miniature, at its volume size by default: thin branching tortuous tubes
+    (:func:`_vessel_tree`) making 0.2-0.3 % of the voxels (the paper: 99.76 % background), bright on a dim,
+    unevenly lit tissue background, together with unlabelled bright distractors (3-6 ellipsoids of 2-8 voxel
+    radii, as bright as the vessels or brighter) and Gaussian noise, so that no threshold separates the vessels.
+    """
+    out_dir = Path(out_dir)
+    shape = tuple(int(s) for s in shape)
+    n_voxels = int(np.prod(shape))
+    grid = np.indices(shape, dtype=np.float64)
+    for index in range(cases):
+        rng = _case_rng(seed, index)
+        vessels = _vessel_tree(rng, shape, int(rng.uniform(0.002, 0.003) * n_voxels))
+        brightness = 0.25 + 0.08 * gaussian_filter(rng.normal(size=shape), sigma=3.0) * 3.0
+        for _ in range(rng.integers(3, 7)):
+            radii = rng.uniform(2.0, 8.0, size=3)
+            centre = rng.uniform(0.1, 0.9, size=3) * np.asarray(shape)
+            local = np.tensordot(_rotation(rng, 90.0).T, grid - centre[:, None, None, None], axes=1)
+            blob = np.sum((local / radii[:, None, None, None]) ** 2, axis=0) <= 1.0
+            brightness[blob & ~vessels] = rng.uniform(0.9, 1.3)
+        brightness[vessels] = rng.uniform(0.9, 1.1)
+        image = gaussian_filter(brightness, sigma=0.6) * _bias_field(rng, shape)
+        image = 100.0 * (image + rng.normal(0.0, 0.08, size=shape))
+        affine = np.diag([*spacing, 1.0])
+        case = f"vessels_{index:03d}"
+        write_array(image.astype(np.float32), out_dir / "imagesTr" / f"{case}_0000.nii.gz", affine)
+        write_array(vessels.astype(np.uint8), out_dir / "labelsTr" / f"{case}.nii.gz", affine)
+    _write_dataset_json(
+        out_dir, "VesselsPhantom", f"Synthetic MRA-like volumes: thin branching vessels (0.2-0.3 % of the voxels), bright distractors, noise (seed {seed})",
+        {"0": "MRI"}, {"background": 0, "vessel": 1}, cases, ".nii.gz",
     )
     return out_dir
 
