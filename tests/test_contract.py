@@ -17,12 +17,14 @@ from unetzoo.models import list_models, model_info
 PATCH = {2: [16, 16], 3: [16, 16, 16]}
 ODD = {2: (19, 13), 3: (13, 17, 11)}
 CASES = [(name, dims) for name in list_models() for dims in model_info(name).spatial_dims]
+QUICK = {"nisf": {"fit_steps": 3}}  # per method: methods that fit at test time take a few steps here
 
 
 def _method(name: str, dims: int, seed: int):
     torch.manual_seed(seed)
     config = Config(model=name)
     config.train.batch_size = 2
+    config.method_args = dict(QUICK.get(model_info(name).method, {}))
     return build_method(config, Plan.synthetic(PATCH[dims], channels=2, classes=3), train_cases=3)
 
 

@@ -160,8 +160,8 @@ def measure_train(spec: dict) -> dict:
         "train_step_s": statistics.median(times),
         "train_step_times_s": times,
         "train_peak_mem_mb": peak,
-        "train_patch": [int(p) for p in first["image"].shape[2:]],
-        "train_batch": int(first["image"].shape[0]),
+        "train_patch": [int(p) for p in method.train_patch_size()],
+        "train_batch": int(next(iter(first.values())).shape[0]),  # samples per step, whatever the batch holds
         "train_loss": losses[-1] if losses else None,
         "memory_method": probe.method,
         "model_args": config.model_args,

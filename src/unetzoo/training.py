@@ -270,7 +270,7 @@ def _calibrate(module: SegmentationModule, run_dir: Path, log) -> None:
     best = run_dir / f"{BEST}{CHECKPOINT_EXT}"
     load_weights(module.method.model, best if best.is_file() else run_dir / f"{LAST}{CHECKPOINT_EXT}")
     cases = module._cached(module.val_items)
-    updates = module.method.calibrate([cases[i] for i in range(len(cases))], log)
+    updates = module.method.calibrate([cases[i] for i in range(len(cases))], log, run_dir)
     if updates:
         module.config.method_args.update(updates)
         module.config.save(run_dir / "config.json")

@@ -10,10 +10,17 @@ from unetzoo.methods.base import Method, inference_context
 from unetzoo.methods.dense import DenseMethod, SliceMethod
 from unetzoo.methods.grid import Grid
 from unetzoo.methods.implicit import ImplicitMethod
+from unetzoo.methods.nisf import NISFMethod
 from unetzoo.methods.projection import ProjectionMethod
 from unetzoo.models import create_model, model_info
 
-METHODS: dict[str, type[Method]] = {"dense": DenseMethod, "slices": SliceMethod, "implicit": ImplicitMethod, "projection": ProjectionMethod}
+METHODS: dict[str, type[Method]] = {
+    "dense": DenseMethod,
+    "slices": SliceMethod,
+    "implicit": ImplicitMethod,
+    "projection": ProjectionMethod,
+    "nisf": NISFMethod,
+}
 
 __all__ = ["METHODS", "Grid", "Method", "build_method", "inference_context", "method_class"]
 

@@ -91,9 +91,10 @@ class Method:
         cases = [synthetic_case(self.train_patch_size(), self.plan.in_channels, self.num_classes, generator) for _ in range(n)]
         return {"image": torch.stack([c[0] for c in cases]), "label": torch.stack([c[1] for c in cases])}
 
-    def calibrate(self, cases: list[dict], log) -> dict:
+    def calibrate(self, cases: list[dict], log, out_dir=None) -> dict:
         """Settings chosen on the preprocessed validation ``cases`` after training (e.g. a step count); the
-        training writes them into the run's ``config.json`` ``method_args``. Dense methods choose nothing."""
+        training writes them into the run's ``config.json`` ``method_args``; figures of the choice may go to
+        ``out_dir`` (the run folder). Dense methods choose nothing."""
         return {}
 
     # ---- inference ------------------------------------------------------------------------------------

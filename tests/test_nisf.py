@@ -1,0 +1,144 @@
+"""NISF (nisf.md): the WIRE layer, the residual/latent wiring, the latent table, the coordinate frame, latent
+fitting (only the latent moves; held-out slices are never read), training + calibration end to end, --grid."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from unetzoo.config import Config
+from unetzoo.data.plan import Plan
+from unetzoo.methods import Grid, build_method
+from unetzoo.methods.nisf import coordinates, voxel_index
+from unetzoo.models.nisf import WIRE, ResMLP
+
+SMALL = {"width": 16, "latent_size": 16, "depth": 2}
+
+
+def _method(shape=(6, 7, 5), train_cases=3, **method_args):
+    config = Config(model="nisf")
+    config.model_args.update(SMALL)
+    config.method_args.update(method_args)
+    return build_method(config, Plan.synthetic(list(shape), classes=3), train_cases=train_cases)
+
+
+def test_wire_layer_matches_hand_computed_value():
+    layer = WIRE(2, 1, omega0=10.0, scale0=10.0)
+    with torch.no_grad():
+        layer.freqs.weight.copy_(torch.tensor([[0.1, 0.2]]))
+        layer.freqs.bias.fill_(0.05)
+        layer.scale.weight.copy_(torch.tensor([[0.03, -0.01]]))
+        layer.scale.bias.fill_(0.02)
+    y = layer(torch.tensor([[1.0, 2.0]]))
+    # freqs(x) = 0.1 + 0.4 + 0.05 = 0.55; scale(x) = 0.03 - 0.02 + 0.02 = 0.03
+    assert y.item() == pytest.approx(math.cos(10 * 0.55) * math.exp(-((10 * 0.03) ** 2)), rel=1e-5)
+
+
+@pytest.mark.parametrize("coords_to_all_layers", [False, True])
+def test_resmlp_latent_is_the_first_skip(coords_to_all_layers):
+    """With zero weights every WIRE layer outputs cos(0) exp(0) = 1, so out_0 = 1 + h and out_1 = 1 + out_0."""
+    mlp = ResMLP(coord_features=4, latent_size=8, width=8, depth=2, omega0=10, scale0=10, coords_to_all_layers=coords_to_all_layers)
+    for p in mlp.parameters():
+        torch.nn.init.zeros_(p)
+    h = torch.randn(1, 5, 8)
+    assert torch.allclose(mlp(torch.randn(1, 5, 4), h), 2 + h)
+    assert mlp.layers[0].freqs.in_features == 4 + 8  # the latent enters at the input ...
+    assert mlp.layers[1].freqs.in_features == 8 + (4 if coords_to_all_layers else 0)  # ... and not again
+
+
+def test_latent_table_has_one_row_per_training_subject():
+    for n in (3, 7):
+        method, resolved = _method(train_cases=n)
+        assert method.model.latents.num_embeddings == n and resolved.model_args["num_subjects"] == n
+    with pytest.raises(Exception, match="latent_size"):
+        build_method(Config(model="nisf", model_args={"latent_size": 8, "width": 16}), Plan.synthetic([6, 6, 6]), train_cases=2)
+
+
+def test_coordinates_are_the_same_anatomy_at_any_resolution():
+    """The 2x finer grid's voxels 2i and 2i+1 straddle voxel i: their coordinates average to voxel i's; the centre
+    of the volume is 0 and the dataset's half extent is 1."""
+    shape, half = (4, 6), torch.tensor([2.0, 3.0])
+    coarse = coordinates(voxel_index(shape).reshape(4, 6, 2), shape, half)
+    fine = coordinates(Grid.refinement(shape, 2).points(), shape, half)
+    pooled = fine.reshape(4, 2, 6, 2, 3).mean(dim=(1, 3))
+    assert torch.allclose(pooled, coarse, atol=1e-6)
+    assert torch.allclose(coarse[0, 0, :2], torch.tensor([-1.5 / 2, -2.5 / 3])) and torch.all(coarse[..., 2] == 0)
+
+
+def test_training_loss_is_the_papers_sum():
+    """Eq. 3: rec BCE x rec_weight + seg (BCE + Dice per class, summed) + latent L2 (mean) + backbone L2 (sum)."""
+    method, _ = _method(rec_weight=10.0, points=64)
+    batch = method.example_batch(torch.Generator().manual_seed(0))
+    assert batch["coords"].shape == (2, 64, 4) and batch["label"].shape == (2, 64) and batch["case_index"].tolist() == [0, 1]
+    latent = method.model.latents(batch["case_index"])
+    seg, img = method.model(batch["coords"], latent)
+    rec = 10.0 * torch.nn.functional.binary_cross_entropy(torch.sigmoid(img), batch["intensity"])
+    probs, onehot = torch.softmax(seg, -1), torch.nn.functional.one_hot(batch["label"], 3).float()
+    bce = torch.nn.functional.binary_cross_entropy(probs, onehot, reduction="none").mean(1)
+    dice = 1 - (2 * (probs * onehot).sum(1) + 1e-5) / (probs.sum(1) + onehot.sum(1) + 1e-5)
+    l2 = 1e-4 * latent.pow(2).mean() + 1e-4 * sum(p.pow(2).sum() for p in method.model.backbone.parameters())
+    expected = rec + (bce + dice).sum(-1).mean() + l2
+    assert method.training_loss(batch).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert batch["intensity"].min() >= 0 and batch["intensity"].max() <= 1
+
+
+@pytest.mark.parametrize("tune_backbone", [False, True])
+def test_fit_changes_only_the_latent(tune_backbone):
+    method, _ = _method(fit_steps=5, fit_lr=1e-2, tune_backbone=tune_backbone)
+    before = {k: v.clone() for k, v in method.model.state_dict().items()}
+    image = torch.rand(1, 6, 7, 5)
+    model, latent = method.fit_latent(image, 5)
+    start = torch.randn(1, 16, generator=torch.Generator().manual_seed(0)) * 1e-4
+    assert not torch.allclose(latent, start), "the latent moved"
+    assert all(torch.equal(before[k], v) for k, v in method.model.state_dict().items()), "the trained model is untouched"
+    assert all(p.grad is None for p in method.model.parameters())
+    tuned = any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert tuned == tune_backbone  # only the option tunes (a copy of) the backbone
+    assert torch.equal(model.seg_head.weight, method.model.seg_head.weight)  # the seg head never learns at test time
+
+
+def test_fit_slices_never_reads_the_other_slices():
+    """Fitting on every 2nd slice (last axis): changing the odd slices (same min/max) leaves the latent unchanged."""
+    method, _ = _method(fit_steps=4, fit_lr=1e-2, fit_slices=2)
+    image = torch.rand(1, 6, 7, 5)
+    image[0, 0, 0, 0], image[0, 0, 0, 2] = 0.0, 1.0
+    other = image.clone()
+    other[..., 1::2] = torch.rand_like(other[..., 1::2])
+    assert torch.equal(method.fit_latent(image, 4)[1], method.fit_latent(other, 4)[1])
+    every, _ = _method(fit_steps=4, fit_lr=1e-2)
+    assert not torch.equal(every.fit_latent(image, 4)[1], every.fit_latent(other, 4)[1])
+    assert method.fit_index((2, 2, 5)).tolist() == [0, 2, 4, 5, 7, 9, 10, 12, 14, 15, 17, 19]
+
+
+def test_train_calibrate_and_predict_on_grid(tmp_path):
+    """End to end on the organs phantom: training, calibration (Dice-vs-steps curve in the run folder, fit_steps
+    recorded), validation; then ``predict --grid REF`` gives REF's exact geometry and ``--fit-slices`` runs."""
+    import nibabel as nib
+
+    from unetzoo.cli import main
+    from unetzoo.data.phantoms import write_organs_phantom
+    from unetzoo.methods.grid import refined_affine
+    from unetzoo.training import train
+
+    data = write_organs_phantom(tmp_path / "data", cases=4, seed=0, shape=(16, 18, 12))
+    config = Config(model="nisf")
+    config.data.num_workers = config.data.cache_workers = 0
+    config.train.epochs, config.train.iters_per_epoch, config.train.batch_size = 1, 3, 1
+    config.data.folds = 4
+    config.model_args.update(SMALL)
+    config.method_args.update({"points": 256, "fit_steps": 2, "calibrate_steps": 4, "calibrate_every": 2, "calibrate_cases": 1})
+    run = train(data, tmp_path / "run", config)
+    saved = Config.load(run / "config.json")
+    assert saved.model_args["num_subjects"] == 3 and saved.method_args["fit_steps"] in (0, 2, 4)
+    assert (run / "fit_curve.png").is_file() and (run / "validation" / "summary.json").is_file()
+
+    case = sorted((data / "imagesTr").glob("*_0000.nii.gz"))[0]
+    reference = nib.load(str(case))
+    fine = nib.Nifti1Image(np.zeros([2 * s for s in reference.shape], np.float32), refined_affine(reference.affine, 2))
+    nib.save(fine, str(tmp_path / "ref.nii.gz"))
+    assert main(["predict", str(run), str(case), str(tmp_path / "grid"), "--grid", str(tmp_path / "ref.nii.gz")]) == 0
+    out = nib.load(str(tmp_path / "grid" / case.name.replace("_0000", "")))
+    assert out.shape == fine.shape and np.allclose(out.affine, fine.affine, atol=1e-6)
