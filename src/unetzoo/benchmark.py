@@ -48,7 +48,6 @@ LABELS = {
     "infer_s": "inference (s)",
     "infer_peak_mem_mb": "infer peak mem (MB)",
 }
-PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
 
 
 def synthetic_plan(shape: list[int], classes: int = 2, patch: list[int] | None = None) -> Plan:
@@ -143,15 +142,14 @@ def benchmark_models(
 
     from unetzoo.inference import resolve_device
     from unetzoo.models import model_info
+    from unetzoo.precision import resolve_precision
 
     if not models:
         raise UnetzooError("no models to benchmark")
     if warmup < 0 or steps < 1:
         raise UnetzooError(f"need warmup >= 0 and steps >= 1, got {warmup} and {steps}")
-    resolve_device(device)
     base = config or Config()
-    if base.train.precision not in PRECISIONS:
-        raise UnetzooError(f"precision {base.train.precision!r} is not one of {', '.join(PRECISIONS)}")
+    precision, precision_line = resolve_precision(base.train.precision, resolve_device(device))
     configs = configs or {}
     for name in models:
         entry = model_info(name)  # unknown name: error listing the valid ones
@@ -159,6 +157,7 @@ def benchmark_models(
             raise UnetzooError(f"model {name!r} supports spatial_dims {entry.spatial_dims}, the benchmark data is {plan.spatial_dims}D")
     infer_shape = [int(round(s)) for s in (infer_shape or plan.median_shape)]
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+    log(f"benchmark: {precision_line}")
     load = _load_average()  # other work on the machine before we start: times are only comparable on an idle one
     rows = []
     for index, name in enumerate(models):
@@ -205,7 +204,7 @@ def benchmark_models(
         "optimizer": base.train.optimizer,
         "load_average": load,
         "cpu_count": os.cpu_count(),
-        "precision": base.train.precision,
+        "precision": precision,
     }
 
 

@@ -57,7 +57,7 @@ class TrainConfig:
     deep_supervision: bool = True
     val_cases: int = 0  # cases used for the per-epoch validation Dice; 0 = every validation case
     max_minutes: float = 0.0  # stop after this much training time (0 = no limit); the run still validates
-    precision: str = "32-true"  # Lightning precision: 32-true, bf16-mixed, 16-mixed
+    precision: str = "auto"  # auto (fastest native: see precision.py), 32-true, bf16-mixed, 16-mixed
     device: str = "cpu"
     devices: int = 1
     grad_clip: float = 12.0  # nnU-Net's gradient-norm clip

@@ -28,6 +28,7 @@ from unetzoo.errors import UnetzooError
 from unetzoo.inference import resolve_device
 from unetzoo.io import write_text
 from unetzoo.methods import Method, build_method, method_class
+from unetzoo.precision import resolve_precision
 from unetzoo.progress import plot_progress, run_logger
 
 BEST, LAST = "checkpoint_best", "checkpoint_last"
@@ -248,6 +249,7 @@ def train(data_dir: str | Path, run_dir: str | Path, config: Config, resume: boo
     items = {c.name: c.as_dict() for c in dataset.cases}
     train_items = [{**items[n], "case_index": i} for i, n in enumerate(split["train"])]
     module = SegmentationModule(method, config, plan, train_items, [items[n] for n in split["val"]], run_dir)
+    log.info(resolve_precision(config.train.precision, resolve_device(config.train.device))[1])
     trainer = _trainer(config, run_dir, method)
     trainer.fit(module, ckpt_path=str(last) if resume else None)
     if trainer.is_global_zero:
@@ -279,13 +281,15 @@ def _calibrate(module: SegmentationModule, run_dir: Path, log) -> None:
 
 def trainer_settings(config: Config, method: Method) -> dict:
     """The Trainer arguments that decide what a training step computes (device, precision, clipping, autograd in
-    validation); shared by ``train`` and the benchmark so both run the same step."""
+    validation); shared by ``train`` and the benchmark so both run the same step. ``auto`` precision is resolved
+    here (see :mod:`unetzoo.precision`)."""
     cfg = config.train
+    device = resolve_device(cfg.device)
     return {
-        "accelerator": {"cpu": "cpu", "cuda": "gpu"}[resolve_device(cfg.device).type],
+        "accelerator": {"cpu": "cpu", "cuda": "gpu"}[device.type],
         "devices": cfg.devices,
         "strategy": "ddp" if cfg.devices > 1 else "auto",
-        "precision": cfg.precision,
+        "precision": resolve_precision(cfg.precision, device)[0],
         "max_epochs": cfg.epochs,
         "gradient_clip_val": cfg.grad_clip or None,
         "enable_model_summary": False,
