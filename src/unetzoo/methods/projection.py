@@ -60,5 +60,9 @@ class ProjectionMethod(Method):
     def predict(self, image: torch.Tensor, grid: Grid | None = None) -> torch.Tensor:
         """The whole volume at once (no sliding window); the probabilities are resampled linearly onto ``grid``."""
         self.model.eval()
-        probs = torch.softmax(self.model(image).float(), dim=1)
+        probs = self.predict_window(image)
         return probs if grid is None else grid.resample(probs)
+
+    def predict_window(self, window: torch.Tensor) -> torch.Tensor:
+        """Class probabilities of a whole volume (the only window this method has)."""
+        return torch.softmax(self.model(window).float(), dim=1)
