@@ -59,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--overlap", type=float, help="sliding-window overlap (default from the run: 0.3)")
     p.add_argument("--upsample", type=int, default=1, metavar="F", help="write F-times finer outputs of the same extent (continuous models sample their function; others resample probabilities)")
     p.add_argument("--grid", type=Path, metavar="REF", help="write the segmentation on the grid of this NIfTI image (another plane or resolution) instead of the input's")
+    post = p.add_mutually_exclusive_group()
+    post.add_argument("--keep-largest", metavar="K|C:K,...", help="keep the K largest connected components of every class, or per class (1:1,2:3) instead of the run's post-processing")
+    post.add_argument("--no-postprocess", action="store_true", help="write the raw argmax (skip the run's postprocessing.json, chosen on the validation fold)")
 
     p = sub.add_parser("export", help="save a run's network as TorchScript or ONNX, with its plan, for runtimes without unetzoo")
     p.add_argument("run", type=Path)
@@ -160,6 +163,19 @@ def _config_from_args(args):
     return config
 
 
+def _keep_largest(run_dir: Path, text: str | None) -> dict[int, int] | None:
+    """``--keep-largest`` as rules for the run's classes; None (the run's own post-processing) without the flag."""
+    if text is None:
+        return None
+    from unetzoo.data.plan import Plan
+    from unetzoo.errors import file_error
+    from unetzoo.postprocessing import parse_rules
+
+    if not (run_dir / "plan.json").is_file():
+        raise file_error(run_dir / "plan.json", "missing: not a unetzoo run folder (train one with `unetzoo train`)")
+    return parse_rules(text, list(range(1, Plan.load(run_dir / "plan.json").num_classes)))
+
+
 def _models() -> None:
     from unetzoo.models import list_models, model_info
 
@@ -216,7 +232,8 @@ def run(argv=None) -> None:
 
         written = predict(args.run, args.input, args.output, device=args.device, overwrite=args.overwrite,
                           save_probabilities=args.save_probabilities, mirror=args.mirror, overlap=args.overlap, upsample=args.upsample,
-                          grid_reference=args.grid, checkpoint=args.checkpoint)
+                          grid_reference=args.grid, checkpoint=args.checkpoint,
+                          keep_largest={} if args.no_postprocess else _keep_largest(args.run[0], args.keep_largest))
         print(f"{len(written)} prediction(s) in {args.output}")
     elif args.command == "export":
         from unetzoo.export import export_run

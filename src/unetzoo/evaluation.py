@@ -124,7 +124,7 @@ def _nanstd(values) -> float:
     return float(np.nanstd(values)) if np.any(~np.isnan(values)) else math.nan
 
 
-def _label_files(folder: Path) -> dict[str, Path]:
+def label_files(folder: Path) -> dict[str, Path]:
     """Image files of a folder keyed by case name (file name without its ending)."""
     if not folder.is_dir():
         raise file_error(folder, "folder not found")
@@ -175,7 +175,7 @@ def evaluate_folder(
     from tqdm import tqdm
 
     pred_dir, label_dir, out_dir = Path(pred_dir), Path(label_dir), Path(out_dir)
-    refs, preds = _label_files(label_dir), _label_files(pred_dir)
+    refs, preds = label_files(label_dir), label_files(pred_dir)
     if not refs:
         raise file_error(label_dir, f"no reference label files ({', '.join(SUPPORTED_ENDINGS)})")
     missing = [refs[case].name for case in refs if case not in preds]

@@ -4,7 +4,9 @@ Several runs (the folds of a cross-validation) predict as an :class:`Ensemble`: 
 Images already in memory: :meth:`Predictor.predict_array`.
 
 NIfTI predictions keep the input's shape, affine and header; PNG predictions the input's size (or, on request,
-another grid: ``--upsample``, ``--grid``; see :class:`unetzoo.methods.Grid`). A case already predicted is skipped
+another grid: ``--upsample``, ``--grid``; see :class:`unetzoo.methods.Grid`). The run's connected-component
+post-processing (``postprocessing.json``, chosen by training on the validation fold) is applied to the labels unless
+turned off or replaced (``--no-postprocess``, ``--keep-largest``; see :mod:`unetzoo.postprocessing`). A case already predicted is skipped
 unless ``overwrite``; files are written under a temporary name and renamed.
 """
 
@@ -26,6 +28,7 @@ from unetzoo.errors import UnetzooError, file_error
 from unetzoo.io import NIFTI_ENDINGS, Image, file_ending, write_array, write_bytes
 from unetzoo.methods import Grid, build_method, inference_context
 from unetzoo.methods.grid import refined_affine
+from unetzoo.postprocessing import keep_largest, run_rules
 
 
 def resolve_device(name: str) -> torch.device:
@@ -61,10 +64,13 @@ class Predictor:
     F times (same world extent), ``grid_reference`` (a NIfTI file) takes that image's grid (another plane, another
     resolution). Methods with a continuous function sample it there; the others' probabilities are resampled.
     ``checkpoint`` "best" (falls back to the last one when the run never validated) or "last".
+    ``keep_largest`` ``{class: K}`` keeps the K largest connected components of each listed class in the label maps;
+    ``None`` takes the run's own choice (``postprocessing.json``), ``{}`` turns post-processing off.
     """
 
     def __init__(self, run_dir: str | Path, device: str = "cpu", checkpoint: str = "best", overlap: float | None = None,
-                 mirror: bool | None = None, upsample: int = 1, grid_reference: str | Path | None = None):
+                 mirror: bool | None = None, upsample: int = 1, grid_reference: str | Path | None = None,
+                 keep_largest: dict[int, int] | None = None):
         run_dir = Path(run_dir)
         for name in ("config.json", "plan.json"):
             if not (run_dir / name).is_file():
@@ -98,6 +104,7 @@ class Predictor:
         load_weights(self.method.model, path)
         self.method.model.to(self.device).eval()
         self.preprocess = preprocessing(self.plan, with_label=False)
+        self.keep_largest = run_rules(run_dir) if keep_largest is None else dict(keep_largest)
 
     def target_geometry(self, source: list[Path] | Image) -> tuple[np.ndarray | None, tuple[int, ...], object]:
         """(affine, shape, header) of the output of a case (its files, or an :class:`Image` in memory): the --grid
@@ -150,10 +157,10 @@ class Predictor:
                 continue
             probs = self.predict_probabilities(paths)
             affine, shape, header = self.target_geometry(paths)
-            label = probs.argmax(0).numpy()
+            label = self.label_map(probs)
             if tuple(label.shape) != tuple(shape):
                 raise file_error(paths[0], f"internal error: prediction shape {label.shape} != output shape {shape}")
-            write_array(label.astype(np.uint8), target, affine, header)
+            write_array(label, target, affine, header)
             if save_probabilities:
                 save_npz(out_dir / f"{name}.npz", probabilities=probs.numpy().astype(np.float16))
             written.append(target)
@@ -167,16 +174,22 @@ class Predictor:
         decides orientation and spacing exactly as a file's affine does.
         """
         image = array_image(array, affine, self.plan)
-        return self.predict_probabilities(image).argmax(0).numpy().astype(np.uint8)
+        return self.label_map(self.predict_probabilities(image))
+
+    def label_map(self, probs: torch.Tensor) -> np.ndarray:
+        """The argmax (uint8) of class probabilities (K, *spatial), post-processed by ``keep_largest``."""
+        label = probs.argmax(0).numpy().astype(np.uint8)
+        return keep_largest(label, self.keep_largest) if self.keep_largest else label
 
 
 class Ensemble(Predictor):
     """Several runs of one dataset (the folds of a cross-validation) predicting as one: the mean of their class
     probabilities, nnU-Net's default. The runs must share channels and labels; each preprocesses with its own
-    plan and returns probabilities on the same output grid, so models, spacings and patches may differ."""
+    plan and returns probabilities on the same output grid, so models, spacings and patches may differ. Without
+    ``keep_largest`` the ensemble keeps the largest component of the classes for which every run chose to."""
 
-    def __init__(self, run_dirs: list[str | Path], **options):
-        self.members = [Predictor(run_dir, **options) for run_dir in run_dirs]
+    def __init__(self, run_dirs: list[str | Path], keep_largest: dict[int, int] | None = None, **options):
+        self.members = [Predictor(run_dir, keep_largest=keep_largest, **options) for run_dir in run_dirs]
         first = self.members[0]
         for run_dir, member in zip(run_dirs[1:], self.members[1:]):
             for name in COMPATIBLE:
@@ -184,6 +197,8 @@ class Ensemble(Predictor):
                     raise file_error(Path(run_dir) / "plan.json", f"cannot ensemble with {run_dirs[0]}: {name} "
                                      f"{getattr(member.plan, name)} differs from {getattr(first.plan, name)}")
         self.plan, self.upsample, self.grid_reference = first.plan, first.upsample, first.grid_reference
+        shared = set.intersection(*(set(m.keep_largest.items()) for m in self.members))
+        self.keep_largest = dict(keep_largest) if keep_largest is not None else dict(shared)
 
     def predict_probabilities(self, source: list[Path] | Image) -> torch.Tensor:
         return sum(member.predict_probabilities(source) for member in self.members) / len(self.members)
@@ -228,11 +243,12 @@ def save_npz(path: Path, **arrays) -> Path:
 
 
 def predict(run_dir, input_path, output_dir, device="cpu", overwrite=False, save_probabilities=False, mirror=None, overlap=None,
-            upsample=1, grid_reference=None, checkpoint="best") -> list[Path]:
+            upsample=1, grid_reference=None, checkpoint="best", keep_largest=None) -> list[Path]:
     """Predict a folder (``CASE_0000.ext`` or MSD ``NAME.ext`` files) or one file into ``output_dir`` with one run,
     or with a list of runs as an :class:`Ensemble`; ``upsample`` F > 1 writes F-times finer outputs of the same world
-    extent, ``grid_reference`` outputs on that image's grid."""
-    options = dict(device=device, checkpoint=checkpoint, overlap=overlap, mirror=mirror, upsample=upsample, grid_reference=grid_reference)
+    extent, ``grid_reference`` outputs on that image's grid; ``keep_largest`` as :class:`Predictor`'s."""
+    options = dict(device=device, checkpoint=checkpoint, overlap=overlap, mirror=mirror, upsample=upsample, grid_reference=grid_reference,
+                   keep_largest=keep_largest)
     runs = list(run_dir) if isinstance(run_dir, (list, tuple)) else [run_dir]
     predictor = Ensemble(runs, **options) if len(runs) > 1 else Predictor(runs[0], **options)
     cases = prediction_inputs(input_path, predictor.plan.n_channel_files)

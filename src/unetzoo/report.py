@@ -4,6 +4,8 @@
 
 * per-class Dice, IoU (Jaccard), NSD and HD95 of each run's held-out fold (mean +- standard deviation over cases, from
   ``RUN/validation/summary.json``), the best value of each column in bold;
+* Dice and HD95 with the run's connected-component post-processing (``RUN/validation/postprocessed/summary.json``
+  and the per-class choice in ``RUN/postprocessing.json``, both written by training);
 * paired per-case differences of Dice and IoU to the first run (mean, 95 % t-interval, cases better / worse);
 * training: epochs, total and median epoch time (``history.json``), parameters, best pseudo Dice;
 * the benchmark figures where the run has them (``RUN/benchmark.json``, written by
@@ -242,6 +244,8 @@ def load_run(run_dir: str | Path) -> dict:
         "plan": _json(run / "plan.json", {}),
         "history": _json(run / "history.json", []),
         "summary": _json(validation / "summary.json"),
+        "postprocessed": _json(validation / "postprocessed" / "summary.json"),
+        "postprocessing": _json(run / "postprocessing.json"),
         "benchmark": _json(run / "benchmark.json"),
         "cases": _json(validation / "cases.json", {}),
         "predictions": _case_files(validation),
@@ -281,13 +285,14 @@ def _fmt(value, digits: int = 3) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
-def _metric_tables(runs: list[dict], names: list[str]) -> list[str]:
+def _metric_tables(runs: list[dict], names: list[str], metrics=("Dice", "IoU", "NSD", "HD95")) -> list[str]:
     lines = []
     labels = {}
     for run in runs:
         labels.update({str(k): v for k, v in (run["plan"].get("labels") or {}).items() if str(k) != "0"})
     ids = sorted({k for run in runs if run["summary"] for k in run["summary"]["mean"]}, key=lambda k: int(k) if k.isdigit() else k)
-    for metric, better in (("Dice", max), ("IoU", max), ("NSD", max), ("HD95", min)):
+    for metric in metrics:
+        better = min if metric == "HD95" else max
         header = [f"{labels.get(k, k)} ({k})" for k in ids] + ["mean"]
         cells, values = [], []
         for run in runs:
@@ -318,6 +323,23 @@ def _metric_tables(runs: list[dict], names: list[str]) -> list[str]:
         lines += [f"| {name} | " + " | ".join(row) + " |" for name, row in zip(names, cells)]
         lines.append("")
     return lines
+
+
+def _postprocessing_section(runs: list[dict], names: list[str]) -> list[str]:
+    """Dice and HD95 of the held-out fold with each run's post-processing, and the per-class choice behind it."""
+    done = [(n, r) for n, r in zip(names, runs) if r["postprocessed"] and r["postprocessing"]]
+    if not done:
+        return []
+    lines = ["## Held-out fold with connected-component post-processing", "",
+             "Keep-largest-component per class, chosen on this fold by training (nnU-Net's rule: kept where it raises the "
+             "class's mean Dice). Validation Dice per class without -> with keeping the largest component:", ""]
+    for name, run in done:
+        chosen = ", ".join(run["postprocessing"]["keep_largest"]) or "none"
+        dice = ", ".join(f"{c}: {_fmt(v['without'])} -> {_fmt(v['with'])}" for c, v in run["postprocessing"]["validation_dice"].items())
+        lines.append(f"- {name}: classes kept to their largest component: {chosen} ({dice})")
+    lines.append("")
+    post = [dict(run, summary=run["postprocessed"]) for _, run in done]
+    return lines + _metric_tables(post, [n for n, _ in done], metrics=("Dice", "HD95"))
 
 
 def _case_means(run: dict) -> dict[str, dict[str, float]]:
@@ -527,6 +549,7 @@ def make_report(runs, out_dir, cases: list[str] | None = None, n_cases: int = 3,
     if without:
         lines += [f"No `validation/summary.json` (training not finished?): {', '.join(without)}.", ""]
     lines += _metric_tables(loaded, names)
+    lines += _postprocessing_section(loaded, names)
     lines += _paired_table(loaded, names)
     lines += ["## Training", ""] + _training_table(loaded, names)
     lines += ["## Cost (unetzoo benchmark)", ""] + _benchmark_table(loaded, names, bench)

@@ -3,7 +3,9 @@
 Run folder (nnU-Net's outputs, so its users find their way): ``config.json`` (resolved), ``plan.json``,
 ``splits.json``, ``checkpoint_best.pt``, ``checkpoint_last.pt`` (both written to a temporary name and
 renamed), ``training_log_<timestamp>.txt``, ``progress.png``, ``history.json`` and, after training,
-``validation/`` with the held-out fold predicted by the full inference procedure and ``summary.json``.
+``validation/`` with the held-out fold predicted by the full inference procedure and ``summary.json``, then
+``postprocessing.json`` (nnU-Net's per-class keep-largest-component choice on that fold) and
+``validation/postprocessed/`` (the fold with that choice applied, and its ``summary.json``).
 """
 
 from __future__ import annotations
@@ -321,7 +323,7 @@ def validate_run(run_dir: Path, dataset, val_names: list[str], log) -> dict:
     from unetzoo.inference import Predictor
 
     out = run_dir / "validation"
-    predictor = Predictor(run_dir, device=Config.load(run_dir / "config.json").train.device)
+    predictor = Predictor(run_dir, device=Config.load(run_dir / "config.json").train.device, keep_largest={})
     cases = [dataset.case(n) for n in val_names]
     predictor.predict_cases({c.name: c.images for c in cases}, out, overwrite=True)
     labels_dir = out / "labels"
@@ -334,4 +336,28 @@ def validate_run(run_dir: Path, dataset, val_names: list[str], log) -> dict:
     write_text(out / "cases.json", json.dumps({c.name: {"image": [str(p.resolve()) for p in c.images], "label": str(c.label.resolve())} for c in cases}, indent=1))
     summary = evaluate_folder(out, labels_dir, out, label_ids=sorted(k for k in dataset.labels if k))
     log.info(f"validation: mean Dice {summary['foreground_mean']['Dice']:.4f} over {len(cases)} cases; per class " + ", ".join(f"{k}: {v['Dice']:.4f}" for k, v in summary["mean"].items()))
+    postprocess_validation(run_dir, log)
+    return summary
+
+
+def postprocess_validation(run_dir: Path, log) -> dict:
+    """Choose the run's post-processing on its validation predictions (``postprocessing.json``), write the fold
+    with it applied to ``validation/postprocessed/`` and evaluate it there; returns that summary."""
+    from unetzoo.evaluation import evaluate_folder, label_files
+    from unetzoo.io import read_label, write_array
+    from unetzoo.postprocessing import decide_for_run, keep_largest
+
+    validation = run_dir / "validation"
+    predictions, references = label_files(validation), label_files(validation / "labels")
+    classes = list(range(1, Plan.load(run_dir / "plan.json").num_classes))
+    record = decide_for_run(run_dir, predictions, references, classes)
+    rules = {int(c): k for c, k in record["keep_largest"].items()}
+    out = validation / "postprocessed"
+    for case in references:
+        label = read_label(predictions[case])
+        write_array(keep_largest(label.array, rules).astype(np.uint8), out / predictions[case].name, label.affine, label.header)
+    summary = evaluate_folder(out, validation / "labels", out, label_ids=classes)
+    dice = ", ".join(f"{c}: {v['without']:.4f} -> {v['with']:.4f}" for c, v in record["validation_dice"].items())
+    log.info(f"post-processing: keep the largest component of classes {sorted(rules) or 'none'} (validation Dice without -> with, per class: {dice}); "
+             f"mean Dice with it {summary['foreground_mean']['Dice']:.4f}")
     return summary
