@@ -31,9 +31,13 @@ Implementation (what differs from the authors' code, see ../shared/notes/referen
   (2D: ``conv1d`` over the line; 3D: 3x3 ``conv2d`` over the plane), so one step updates a whole line
   or plane for every batch element at once. The hidden part ``W_h h + b_h`` does not depend on the
   sweep (``h`` is the value before the sweep), so it is computed for *all* lines with one 1x1
-  convolution before the loop. The only Python loop left is the one along the sweep axis. Lines are
-  taken with ``unbind`` and the result is stacked once, so the backward pass stays linear in the
-  number of lines (per-step indexing would zero-fill a whole-map gradient at every step).
+  convolution before the loop. The only Python loop left is the one along the sweep axis.
+* The recurrence is a custom autograd function (``_Sweep``) with its backward written out: the reverse
+  pass over lines only carries the gradient from line to line (one transposed convolution per line), and
+  the gradient of ``weight_ih`` / ``bias_ih`` is one batched convolution-weight gradient over all lines
+  (the sum of the per-line products) instead of one small product per line; gates are saved in
+  preallocated whole-map tensors. Exact: the same outputs and gradients as autograd through the loop
+  (tests/test_sdn.py).
 * A direction is an (axis, reverse) pair: the sweep axis is moved to the front and the lines are
   visited in increasing or decreasing order (the neighbourhood is symmetric, so nothing is flipped), so one routine serves every direction and any map
   shape (the authors' loop always runs over ``H``, which breaks non-square maps).
@@ -131,30 +135,86 @@ class SDNCell(nn.Module):
             nn.init.uniform_(p, -bound, bound)
 
     def forward(self, state: torch.Tensor, axis: int, reverse: bool) -> torch.Tensor:
+        if state.shape[2 + axis] == 1:  # a single line: nothing to update, the cell is not used
+            return state
         lines = state.movedim(2 + axis, 0).contiguous()  # (L, B, S, *line): lines[d] is line d, contiguous
         n_lines, batch = lines.shape[:2]
         # hidden part W_h h + b_h of every line at once (it only depends on the pre-sweep values)
         conv = F.conv1d if self.spatial_dims == 2 else F.conv2d
         weight_hh = self.weight_hh.view(*self.weight_hh.shape, *([1] * (self.spatial_dims - 1)))
         hidden = conv(lines.flatten(0, 1), weight_hh, self.bias_hh).unflatten(0, (n_lines, batch))
-        # per-line views by unbind, not lines[d]: the backward of an index zero-fills a whole-map gradient per step
-        hid_r, hid_z, hid_n = (part.unbind(0) for part in hidden.chunk(3, dim=2))
-        lines = lines.unbind(0)
-        order = range(n_lines - 1, -1, -1) if reverse else range(n_lines)
-        out: list[torch.Tensor] = [None] * n_lines  # type: ignore[list-item]
-        prev = None
-        for d in order:
-            h = lines[d]
-            if prev is not None:
-                x = conv(prev, self.weight_ih, self.bias_ih, padding=1)  # neighbourhood of the previous line
-                x_r, x_z, x_n = x.chunk(3, dim=1)
-                r = torch.sigmoid(x_r + hid_r[d])
-                z = torch.sigmoid(x_z + hid_z[d])
-                n = torch.tanh(x_n + r * hid_n[d])
-                h = h + z * (n - h)  # = z * n + (1 - z) * h
-            out[d] = h
-            prev = h
-        return torch.stack(out, dim=2 + axis)
+        # under autocast the sweep runs in the dtype of the state (as autocast would run its convolutions)
+        weight_ih, bias_ih = self.weight_ih.to(lines.dtype), self.bias_ih.to(lines.dtype)
+        out = _Sweep.apply(lines, hidden.to(lines.dtype), weight_ih, bias_ih, reverse)
+        return out.movedim(0, 2 + axis).contiguous()
+
+
+_CONV = {1: F.conv1d, 2: F.conv2d}
+_CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d}
+_CONV_WEIGHT = {1: torch.nn.grad.conv1d_weight, 2: torch.nn.grad.conv2d_weight}
+
+
+class _Sweep(torch.autograd.Function):
+    """The recurrence of one sweep over ``L >= 2`` lines ``(L, B, S, *line)`` given the hidden part ``(L, B, 3S, *line)``.
+
+    Exact forward and backward of the GRU update of the module docstring, with the backward written out: the
+    reverse pass over lines only propagates the gradient from line to line (a transposed convolution per line);
+    the gradient of ``weight_ih`` and ``bias_ih`` is then one convolution-weight gradient over all lines at once
+    (the sum over lines of per-line weight gradients is a single batched product), instead of one small
+    weight-gradient product per line as autograd would record.
+    """
+
+    @staticmethod
+    def forward(ctx, lines, hidden, weight_ih, bias_ih, reverse):
+        with torch.autocast(lines.device.type, enabled=False):
+            conv = _CONV[lines.dim() - 3]
+            n_lines = lines.shape[0]
+            out = torch.empty_like(lines)
+            r_all, z_all, n_all = (torch.empty_like(lines) for _ in range(3))
+            order = range(n_lines - 1, -1, -1) if reverse else range(n_lines)
+            out[order[0]] = lines[order[0]]
+            for prev, d in zip(order[:-1], order[1:]):
+                x_r, x_z, x_n = conv(out[prev], weight_ih, bias_ih, padding=1).chunk(3, dim=1)
+                h_r, h_z, h_n = hidden[d].chunk(3, dim=1)
+                r = torch.sigmoid(x_r.add_(h_r), out=r_all[d])
+                z = torch.sigmoid(x_z.add_(h_z), out=z_all[d])
+                n = torch.tanh(x_n.addcmul_(r, h_n), out=n_all[d])
+                torch.addcmul(lines[d], z, n - lines[d], out=out[d])  # z * n + (1 - z) * h
+        ctx.reverse = reverse
+        ctx.save_for_backward(lines, hidden, weight_ih, out, r_all, z_all, n_all)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        lines, hidden, weight_ih, out, r_all, z_all, n_all = ctx.saved_tensors
+        dims = lines.dim() - 3
+        n_lines = lines.shape[0]
+        order = range(n_lines - 1, -1, -1) if ctx.reverse else range(n_lines)
+        grad_out = grad_out.contiguous()
+        grad_lines = torch.empty_like(lines)
+        grad_hidden = torch.empty_like(hidden)
+        grad_hidden[order[0]] = 0  # the first line is not updated: its hidden part is unused
+        grad_x = torch.empty_like(hidden)  # gradient of the input part W_i x + b_i of every updated line
+        carry = torch.zeros_like(lines[0])  # gradient reaching line d through the update of line d+1
+        for prev, d in zip(reversed(order[:-1]), reversed(order[1:])):
+            g = grad_out[d] + carry
+            h, r, z, n = lines[d], r_all[d], z_all[d], n_all[d]
+            g_r, g_z, g_n = grad_x[d].chunk(3, dim=1)
+            h_r, h_z, h_n = grad_hidden[d].chunk(3, dim=1)
+            torch.mul(g, 1 - z, out=grad_lines[d])
+            torch.mul(g * z, 1 - n * n, out=g_n)  # through n = tanh(a_n)
+            torch.mul(g_n * hidden[d].chunk(3, dim=1)[2], r * (1 - r), out=g_r)  # a_n = x_n + r * hid_n; r = sigmoid
+            torch.mul(g * (n - h), z * (1 - z), out=g_z)
+            h_r.copy_(g_r)
+            h_z.copy_(g_z)
+            torch.mul(g_n, r, out=h_n)
+            carry = _CONV_T[dims](grad_x[d], weight_ih, padding=1)
+        grad_lines[order[0]] = grad_out[order[0]] + carry
+        # every update in one weight gradient: line d-1 (d+1 when reversed) against the gradient of line d
+        sources, targets = (out[1:], grad_x[:-1]) if ctx.reverse else (out[:-1], grad_x[1:])
+        grad_weight = _CONV_WEIGHT[dims](sources.flatten(0, 1), weight_ih.shape, targets.flatten(0, 1), padding=1)
+        grad_bias = targets.sum(dim=(0, 1, *range(3, 3 + dims)))
+        return grad_lines, grad_hidden, grad_weight, grad_bias, None
 
 
 class SDN(nn.Module):
