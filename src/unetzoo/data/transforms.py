@@ -25,6 +25,7 @@ from monai.transforms import (
     RandGaussianNoised,
     RandRotated,
     RandZoomd,
+    Randomizable,
     Spacingd,
     SpatialPadd,
 )
@@ -116,8 +117,30 @@ def preprocessing(plan, with_label: bool = True) -> Compose:
     return Compose(chain)
 
 
+class RandInPlaneStrided(Randomizable, MapTransform):
+    """Every ``stride``-th voxel of the last two spatial axes from random offsets ``i, j < stride``, the same for
+    every key: regularized-unet.md's training sub-sampling ``I[k:k+128, i::4, j::4]`` (Table 3)."""
+
+    def __init__(self, keys, stride: int):
+        MapTransform.__init__(self, keys)
+        self.stride = stride
+        self.offsets = (0, 0)
+
+    def randomize(self, data=None) -> None:
+        self.offsets = tuple(int(o) for o in self.R.randint(0, self.stride, size=2))
+
+    def __call__(self, data):
+        self.randomize()
+        i, j = self.offsets
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = d[key][..., i :: self.stride, j :: self.stride]
+        return d
+
+
 def augmentation(patch_size: list[int], aug: AugmentConfig, pos_neg: list[float], samples: int) -> Compose:
-    """Pad, sample ``samples`` patches 1:2 positive:negative, then the papers' augmentations.
+    """Pad, sample ``samples`` patches 1:2 positive:negative, then the papers' augmentations; with
+    ``aug.in_plane_stride`` > 1 the case is first sub-sampled in-plane (:class:`RandInPlaneStrided`).
 
     An axis of patch size 1 (slice-by-slice 2D training) is neither rotated out of plane, zoomed nor flipped.
     """
@@ -133,7 +156,8 @@ def augmentation(patch_size: list[int], aug: AugmentConfig, pos_neg: list[float]
         rotate = {"range_x": ranges[0], "range_y": ranges[1], "range_z": ranges[2]}
     zoom_lo = [aug.scaling_range[0] if not t else 1.0 for t in thin]
     zoom_hi = [aug.scaling_range[1] if not t else 1.0 for t in thin]
-    chain = [
+    chain = [RandInPlaneStrided(keys, aug.in_plane_stride)] if aug.in_plane_stride > 1 else []
+    chain += [
         SpatialPadd(keys, spatial_size=patch_size),
         RandCropByPosNegLabeld(keys, "label", spatial_size=patch_size, pos=pos_neg[0], neg=pos_neg[1], num_samples=samples),
         RandRotated(keys, prob=aug.rotation_p, mode=["bilinear", "nearest"], padding_mode="zeros", keep_size=True, **rotate),

@@ -35,6 +35,7 @@ from torch import nn
 
 from unetzoo.config import Config
 from unetzoo.data.plan import Plan
+from unetzoo.errors import UnetzooError
 from unetzoo.methods.grid import Grid
 
 
@@ -54,6 +55,9 @@ class Method:
         self.num_classes = plan.num_classes
         self.patch_size = list(plan.patch_size)
         self.inference = config.inference
+        self.stride = config.augment.in_plane_stride
+        if not isinstance(self.stride, int) or self.stride < 1:
+            raise UnetzooError(f"augment.in_plane_stride must be a positive integer, got {self.stride!r}")
 
     # ---- training -------------------------------------------------------------------------------------
     def train_patch_size(self) -> list[int]:
@@ -117,7 +121,22 @@ class Method:
 
     def sliding_window(self, image: torch.Tensor) -> torch.Tensor:
         """Gaussian-weighted sliding windows (MONAI) over the whole image, optionally averaged over mirrored copies
-        (test-time augmentation)."""
+        (test-time augmentation). A model trained on in-plane strided sub-images (``augment.in_plane_stride`` s)
+        predicts each of the s^2 interleaved sub-images ``image[..., i::s, j::s]`` and the results are interleaved
+        back, so every voxel is predicted at the scale the model was trained on (the paper tests "as training")."""
+        s = self.stride
+        if s == 1:
+            return self._windows(image)
+        probs = None
+        for i in range(min(s, image.shape[-2])):
+            for j in range(min(s, image.shape[-1])):
+                part = self._windows(image[..., i::s, j::s])
+                if probs is None:
+                    probs = part.new_empty(*part.shape[:-2], *image.shape[-2:])
+                probs[..., i::s, j::s] = part
+        return probs
+
+    def _windows(self, image: torch.Tensor) -> torch.Tensor:
         from monai.inferers import sliding_window_inference
 
         roi = [min(p, s) if p == 1 else p for p, s in zip(self.patch_size, image.shape[2:])]
