@@ -19,12 +19,13 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="list the registered models")
 
-    p = sub.add_parser("phantom", help="write a synthetic dataset (nnU-Net layout)")
-    p.add_argument("kind", choices=["organs", "nuclei", "vessels"], help="organs: 3D NIfTI volumes; nuclei: 2D RGB PNG; vessels: sparse 3D vessel trees with distractors")
+    p = sub.add_parser("phantom", help="write a synthetic dataset (organs, nuclei, vessels: nnU-Net layout; cardiac: MSD layout)")
+    p.add_argument("kind", choices=["organs", "nuclei", "vessels", "cardiac"], help="organs: 3D NIfTI volumes; nuclei: 2D RGB PNG; vessels: sparse 3D vessel trees with distractors; cardiac: 3D+t beating hearts, 4D NIfTI")
     p.add_argument("out", type=Path)
     p.add_argument("--cases", type=int, default=10)
+    p.add_argument("--frames", type=int, default=8, help="cardiac: time frames per case (one cardiac cycle)")
+    p.add_argument("--shape", type=int, nargs="+", metavar="N", help="image shape (D H W, or H W for nuclei; cardiac: X Y Z, Z the long axis); default per kind")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--shape", type=int, nargs="+", metavar="N", help="image shape (D H W, or H W for nuclei); default per kind")
 
     p = sub.add_parser("train", help="train a model on one cross-validation fold of a dataset folder")
     p.add_argument("data", type=Path, help="dataset folder (MSD or nnU-Net v2 layout)")
@@ -186,6 +187,19 @@ def _models() -> None:
         print(f"{name:<{width}}  {dims:<5}  {entry.method:<8}  {entry.description}  [{entry.paper}]")
 
 
+def _phantom(args) -> None:
+    from unetzoo.data.phantoms import write_cardiac_phantom, write_nuclei_phantom, write_organs_phantom, write_vessels_phantom
+
+    writer = {"organs": write_organs_phantom, "nuclei": write_nuclei_phantom, "vessels": write_vessels_phantom, "cardiac": write_cardiac_phantom}[args.kind]
+    dims = 2 if args.kind == "nuclei" else 3
+    options = {"frames": args.frames} if args.kind == "cardiac" else {}
+    if args.shape:
+        if len(args.shape) != dims or min(args.shape) < 8:
+            raise UnetzooError(f"--shape: {args.kind} takes {dims} sizes of at least 8, got {args.shape}")
+        options["shape"] = tuple(args.shape)
+    print(writer(args.out, cases=args.cases, seed=args.seed, **options))
+
+
 def _demo(args) -> None:
     from unetzoo.config import Config
     from unetzoo.data.phantoms import write_organs_phantom
@@ -216,13 +230,7 @@ def run(argv=None) -> None:
     if args.command == "models":
         _models()
     elif args.command == "phantom":
-        from unetzoo.data.phantoms import write_nuclei_phantom, write_organs_phantom, write_vessels_phantom
-
-        writer = {"organs": write_organs_phantom, "nuclei": write_nuclei_phantom, "vessels": write_vessels_phantom}[args.kind]
-        dims = 2 if args.kind == "nuclei" else 3
-        if args.shape and (len(args.shape) != dims or min(args.shape) < 8):
-            raise UnetzooError(f"--shape: {args.kind} takes {dims} sizes of at least 8, got {args.shape}")
-        print(writer(args.out, cases=args.cases, seed=args.seed, **({"shape": tuple(args.shape)} if args.shape else {})))
+        _phantom(args)
     elif args.command == "train":
         from unetzoo.training import train
 

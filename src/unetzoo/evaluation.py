@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from unetzoo.errors import file_error
-from unetzoo.io import SUPPORTED_ENDINGS, read_label, strip_ending, write_text
+from unetzoo.io import SUPPORTED_ENDINGS, read_label_frames, strip_ending, write_text
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +169,8 @@ def evaluate_folder(
 
     Writes ``out_dir/summary.json`` (nnU-Net keys plus ``std``, ``MA``, ``mean_IU`` and NSD/HD95) and
     ``out_dir/cases.csv`` (one row per case and label, NaN as an empty cell) and returns the summary as
-    written (NaN as None).
+    written (NaN as None). A 3D+t case (4D label maps (X, Y, Z, T)) is measured per frame: one entry per
+    case and frame (with a ``frame`` key, and a ``frame`` column in the CSV); the means are over all entries.
     ``label_ids`` defaults to all non-zero values found; spacing is taken from each reference's affine.
     """
     from tqdm import tqdm
@@ -189,25 +190,30 @@ def evaluate_folder(
         found: set[int] = set()
         for case in refs:
             for path in (refs[case], preds[case]):
-                found.update(np.unique(read_label(path).array).tolist())
+                for frame in read_label_frames(path):
+                    found.update(np.unique(frame.array).tolist())
         label_ids = sorted(found - {0})
     label_ids = [int(label) for label in label_ids]
 
     cases = []
     for case in tqdm(list(refs), desc="evaluating", unit="case", disable=len(refs) <= 5):
-        ref, pred = read_label(refs[case]), read_label(preds[case])
-        if pred.array.shape != ref.array.shape:
-            raise file_error(preds[case], f"shape {pred.array.shape} differs from reference {refs[case]} shape {ref.array.shape}")
-        _check_values(refs[case], ref.array, label_ids)
-        _check_values(preds[case], pred.array, label_ids)
-        metrics = case_metrics(pred.array, ref.array, label_ids, ref.spacing, nsd_tolerance_mm)
-        cases.append({
-            "case": case,
-            "prediction_file": str(preds[case]),
-            "reference_file": str(refs[case]),
-            "metrics": metrics,
-            **class_means(pred.array, ref.array, label_ids),
-        })
+        ref_frames, pred_frames = read_label_frames(refs[case]), read_label_frames(preds[case])
+        if len(pred_frames) != len(ref_frames):
+            raise file_error(preds[case], f"has {len(pred_frames)} time frame(s), reference {refs[case]} has {len(ref_frames)}")
+        for t, (ref, pred) in enumerate(zip(ref_frames, pred_frames)):
+            if pred.array.shape != ref.array.shape:
+                raise file_error(preds[case], f"shape {pred.array.shape} differs from reference {refs[case]} shape {ref.array.shape}")
+            _check_values(refs[case], ref.array, label_ids)
+            _check_values(preds[case], pred.array, label_ids)
+            metrics = case_metrics(pred.array, ref.array, label_ids, ref.spacing, nsd_tolerance_mm)
+            cases.append({
+                "case": case,
+                **({"frame": t} if len(ref_frames) > 1 else {}),
+                "prediction_file": str(preds[case]),
+                "reference_file": str(refs[case]),
+                "metrics": metrics,
+                **class_means(pred.array, ref.array, label_ids),
+            })
 
     per_label = {label: {m: [c["metrics"][label][m] for c in cases] for m in SUMMARY_METRICS} for label in label_ids}
     mean = {label: {m: nanmean(v) for m, v in values.items()} for label, values in per_label.items()}
@@ -226,9 +232,11 @@ def evaluate_folder(
     write_text(out_dir / "summary.json", json.dumps(summary, indent=2, allow_nan=False) + "\n")
     table = StringIO()
     writer = csv.writer(table, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
+    frames = any("frame" in c for c in summary["cases"])  # 3D+t: a frame column after the case
+    writer.writerow(CSV_COLUMNS[:1] + ("frame",) * frames + CSV_COLUMNS[1:])
     for c in summary["cases"]:
         for label, m in c["metrics"].items():
-            writer.writerow([c["case"], label] + ["" if m[k] is None else m[k] for k in CSV_COLUMNS[2:]])  # NaN -> empty cell
+            first = [c["case"]] + [c.get("frame", "")] * frames
+            writer.writerow(first + [label] + ["" if m[k] is None else m[k] for k in CSV_COLUMNS[2:]])  # NaN -> empty cell
     write_text(out_dir / "cases.csv", table.getvalue())
     return summary

@@ -4,10 +4,12 @@ Several runs (the folds of a cross-validation) predict as an :class:`Ensemble`: 
 Images already in memory: :meth:`Predictor.predict_array`.
 
 NIfTI predictions keep the input's shape, affine and header; PNG predictions the input's size (or, on request,
-another grid: ``--upsample``, ``--grid``; see :class:`unetzoo.methods.Grid`). The run's connected-component
-post-processing (``postprocessing.json``, chosen by training on the validation fold) is applied to the labels unless
-turned off or replaced (``--no-postprocess``, ``--keep-largest``; see :mod:`unetzoo.postprocessing`). A case already predicted is skipped
-unless ``overwrite``; files are written under a temporary name and renamed.
+another grid: ``--upsample``, ``--grid``; see :class:`unetzoo.methods.Grid`). A 3D+t input (4D NIfTI for a
+1-channel model) is preprocessed frame by frame, predicted as one sequence and saved 4D (X, Y, Z, T). The run's
+connected-component post-processing (``postprocessing.json``, chosen by training on the validation fold) is applied
+to the labels (of each frame) unless turned off or replaced (``--no-postprocess``, ``--keep-largest``; see
+:mod:`unetzoo.postprocessing`). A case already predicted is skipped unless ``overwrite``; files are written under a
+temporary name and renamed.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from unetzoo.data.datasets import prediction_inputs
 from unetzoo.data.plan import Plan
 from unetzoo.data.transforms import preprocessing
 from unetzoo.errors import UnetzooError, file_error
-from unetzoo.io import NIFTI_ENDINGS, Image, file_ending, write_array, write_bytes
+from unetzoo.io import NIFTI_ENDINGS, Image, case_frames, file_ending, write_array, write_bytes
 from unetzoo.methods import Grid, build_method, inference_context
 from unetzoo.methods.grid import refined_affine
 from unetzoo.postprocessing import keep_largest, run_rules
@@ -120,28 +122,40 @@ class Predictor:
         return affine, shape, header
 
     def predict_probabilities(self, source: list[Path] | Image) -> torch.Tensor:
-        """Class probabilities (K, *spatial) of one case (its files, or an :class:`Image` in memory) on its output
-        grid (:meth:`target_geometry`)."""
-        data = self.preprocess({"image": source if isinstance(source, Image) else [str(p) for p in source]})
-        image = data["image"]
-        x = image.as_tensor()[None].to(self.device)
-        if self.upsample == 1 and self.grid_reference is None:
-            with inference_context(self.method):
-                probs = self.method.predict(x)[0].float().cpu()
-            if self.plan.spatial_dims == 3:  # undo resampling and reorientation exactly (MONAI Invertd)
-                pred = MetaTensor(probs, affine=image.affine, meta=dict(image.meta))
-                pred.applied_operations = list(image.applied_operations)
-                data["pred"] = pred
-                data = Invertd("pred", transform=self.preprocess, orig_keys="image", nearest_interp=False)(data)
-                probs = data["pred"].as_tensor()
-            return probs
+        """Class probabilities of one case (its files, or an :class:`Image` in memory) on its output grid
+        (:meth:`target_geometry`): (K, *spatial), or (K, *spatial, T) for a 3D+t case, whose T frames go to the
+        method together (:meth:`Method.predict_sequence`)."""
+        in_memory = isinstance(source, Image)
+        frames = 1 if in_memory else case_frames(source, self.plan.in_channels)
+        image = source if in_memory else [str(p) for p in source]
+        items = [self.preprocess({"image": image, "frame_index": t, "num_frames": frames}) for t in range(frames)]
+        channels = items[0]["image"].shape[0]
+        if channels != self.plan.in_channels:
+            hint = " (a 4D image is 3D+t only for a 1-channel model; for a C-channel one it holds the C channels)" if self.plan.in_channels > 1 else ""
+            raise file_error(source.path if in_memory else source[0], f"has {channels} channel(s), the model expects {self.plan.in_channels}{hint}")
+        images = [data["image"].as_tensor()[None].to(self.device) for data in items]
+        own_grid = self.upsample == 1 and self.grid_reference is None
+        grid = None if own_grid else self._grid(items[0]["image"], source)
+        with inference_context(self.method):
+            probs = [self.method.predict(images[0], grid)] if frames == 1 else self.method.predict_sequence(images, grid)
+        probs = [p[0].float().cpu() for p in probs]
+        if own_grid and self.plan.spatial_dims == 3:  # undo resampling and reorientation exactly (MONAI Invertd)
+            probs = [self._invert(p, data) for p, data in zip(probs, items)]
+        return probs[0] if frames == 1 else torch.stack(probs, dim=-1)
+
+    def _grid(self, image: MetaTensor, source: list[Path] | Image) -> Grid:
+        """The output grid (--upsample, --grid) in the frame of the preprocessed image."""
         affine, shape, _ = self.target_geometry(source)
         if self.plan.spatial_dims == 3:
-            grid = Grid.between(image.affine.numpy(), affine, shape)
-        else:  # a PNG is predicted in its own pixel frame: only refinement
-            grid = Grid.refinement(image.shape[1:], self.upsample)
-        with inference_context(self.method):
-            return self.method.predict(x, grid)[0].float().cpu()
+            return Grid.between(image.affine.numpy(), affine, shape)
+        return Grid.refinement(image.shape[1:], self.upsample)  # a PNG is predicted in its own pixel frame: only refinement
+
+    def _invert(self, probs: torch.Tensor, data: dict) -> torch.Tensor:
+        image = data["image"]
+        pred = MetaTensor(probs, affine=image.affine, meta=dict(image.meta))
+        pred.applied_operations = list(image.applied_operations)
+        data = Invertd("pred", transform=self.preprocess, orig_keys="image", nearest_interp=False)({**data, "pred": pred})
+        return data["pred"].as_tensor()
 
     def predict_cases(self, cases: dict[str, list[Path]], out_dir: str | Path, overwrite: bool = False, save_probabilities: bool = False) -> list[Path]:
         """Predict every case into ``out_dir/CASE.<input ending>``; returns the written (or kept) files."""
@@ -157,6 +171,8 @@ class Predictor:
                 continue
             probs = self.predict_probabilities(paths)
             affine, shape, header = self.target_geometry(paths)
+            frames = case_frames(paths, self.plan.in_channels)
+            shape = (*shape, frames) if frames > 1 else shape  # 3D+t: (X, Y, Z, T) like the input
             label = self.label_map(probs)
             if tuple(label.shape) != tuple(shape):
                 raise file_error(paths[0], f"internal error: prediction shape {label.shape} != output shape {shape}")
@@ -177,9 +193,10 @@ class Predictor:
         return self.label_map(self.predict_probabilities(image))
 
     def label_map(self, probs: torch.Tensor) -> np.ndarray:
-        """The argmax (uint8) of class probabilities (K, *spatial), post-processed by ``keep_largest``."""
+        """The argmax (uint8) of class probabilities (K, *spatial) or, 3D+t, (K, *spatial, T), post-processed by
+        ``keep_largest`` (frame by frame)."""
         label = probs.argmax(0).numpy().astype(np.uint8)
-        return keep_largest(label, self.keep_largest) if self.keep_largest else label
+        return keep_largest(label, self.keep_largest, frames=label.ndim > self.plan.spatial_dims) if self.keep_largest else label
 
 
 class Ensemble(Predictor):

@@ -1,4 +1,8 @@
-"""Reading and writing images: NIfTI for 3D, PNG (grey or RGB in one file) for 2D.
+"""Reading and writing images: NIfTI for 3D and 3D+t, PNG (grey or RGB in one file) for 2D.
+
+3D+t: a 4D NIfTI (X, Y, Z, T) of a 1-channel dataset is a sequence of T 3D frames sharing one affine
+(:func:`case_frames`); readers take one frame (``frame=t``). In a C-channel dataset a 4D file holds the channels
+(X, Y, Z, C) instead, as in the Medical Segmentation Decathlon.
 
 Every reader checks what would otherwise surface later as a traceback (unreadable or truncated file,
 NaN or infinite voxels) and raises :class:`UnetzooError` naming the file. Every writer writes to a
@@ -14,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from unetzoo.errors import file_error
+from unetzoo.errors import UnetzooError, file_error
 
 NIFTI_ENDINGS = (".nii.gz", ".nii")
 PNG_ENDINGS = (".png",)
@@ -68,12 +72,16 @@ def voxel_spacing(affine: np.ndarray, spatial_dims: int = 3) -> tuple[float, ...
     return tuple(float(s) for s in np.linalg.norm(np.asarray(affine)[:3, :spatial_dims], axis=0))
 
 
-def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray, object]:
+def _read_nifti(path: Path, frame: int | None = None) -> tuple[np.ndarray, np.ndarray, object]:
     import nibabel as nib
 
     try:
         img = nib.load(str(path))
-        data = np.asarray(img.dataobj, dtype=np.float32)
+        if frame is not None and (len(img.shape) != 4 or not 0 <= frame < img.shape[3]):
+            raise file_error(path, f"has no time frame {frame} (shape {img.shape}; a 3D+t image is X, Y, Z, T)")
+        data = np.asarray(img.dataobj if frame is None else img.dataobj[..., frame], dtype=np.float32)
+    except UnetzooError:
+        raise
     except FileNotFoundError:
         raise file_error(path, "file not found") from None
     except Exception as exc:  # nibabel raises many types for truncated/corrupt files
@@ -97,13 +105,37 @@ def _read_png(path: Path) -> np.ndarray:
     return data.astype(np.float32)
 
 
-def read_array(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, object]:
-    """Read one file as ``(data, affine, header)``; data is spatial-first (channels, if any, last)."""
+def case_frames(paths: list[str | os.PathLike], channels: int) -> int:
+    """Time frames of a case (header only): T for a 1-channel case stored as one 4D NIfTI (X, Y, Z, T), else 1
+    (a 3D or 2D image; a 4D file of a C-channel dataset holds channels, see the module docstring)."""
+    import nibabel as nib
+
+    if channels != 1 or len(paths) != 1 or file_ending(paths[0]) not in NIFTI_ENDINGS:
+        return 1
+    try:
+        shape = nib.load(str(paths[0])).shape
+    except FileNotFoundError:
+        raise file_error(paths[0], "file not found") from None
+    except Exception as exc:
+        raise file_error(paths[0], f"cannot read NIfTI header ({type(exc).__name__}: {exc})") from None
+    return int(shape[3]) if len(shape) == 4 else 1
+
+
+def label_frames(path: str | os.PathLike) -> int:
+    """Time frames of a label map (header only): T for a 4D NIfTI (labels never have channels), else 1."""
+    return case_frames([path], 1)
+
+
+def read_array(path: str | os.PathLike, frame: int | None = None) -> tuple[np.ndarray, np.ndarray, object]:
+    """Read one file as ``(data, affine, header)``; data is spatial-first (channels, if any, last). ``frame`` t
+    reads only frame t of a 4D NIfTI (X, Y, Z, T)."""
     path = Path(path)
     if not path.exists():
         raise file_error(path, "file not found")
     if file_ending(path) in NIFTI_ENDINGS:
-        data, affine, header = _read_nifti(path)
+        data, affine, header = _read_nifti(path, frame)
+    elif frame is not None:
+        raise file_error(path, "a PNG has no time frames")
     else:
         data, affine, header = _read_png(path), np.eye(4), None
     if not np.all(np.isfinite(data)):
@@ -112,16 +144,17 @@ def read_array(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, object]
     return data, affine, header
 
 
-def read_image(paths: list[str | os.PathLike] | str | os.PathLike, spatial_dims: int | None = None) -> Image:
+def read_image(paths: list[str | os.PathLike] | str | os.PathLike, spatial_dims: int | None = None, frame: int | None = None) -> Image:
     """Read one case's image as channel-first ``(C, *spatial)``.
 
     ``paths`` is one file per channel (nnU-Net ``CASE_0000``, ``CASE_0001`` ...) or a single file whose
     extra trailing axis holds the channels (MSD 4D NIfTI, RGB PNG). All channel files must share one shape.
+    ``frame`` t reads frame t of a 3D+t image (one 4D file (X, Y, Z, T) per channel).
     """
     paths = [Path(p) for p in (paths if isinstance(paths, (list, tuple)) else [paths])]
     channels, affine, header = [], None, None
     for path in paths:
-        data, file_affine, file_header = read_array(path)
+        data, file_affine, file_header = read_array(path, frame)
         dims = spatial_dims or (2 if file_ending(path) in PNG_ENDINGS else 3)
         if data.ndim == dims:
             data = data[None]
@@ -137,10 +170,25 @@ def read_image(paths: list[str | os.PathLike] | str | os.PathLike, spatial_dims:
     return Image(np.concatenate(channels, axis=0), affine, paths[0], header)
 
 
-def read_label(path: str | os.PathLike, spatial_dims: int | None = None) -> Image:
-    """Read a label map as integers ``(*spatial)``; non-integer values are an error."""
+def read_label(path: str | os.PathLike, spatial_dims: int | None = None, frame: int | None = None) -> Image:
+    """Read a label map as integers ``(*spatial)`` (``frame`` t: frame t of a 4D label map (X, Y, Z, T));
+    non-integer values are an error."""
+    path = Path(path)
+    data, affine, header = read_array(path, frame)
+    return _label_image(data, affine, path, header, spatial_dims)
+
+
+def read_label_frames(path: str | os.PathLike, spatial_dims: int | None = None) -> list[Image]:
+    """Every frame of a label map, the file read once: ``[label]`` for a 2D or 3D map, T 3D maps sharing one
+    affine for a 4D NIfTI (X, Y, Z, T)."""
     path = Path(path)
     data, affine, header = read_array(path)
+    if data.ndim != 4 or file_ending(path) not in NIFTI_ENDINGS:
+        return [_label_image(data, affine, path, header, spatial_dims)]
+    return [_label_image(data[..., t], affine, path, header, spatial_dims) for t in range(data.shape[-1])]
+
+
+def _label_image(data: np.ndarray, affine: np.ndarray, path: Path, header, spatial_dims: int | None) -> Image:
     dims = spatial_dims or (2 if file_ending(path) in PNG_ENDINGS else 3)
     if data.ndim == dims + 1 and file_ending(path) in PNG_ENDINGS:
         data = data[..., 0]  # an RGB-saved mask: the channels are copies

@@ -20,14 +20,17 @@ from scipy import ndimage
 
 from unetzoo.errors import UnetzooError
 from unetzoo.evaluation import nanmean
-from unetzoo.io import read_label, write_text
+from unetzoo.io import read_label_frames, write_text
 
 RULES_FILE = "postprocessing.json"
 
 
-def keep_largest(label: np.ndarray, rules: dict[int, int]) -> np.ndarray:
+def keep_largest(label: np.ndarray, rules: dict[int, int], frames: bool = False) -> np.ndarray:
     """A copy of the label map where each class ``c`` of ``rules`` keeps only its ``rules[c]`` largest connected
-    components (ties broken by component order); the other voxels of ``c`` become 0."""
+    components (ties broken by component order); the other voxels of ``c`` become 0. ``frames``: the last axis
+    is time (a 3D+t label map), each frame is processed on its own."""
+    if frames:
+        return np.stack([keep_largest(label[..., t], rules) for t in range(label.shape[-1])], axis=-1)
     out = np.array(label, copy=True)
     for cls, k in rules.items():
         components, n = ndimage.label(label == cls)
@@ -83,10 +86,11 @@ def decide(pairs: list[tuple[np.ndarray, np.ndarray]], classes: list[int]) -> di
 
 def decide_for_run(run_dir: Path, prediction_files: dict[str, Path], reference_files: dict[str, Path], classes: list[int]) -> dict:
     """:func:`decide` on a run's validation predictions; writes ``RUN/postprocessing.json`` and returns it."""
-    pairs = [(read_label(prediction_files[c]).array, read_label(reference_files[c]).array) for c in sorted(reference_files)]
+    pairs = [(p.array, r.array) for c in sorted(reference_files)  # 3D+t: one pair per frame
+             for p, r in zip(read_label_frames(prediction_files[c]), read_label_frames(reference_files[c]))]
     decision = decide(pairs, classes)
     record = {"keep_largest": {str(c): k for c, k in decision["keep_largest"].items()},
-              "validation_dice": {str(c): v for c, v in decision["dice"].items()}, "cases": len(pairs)}
+              "validation_dice": {str(c): v for c, v in decision["dice"].items()}, "cases": len(reference_files)}
     write_text(Path(run_dir) / RULES_FILE, json.dumps(record, indent=2) + "\n")
     return record
 

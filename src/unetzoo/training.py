@@ -248,9 +248,10 @@ def train(data_dir: str | Path, run_dir: str | Path, config: Config, resume: boo
     config.save(run_dir / "config.json")
     n_params = sum(p.numel() for p in method.model.parameters() if p.requires_grad)
     log.info(f"model {config.model}: {n_params:,} parameters, patch {plan.patch_size}, spacing {plan.target_spacing}, args {config.model_args}")
-    items = {c.name: c.as_dict() for c in dataset.cases}
-    train_items = [{**items[n], "case_index": i} for i, n in enumerate(split["train"])]
-    module = SegmentationModule(method, config, plan, train_items, [items[n] for n in split["val"]], run_dir)
+    train_items, val_items = dataset.frame_items(split["train"]), dataset.frame_items(split["val"])
+    if len(train_items) + len(val_items) > len(split["train"]) + len(split["val"]):
+        log.info(f"3D+t cases: {len(train_items)} training and {len(val_items)} validation frames")
+    module = SegmentationModule(method, config, plan, train_items, val_items, run_dir)
     log.info(resolve_precision(config.train.precision, resolve_device(config.train.device))[1])
     trainer = _trainer(config, run_dir, method)
     trainer.fit(module, ckpt_path=str(last) if resume else None)
@@ -344,7 +345,7 @@ def postprocess_validation(run_dir: Path, log) -> dict:
     """Choose the run's post-processing on its validation predictions (``postprocessing.json``), write the fold
     with it applied to ``validation/postprocessed/`` and evaluate it there; returns that summary."""
     from unetzoo.evaluation import evaluate_folder, label_files
-    from unetzoo.io import read_label, write_array
+    from unetzoo.io import read_label_frames, write_array
     from unetzoo.postprocessing import decide_for_run, keep_largest
 
     validation = run_dir / "validation"
@@ -354,8 +355,10 @@ def postprocess_validation(run_dir: Path, log) -> dict:
     rules = {int(c): k for c, k in record["keep_largest"].items()}
     out = validation / "postprocessed"
     for case in references:
-        label = read_label(predictions[case])
-        write_array(keep_largest(label.array, rules).astype(np.uint8), out / predictions[case].name, label.affine, label.header)
+        frames = read_label_frames(predictions[case])  # 3D+t: every frame on its own
+        label = frames[0].array if len(frames) == 1 else np.stack([f.array for f in frames], axis=-1)
+        processed = keep_largest(label, rules, frames=len(frames) > 1)
+        write_array(processed.astype(np.uint8), out / predictions[case].name, frames[0].affine, frames[0].header)
     summary = evaluate_folder(out, validation / "labels", out, label_ids=classes)
     dice = ", ".join(f"{c}: {v['without']:.4f} -> {v['with']:.4f}" for c, v in record["validation_dice"].items())
     log.info(f"post-processing: keep the largest component of classes {sorted(rules) or 'none'} (validation Dice without -> with, per class: {dice}); "

@@ -6,6 +6,10 @@
 - nnU-Net v2: ``dataset.json`` with ``channel_names``, ``labels`` (name -> int) and ``file_ending``; one file
   per channel ``imagesTr/CASE_0000.ext``, ``CASE_0001.ext`` ...; labels ``labelsTr/CASE.ext``.
   NIfTI for 3D, PNG (grey or RGB in one file) for 2D.
+
+In both layouts a 1-channel dataset may hold 3D+t cases: one 4D NIfTI (X, Y, Z, T) image and label per subject.
+Splits are over cases, so all frames of a subject fall in the same fold; :meth:`Dataset.frame_items` then lists
+one item per frame for training.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from unetzoo.errors import UnetzooError, file_error
-from unetzoo.io import PNG_ENDINGS, SUPPORTED_ENDINGS, file_ending, strip_ending
+from unetzoo.io import PNG_ENDINGS, SUPPORTED_ENDINGS, case_frames, file_ending, strip_ending
 
 
 @dataclass
@@ -48,6 +52,16 @@ class Dataset:
     @property
     def num_classes(self) -> int:
         return max(self.labels) + 1
+
+    def frame_items(self, names: list[str]) -> list[dict]:
+        """One loader item per 3D frame of the named cases: the case's files plus ``case_index`` (position of the
+        case in ``names``: the subject), ``frame_index`` and ``num_frames`` (0 and 1 for a 3D or 2D case)."""
+        items = []
+        for index, name in enumerate(names):
+            case = self.case(name)
+            frames = case_frames(case.images, len(self.channel_names))
+            items += [{**case.as_dict(), "case_index": index, "frame_index": t, "num_frames": frames} for t in range(frames)]
+        return items
 
     def case(self, name: str) -> Case:
         for case in self.cases:

@@ -1,7 +1,8 @@
-"""Synthetic datasets in the nnU-Net v2 layout, for tests, demos and smoke runs without downloads.
+"""Synthetic datasets for tests, demos and smoke runs without downloads.
 
 ``write_organs_phantom`` writes 3D MRI-like volumes with a few overlapping ellipsoid "organs";
-``write_nuclei_phantom`` writes 2D RGB images of bright nuclei on a dark background. Both are easy
+``write_nuclei_phantom`` writes 2D RGB images of bright nuclei on a dark background (both nnU-Net v2 layout);
+``write_cardiac_phantom`` writes 3D+t beating hearts as 4D NIfTI files (MSD layout). These are easy
 enough for a small U-Net to learn in a few hundred iterations. ``write_vessels_phantom`` writes sparse
 MRA-like vessel trees among bright distractors (random-2.5d-unet.md's task), harder by design. All are
 reproducible: case ``i`` is drawn from ``(seed, i)`` only, so the same seed gives identical arrays.
@@ -231,6 +232,106 @@ def write_vessels_phantom(
         out_dir, "VesselsPhantom", f"Synthetic MRA-like volumes: thin branching vessels (0.2-0.3 % of the voxels), bright distractors, noise (seed {seed})",
         {"0": "MRI"}, {"background": 0, "vessel": 1}, cases, ".nii.gz",
     )
+    return out_dir
+
+
+CARDIAC_LABELS = {"0": "background", "1": "RV cavity", "2": "LV myocardium", "3": "LV cavity"}  # ACDC's ids
+
+
+def _ellipsoid(coords: np.ndarray, centre: np.ndarray, radii: np.ndarray) -> np.ndarray:
+    return np.sum(((coords - centre[:, None, None, None]) / radii[:, None, None, None]) ** 2, axis=0) <= 1.0
+
+
+def _heart_frame(coords: np.ndarray, anatomy: dict, phase: float) -> np.ndarray:
+    """Label map of one frame at cardiac ``phase`` in [0, 1) (0 = end-diastole, 0.5 = end-systole).
+
+    The cavities shrink by the factor ``1 - ejection * (1 - cos 2 pi phase) / 2`` of their radii; the
+    myocardium keeps its volume (its outer radii follow ``cbrt(k_cavity^3 + wall^3 - 1)``), so the wall
+    thickens in systole as a real one does. The myocardium always contains the one-voxel dilation of the LV
+    cavity, so the structures stay nested at any resolution; the RV is the part of its ellipsoid outside the LV.
+    """
+    from scipy.ndimage import binary_dilation
+
+    squeeze = (1 - np.cos(2 * np.pi * phase)) / 2
+    k_lv = 1 - anatomy["lv_ejection"] * squeeze
+    k_epi = np.cbrt(k_lv**3 + anatomy["wall"] ** 3 - 1)
+    k_rv = 1 - anatomy["rv_ejection"] * squeeze
+    cavity = _ellipsoid(coords, anatomy["lv_centre"], anatomy["lv_radii"] * k_lv)
+    epicardium = _ellipsoid(coords, anatomy["lv_centre"], anatomy["lv_radii"] * k_epi) | binary_dilation(cavity)
+    rv = _ellipsoid(coords, anatomy["rv_centre"], anatomy["rv_radii"] * k_rv) & ~epicardium
+    label = np.zeros(coords.shape[1:], np.uint8)
+    label[rv] = 1
+    label[epicardium] = 2
+    label[cavity] = 3
+    return label
+
+
+def write_cardiac_phantom(
+    out_dir: str | os.PathLike,
+    cases: int,
+    frames: int,
+    seed: int,
+    shape: tuple[int, int, int] = (48, 48, 12),
+    spacing: tuple[float, float, float] = (1.8, 1.8, 7.0),
+) -> Path:
+    """Write ``cases`` beating hearts ``heart_000`` ... as 4D NIfTI (X, Y, Z, T) images and labels in the MSD
+    layout (``dataset.json`` with a ``training`` list); returns ``out_dir``.
+
+    A short-axis-like stack (Z the long axis, thick slices) of three structures with ACDC's label ids: LV cavity
+    (3) inside the LV myocardium (2), the RV cavity (1) beside them. Over ``frames`` frames of one cardiac cycle
+    (frame 0 end-diastole, frame T/2 end-systole) the cavities contract and relax (see :func:`_heart_frame`).
+    The anatomy is placed in coordinates relative to the field of view, so any ``shape`` holds the whole heart.
+    Per case: random position, size, ejection fractions; bright blood, dark myocardium, grey body and dark air,
+    with a random gain, contrast and bias field, blur and Gaussian noise.
+    """
+    out_dir = Path(out_dir)
+    if frames < 1 or cases < 1:
+        raise UnetzooError(f"the cardiac phantom needs at least one case and one frame, got --cases {cases} --frames {frames}")
+    if min(shape) < 4:
+        raise UnetzooError(f"the cardiac phantom needs at least 4 voxels per axis, got --shape {' '.join(map(str, shape))}")
+    coords = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij"))  # relative to the field of view
+    body = _ellipsoid(coords, np.zeros(3), np.array([0.95, 0.85, 2.0]))
+    entries = []
+    for index in range(cases):
+        rng = _case_rng(seed, index)
+        lv_centre = np.array([0.15, 0.0, 0.0]) + rng.uniform(-0.08, 0.08, 3)
+        lv_radii = np.array([0.3, 0.3, 0.6]) * rng.uniform(0.85, 1.15, 3)
+        anatomy = {
+            "lv_centre": lv_centre,
+            "lv_radii": lv_radii,
+            "wall": rng.uniform(1.3, 1.45),
+            "lv_ejection": rng.uniform(0.25, 0.35),
+            "rv_centre": lv_centre + np.array([-0.42, 0.05, -0.05]) + rng.uniform(-0.04, 0.04, 3),
+            "rv_radii": np.array([0.32, 0.5, 0.55]) * rng.uniform(0.85, 1.15, 3),
+            "rv_ejection": rng.uniform(0.2, 0.3),
+        }
+        #                 background(body), RV blood, myocardium, LV blood; air outside the body
+        means = np.array([0.35, 0.9, 0.15, 1.0]) + rng.uniform(-0.04, 0.04, 4)
+        gain, air = rng.uniform(0.7, 1.3), rng.uniform(0.0, 0.05)
+        bias = _bias_field(rng, shape)
+        labels, images = [], []
+        for t in range(frames):
+            label = _heart_frame(coords, anatomy, t / frames)
+            intensity = np.where(body | (label > 0), means[label], air)
+            image = gaussian_filter(intensity, sigma=(0.7, 0.7, 0.3)) * bias
+            images.append(1000.0 * gain * (image + rng.normal(0.0, 0.04, size=shape)))
+            labels.append(label)
+        affine = np.diag([*spacing, 1.0])
+        affine[:3, 3] = rng.uniform(-50.0, 50.0, size=3)
+        case = f"heart_{index:03d}"
+        write_array(np.stack(images, -1).astype(np.float32), out_dir / "imagesTr" / f"{case}.nii.gz", affine)
+        write_array(np.stack(labels, -1), out_dir / "labelsTr" / f"{case}.nii.gz", affine)
+        entries.append({"image": f"./imagesTr/{case}.nii.gz", "label": f"./labelsTr/{case}.nii.gz"})
+    dataset = {
+        "name": "CardiacPhantom",
+        "description": f"Synthetic 3D+t beating hearts, {frames} frames per case (seed {seed})",
+        "tensorImageSize": "4D",
+        "modality": {"0": "MRI"},
+        "labels": CARDIAC_LABELS,
+        "numTraining": cases,
+        "training": entries,
+    }
+    write_text(out_dir / "dataset.json", json.dumps(dataset, indent=2) + "\n")
     return out_dir
 
 

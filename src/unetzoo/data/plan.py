@@ -2,7 +2,8 @@
 
 Like nnU-Net's fingerprint + plans, but one small JSON (``plan.json`` in the run folder) computed once per run:
 target spacing = median spacing (in the canonical RAS frame), patch = median resampled shape rounded up to a
-multiple of 8 and capped, CT statistics from foreground voxels (0.5/99.5 percentiles, mean, std).
+multiple of 8 and capped, CT statistics from foreground voxels (0.5/99.5 percentiles, mean, std). A 3D+t case
+(4D NIfTI of a 1-channel dataset) is verified frame by frame and counts once, by its first frame.
 Verification reads every file, so a bad case stops the run before training with one line naming the file.
 """
 
@@ -17,7 +18,7 @@ import numpy as np
 
 from unetzoo.data.datasets import Case, Dataset
 from unetzoo.errors import file_error
-from unetzoo.io import read_image, read_label
+from unetzoo.io import case_frames, read_image, read_label_frames
 
 PATCH_CAP = {2: 256, 3: 128}  # largest default patch edge per spatial dims
 CT_SAMPLES_PER_CASE = 10_000
@@ -103,18 +104,24 @@ def ras_axes(affine: np.ndarray) -> np.ndarray:
 
 
 def verify_case(case: Case, dataset: Dataset):
-    """Read a case and check it; returns (image, label) or raises a one-line error naming the file."""
-    image = read_image(case.images, dataset.spatial_dims)
+    """Read a case and check it; returns (image, label) (of the first frame of a 3D+t case, whose frames share
+    one geometry) or raises a one-line error naming the file."""
     n_channels = len(dataset.channel_names)
-    if image.array.shape[0] != n_channels:
-        raise file_error(case.images[0], f"has {image.array.shape[0]} channel(s), dataset.json lists {n_channels}")
-    label = read_label(case.label, dataset.spatial_dims)
-    if label.array.shape != image.spatial_shape:
-        raise file_error(case.label, f"label shape {label.array.shape} differs from image shape {image.spatial_shape} ({case.images[0].name})")
-    unknown = sorted(set(np.unique(label.array).tolist()) - set(dataset.labels))
-    if unknown:
-        raise file_error(case.label, f"label values {unknown} are not listed in dataset.json labels {sorted(dataset.labels)}")
-    return image, label
+    frames = case_frames(case.images, n_channels)
+    images = [read_image(case.images, dataset.spatial_dims, frame=t if frames > 1 else None) for t in range(frames)]
+    if images[0].array.shape[0] != n_channels:
+        hint = " (a 4D image is 3D+t only in a 1-channel dataset; in a C-channel one it holds the C channels)" if n_channels > 1 else ""
+        raise file_error(case.images[0], f"has {images[0].array.shape[0]} channel(s), dataset.json lists {n_channels}{hint}")
+    labels = read_label_frames(case.label, dataset.spatial_dims)
+    if len(labels) != frames:
+        raise file_error(case.label, f"has {len(labels)} time frame(s), the image {case.images[0].name} has {frames}")
+    for image, label in zip(images, labels):
+        if label.array.shape != image.spatial_shape:
+            raise file_error(case.label, f"label shape {label.array.shape} differs from image shape {image.spatial_shape} ({case.images[0].name})")
+        unknown = sorted(set(np.unique(label.array).tolist()) - set(dataset.labels))
+        if unknown:
+            raise file_error(case.label, f"label values {unknown} are not listed in dataset.json labels {sorted(dataset.labels)}")
+    return images[0], labels[0]
 
 
 def make_plan(dataset: Dataset, cases: list[Case], patch_size=None, target_spacing=None, seed: int = 0, cap_patch: bool = True) -> Plan:

@@ -49,7 +49,7 @@ def _meta_tensor(array: np.ndarray, image) -> MetaTensor:
 
 class LoadCased(MapTransform):
     """Read ``image`` (list of channel files, or an :class:`~unetzoo.io.Image` already in memory) and optional
-    ``label`` into channel-first MetaTensors."""
+    ``label`` into channel-first MetaTensors; of a 3D+t case (``num_frames`` > 1) only frame ``frame_index``."""
 
     def __init__(self, spatial_dims: int):
         super().__init__(["image", "label"], allow_missing_keys=True)
@@ -57,10 +57,11 @@ class LoadCased(MapTransform):
 
     def __call__(self, data: dict) -> dict:
         data = dict(data)
-        image = data["image"] if isinstance(data["image"], Image) else read_image(data["image"], self.spatial_dims)
+        frame = data["frame_index"] if data.get("num_frames", 1) > 1 else None
+        image = data["image"] if isinstance(data["image"], Image) else read_image(data["image"], self.spatial_dims, frame)
         data["image"] = _meta_tensor(image.array, image)
         if "label" in data:
-            label = read_label(data["label"], self.spatial_dims)
+            label = read_label(data["label"], self.spatial_dims, frame)
             data["label"] = _meta_tensor(label.array[None].astype(np.float32), label)
         return data
 
