@@ -173,6 +173,13 @@ def test_unet_trains_on_frames_and_predicts_sequences_in_the_input_geometry(hear
     summary = json.loads((run / "validation" / "summary.json").read_text())
     assert sorted((c["case"], c["frame"]) for c in summary["cases"]) == [(n, t) for n in sorted(split["val"]) for t in range(FRAMES)]
 
+    from unetzoo.report import Slice, make_report
+
+    assert make_report([run], tmp_path / "report").is_file()  # overlays of 3D+t cases show frame 0
+    name = split["val"][0]
+    cut = Slice([hearts / "imagesTr" / f"{name}.nii.gz"], hearts / "labelsTr" / f"{name}.nii.gz", axis=2)
+    assert cut.where().startswith("frame 0, slice") and np.array_equal(cut.reference, np.rot90(_labels(hearts, name)[:, :, cut.index, 0]))
+
     predictor = Predictor(run)
     calls = []
     default = predictor.method.predict_sequence

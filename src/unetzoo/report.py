@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from unetzoo.errors import UnetzooError, file_error
-from unetzoo.io import SUPPORTED_ENDINGS, read_image, read_label, strip_ending, write_bytes, write_text
+from unetzoo.io import SUPPORTED_ENDINGS, label_frames, read_image, read_label, strip_ending, write_bytes, write_text
 
 TP_COLOR = (1.0, 1.0, 1.0)
 FP_COLOR = (1.0, 0.0, 0.0)
@@ -148,15 +148,17 @@ def _pyplot():
 
 
 class Slice:
-    """One case cut at one slice: image, reference and the geometry to show them."""
+    """One case cut at one slice: image, reference and the geometry to show them. Of a 3D+t case (4D label map)
+    the slice is cut from frame 0 (end-diastole in cine MRI)."""
 
     def __init__(self, image_paths, label_path, axis: int | None = None, index: int | None = None):
-        reference = read_label(label_path)
+        self.frame = 0 if label_frames(label_path) > 1 else None
+        reference = read_label(label_path, frame=self.frame)
         self.reference_full = reference.array
         self.spacing = reference.spacing
         dims = reference.array.ndim
         if image_paths:
-            image = read_image(image_paths, dims)
+            image = read_image(image_paths, dims, frame=self.frame)
             if image.spatial_shape != reference.array.shape:
                 raise file_error(image.path, f"image shape {image.spatial_shape} differs from label shape {reference.array.shape} ({label_path})")
             image_array = image.array
@@ -178,13 +180,14 @@ class Slice:
         self.aspect = _in_plane_aspect(self.spacing, self.axis)
 
     def prediction(self, path) -> np.ndarray:
-        pred = read_label(path, self.reference_full.ndim)
+        pred = read_label(path, self.reference_full.ndim, frame=self.frame)
         if pred.array.shape != self.reference_full.shape:
             raise file_error(path, f"prediction shape {pred.array.shape} differs from the reference shape {self.reference_full.shape}")
         return take_slice(pred.array, self.axis, self.index)
 
     def where(self) -> str:
-        return "" if self.axis is None else f"slice {self.index} of axis {self.axis}"
+        frame = "" if self.frame is None else f"frame {self.frame}, "
+        return "" if self.axis is None else f"{frame}slice {self.index} of axis {self.axis}"
 
 
 def _legend(fig) -> None:
@@ -343,13 +346,14 @@ def _postprocessing_section(runs: list[dict], names: list[str]) -> list[str]:
 
 
 def _case_means(run: dict) -> dict[str, dict[str, float]]:
-    """Per held-out case, the mean over its foreground classes of Dice and IoU (classes without a value skipped)."""
+    """Per held-out case (3D+t: case and frame), the mean over its foreground classes of Dice and IoU (classes without a value skipped)."""
     from unetzoo.evaluation import nanmean
 
     means = {}
     for case in (run["summary"] or {}).get("cases", []):
         per_class = list(case.get("metrics", {}).values())
-        means[case["case"]] = {metric: nanmean([v.get(metric) for v in per_class]) for metric in ("Dice", "IoU")}
+        key = case["case"] if "frame" not in case else f"{case['case']} frame {case['frame']}"  # 3D+t: pairs of frames
+        means[key] = {metric: nanmean([v.get(metric) for v in per_class]) for metric in ("Dice", "IoU")}
     return means
 
 
@@ -394,7 +398,7 @@ def _training_table(runs: list[dict], names: list[str]) -> list[str]:
         params = _parameters(run)
         best = max((h.get("val_dice") for h in history if h.get("val_dice") is not None), default=None)
         last = history[-1].get("train_loss") if history else None
-        n_val = len(run["summary"]["cases"]) if run["summary"] else 0
+        n_val = len({c["case"] for c in run["summary"]["cases"]}) if run["summary"] else 0  # 3D+t: cases, not frames
         lines.append(
             f"| {name} | {run['config'].get('model')} | {'n/a' if params is None else f'{params:,}'} | {len(history)} | "
             f"{_duration(sum(times) if times else None)} | {_fmt(float(np.median(times)) if times else None, 1)} | {_fmt(best)} | "
@@ -522,6 +526,7 @@ def plot_overlays(runs: list[dict], names: list[str], cases: list[str], data=Non
 
 
 def _case_dice(run: dict, case: str) -> float | None:
+    """Mean foreground Dice of a case in the run's summary (3D+t: of frame 0, the frame the overlays show)."""
     for entry in (run["summary"] or {}).get("cases", []):
         if entry.get("case") == case:
             values = [m.get("Dice") for m in entry.get("metrics", {}).values() if m.get("Dice") is not None]
