@@ -146,7 +146,9 @@ def test_evaluate_folder_nifti(tmp_path):
         raise AssertionError(f"invalid JSON constant {name}")
 
     summary = json.loads((tmp_path / "out" / "summary.json").read_text(), parse_constant=no_nan)
-    assert set(summary) == {"mean", "std", "foreground_mean", "cases", "nsd_tolerance_mm", "label_ids"}
+    assert set(summary) == {"mean", "std", "foreground_mean", "cases", "metric_per_case", "nsd_tolerance_mm", "label_ids"}
+    # nnU-Net's per-case key: the same files and metrics as "cases"
+    assert summary["metric_per_case"] == [{k: c[k] for k in ("prediction_file", "reference_file", "metrics")} for c in summary["cases"]]
     assert summary["label_ids"] == [1, 2]
     assert set(summary["foreground_mean"]) == {"Dice", "IoU", "NSD", "HD95", "MA", "mean_IU"}
     case_b = next(c for c in summary["cases"] if c["case"] == "case_b")

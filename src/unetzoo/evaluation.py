@@ -167,7 +167,7 @@ def evaluate_folder(
 ) -> dict:
     """Compare every reference in ``label_dir`` with the prediction of the same case name in ``pred_dir``.
 
-    Writes ``out_dir/summary.json`` (nnU-Net keys plus ``std``, ``MA``, ``mean_IU`` and NSD/HD95) and
+    Writes ``out_dir/summary.json`` (nnU-Net keys, ``metric_per_case`` included, plus ``cases``, ``std``, ``MA``, ``mean_IU`` and NSD/HD95) and
     ``out_dir/cases.csv`` (one row per case and label, NaN as an empty cell) and returns the summary as
     written (NaN as None). A 3D+t case (4D label maps (X, Y, Z, T)) is measured per frame: one entry per
     case and frame (with a ``frame`` key, and a ``frame`` column in the CSV); the means are over all entries.
@@ -225,6 +225,8 @@ def evaluate_folder(
         "std": std,
         "foreground_mean": foreground_mean,
         "cases": cases,
+        # nnU-Net's own name for the per-case list, so that its scripts read this file
+        "metric_per_case": [{k: c[k] for k in ("prediction_file", "reference_file", "metrics")} for c in cases],
         "nsd_tolerance_mm": float(nsd_tolerance_mm),
         "label_ids": label_ids,
     })

@@ -2,7 +2,8 @@
 
 Run folder (nnU-Net's outputs, so its users find their way): ``config.json`` (resolved), ``plan.json``,
 ``splits.json``, ``checkpoint_best.pt``, ``checkpoint_last.pt`` (both written to a temporary name and
-renamed), ``training_log_<timestamp>.txt``, ``progress.png``, ``history.json`` and, after training,
+renamed), ``training_log_<timestamp>.txt``, ``progress.png``, ``history.json``, Lightning's ``logs/`` (CSV, and
+TensorBoard when installed) and, after training,
 ``validation/`` with the held-out fold predicted by the full inference procedure and ``summary.json``, then
 ``postprocessing.json`` (nnU-Net's per-class keep-largest-component choice on that fold) and
 ``validation/postprocessed/`` (the fold with that choice applied, and its ``summary.json``).
@@ -169,6 +170,8 @@ class SegmentationModule(L.LightningModule):
             "lr": self._epoch_lr,
         }
         self.history.append(record)
+        self.log_dict({"train_loss": record["train_loss"], "lr": record["lr"],
+                       **{f"val_dice_{name}": d for name, d in record["val_dice_per_class"].items()}}, sync_dist=False)
         if self.trainer.is_global_zero:
             best = max(h["val_dice"] for h in self.history)
             per_class = ", ".join(f"{d:.4f}" for d in dice)
@@ -311,11 +314,24 @@ def _trainer(config: Config, run_dir: Path, method: Method) -> L.Trainer:
         max_time={"seconds": config.train.max_minutes * 60} if config.train.max_minutes > 0 else None,
         callbacks=[checkpoint] + ([EarlyStopping(monitor="val_dice", mode="max", patience=config.train.early_stop)] if config.train.early_stop > 0 else []),
         plugins=[AtomicCheckpointIO()],
-        logger=False,
+        logger=run_loggers(run_dir),
         default_root_dir=run_dir,
         num_sanity_val_steps=0,
         log_every_n_steps=10,
     )
+
+
+def run_loggers(run_dir: Path) -> list:
+    """Lightning's CSVLogger (``logs/csv/version_N/metrics.csv``) and, when tensorboard is installed, its
+    TensorBoardLogger (``logs/tensorboard/version_N``); a resumed run adds a version instead of overwriting."""
+    import importlib.util
+
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    loggers = [CSVLogger(run_dir / "logs", name="csv")]
+    if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
+        loggers.append(TensorBoardLogger(run_dir / "logs", name="tensorboard", default_hp_metric=False))
+    return loggers
 
 
 def validate_run(run_dir: Path, dataset, val_names: list[str], log) -> dict:
