@@ -188,6 +188,9 @@ def test_unet_trains_on_frames_and_predicts_sequences_in_the_input_geometry(hear
     assert calls == [(FRAMES, None)], "the frames of a case go to the method together"
     assert probs.shape == (4, *SHAPE, FRAMES) and np.allclose(probs.sum(0).numpy(), 1, atol=1e-4)
 
+    fine = Predictor(run, upsample=2).predict_probabilities([hearts / "imagesTr" / "heart_000.nii.gz"])
+    assert fine.shape == (4, *[2 * s for s in SHAPE], FRAMES), "another grid: every frame on it"
+
     # a 4D image given to a 2-channel model holds channels: a one-line error naming the file
     predictor.plan = dataclasses.replace(predictor.plan, channel_names=["MRI", "MRI"])
     with pytest.raises(UnetzooError, match=r"heart_000.nii.gz: has 4 channel\(s\), the model expects 2 \(a 4D image is 3D\+t only"):
