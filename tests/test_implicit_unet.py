@@ -432,6 +432,9 @@ def test_upsample_resamples_voxel_grid_models_and_grid_errors_are_one_line(tmp_p
 
 
 def test_points_as_a_fraction_of_the_patch():
+    default = _method()  # the paper's density: 30,000 points per 160x160x96 patch at any patch size
+    assert default.points_per_patch((160, 160, 96)) == 30000
+    assert default.points_per_patch((96, 96, 64)) == 7200 and default.points_per_patch((40, 56, 40)) == 1094
     method = _method(points=0.0122)
     assert method.points_per_patch((160, 160, 96)) == round(0.0122 * 160 * 160 * 96)  # the paper's ~30,000
     assert _method(points=30000).points_per_patch((96, 96, 64)) == 30000
@@ -450,16 +453,42 @@ def test_training_loss_under_bf16_autocast(monkeypatch):
     assert torch.isfinite(loss)
 
 
-def test_checkpointed_decoder_gives_the_same_gradients():
-    grads = []
+@pytest.mark.parametrize("train_chunk", [700, 1500])  # uneven chunks of 2 x 1000 points
+def test_checkpointed_decoder_gives_the_same_gradients(train_chunk):
+    grads, losses = [], []
     for checkpoint in (False, True):
-        net = _tiny(checkpoint=checkpoint, chunk=700, dropout=0.0).double().train()  # (chunks draw other masks)
+        net = _tiny(checkpoint=checkpoint, train_chunk=train_chunk, dropout=0.0).double().train()  # (chunks draw other masks)
         torch.manual_seed(5)
         x = torch.randn(2, 1, 10, 9, 8, dtype=torch.float64)
         points = torch.rand(2, 1000, 3, dtype=torch.float64) * 8
-        net.decode(net.encode(x), points).square().mean().backward()
+        loss = net.decode(net.encode(x), points).square().mean()
+        loss.backward()
+        losses.append(loss.item())
         grads.append([p.grad.clone() for p in net.parameters()])
-    assert all(torch.allclose(a, b) for a, b in zip(*grads))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-12)
+    assert all(torch.allclose(a, b, rtol=1e-10, atol=1e-12) for a, b in zip(*grads))
+
+
+def test_checkpointing_is_the_default_and_frees_the_decoder_activations():
+    """Saved-for-backward memory of the decoder: with recomputation only its inputs, without it at least 8 x hidden
+    floats per point (one activation per layer)."""
+    saved = {}
+    for checkpoint in (False, True):
+        net = _tiny(checkpoint=checkpoint, train_chunk=500).train()
+        assert _tiny().checkpoint and _tiny().train_chunk == 4096
+        features = [f.detach().requires_grad_() for f in net.encode(torch.randn(1, 1, 10, 9, 8))]
+        points = torch.rand(1, 2000, 3) * 8
+        total = 0
+
+        def pack(t):
+            nonlocal total
+            total += t.numel() * t.element_size()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            net.decode(features, points)
+        saved[checkpoint] = total
+    assert saved[False] - saved[True] > 8 * TINY["hidden"] * 2000 * 4
 
 
 def test_upsample_2d_png_doubles_the_size(tmp_path):

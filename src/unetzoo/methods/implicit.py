@@ -1,12 +1,14 @@
 """Implicit training and inference (implicit-unet.md): a loss on sampled points, broad-then-fine prediction.
 
-Training (paper, "Training procedure"): encoder forward on the patch; ``points`` (k = 30,000) points per patch,
+Training (paper, "Training procedure"): encoder forward on the patch; k points per patch (``points``),
 a fraction ``boundary_fraction`` (alpha = 0.5) of them near the label boundary, displaced by N(0, ``sigma`` = 5
 voxels), the rest uniform in the patch; the decoder at the points; Dice + CE on the points. Patches come 1:2
 positive:negative (``data.pos_neg_ratio``), the optimiser is AdamW 1e-4 (``train.optimizer``, ``train.lr``).
-``points`` may also be a fraction in (0, 1) of the patch's voxels: the paper's 30,000 points were drawn from
-160x160x96 patches (1.22% of the voxels); on a smaller patch the same k is a much denser (and, for the MLP,
-proportionally costlier) sample, e.g. 5.1% of a 96x96x64 patch and 33% of a 40x56x40 hippocampus patch.
+``points`` is a count (>= 1) or a fraction in (0, 1) of the patch's voxels. The default is the paper's density,
+``PAPER_POINT_DENSITY`` = 30,000 points per 160x160x96 patch (1.22 % of the voxels), so the default matches the
+paper at any patch size: 7,196 points in a 96x96x64 patch, 1,094 in a 40x56x40 hippocampus patch. A fixed
+30,000 would be a much denser (and, for the MLP, proportionally costlier) sample on smaller patches: 5.1 % of a
+96x96x64 patch, 33 % of the hippocampus patch.
 
 Choices the paper leaves open (the authors' code was never released), with their reasons:
 
@@ -64,6 +66,8 @@ from torch.nn.utils import parametrize
 from unetzoo.errors import UnetzooError
 from unetzoo.methods.base import Method
 from unetzoo.methods.grid import Grid
+
+PAPER_POINT_DENSITY = 30000 / (160 * 160 * 96)  # implicit-unet.md: 30,000 points per 160x160x96 training patch
 
 
 def _pool(x: torch.Tensor, kernel: int, kind: str) -> torch.Tensor:
@@ -164,7 +168,7 @@ class ImplicitMethod(Method):
         model,
         plan,
         config,
-        points: float = 30000,
+        points: float = PAPER_POINT_DENSITY,
         boundary_fraction: float = 0.5,
         sigma: float = 5.0,
         broad_stride: int = 4,
@@ -195,8 +199,8 @@ class ImplicitMethod(Method):
         return self.loss(logits.transpose(1, 2).float(), targets[:, None])
 
     def points_per_patch(self, patch) -> int:
-        """k: ``points``, or ``points`` x the patch's voxel count when it is a fraction (the paper's 30,000 per
-        160x160x96 patch is a fraction of 0.0122)."""
+        """k: ``points``, or ``points`` x the patch's voxel count when it is a fraction (the default, the paper's
+        30,000 per 160x160x96 patch, is a fraction of 0.0122)."""
         if isinstance(self.points, float):
             return max(1, round(self.points * math.prod(int(s) for s in patch)))
         return self.points
