@@ -154,3 +154,13 @@ def test_dice_loss_matches_equation_one():
     p = torch.sigmoid(torch.tensor([0.0, 2.0, -1.0, 0.5]))
     expected = 1 - 2 * (p[0] + p[1]) / (p.sum() + 2)
     assert float(dice_loss(logits, label)) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_tuning_starts_at_three_standard_deviations():
+    """The initial decision boundary (p = 0.5) sits 3 standard deviations above the volume's mean (docstring)."""
+    net = _small(ProjectionUNet, directions=2)
+    volume = torch.randn(1, 2, 9, 8, 7, generator=torch.Generator().manual_seed(0))
+    z = net.reconstruction.tuning(volume)
+    pooled = F.avg_pool3d(F.pad(volume, (0, 1, 0, 1, 0, 1), mode="replicate"), 2, stride=1)
+    var, mean = torch.var_mean(pooled, dim=(2, 3, 4), keepdim=True, correction=0)
+    assert torch.allclose(z, 3 * ((pooled - mean) / torch.sqrt(var + 1e-5) - 3), atol=1e-5)

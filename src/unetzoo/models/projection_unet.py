@@ -39,7 +39,13 @@ The authors' code was never released; the choices the paper leaves open, with th
   damped as with zero padding). The learnable normalisation: per class, the pooled volume normalised by its own
   mean and standard deviation (an instance normalisation: the scale of a sum over p or m directions does not
   matter, and training and prediction compute the same thing with batch 1), times a learnable scale plus a
-  learnable shift ("shifts the pooled data by an adjusted parameter").
+  learnable shift ("shifts the pooled data by an adjusted parameter"). Initialised to scale 3, shift -9
+  (``tuning_scale``, ``tuning_shift``): the decision boundary starts 3 standard deviations above the volume's mean
+  (where a Gaussian leaves 0.13 % of the voxels, the order of the paper's 0.24 % foreground) with near-binary
+  probabilities. With scale 1 and shift 0 half the volume starts at p >= 0.5, and the soft Dice of a sparse
+  foreground hardly moves: on the vessel phantom (32x64x48) `projection-2.5d-unet` reached validation Dice 0.04
+  after 8 minutes of Adam 1e-3, against 0.70 on a held-out case after 60 steps with this initialisation. Dense
+  targets (organs) may want a shift nearer 0 (``--set model_args.tuning_shift=...``).
 * Random training (Sec. 3.2): the angle bins Theta_k = [k 180/p, (k+1) 180/p), one whole degree drawn uniformly
   from each bin (the paper's Theta_k lists whole degrees) at every training step (the issue's choice; the paper
   says per epoch with one sample per step); path 2 uses the m fixed directions k 180 / m.
@@ -159,15 +165,15 @@ class Reconstruction(nn.Module):
     summed over the directions, and the tuning (average pooling, learnable normalisation); returns the logits z
     (the sigmoid is applied by the caller, module docstring)."""
 
-    def __init__(self, n_directions: int, channels: int, filter_size: int = 2, eps: float = 1e-5):
+    def __init__(self, n_directions: int, channels: int, filter_size: int = 2, scale: float = 3.0, shift: float = -9.0, eps: float = 1e-5):
         super().__init__()
         if filter_size < 1:
             raise ValueError(f"filter_size must be >= 1, got {filter_size}")
         weight = torch.zeros(n_directions, channels, filter_size)
         weight[..., (filter_size - 1) // 2] = 1.0  # identity: plain backprojection at the start
         self.filters = nn.Parameter(weight)
-        self.scale = nn.Parameter(torch.ones(channels))
-        self.shift = nn.Parameter(torch.zeros(channels))
+        self.scale = nn.Parameter(torch.full((channels,), float(scale)))
+        self.shift = nn.Parameter(torch.full((channels,), float(shift)))
         self.eps = eps
 
     def filtration(self, y: torch.Tensor, slot: int) -> torch.Tensor:
@@ -225,6 +231,8 @@ class ProjectionUNet(nn.Module):
         directions: int = 12,
         axis: int = 1,
         filter_size: int = 2,
+        tuning_scale: float = 3.0,
+        tuning_shift: float = -9.0,
         n_stages: int = 5,
         base_features: int = 32,
         max_features: int = 320,
@@ -240,7 +248,8 @@ class ProjectionUNet(nn.Module):
         self.net2d = UNet(2, in_channels, out_channels - 1, n_stages, base_features, max_features, deep_supervision=False)
         for level in range(len(self.net2d.decoder.heads) - 1):  # coarser heads serve deep supervision only: unused
             self.net2d.decoder.heads[level] = nn.Identity()
-        self.reconstruction = Reconstruction(directions, out_channels - 1, filter_size)
+        self.tuning_init = (tuning_scale, tuning_shift)
+        self.reconstruction = Reconstruction(directions, out_channels - 1, filter_size, *self.tuning_init)
 
     @staticmethod
     def fixed_angles(n: int) -> list[float]:
@@ -294,7 +303,7 @@ class RandomProjectionUNet(ProjectionUNet):
         if all_directions < 1:
             raise ValueError(f"all_directions must be >= 1, got {all_directions}")
         self.all_directions = all_directions
-        self.full_reconstruction = Reconstruction(all_directions, out_channels - 1, self.reconstruction.filters.shape[-1])
+        self.full_reconstruction = Reconstruction(all_directions, out_channels - 1, self.reconstruction.filters.shape[-1], *self.tuning_init)
 
     def random_angles(self, generator: torch.Generator | None = None) -> list[float]:
         """One whole degree drawn uniformly from each of the p angle bins."""
