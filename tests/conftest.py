@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -48,6 +49,14 @@ def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "unetzoo.cli", *map(str, args)], capture_output=True, text=True, timeout=timeout
     )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def preprocessing_cache(tmp_path_factory) -> Path:
+    """Every training in the tests (subprocesses included) caches its preprocessed cases here, not in ~/.cache."""
+    folder = tmp_path_factory.mktemp("cache")
+    os.environ["UNETZOO_CACHE"] = str(folder)
+    return folder
 
 
 @pytest.fixture(scope="session")

@@ -25,6 +25,7 @@ class DataConfig:
     folds: int = 5
     num_workers: int = 2
     cache_workers: int = 2
+    cache_dir: str = ""  # preprocessed cases on disk (data/cache.py); "" = $UNETZOO_CACHE, else ~/.cache/unetzoo
 
 
 @dataclass

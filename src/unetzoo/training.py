@@ -21,12 +21,12 @@ import numpy as np
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-from monai.data import CacheDataset, DataLoader, MetaTensor, list_data_collate
+from monai.data import DataLoader, MetaTensor, list_data_collate
 
 from unetzoo.config import Config
+from unetzoo.data.cache import cache_root, preprocessed_cases
 from unetzoo.data.datasets import load_dataset, make_splits
 from unetzoo.data.plan import Plan, make_plan
-from unetzoo.data.transforms import preprocessing
 from unetzoo.errors import UnetzooError
 from unetzoo.inference import resolve_device
 from unetzoo.io import write_text
@@ -52,7 +52,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 class PatchDataset(torch.utils.data.Dataset):
     """``length`` random training samples drawn from cached, preprocessed cases (an "epoch" of iterations)."""
 
-    def __init__(self, cases: CacheDataset, transform, length: int):
+    def __init__(self, cases: list[dict], transform, length: int):
         self.cases, self.transform, self.length = cases, transform, length
 
     def __len__(self) -> int:
@@ -99,7 +99,8 @@ class SegmentationModule(L.LightningModule):
 
     # ---- data -------------------------------------------------------------------------------------
     def _cached(self, items):
-        return CacheDataset(items, preprocessing(self.plan), num_workers=self.config.data.cache_workers, progress=False)
+        """The preprocessed cases, in memory, from the disk cache of this dataset and plan (computed once)."""
+        return preprocessed_cases(items, self.plan, cache_root(self.config.data.cache_dir), self.config.data.cache_workers)
 
     def train_dataloader(self):
         cfg = self.config
