@@ -27,7 +27,7 @@ from unetzoo.data.datasets import prediction_inputs
 from unetzoo.data.plan import Plan
 from unetzoo.data.transforms import preprocessing
 from unetzoo.errors import UnetzooError, file_error
-from unetzoo.io import NIFTI_ENDINGS, Image, case_frames, file_ending, write_array, write_bytes
+from unetzoo.io import NIFTI_ENDINGS, PNG_ENDINGS, Image, case_frames, check_affine, file_ending, write_array, write_bytes
 from unetzoo.methods import Grid, build_method, inference_context
 from unetzoo.methods.grid import refined_affine
 from unetzoo.postprocessing import keep_largest, run_rules
@@ -121,11 +121,25 @@ class Predictor:
             affine = refined_affine(affine, self.upsample) if affine is not None else None
         return affine, shape, header
 
+    def check_files(self, paths: list[Path]) -> None:
+        """The case's files are what the run was trained on (2D PNG or 3D NIfTI, one file per channel file of the
+        plan), before anything is read: a one-line error naming the file otherwise."""
+        kind = {2: "2D PNG", 3: "3D NIfTI"}
+        for path in paths:
+            dims = 2 if file_ending(path) in PNG_ENDINGS else 3
+            if dims != self.plan.spatial_dims:
+                raise file_error(path, f"a {kind[dims]} image, but the run was trained on {kind[self.plan.spatial_dims]} images")
+        if len(paths) != self.plan.n_channel_files:
+            raise file_error(paths[0], f"{len(paths)} channel file(s) for this case, the run expects {self.plan.n_channel_files} "
+                                       f"(CASE_0000{self.plan.file_ending} ... one per channel {self.plan.channel_names})")
+
     def predict_probabilities(self, source: list[Path] | Image) -> torch.Tensor:
-        """Class probabilities of one case (its files, or an :class:`Image` in memory) on its output grid
-        (:meth:`target_geometry`): (K, *spatial), or (K, *spatial, T) for a 3D+t case, whose T frames go to the
-        method together (:meth:`Method.predict_sequence`)."""
+        """Class probabilities of one case (its files, checked first by :meth:`check_files`, or an :class:`Image` in
+        memory) on its output grid (:meth:`target_geometry`): (K, *spatial), or (K, *spatial, T) for a 3D+t case, whose
+        T frames go to the method together (:meth:`Method.predict_sequence`)."""
         in_memory = isinstance(source, Image)
+        if not in_memory:
+            self.check_files(source)
         frames = 1 if in_memory else case_frames(source, self.plan.in_channels)
         image = source if in_memory else [str(p) for p in source]
         items = [self.preprocess({"image": image, "frame_index": t, "num_frames": frames}) for t in range(frames)]
@@ -244,7 +258,11 @@ def file_geometry(path: Path) -> tuple[np.ndarray | None, tuple[int, ...], objec
     if file_ending(path) in NIFTI_ENDINGS:
         import nibabel as nib
 
-        ref = nib.load(str(path))
+        try:
+            ref = nib.load(str(path))
+        except Exception as exc:
+            raise file_error(path, f"cannot read NIfTI file ({type(exc).__name__}: {exc})") from None
+        check_affine(path, ref.affine)
         return np.asarray(ref.affine, dtype=np.float64), tuple(int(s) for s in ref.shape[:3]), ref.header
     from PIL import Image as PILImage
 

@@ -11,6 +11,7 @@ temporary name in the target folder and renames it, so a killed process never le
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ import numpy as np
 
 from unetzoo.errors import UnetzooError, file_error
 
+log = logging.getLogger(__name__)
 NIFTI_ENDINGS = (".nii.gz", ".nii")
 PNG_ENDINGS = (".png",)
 SUPPORTED_ENDINGS = NIFTI_ENDINGS + PNG_ENDINGS
@@ -72,11 +74,48 @@ def voxel_spacing(affine: np.ndarray, spatial_dims: int = 3) -> tuple[float, ...
     return tuple(float(s) for s in np.linalg.norm(np.asarray(affine)[:3, :spatial_dims], axis=0))
 
 
-def _read_nifti(path: Path, frame: int | None = None) -> tuple[np.ndarray, np.ndarray, object]:
+_warned: set[tuple[str, str]] = set()
+
+
+class _Collect(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def _load_nifti(path: Path):
+    """``nib.load``, with the header fixes nibabel logs without a file name (zero or negative pixdim) re-logged
+    as a warning naming ``path``."""
     import nibabel as nib
 
+    logger, collect = logging.getLogger("nibabel.global"), _Collect()
+    handlers, propagate = logger.handlers, logger.propagate
+    logger.handlers, logger.propagate = [collect], False
     try:
-        img = nib.load(str(path))
+        return nib.load(str(path))
+    finally:
+        logger.handlers, logger.propagate = handlers, propagate
+        for message in collect.messages:
+            if (str(path), message) not in _warned:  # once per file, though headers are read more than once
+                _warned.add((str(path), message))
+                log.warning(f"{path}: {message}")
+
+
+def check_affine(path, affine: np.ndarray, spatial_dims: int = 3) -> None:
+    """A voxel-to-world matrix with a zero or non-finite voxel size (or a singular one) makes spacing, resampling
+    and surface distances meaningless: a one-line error naming the file."""
+    matrix = np.asarray(affine, dtype=np.float64)[:3, :3]
+    spacing = np.linalg.norm(matrix[:, :spatial_dims], axis=0)
+    if not np.all(np.isfinite(affine)) or np.any(spacing < 1e-6) or abs(np.linalg.det(matrix)) < 1e-12:
+        raise file_error(path, f"the affine (sform/qform) has zero or invalid voxel spacing {[round(float(s), 6) for s in spacing]}: fix the header")
+
+
+def _read_nifti(path: Path, frame: int | None = None) -> tuple[np.ndarray, np.ndarray, object]:
+    try:
+        img = _load_nifti(path)
         if frame is not None and (len(img.shape) != 4 or not 0 <= frame < img.shape[3]):
             raise file_error(path, f"has no time frame {frame} (shape {img.shape}; a 3D+t image is X, Y, Z, T)")
         data = np.asarray(img.dataobj if frame is None else img.dataobj[..., frame], dtype=np.float32)
@@ -86,7 +125,9 @@ def _read_nifti(path: Path, frame: int | None = None) -> tuple[np.ndarray, np.nd
         raise file_error(path, "file not found") from None
     except Exception as exc:  # nibabel raises many types for truncated/corrupt files
         raise file_error(path, f"cannot read NIfTI file ({type(exc).__name__}: {exc}); the file is corrupt or truncated") from None
-    return data, np.asarray(img.affine, dtype=np.float64), img.header
+    affine = np.asarray(img.affine, dtype=np.float64)
+    check_affine(path, affine)
+    return data, affine, img.header
 
 
 def _read_png(path: Path) -> np.ndarray:
@@ -108,12 +149,11 @@ def _read_png(path: Path) -> np.ndarray:
 def case_frames(paths: list[str | os.PathLike], channels: int) -> int:
     """Time frames of a case (header only): T for a 1-channel case stored as one 4D NIfTI (X, Y, Z, T), else 1
     (a 3D or 2D image; a 4D file of a C-channel dataset holds channels, see the module docstring)."""
-    import nibabel as nib
-
     if channels != 1 or len(paths) != 1 or file_ending(paths[0]) not in NIFTI_ENDINGS:
         return 1
+    _check_openable(paths[0])
     try:
-        shape = nib.load(str(paths[0])).shape
+        shape = _load_nifti(Path(paths[0])).shape
     except FileNotFoundError:
         raise file_error(paths[0], "file not found") from None
     except Exception as exc:
@@ -126,12 +166,24 @@ def label_frames(path: str | os.PathLike) -> int:
     return case_frames([path], 1)
 
 
+def _check_openable(path) -> None:
+    """nibabel and PIL report any failure to open as a corrupt file: say what is wrong first (permissions ...)."""
+    try:
+        with open(path, "rb"):
+            pass
+    except FileNotFoundError:
+        raise file_error(path, "file not found") from None
+    except OSError as exc:
+        raise file_error(path, f"cannot open the file ({exc.strerror or type(exc).__name__})") from None
+
+
 def read_array(path: str | os.PathLike, frame: int | None = None) -> tuple[np.ndarray, np.ndarray, object]:
     """Read one file as ``(data, affine, header)``; data is spatial-first (channels, if any, last). ``frame`` t
     reads only frame t of a 4D NIfTI (X, Y, Z, T)."""
     path = Path(path)
     if not path.exists():
         raise file_error(path, "file not found")
+    _check_openable(path)
     if file_ending(path) in NIFTI_ENDINGS:
         data, affine, header = _read_nifti(path, frame)
     elif frame is not None:

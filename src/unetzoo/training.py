@@ -50,7 +50,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class PatchDataset(torch.utils.data.Dataset):
-    """``length`` random training samples drawn from cached, preprocessed cases (an "epoch" of iterations)."""
+    """``length`` random training samples drawn from cached, preprocessed cases (an "epoch" of iterations).
+
+    Each draw takes a case at random (torch's generator: seeded by ``seed_everything``, per worker by Lightning),
+    as nnU-Net does, so that an epoch of fewer draws than cases still sees cases from the whole list.
+    """
 
     def __init__(self, cases: list[dict], transform, length: int):
         self.cases, self.transform, self.length = cases, transform, length
@@ -59,7 +63,7 @@ class PatchDataset(torch.utils.data.Dataset):
         return self.length
 
     def __getitem__(self, index: int):
-        return self.transform(self.cases[index % len(self.cases)])
+        return self.transform(self.cases[int(torch.randint(len(self.cases), ()))])
 
 
 def _plain(batch: dict) -> dict:

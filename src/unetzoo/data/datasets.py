@@ -82,8 +82,14 @@ def load_dataset(root: str | Path) -> Dataset:
         meta = json.loads(meta_path.read_text())
     except json.JSONDecodeError as exc:
         raise file_error(meta_path, f"invalid JSON ({exc})") from None
+    except OSError as exc:
+        raise file_error(meta_path, f"cannot read the file ({exc.strerror or type(exc).__name__})") from None
+    if not isinstance(meta, dict):
+        raise file_error(meta_path, "expected a JSON object with 'labels' and 'training' (MSD) or 'channel_names' (nnU-Net)")
     if "labels" not in meta:
         raise file_error(meta_path, "no 'labels' entry")
+    if not isinstance(meta["labels"], dict):
+        raise file_error(meta_path, "'labels' must be an object: {\"0\": \"background\", ...} (MSD) or {\"background\": 0, ...} (nnU-Net)")
     if "training" in meta and "channel_names" not in meta:
         dataset = _load_msd(root, meta, meta_path)
     elif "channel_names" in meta:
@@ -106,11 +112,21 @@ def _int_labels(meta: dict, meta_path: Path, msd: bool) -> dict[int, str]:
         raise file_error(meta_path, "labels must map ids to names (MSD) or names to integer ids (nnU-Net)") from None
 
 
+def _channel_names(meta: dict, key: str, default: dict, meta_path: Path) -> list[str]:
+    names = meta.get(key, default)
+    if not isinstance(names, dict) or not names or not all(str(k).isdigit() for k in names):
+        raise file_error(meta_path, f"'{key}' must map channel indices to names, e.g. {{\"0\": \"MRI\"}}")
+    return [str(names[k]) for k in sorted(names, key=int)]
+
+
 def _load_msd(root: Path, meta: dict, meta_path: Path) -> Dataset:
-    modality = meta.get("modality", {"0": "MRI"})
-    channels = [modality[k] for k in sorted(modality, key=int)]
+    channels = _channel_names(meta, "modality", {"0": "MRI"}, meta_path)
+    if not isinstance(meta["training"], list):
+        raise file_error(meta_path, "'training' must be a list of {\"image\": ..., \"label\": ...} entries")
     cases = []
-    for entry in meta["training"]:
+    for i, entry in enumerate(meta["training"]):
+        if not isinstance(entry, dict) or not all(isinstance(entry.get(k), str) for k in ("image", "label")):
+            raise file_error(meta_path, f"training entry {i} must have an 'image' and a 'label' path, got {json.dumps(entry)[:80]}")
         image = (root / entry["image"]).resolve()
         label = (root / entry["label"]).resolve()
         for path in (image, label):
@@ -122,7 +138,7 @@ def _load_msd(root: Path, meta: dict, meta_path: Path) -> Dataset:
 
 
 def _load_nnunet(root: Path, meta: dict, meta_path: Path) -> Dataset:
-    channels = [meta["channel_names"][k] for k in sorted(meta["channel_names"], key=int)]
+    channels = _channel_names(meta, "channel_names", {}, meta_path)
     ending = meta.get("file_ending", ".nii.gz")
     if ending not in SUPPORTED_ENDINGS:
         raise file_error(meta_path, f"file_ending {ending!r} not supported (use one of {', '.join(SUPPORTED_ENDINGS)})")
@@ -165,8 +181,12 @@ def prediction_inputs(input_path: str | Path, n_channel_files: int) -> dict[str,
         stem = strip_ending(input_path)
         case, _, channel = stem.rpartition("_")
         if n_channel_files > 1 or (case and channel.isdigit() and len(channel) == 4):
-            files = group_channel_files(input_path.parent, ending)
-            return {case: files[case]}
+            if not (case and channel.isdigit() and len(channel) == 4):
+                raise file_error(input_path, f"the model expects {n_channel_files} channel files per case, named CASE_0000{ending} ...")
+            files = group_channel_files(input_path.parent, ending)[case]
+            if len(files) != n_channel_files:
+                raise file_error(input_path, f"case {case!r} has {len(files)} channel file(s) in {input_path.parent}, the model expects {n_channel_files}")
+            return {case: files}
         return {stem: [input_path]}
     if not input_path.is_dir():
         raise file_error(input_path, "input not found")

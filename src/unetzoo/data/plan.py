@@ -22,6 +22,7 @@ from unetzoo.io import case_frames, read_image, read_label_frames
 
 PATCH_CAP = {2: 256, 3: 128}  # largest default patch edge per spatial dims
 CT_SAMPLES_PER_CASE = 10_000
+AFFINE_TOLERANCE_MM = 1e-3  # image and label voxel-to-world matrices must agree to this, entry by entry
 
 
 @dataclass
@@ -118,6 +119,9 @@ def verify_case(case: Case, dataset: Dataset):
     for image, label in zip(images, labels):
         if label.array.shape != image.spatial_shape:
             raise file_error(case.label, f"label shape {label.array.shape} differs from image shape {image.spatial_shape} ({case.images[0].name})")
+        if not np.allclose(label.affine, image.affine, rtol=0, atol=AFFINE_TOLERANCE_MM):
+            raise file_error(case.label, f"label affine differs from the image's ({case.images[0].name}) by up to "
+                                         f"{np.abs(label.affine - image.affine).max():.4g} mm: the label is not on the image's grid (flipped, shifted or rescaled?)")
         unknown = sorted(set(np.unique(label.array).tolist()) - set(dataset.labels))
         if unknown:
             raise file_error(case.label, f"label values {unknown} are not listed in dataset.json labels {sorted(dataset.labels)}")
