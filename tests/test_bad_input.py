@@ -39,12 +39,21 @@ def untrained_run(run_dir: Path, plan: Plan, model: str = "unet") -> Path:
 # ---- 1. dataset.json of the wrong shape -------------------------------------------------------------------------
 
 
+def _msd(root: Path, cases: list, labels: dict) -> Path:
+    """An MSD-layout dataset of ``(image, label)`` arrays (identity affines)."""
+    training = []
+    for i, (image, label) in enumerate(cases):
+        name = "a.nii.gz" if i == 0 else f"case{i}.nii.gz"
+        write_array(image.astype(np.float32), root / "imagesTr" / name)
+        write_array(label.astype(np.uint8), root / "labelsTr" / name)
+        training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
+    (root / "dataset.json").write_text(json.dumps({"modality": {"0": "MRI"}, "labels": labels, "training": training}))
+    return root
+
+
 def _msd_json(root: Path, **changes) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    write_array(np.ones((4, 4, 4), np.float32), root / "imagesTr" / "a.nii.gz")
-    write_array(np.zeros((4, 4, 4), np.uint8), root / "labelsTr" / "a.nii.gz")
-    meta = {"modality": {"0": "MRI"}, "labels": {"0": "background", "1": "x"},
-            "training": [{"image": "./imagesTr/a.nii.gz", "label": "./labelsTr/a.nii.gz"}], **changes}
+    _msd(root, [(np.ones((4, 4, 4)), np.zeros((4, 4, 4)))], {"0": "background", "1": "x"})
+    meta = {**json.loads((root / "dataset.json").read_text()), **changes}
     (root / "dataset.json").write_text(json.dumps(meta))
     return root
 
@@ -198,3 +207,170 @@ def test_training_draws_cases_at_random_and_reproducibly():
     torch.manual_seed(3)
     assert [dataset[i % 2] for i in range(40)] == draws
     assert len(set(draws)) >= 8 and set(draws) <= set(range(10))
+
+
+# ---- 6. label ids that are not consecutive ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ids_run(tmp_path_factory):
+    """A tiny run on phantom organs labelled 0, 1, 3 (ids that are not consecutive), 2 folds: (data, run)."""
+    from conftest import tiny_config
+    from unetzoo.data.phantoms import write_organs_phantom
+    from unetzoo.training import train
+
+    root = tmp_path_factory.mktemp("ids")
+    data = write_organs_phantom(root / "data", cases=4, seed=3, shape=(20, 20, 16), n_structures=2)
+    for path in (data / "labelsTr").iterdir():
+        label = nib.load(str(path))
+        write_array(np.where(np.asarray(label.dataobj) == 2, 3, np.asarray(label.dataobj)).astype(np.uint8), path, label.affine)
+    meta = json.loads((data / "dataset.json").read_text())
+    meta["labels"] = {"background": 0, "organ1": 1, "organ3": 3}
+    (data / "dataset.json").write_text(json.dumps(meta))
+    config = tiny_config()
+    config.data.folds = 2
+    return data, train(data, root / "run", config)
+
+
+def test_non_consecutive_label_ids_train_classes_and_save_ids(ids_run):
+    """Ids 0, 1, 3 are classes 0, 1, 2: the network has 3 outputs, validation is evaluated and saved as ids, and
+    the history names each class's Dice by its id."""
+    _, run = ids_run
+    plan = Plan.load(run / "plan.json")
+    assert plan.num_classes == 3 and plan.label_ids == [0, 1, 3]
+    history = json.loads((run / "history.json").read_text())
+    assert list(history[-1]["val_dice_per_class"]) == ["1", "3"]
+    summary = json.loads((run / "validation" / "summary.json").read_text())
+    assert set(summary["mean"]) == {"1", "3"}
+    for path in (run / "validation").glob("*.nii.gz"):
+        assert set(np.unique(np.asarray(nib.load(str(path)).dataobj)).tolist()) <= {0, 1, 3}
+    predictor = Predictor(run)
+    probs = torch.zeros(3, 2, 1, 1)
+    probs[2, 0], probs[1, 1] = 1, 1
+    assert predictor.label_map(probs).ravel().tolist() == [3, 1]
+
+
+def test_label_ids_become_classes_in_preprocessing(tmp_path):
+    from unetzoo.data.plan import make_plan
+    from unetzoo.data.transforms import preprocessing
+
+    label = np.zeros((6, 6, 6))
+    label[:2], label[4:] = 1, 5
+    root = _msd(tmp_path / "msd", [(np.random.default_rng(0).random((6, 6, 6)) + 1, label)], {"0": "background", "1": "a", "5": "b"})
+    dataset = load_dataset(root)
+    plan = make_plan(dataset, dataset.cases)
+    classes = preprocessing(plan)(dataset.cases[0].as_dict())["label"]
+    assert plan.num_classes == 3 and torch.equal(torch.unique(classes), torch.tensor([0.0, 1.0, 2.0]))
+    assert torch.equal(classes[0] == 2, torch.from_numpy(label == 5))
+
+
+# ---- 11. the zero mask of z-scoring is the dataset's, not each image's --------------------------------------------
+
+
+def test_nonzero_mask_decided_once_per_dataset(tmp_path, organs):
+    from unetzoo.data.plan import make_plan
+    from unetzoo.data.transforms import preprocessing
+
+    rng = np.random.default_rng(0)
+    cases = []
+    for filled in (4, 4, 8):  # two cases of 8 have a zero background (nonzero fraction 0.5), one has none
+        image = np.zeros((8, 8, 8))
+        image[:filled] = rng.random((filled, 8, 8)) + 1
+        cases.append((image, np.zeros((8, 8, 8))))
+    dataset = load_dataset(_msd(tmp_path / "msd", cases, {"0": "background", "1": "x"}))
+    plan = make_plan(dataset, dataset.cases)
+    assert plan.nonzero_mask == [True]
+    full = dataset.cases[2].as_dict()  # no zeros: normalised over its nonzero voxels like the others
+    image = nib.load(full["label"].replace("labelsTr", "imagesTr")).get_fdata()
+    normalised = preprocessing(plan)(full)["image"][0].numpy()
+    assert normalised.mean() == pytest.approx(0.0, abs=1e-5)
+    image[0, 0, 0] = 0  # one zero voxel in a 0.998-full image: stays zero under the dataset's mask
+    write_array(image.astype(np.float32), tmp_path / "test.nii.gz")
+    assert float(preprocessing(plan, with_label=False)({"image": [str(tmp_path / "test.nii.gz")]})["image"][0, 0, 0, 0]) == 0.0
+    organs_dataset = load_dataset(organs)
+    assert make_plan(organs_dataset, organs_dataset.cases[:2]).nonzero_mask == [False]
+
+
+# ---- 8. output path that is a file, or a folder that cannot be written ------------------------------------------
+
+
+def _write_into(command: str, out: Path, runs, tmp_path) -> None:
+    from conftest import tiny_config
+    from unetzoo.evaluation import evaluate_folder
+    from unetzoo.training import train
+
+    labels = tmp_path / "labels"
+    write_array(np.zeros((4, 4, 4), np.uint8), labels / "a.nii.gz")
+    if command == "train":
+        train(_msd_json(tmp_path / "msd"), out, tiny_config())
+    elif command == "predict":
+        Predictor(runs["3d"]).predict_cases({"a": [write_array(np.ones((16, 16, 16), np.float32), tmp_path / "a_0000.nii.gz")]}, out)
+    else:
+        evaluate_folder(labels, labels, out)
+
+
+@pytest.mark.parametrize("command", ["train", "predict", "evaluate"])
+def test_output_into_a_file_or_a_read_only_folder(runs, tmp_path, monkeypatch, command):
+    taken = tmp_path / "taken"
+    taken.write_text("keep me")
+    with pytest.raises(UnetzooError, match=f"{taken}: exists and is not a folder"):
+        _write_into(command, taken, runs, tmp_path)
+    with pytest.raises(UnetzooError, match=f"{taken / 'sub'}: cannot create the output folder"):
+        _write_into(command, taken / "sub", runs, tmp_path)
+    assert taken.read_text() == "keep me"
+    read_only = tmp_path / "read_only"
+    read_only.mkdir()
+    monkeypatch.setattr("os.access", lambda path, mode: Path(path) != read_only)  # chmod does not stop root
+    with pytest.raises(UnetzooError, match=f"{read_only}: the output folder is not writable"):
+        _write_into(command, read_only, runs, tmp_path)
+
+
+def test_cli_evaluate_into_a_file(organs, tmp_path):
+    taken = tmp_path / "taken.json"
+    taken.write_text("{}")
+    result = run_cli("evaluate", organs / "labelsTr", organs / "labelsTr", "--out", taken)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [f"unetzoo: error: {taken}: exists and is not a folder: give a folder for the outputs"]
+
+
+# ---- 9, 10. resume: cases verified again, the network kept, config.json untouched by a failed resume, leftovers ---
+
+
+def test_resume_verifies_again_and_cleans_leftovers(ids_run):
+    from conftest import tiny_config
+    from unetzoo.training import train
+
+    data, run = ids_run
+    saved = (run / "config.json").read_bytes()
+    label = data / "labelsTr" / "organs_001.nii.gz"
+    original = label.read_bytes()
+    array = np.asarray(nib.load(str(label)).dataobj).copy()
+    array[0, 0, 0] = 2  # made bad after the plan: 2 is not a listed id
+    write_array(array, label, nib.load(str(label)).affine)
+    config = tiny_config(epochs=2)
+    config.data.folds = 2
+    with pytest.raises(UnetzooError, match=r"organs_001.nii.gz: label values \[2\] are not listed"):
+        train(data, run, config, resume=True)
+    label.write_bytes(original)
+    other = tiny_config(epochs=2)
+    other.model_args = {"n_stages": 2}
+    with pytest.raises(UnetzooError, match=r"config.json: --resume cannot change model_args"):
+        train(data, run, other, resume=True)
+    assert (run / "config.json").read_bytes() == saved
+    (run / ".tmp_999_checkpoint_last.pt").write_bytes(b"half")
+    train(data, run, config, resume=True)
+    assert not list(run.glob(".tmp_*"))
+    assert json.loads((run / "config.json").read_text())["train"]["epochs"] == 2
+    log = max(run.glob("training_log_*.txt")).read_text()
+    assert "removed .tmp_999_checkpoint_last.pt" in log and "poly learning-rate schedule is recomputed over 2 epochs" in log
+
+
+def test_prediction_done_only_when_every_output_exists(runs, tmp_path):
+    image = write_array(np.ones((16, 16, 16), np.float32), tmp_path / "in" / "a_0000.nii.gz")
+    out = tmp_path / "out"
+    predictor = Predictor(runs["3d"])
+    predictor.predict_cases({"a": [image]}, out, save_probabilities=True)
+    (out / "a.npz").unlink()  # killed between the mask and its probabilities
+    (out / ".tmp_abc_a.nii.gz").write_bytes(b"half")
+    predictor.predict_cases({"a": [image]}, out, save_probabilities=True)
+    assert sorted(p.name for p in out.iterdir()) == ["a.nii.gz", "a.npz"]

@@ -9,8 +9,8 @@ from unetzoo.data.plan import make_plan
 from unetzoo.data.transforms import NormalizeByModalityd, augmentation, preprocessing
 
 
-def _norm(channel_names, image, ct_stats=None):
-    return NormalizeByModalityd(channel_names, ct_stats or {})({"image": MetaTensor(torch.as_tensor(image))})["image"]
+def _norm(channel_names, image, ct_stats=None, nonzero_mask=()):
+    return NormalizeByModalityd(channel_names, ct_stats or {}, nonzero_mask)({"image": MetaTensor(torch.as_tensor(image))})["image"]
 
 
 def test_ct_clip_then_dataset_zscore():
@@ -20,14 +20,16 @@ def test_ct_clip_then_dataset_zscore():
     assert out.flatten().tolist() == pytest.approx([-1.5, -0.5, 0.5, 2.5])
 
 
-def test_mri_zscore_ignores_zero_background():
+def test_mri_zscore_ignores_zero_background_when_the_plan_says_so():
     image = np.zeros((1, 4, 4, 4), np.float32)
     image[0, :2, :2, :2] = np.arange(1, 9).reshape(2, 2, 2)
-    out = _norm(["MRI"], image)
+    out = _norm(["MRI"], image, nonzero_mask=[True])
     values = np.arange(1, 9, dtype=np.float32)
     expected = (values - values.mean()) / values.std(ddof=1)
     assert out[0, :2, :2, :2].flatten().tolist() == pytest.approx(expected.tolist(), abs=1e-5)
     assert float(out[0, 3, 3, 3]) == 0.0  # background stays zero
+    whole = _norm(["MRI"], image, nonzero_mask=[False])  # the dataset has no zero background: every voxel counts
+    assert float(whole[0, 3, 3, 3]) == pytest.approx(-image.mean() / image.std(ddof=1), abs=1e-5)
 
 
 def test_rgb_scaled_to_unit_range():

@@ -37,7 +37,7 @@ from pathlib import Path
 from unetzoo.config import Config
 from unetzoo.errors import UnetzooError
 from unetzoo.data.plan import Plan
-from unetzoo.io import write_bytes, write_text
+from unetzoo.io import output_folder, write_bytes, write_text
 
 FIGURES = ("params", "macs", "train_step_s", "train_peak_mem_mb", "infer_s", "infer_peak_mem_mb")
 LABELS = {
@@ -296,8 +296,7 @@ def format_table(result: dict) -> str:
 
 def write_outputs(result: dict, out_dir: str | Path) -> dict[str, Path]:
     """Write ``benchmark.json``, ``benchmark.csv`` and ``benchmark.png`` into ``out_dir``."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = output_folder(out_dir)
     paths = {"json": out_dir / "benchmark.json", "csv": out_dir / "benchmark.csv", "png": out_dir / "benchmark.png"}
     write_text(paths["json"], json.dumps(result, indent=2) + "\n")
     buffer = _io.StringIO()

@@ -174,7 +174,7 @@ def _keep_largest(run_dir: Path, text: str | None) -> dict[int, int] | None:
 
     if not (run_dir / "plan.json").is_file():
         raise file_error(run_dir / "plan.json", "missing: not a unetzoo run folder (train one with `unetzoo train`)")
-    return parse_rules(text, list(range(1, Plan.load(run_dir / "plan.json").num_classes)))
+    return parse_rules(text, Plan.load(run_dir / "plan.json").label_ids[1:])
 
 
 def _models() -> None:

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from unetzoo.errors import file_error
-from unetzoo.io import SUPPORTED_ENDINGS, read_label_frames, strip_ending, write_text
+from unetzoo.io import SUPPORTED_ENDINGS, output_folder, read_label_frames, strip_ending, write_text
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +175,7 @@ def evaluate_folder(
     """
     from tqdm import tqdm
 
-    pred_dir, label_dir, out_dir = Path(pred_dir), Path(label_dir), Path(out_dir)
+    pred_dir, label_dir, out_dir = Path(pred_dir), Path(label_dir), output_folder(out_dir)
     refs, preds = label_files(label_dir), label_files(pred_dir)
     if not refs:
         raise file_error(label_dir, f"no reference label files ({', '.join(SUPPORTED_ENDINGS)})")

@@ -8,8 +8,9 @@ another grid: ``--upsample``, ``--grid``; see :class:`unetzoo.methods.Grid`). A 
 1-channel model) is preprocessed frame by frame, predicted as one sequence and saved 4D (X, Y, Z, T). The run's
 connected-component post-processing (``postprocessing.json``, chosen by training on the validation fold) is applied
 to the labels (of each frame) unless turned off or replaced (``--no-postprocess``, ``--keep-largest``; see
-:mod:`unetzoo.postprocessing`). A case already predicted is skipped unless ``overwrite``; files are written under a
-temporary name and renamed.
+:mod:`unetzoo.postprocessing`). A case already predicted (every output written) is skipped unless ``overwrite``;
+files are written under a temporary name and renamed, and the temporary files a killed run left are removed when
+the next one starts.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from unetzoo.data.datasets import prediction_inputs
 from unetzoo.data.plan import Plan
 from unetzoo.data.transforms import preprocessing
 from unetzoo.errors import UnetzooError, file_error
-from unetzoo.io import NIFTI_ENDINGS, PNG_ENDINGS, Image, case_frames, check_affine, file_ending, write_array, write_bytes
+from unetzoo.io import NIFTI_ENDINGS, PNG_ENDINGS, Image, case_frames, check_affine, file_ending, output_folder, remove_leftovers, write_array, write_bytes
 from unetzoo.methods import Grid, build_method, inference_context
 from unetzoo.methods.grid import refined_affine
 from unetzoo.postprocessing import keep_largest, run_rules
@@ -171,16 +172,24 @@ class Predictor:
         data = Invertd("pred", transform=self.preprocess, orig_keys="image", nearest_interp=False)({**data, "pred": pred})
         return data["pred"].as_tensor()
 
+    def label_map(self, probs: torch.Tensor) -> np.ndarray:
+        """The label map of class probabilities ``(K, *spatial)`` or, 3D+t, ``(K, *spatial, T)``: argmax, then each
+        class's label id (the plan's ids, which need not be consecutive), as uint8 (uint16 for ids above 255),
+        post-processed by ``keep_largest`` (whose rules name label ids; frame by frame)."""
+        ids = np.asarray(self.plan.label_ids)
+        label = ids[probs.argmax(0).numpy()].astype(np.uint8 if ids.max() < 256 else np.uint16)
+        return keep_largest(label, self.keep_largest, frames=label.ndim > self.plan.spatial_dims) if self.keep_largest else label
+
     def predict_cases(self, cases: dict[str, list[Path]], out_dir: str | Path, overwrite: bool = False, save_probabilities: bool = False) -> list[Path]:
         """Predict every case into ``out_dir/CASE.<input ending>``; returns the written (or kept) files."""
         from tqdm import tqdm
 
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
+        out_dir = output_folder(out_dir)
+        remove_leftovers(out_dir)
         written = []
         for name, paths in tqdm(sorted(cases.items()), desc="predicting", unit="case", disable=len(cases) < 2):
-            target = out_dir / f"{name}{file_ending(paths[0])}"
-            if target.exists() and not overwrite:
+            target, npz = out_dir / f"{name}{file_ending(paths[0])}", out_dir / f"{name}.npz"
+            if target.exists() and (npz.exists() or not save_probabilities) and not overwrite:  # done: every output exists
                 written.append(target)
                 continue
             probs = self.predict_probabilities(paths)
@@ -190,14 +199,15 @@ class Predictor:
             label = self.label_map(probs)
             if tuple(label.shape) != tuple(shape):
                 raise file_error(paths[0], f"internal error: prediction shape {label.shape} != output shape {shape}")
+            if save_probabilities:  # before the mask: a mask on disk means its case is complete
+                save_npz(npz, probabilities=probs.numpy().astype(np.float16))
             write_array(label, target, affine, header)
-            if save_probabilities:
-                save_npz(out_dir / f"{name}.npz", probabilities=probs.numpy().astype(np.float16))
             written.append(target)
         return written
 
     def predict_array(self, array: np.ndarray, affine: np.ndarray | None = None) -> np.ndarray:
-        """The label map (uint8) of an image in memory, in the input's geometry (or on --grid / --upsample's grid).
+        """The label map (label ids, as :meth:`label_map`) of an image in memory, in the input's geometry (or on
+        --grid / --upsample's grid).
 
         ``array`` is channel-first ``(C, *spatial)`` as :func:`unetzoo.io.read_image` gives (``(*spatial)`` for
         one channel); ``affine`` its 4x4 voxel-to-world matrix (3D; identity when None, ignored in 2D), which
@@ -205,12 +215,6 @@ class Predictor:
         """
         image = array_image(array, affine, self.plan)
         return self.label_map(self.predict_probabilities(image))
-
-    def label_map(self, probs: torch.Tensor) -> np.ndarray:
-        """The argmax (uint8) of class probabilities (K, *spatial) or, 3D+t, (K, *spatial, T), post-processed by
-        ``keep_largest`` (frame by frame)."""
-        label = probs.argmax(0).numpy().astype(np.uint8)
-        return keep_largest(label, self.keep_largest, frames=label.ndim > self.plan.spatial_dims) if self.keep_largest else label
 
 
 class Ensemble(Predictor):

@@ -252,11 +252,38 @@ def _label_image(data: np.ndarray, affine: np.ndarray, path: Path, header, spati
     return Image(rounded.astype(np.int16), affine, path, header)
 
 
+def output_folder(path: str | os.PathLike) -> Path:
+    """Create the output folder ``path`` if needed and check that it can be written, so that a command fails before
+    its work, with one line naming the folder, instead of at its first write."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise file_error(path, "exists and is not a folder: give a folder for the outputs")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise file_error(path, f"cannot create the output folder ({exc.strerror or type(exc).__name__})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise file_error(path, "the output folder is not writable")
+    return path
+
+
+def remove_leftovers(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files (``.tmp_*``) that a killed write left in ``folder``; returns them. Call it when a
+    command starts writing into a folder that no other process writes into."""
+    leftovers = sorted(Path(folder).glob(".tmp_*"))
+    for path in leftovers:
+        path.unlink(missing_ok=True)
+    return leftovers
+
+
 def _atomic_target(out_path: Path):
     """An empty temporary file beside ``out_path`` (same folder, so the final rename is atomic), with the
     permissions a plainly created file would get (mkstemp makes it private)."""
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix="_" + out_path.name, dir=out_path.parent)
+    output_folder(out_path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix="_" + out_path.name, dir=out_path.parent)
+    except OSError as exc:
+        raise file_error(out_path, f"cannot write the file ({exc.strerror or type(exc).__name__})") from None
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from unetzoo.errors import UnetzooError, file_error
-from unetzoo.io import SUPPORTED_ENDINGS, label_frames, read_image, read_label, strip_ending, write_bytes, write_text
+from unetzoo.io import SUPPORTED_ENDINGS, label_frames, output_folder, read_image, read_label, strip_ending, write_bytes, write_text
 
 TP_COLOR = (1.0, 1.0, 1.0)
 FP_COLOR = (1.0, 0.0, 0.0)
@@ -546,8 +546,7 @@ def make_report(runs, out_dir, cases: list[str] | None = None, n_cases: int = 3,
         bench = _json(Path(benchmark))
         if bench is None:
             raise file_error(benchmark, "file not found")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(out_dir)
     without = [n for n, r in zip(names, loaded) if not r["summary"]]
     lines = ["# unetzoo report", "", "Runs: " + ", ".join(f"`{n}` ({r['config'].get('model')}, fold {r['config'].get('fold')}, `{r['dir']}`)" for n, r in zip(names, loaded)), ""]
     lines += ["## Held-out fold: mean ± standard deviation over cases", ""]

@@ -21,15 +21,16 @@ import numpy as np
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_only
 from monai.data import DataLoader, MetaTensor, list_data_collate
 
 from unetzoo.config import Config
 from unetzoo.data.cache import cache_root, preprocessed_cases
 from unetzoo.data.datasets import load_dataset, make_splits
-from unetzoo.data.plan import Plan, make_plan
-from unetzoo.errors import UnetzooError
+from unetzoo.data.plan import Plan, make_plan, verify_against_plan
+from unetzoo.errors import UnetzooError, file_error
 from unetzoo.inference import resolve_device
-from unetzoo.io import write_text
+from unetzoo.io import output_folder, remove_leftovers, write_text
 from unetzoo.methods import Method, build_method, method_class
 from unetzoo.precision import resolve_precision
 from unetzoo.progress import plot_progress, run_logger
@@ -126,6 +127,11 @@ class SegmentationModule(L.LightningModule):
         return DataLoader(self._cached(items), batch_size=1, num_workers=0)
 
     # ---- steps ------------------------------------------------------------------------------------
+    def on_train_start(self):
+        # written here, after a resumed checkpoint has been restored: a --resume that fails leaves config.json as it was
+        if self.run_dir is not None and self.trainer.is_global_zero:
+            self.config.save(self.run_dir / "config.json")
+
     def on_train_epoch_start(self):
         self._loss_sum, self._loss_count, self._epoch_start = 0.0, 0, time.time()
         self._epoch_lr = self.optimizers().param_groups[0]["lr"]  # the scheduler steps before validation ends
@@ -170,7 +176,7 @@ class SegmentationModule(L.LightningModule):
             "epoch": self.current_epoch,
             "train_loss": float(loss_sum[0] / max(loss_sum[1], 1)),
             "val_dice": mean_dice,
-            "val_dice_per_class": dict(zip(list(self.plan.labels)[1:], dice)),
+            "val_dice_per_class": dict(zip(map(str, self.plan.label_ids[1:]), dice)),
             "epoch_time_s": time.time() - self._epoch_start,
             "lr": self._epoch_lr,
         }
@@ -231,8 +237,11 @@ def train(data_dir: str | Path, run_dir: str | Path, config: Config, resume: boo
         raise UnetzooError(f"{last}: no checkpoint to resume from")
     if not resume and last.is_file():
         raise UnetzooError(f"{run_dir}: already holds a trained run; pass --resume to continue it or choose another --out")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    output_folder(run_dir)
     log = run_logger(run_dir)
+    if rank_zero_only.rank == 0:
+        for leftover in remove_leftovers(run_dir):
+            log.info(f"removed {leftover.name}, left by an interrupted write")
     dataset = load_dataset(data_dir)
     names = [c.name for c in dataset.cases]
     if config.fold == "all":  # nnU-Net's fold "all": every case trains; pseudo Dice is on training cases
@@ -246,6 +255,7 @@ def train(data_dir: str | Path, run_dir: str | Path, config: Config, resume: boo
     plan_path = run_dir / "plan.json"
     if plan_path.is_file():
         plan = Plan.load(plan_path)
+        verify_against_plan(dataset, plan, plan_path)
     else:
         whole = method_class(config.model).whole_volumes
         plan = make_plan(dataset, dataset.cases, config.data.patch_size, config.data.target_spacing, config.seed, cap_patch=not whole)
@@ -253,7 +263,8 @@ def train(data_dir: str | Path, run_dir: str | Path, config: Config, resume: boo
     L.seed_everything(config.seed, workers=True, verbose=False)
     method, config = build_method(config, plan, train_cases=len(split["train"]))
     config.data.patch_size = plan.patch_size
-    config.save(run_dir / "config.json")
+    if resume and (run_dir / "config.json").is_file():
+        _check_resume(Config.load(run_dir / "config.json"), config, run_dir / "config.json", log)
     n_params = sum(p.numel() for p in method.model.parameters() if p.requires_grad)
     log.info(f"model {config.model}: {n_params:,} parameters, patch {plan.patch_size}, spacing {plan.target_spacing}, args {config.model_args}")
     train_items, val_items = dataset.frame_items(split["train"]), dataset.frame_items(split["val"])
@@ -271,6 +282,17 @@ def train(data_dir: str | Path, run_dir: str | Path, config: Config, resume: boo
             _calibrate(module, run_dir, log)
             validate_run(run_dir, dataset, split["val"], log)
     return run_dir
+
+
+def _check_resume(saved: Config, config: Config, path: Path, log) -> None:
+    """What a resumed run may change: not the network (the checkpoint would not fit) nor the fold; a new number of
+    epochs is allowed, but the poly schedule is then recomputed over it, which the log says."""
+    for name in ("model", "model_args", "fold"):
+        if getattr(saved, name) != getattr(config, name):
+            raise file_error(path, f"--resume cannot change {name} ({getattr(saved, name)!r} -> {getattr(config, name)!r}); train into a new run folder")
+    if saved.train.epochs != config.train.epochs and config.train.scheduler == "poly":
+        log.warning(f"resuming with {config.train.epochs} epochs instead of {saved.train.epochs}: the poly learning-rate schedule is "
+                    f"recomputed over {config.train.epochs} epochs, so the rate changes from the next epoch on")
 
 
 def _calibrate(module: SegmentationModule, run_dir: Path, log) -> None:
@@ -371,7 +393,7 @@ def postprocess_validation(run_dir: Path, log) -> dict:
 
     validation = run_dir / "validation"
     predictions, references = label_files(validation), label_files(validation / "labels")
-    classes = list(range(1, Plan.load(run_dir / "plan.json").num_classes))
+    classes = Plan.load(run_dir / "plan.json").label_ids[1:]
     record = decide_for_run(run_dir, predictions, references, classes)
     rules = {int(c): k for c, k in record["keep_largest"].items()}
     out = validation / "postprocessed"

@@ -51,7 +51,7 @@ class Dataset:
 
     @property
     def num_classes(self) -> int:
-        return max(self.labels) + 1
+        return len(self.labels)  # one class per label id, consecutive or not (see Plan.labels)
 
     def frame_items(self, names: list[str]) -> list[dict]:
         """One loader item per 3D frame of the named cases: the case's files plus ``case_index`` (position of the

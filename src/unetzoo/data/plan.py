@@ -17,11 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from unetzoo.data.datasets import Case, Dataset
+from unetzoo.data.transforms import RGB_NAMES
 from unetzoo.errors import file_error
 from unetzoo.io import case_frames, read_image, read_label_frames
 
 PATCH_CAP = {2: 256, 3: 128}  # largest default patch edge per spatial dims
 CT_SAMPLES_PER_CASE = 10_000
+NONZERO_MASK_FRACTION = 0.9  # a channel whose median nonzero fraction is below this has a zero background
 AFFINE_TOLERANCE_MM = 1e-3  # image and label voxel-to-world matrices must agree to this, entry by entry
 
 
@@ -29,8 +31,11 @@ AFFINE_TOLERANCE_MM = 1e-3  # image and label voxel-to-world matrices must agree
 class Plan:
     """What training fixed about the data; saved as ``plan.json`` and read back by every later command.
 
-    ``labels`` maps label id (as a string, JSON's key type) to name, background included; ``target_spacing`` is
-    None for 2D (PNG) data; ``patch_size`` is the training patch (for whole-volume methods: the padded volume).
+    ``labels`` maps label id (as a string, JSON's key type) to name, background included, in increasing id order:
+    class k of the network is the k-th label id (ids need not be consecutive: 0, 1, 3 are classes 0, 1, 2);
+    ``target_spacing`` is None for 2D (PNG) data; ``patch_size`` is the training patch (for whole-volume methods:
+    the padded volume); ``nonzero_mask`` says per channel whether z-scoring ignores zero voxels (decided once for
+    the dataset, as nnU-Net's ``use_mask_for_norm``, so test images are normalised like training images).
     """
 
     spatial_dims: int
@@ -43,10 +48,16 @@ class Plan:
     median_shape: list[float]
     patch_size: list[int]
     ct_stats: dict = field(default_factory=dict)
+    nonzero_mask: list[bool] = field(default_factory=list)
 
     @property
     def in_channels(self) -> int:
         return len(self.channel_names)
+
+    @property
+    def label_ids(self) -> list[int]:
+        """The label id of each class of the network, background (class 0) first."""
+        return sorted(int(k) for k in self.labels)
 
     def for_whole_volumes(self) -> "Plan":
         """This plan with the uncapped median shape (rounded up to a multiple of 8) as its patch: what a method
@@ -128,6 +139,22 @@ def verify_case(case: Case, dataset: Dataset):
     return images[0], labels[0]
 
 
+def _labels(dataset: Dataset) -> dict[str, str]:
+    return {str(k): v for k, v in sorted(dataset.labels.items())}
+
+
+def verify_against_plan(dataset: Dataset, plan: Plan, plan_path: Path) -> None:
+    """Check the dataset against the plan a run already holds (a resumed or restarted run): the same channels and
+    labels, and every case verified again, since files may have changed since the plan was made."""
+    from tqdm import tqdm
+
+    if plan.channel_names != dataset.channel_names or plan.labels != _labels(dataset):
+        raise file_error(plan_path, f"made for channels {plan.channel_names} and labels {plan.labels}, but {dataset.root / 'dataset.json'} "
+                                    f"now lists {dataset.channel_names} and {_labels(dataset)}: train into a new run folder")
+    for case in tqdm(dataset.cases, desc="verifying dataset", unit="case", disable=len(dataset.cases) < 10, leave=False):
+        verify_case(case, dataset)
+
+
 def make_plan(dataset: Dataset, cases: list[Case], patch_size=None, target_spacing=None, seed: int = 0, cap_patch: bool = True) -> Plan:
     """Verify ``cases`` and compute the plan (see module docstring); explicit arguments override the medians.
     ``cap_patch`` False (methods that take whole volumes) keeps the whole median shape as the patch."""
@@ -136,7 +163,10 @@ def make_plan(dataset: Dataset, cases: list[Case], patch_size=None, target_spaci
     dims = dataset.spatial_dims
     rng = np.random.default_rng(seed)
     ct_channels = [i for i, name in enumerate(dataset.channel_names) if name.upper() == "CT"]
+    zscore_channels = [] if all(name.upper() in RGB_NAMES for name in dataset.channel_names) else \
+        [i for i, name in enumerate(dataset.channel_names) if name.upper() != "CT"]
     spacings, shapes, ct_values = [], [], {c: [] for c in ct_channels}
+    nonzero = {c: [] for c in zscore_channels}
     for case in tqdm(cases, desc="verifying dataset", unit="case", disable=len(cases) < 10, leave=False):
         image, label = verify_case(case, dataset)
         spacing, shape = np.array(image.spacing), np.array(image.spatial_shape)
@@ -145,6 +175,8 @@ def make_plan(dataset: Dataset, cases: list[Case], patch_size=None, target_spaci
             spacing[axes], shape[axes] = spacing.copy(), shape.copy()
         spacings.append(spacing)
         shapes.append(shape)
+        for c in zscore_channels:
+            nonzero[c].append(np.count_nonzero(image.array[c]) / image.array[c].size)
         foreground = label.array > 0
         for c in ct_channels:
             values = image.array[c][foreground]
@@ -168,7 +200,7 @@ def make_plan(dataset: Dataset, cases: list[Case], patch_size=None, target_spaci
     return Plan(
         spatial_dims=dims,
         channel_names=list(dataset.channel_names),
-        labels={str(k): v for k, v in sorted(dataset.labels.items())},
+        labels=_labels(dataset),
         num_classes=dataset.num_classes,
         file_ending=dataset.file_ending,
         n_channel_files=len(cases[0].images),
@@ -176,4 +208,5 @@ def make_plan(dataset: Dataset, cases: list[Case], patch_size=None, target_spaci
         median_shape=[float(s) for s in median_shape],
         patch_size=patch,
         ct_stats=ct_stats,
+        nonzero_mask=[c in nonzero and bool(np.median(nonzero[c]) < NONZERO_MASK_FRACTION) for c in range(len(dataset.channel_names))],
     )

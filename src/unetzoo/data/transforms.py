@@ -49,11 +49,12 @@ def _meta_tensor(array: np.ndarray, image) -> MetaTensor:
 
 class LoadCased(MapTransform):
     """Read ``image`` (list of channel files, or an :class:`~unetzoo.io.Image` already in memory) and optional
-    ``label`` into channel-first MetaTensors; of a 3D+t case (``num_frames`` > 1) only frame ``frame_index``."""
+    ``label`` into channel-first MetaTensors; of a 3D+t case (``num_frames`` > 1) only frame ``frame_index``. The
+    label's ids become class indices (the k-th of ``label_ids`` is class k), so that ids 0, 1, 3 train classes 0, 1, 2."""
 
-    def __init__(self, spatial_dims: int):
+    def __init__(self, spatial_dims: int, label_ids: list[int]):
         super().__init__(["image", "label"], allow_missing_keys=True)
-        self.spatial_dims = spatial_dims
+        self.spatial_dims, self.label_ids = spatial_dims, np.asarray(label_ids)
 
     def __call__(self, data: dict) -> dict:
         data = dict(data)
@@ -62,7 +63,8 @@ class LoadCased(MapTransform):
         data["image"] = _meta_tensor(image.array, image)
         if "label" in data:
             label = read_label(data["label"], self.spatial_dims, frame)
-            data["label"] = _meta_tensor(label.array[None].astype(np.float32), label)
+            classes = np.searchsorted(self.label_ids, label.array)  # the plan verified every value is a listed id
+            data["label"] = _meta_tensor(classes[None].astype(np.float32), label)
         return data
 
 
@@ -71,13 +73,14 @@ class NormalizeByModalityd(MapTransform):
 
     CT: clip to the dataset's foreground 0.5-99.5 percentiles, then z-score with the dataset's foreground
     mean and std. RGB: scale to [0, 1]. Anything else (MRI ...): per-image z-score, over the nonzero voxels
-    when the image has a zero background (zeros stay zero).
+    for a channel whose ``nonzero_mask`` the plan set (a dataset with zero background: zeros stay zero).
     """
 
-    def __init__(self, channel_names: list[str], ct_stats: dict):
+    def __init__(self, channel_names: list[str], ct_stats: dict, nonzero_mask: list[bool] = ()):
         super().__init__(["image"])
         self.channel_names = [name.upper() for name in channel_names]
         self.ct_stats = ct_stats
+        self.nonzero_mask = list(nonzero_mask)
 
     def __call__(self, data: dict) -> dict:
         data = dict(data)
@@ -92,14 +95,14 @@ class NormalizeByModalityd(MapTransform):
                 stats = self.ct_stats[str(c)]
                 out[c] = (x.clamp(stats["p00_5"], stats["p99_5"]) - stats["mean"]) / stats["std"]
             else:
-                out[c] = _zscore(x)
+                out[c] = _zscore(x, c < len(self.nonzero_mask) and self.nonzero_mask[c])
         data["image"] = out
         return data
 
 
-def _zscore(x: torch.Tensor) -> torch.Tensor:
-    nonzero = x != 0
-    if nonzero.float().mean() < 0.9:  # a zero background (skull-stripped MRI, cropped volumes): ignore it
+def _zscore(x: torch.Tensor, mask_zeros: bool) -> torch.Tensor:
+    if mask_zeros:  # a zero background (skull-stripped MRI, cropped volumes): ignore it
+        nonzero = x != 0
         values = x[nonzero]
         if values.numel() < 2:
             return x
@@ -111,7 +114,7 @@ def preprocessing(plan, with_label: bool = True) -> Compose:
     """The deterministic chain for a :class:`~unetzoo.data.plan.Plan`: load, normalise, then (3D) orient to RAS and
     resample to the plan's spacing."""
     keys = ["image", "label"] if with_label else ["image"]
-    chain = [LoadCased(plan.spatial_dims), NormalizeByModalityd(plan.channel_names, plan.ct_stats)]
+    chain = [LoadCased(plan.spatial_dims, plan.label_ids), NormalizeByModalityd(plan.channel_names, plan.ct_stats, plan.nonzero_mask)]
     if plan.spatial_dims == 3:
         modes = ["bilinear", "nearest"][: len(keys)]
         chain += [Orientationd(keys, axcodes="RAS"), Spacingd(keys, pixdim=plan.target_spacing, mode=modes)]
