@@ -98,6 +98,14 @@ def test_training_records_the_decision_and_predict_applies_it(trained_run, organ
     assert np.array_equal(ensemble, default)  # two copies of a run agree on its choice
 
 
+def test_report_shows_the_fold_with_post_processing(trained_run, tmp_path):
+    from unetzoo.report import make_report
+
+    page = make_report([trained_run], tmp_path / "report", n_cases=1).read_text()
+    section = page.split("## Held-out fold with connected-component post-processing")[1].split("## Paired")[0]
+    assert "classes kept to their largest component" in section and "### Dice" in section and "### HD95" in section
+
+
 def test_cli_keep_largest_errors_are_one_line(trained_run, organs, tmp_path):
     result = run_cli("predict", trained_run, organs / "imagesTr", tmp_path / "out", "--keep-largest", "1:0")
     assert result.returncode == 2 and result.stderr.strip().count("\n") == 0 and "--keep-largest" in result.stderr
