@@ -32,7 +32,8 @@ Implementation (what differs from the authors' code, see ../shared/notes/referen
   or plane for every batch element at once. The hidden part ``W_h h + b_h`` does not depend on the
   sweep (``h`` is the value before the sweep), so it is computed for *all* lines with one 1x1
   convolution before the loop. The only Python loop left is the one along the sweep axis.
-* The recurrence is a custom autograd function (``_Sweep``) with its backward written out: the reverse
+* Where a gradient is wanted, the recurrence (``sweep``) runs in a custom autograd function (``_Sweep``) with its
+  backward written out (inference and export tracing call ``sweep`` directly): the reverse
   pass over lines only carries the gradient from line to line (one transposed convolution per line), and
   the gradient of ``weight_ih`` / ``bias_ih`` is one batched convolution-weight gradient over all lines
   (the sum of the per-line products) instead of one small product per line; gates are saved in
@@ -145,13 +146,37 @@ class SDNCell(nn.Module):
         hidden = conv(lines.flatten(0, 1), weight_hh, self.bias_hh).unflatten(0, (n_lines, batch))
         # under autocast the sweep runs in the dtype of the state (as autocast would run its convolutions)
         weight_ih, bias_ih = self.weight_ih.to(lines.dtype), self.bias_ih.to(lines.dtype)
-        out = _Sweep.apply(lines, hidden.to(lines.dtype), weight_ih, bias_ih, reverse)
+        hidden = hidden.to(lines.dtype)
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (lines, hidden, weight_ih, bias_ih)):
+            out = _Sweep.apply(lines, hidden, weight_ih, bias_ih, reverse)
+        else:  # no gradient wanted (inference, export tracing): the plain recurrence, no autograd.Function
+            out = sweep(lines, hidden, weight_ih, bias_ih, reverse)[0]
         return out.movedim(0, 2 + axis).contiguous()
 
 
 _CONV = {1: F.conv1d, 2: F.conv2d}
 _CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d}
 _CONV_WEIGHT = {1: torch.nn.grad.conv1d_weight, 2: torch.nn.grad.conv2d_weight}
+
+
+def sweep(lines, hidden, weight_ih, bias_ih, reverse):
+    """The GRU recurrence over ``L >= 2`` lines ``(L, B, S, *line)`` given the hidden part ``(L, B, 3S, *line)``:
+    the swept lines and the gates ``r, z, n`` of every line (which :class:`_Sweep` keeps for its backward)."""
+    with torch.autocast(lines.device.type, enabled=False):
+        conv = _CONV[lines.dim() - 3]
+        n_lines = lines.shape[0]
+        out = torch.empty_like(lines)
+        r_all, z_all, n_all = (torch.empty_like(lines) for _ in range(3))
+        order = range(n_lines - 1, -1, -1) if reverse else range(n_lines)
+        out[order[0]] = lines[order[0]]
+        for prev, d in zip(order[:-1], order[1:]):
+            x_r, x_z, x_n = conv(out[prev], weight_ih, bias_ih, padding=1).chunk(3, dim=1)
+            h_r, h_z, h_n = hidden[d].chunk(3, dim=1)
+            r = torch.sigmoid(x_r.add_(h_r), out=r_all[d])
+            z = torch.sigmoid(x_z.add_(h_z), out=z_all[d])
+            n = torch.tanh(x_n.addcmul_(r, h_n), out=n_all[d])
+            torch.addcmul(lines[d], z, n - lines[d], out=out[d])  # z * n + (1 - z) * h
+    return out, r_all, z_all, n_all
 
 
 class _Sweep(torch.autograd.Function):
@@ -166,20 +191,7 @@ class _Sweep(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, lines, hidden, weight_ih, bias_ih, reverse):
-        with torch.autocast(lines.device.type, enabled=False):
-            conv = _CONV[lines.dim() - 3]
-            n_lines = lines.shape[0]
-            out = torch.empty_like(lines)
-            r_all, z_all, n_all = (torch.empty_like(lines) for _ in range(3))
-            order = range(n_lines - 1, -1, -1) if reverse else range(n_lines)
-            out[order[0]] = lines[order[0]]
-            for prev, d in zip(order[:-1], order[1:]):
-                x_r, x_z, x_n = conv(out[prev], weight_ih, bias_ih, padding=1).chunk(3, dim=1)
-                h_r, h_z, h_n = hidden[d].chunk(3, dim=1)
-                r = torch.sigmoid(x_r.add_(h_r), out=r_all[d])
-                z = torch.sigmoid(x_z.add_(h_z), out=z_all[d])
-                n = torch.tanh(x_n.addcmul_(r, h_n), out=n_all[d])
-                torch.addcmul(lines[d], z, n - lines[d], out=out[d])  # z * n + (1 - z) * h
+        out, r_all, z_all, n_all = sweep(lines, hidden, weight_ih, bias_ih, reverse)
         ctx.reverse = reverse
         ctx.save_for_backward(lines, hidden, weight_ih, out, r_all, z_all, n_all)
         return out
