@@ -120,6 +120,7 @@ def test_train_calibrate_and_predict_on_grid(tmp_path):
 
     from unetzoo.cli import main
     from unetzoo.data.phantoms import write_organs_phantom
+    from unetzoo.inference import Predictor
     from unetzoo.methods.grid import refined_affine
     from unetzoo.training import train
 
@@ -129,7 +130,7 @@ def test_train_calibrate_and_predict_on_grid(tmp_path):
     config.train.epochs, config.train.iters_per_epoch, config.train.batch_size = 1, 3, 1
     config.data.folds = 4
     config.model_args.update(SMALL)
-    config.method_args.update({"points": 256, "fit_steps": 2, "calibrate_steps": 4, "calibrate_every": 2, "calibrate_cases": 1})
+    config.method_args.update({"points": 256, "fit_steps": 2, "calibrate_steps": 4, "calibrate_every": 2, "calibrate_cases": 1, "calibrate_voxels": 500})
     run = train(data, tmp_path / "run", config)
     saved = Config.load(run / "config.json")
     assert saved.model_args["num_subjects"] == 3 and saved.method_args["fit_steps"] in (0, 2, 4)
@@ -142,3 +143,18 @@ def test_train_calibrate_and_predict_on_grid(tmp_path):
     assert main(["predict", str(run), str(case), str(tmp_path / "grid"), "--grid", str(tmp_path / "ref.nii.gz")]) == 0
     out = nib.load(str(tmp_path / "grid" / case.name.replace("_0000", "")))
     assert out.shape == fine.shape and np.allclose(out.affine, fine.affine, atol=1e-6)
+
+    # --fit-slices K: the latent sees every K-th slice, the output is every slice in the input's geometry
+    assert main(["predict", str(run), str(case), str(tmp_path / "half"), "--fit-slices", "2"]) == 0
+    half = nib.load(str(tmp_path / "half" / case.name.replace("_0000", "")))
+    assert half.shape == reference.shape and np.allclose(half.affine, reference.affine)
+    assert Predictor(run, fit_slices=2).method.fit_slices == 2 and Predictor(run).method.fit_slices == 1
+
+
+def test_fit_slices_is_refused_for_models_that_fit_nothing(trained_run, organs, capsys):
+    from unetzoo.cli import main
+
+    image = sorted((organs / "imagesTr").glob("*_0000.nii.gz"))[0]
+    assert main(["predict", str(trained_run), str(image), str(organs.parent / "out"), "--fit-slices", "2"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--fit-slices" in err[0] and "'unet'" in err[0]

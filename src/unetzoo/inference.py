@@ -29,7 +29,7 @@ from unetzoo.data.plan import Plan
 from unetzoo.data.transforms import preprocessing
 from unetzoo.errors import UnetzooError, file_error
 from unetzoo.io import NIFTI_ENDINGS, PNG_ENDINGS, Image, case_frames, check_affine, file_ending, output_folder, remove_leftovers, write_array, write_bytes
-from unetzoo.methods import Grid, build_method, inference_context
+from unetzoo.methods import Grid, build_method, inference_context, method_class
 from unetzoo.methods.grid import refined_affine
 from unetzoo.postprocessing import keep_largest, run_rules
 
@@ -73,7 +73,7 @@ class Predictor:
 
     def __init__(self, run_dir: str | Path, device: str = "cpu", checkpoint: str = "best", overlap: float | None = None,
                  mirror: bool | None = None, upsample: int = 1, grid_reference: str | Path | None = None,
-                 keep_largest: dict[int, int] | None = None):
+                 keep_largest: dict[int, int] | None = None, fit_slices: int = 1):
         run_dir = Path(run_dir)
         for name in ("config.json", "plan.json"):
             if not (run_dir / name).is_file():
@@ -83,6 +83,10 @@ class Predictor:
             config.inference.overlap = overlap
         if mirror is not None:
             config.inference.mirror = mirror
+        if fit_slices != 1:  # fit at test time on every K-th slice only (nisf.md Fig. 5)
+            if int(fit_slices) < 1 or not method_class(config.model).grad_at_inference:
+                raise UnetzooError(f"--fit-slices needs a positive integer and a model that fits at test time (nisf), not {config.model!r}")
+            config.method_args["fit_slices"] = int(fit_slices)
         self.plan = Plan.load(run_dir / "plan.json")
         self.device = resolve_device(device)
         self.method, self.config = build_method(config, self.plan)
@@ -282,12 +286,15 @@ def save_npz(path: Path, **arrays) -> Path:
 
 
 def predict(run_dir, input_path, output_dir, device="cpu", overwrite=False, save_probabilities=False, mirror=None, overlap=None,
-            upsample=1, grid_reference=None, checkpoint="best", keep_largest=None) -> list[Path]:
+            upsample=1, grid_reference=None, checkpoint="best", keep_largest=None, fit_slices=1) -> list[Path]:
     """Predict a folder (``CASE_0000.ext`` or MSD ``NAME.ext`` files) or one file into ``output_dir`` with one run,
     or with a list of runs as an :class:`Ensemble`; ``upsample`` F > 1 writes F-times finer outputs of the same world
-    extent, ``grid_reference`` outputs on that image's grid; ``keep_largest`` as :class:`Predictor`'s."""
+    extent, ``grid_reference`` outputs on that image's grid; ``keep_largest`` as :class:`Predictor`'s; ``fit_slices`` K > 1
+    fits a test-time latent on every K-th slice only (nisf)."""
     options = dict(device=device, checkpoint=checkpoint, overlap=overlap, mirror=mirror, upsample=upsample, grid_reference=grid_reference,
                    keep_largest=keep_largest)
+    if fit_slices != 1:
+        options["fit_slices"] = fit_slices
     runs = list(run_dir) if isinstance(run_dir, (list, tuple)) else [run_dir]
     predictor = Ensemble(runs, **options) if len(runs) > 1 else Predictor(runs[0], **options)
     cases = prediction_inputs(input_path, predictor.plan.n_channel_files)

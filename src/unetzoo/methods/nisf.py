@@ -122,9 +122,10 @@ class NISFMethod(Method):
         calibrate_steps: int = 1000,
         calibrate_every: int = 50,
         calibrate_cases: int = 5,
+        calibrate_voxels: int = 0,
     ):
         super().__init__(model, plan, config)
-        if points < 0 or fit_steps < 0 or fit_slices < 1 or calibrate_steps < 1 or calibrate_every < 1 or calibrate_cases < 1:
+        if points < 0 or fit_steps < 0 or calibrate_voxels < 0 or fit_slices < 1 or calibrate_steps < 1 or calibrate_every < 1 or calibrate_cases < 1:
             raise UnetzooError("method_args: points, fit_steps >= 0; fit_slices, calibrate_steps, calibrate_every, calibrate_cases >= 1")
         if points == 0 and config.train.batch_size > 1:
             raise UnetzooError("method_args.points=0 (every voxel, the paper) needs --batch-size 1: frames differ in size")
@@ -134,6 +135,7 @@ class NISFMethod(Method):
         self.fit_steps, self.fit_lr, self.tune_backbone = int(fit_steps), float(fit_lr), bool(tune_backbone)
         self.fit_slices, self.slice_axis = int(fit_slices), int(slice_axis) % plan.spatial_dims
         self.calibrate_steps, self.calibrate_every, self.calibrate_cases = int(calibrate_steps), int(calibrate_every), int(calibrate_cases)
+        self.calibrate_voxels = int(calibrate_voxels)
         self.half_extent = torch.tensor([float(s) / 2 for s in plan.median_shape])
 
     # ---- training -------------------------------------------------------------------------------------
@@ -251,7 +253,8 @@ class NISFMethod(Method):
 
     def calibrate(self, cases: list[dict], log, out_dir: Path | None = None) -> dict:
         """``fit_steps`` = the step (0, every, 2 every ... ``calibrate_steps``) with the best mean foreground Dice
-        over the first ``calibrate_cases`` validation cases (nisf.md §4: 672 steps); the curve is saved as
+        over the first ``calibrate_cases`` validation cases (nisf.md §4: 672 steps), on every voxel or on
+        ``calibrate_voxels`` random ones; the curve is saved as
         ``fit_curve.png`` / ``fit_curve.json`` in ``out_dir`` (nisf.md Fig. 3)."""
         self.model.eval()
         curves, steps = [], []
@@ -259,7 +262,10 @@ class NISFMethod(Method):
             image = torch.as_tensor(case["image"]).float()
             label = torch.as_tensor(case["label"])[0].long()
             shape = image.shape[1:]
-            index = voxel_index(shape).reshape(*shape, len(shape))
+            index, label = voxel_index(shape), label.flatten()
+            if 0 < self.calibrate_voxels < len(label):  # a fixed random subset of voxels (a CPU's budget)
+                keep = torch.randperm(len(label), generator=torch.Generator().manual_seed(self.config.seed))[: self.calibrate_voxels]
+                index, label = index[keep], label[keep]
             curve, steps = [], []
 
             def observe(step, model, latent):
