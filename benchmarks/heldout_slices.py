@@ -7,7 +7,13 @@ thus segments the slices it sees, interpolated to its plan's spacing, and its pr
 missing slices; a continuous model (``nisf``) fits its latent on the slices it sees and samples its function on the
 missing ones. Dice per class is computed on the slices never seen (and, for reference, on the seen ones).
 
-    python benchmarks/heldout_slices.py RUN [RUN ...] --data DATA --every 2 --axis 2 --out benchmarks/results/NAME
+With ``--fit-slices`` a model that fits at test time (``nisf``) is given the whole image instead and fits its
+latent on slices 0, K, 2K ... only (``unetzoo predict --fit-slices K``): the paper's experiment, where the seen
+slices are the file's own (the cut image is resampled to the plan's spacing, which interpolates the missing
+slices from the seen ones before the fit). The slice axis is mapped into the preprocessed (RAS) frame; the file's
+slices are the preprocessed ones when its spacing along that axis is the plan's.
+
+    python benchmarks/heldout_slices.py RUN [RUN ...] --data DATA --every 2 --axis 2 [--fit-slices] --out benchmarks/results/NAME
 
 Writes ``NAME.md`` (the table) and ``NAME.json`` (per case), and prints the table.
 """
@@ -47,12 +53,17 @@ def dice_per_class(pred: np.ndarray, ref: np.ndarray, labels: list[int]) -> dict
 
 
 def run_case(predictor, case, every: int, axis: int, labels: list[int], tmp: Path) -> dict:
+    from unetzoo.data.plan import ras_axes
     from unetzoo.io import read_label
 
-    cut = cut_slices(case.images[0], every, axis, tmp / f"{case.name}_cut_0000.nii.gz")
-    predictor.grid_reference = case.images[0]
+    if getattr(predictor.method, "fit_slices", 1) > 1:  # fit on the seen slices of the whole image
+        predictor.method.slice_axis = int(ras_axes(nib.load(str(case.images[0])).affine)[axis])
+        source = case.images[0]
+    else:
+        source = cut_slices(case.images[0], every, axis, tmp / f"{case.name}_cut_0000.nii.gz")
+        predictor.grid_reference = case.images[0]
     start = time.perf_counter()
-    pred = predictor.predict_probabilities([cut]).argmax(0).numpy()
+    pred = predictor.predict_probabilities([source]).argmax(0).numpy()
     seconds = time.perf_counter() - start
     ref = read_label(case.label, 3).array
     seen = np.zeros(ref.shape[axis], bool)
@@ -72,19 +83,23 @@ def main(argv=None) -> int:
     parser.add_argument("--data", type=Path, required=True, help="the dataset the runs were trained on")
     parser.add_argument("--every", type=int, default=2, help="keep every K-th slice (default 2)")
     parser.add_argument("--axis", type=int, default=2, help="slice axis of the NIfTI array (default 2)")
+    parser.add_argument("--fit-slices", action="store_true", help="models that fit at test time fit on the seen slices of the whole image")
     parser.add_argument("--cases", type=int, default=0, help="first N validation cases only (default all)")
     parser.add_argument("--out", type=Path, required=True, help="output stem: writes OUT.md and OUT.json")
     args = parser.parse_args(argv)
 
+    from unetzoo.config import Config
     from unetzoo.data.datasets import load_dataset
     from unetzoo.inference import Predictor
+    from unetzoo.methods import method_class
 
     dataset = load_dataset(args.data)
     labels = sorted(k for k in dataset.labels if k)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for run in args.runs:
-            predictor = Predictor(run)
+            fits = args.fit_slices and method_class(Config.load(run / "config.json").model).grad_at_inference
+            predictor = Predictor(run, fit_slices=args.every if fits else 1)
             split = json.loads((run / "splits.json").read_text())[predictor.config.fold]
             names = split["val"][: args.cases or None]
             rows = [run_case(predictor, dataset.case(n), args.every, args.axis, labels, Path(tmp)) for n in names]
@@ -94,7 +109,8 @@ def main(argv=None) -> int:
     lines = [
         f"Held-out slices: 1 slice in {args.every} along axis {args.axis} seen, Dice on the others "
         f"(mean over cases; seen slices for reference). Command: `python benchmarks/heldout_slices.py "
-        f"{' '.join(str(r) for r in args.runs)} --data {args.data} --every {args.every} --axis {args.axis}`",
+        f"{' '.join(str(r) for r in args.runs)} --data {args.data} --every {args.every} --axis {args.axis}"
+        f"{' --fit-slices' if args.fit_slices else ''}`",
         "",
         "| run | model | cases | " + " | ".join(f"{n} unseen" for n in names) + " | mean unseen | mean seen | s / case |",
         "|---|---|---|" + "---|" * (len(names) + 3),

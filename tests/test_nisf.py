@@ -90,7 +90,7 @@ def test_fit_changes_only_the_latent(tune_backbone):
     method, _ = _method(fit_steps=5, fit_lr=1e-2, tune_backbone=tune_backbone)
     before = {k: v.clone() for k, v in method.model.state_dict().items()}
     image = torch.rand(1, 6, 7, 5)
-    model, latent = method.fit_latent(image, 5)
+    model, latent = method.fit_latent([image], 5)
     start = torch.randn(1, 16, generator=torch.Generator().manual_seed(0)) * 1e-4
     assert not torch.allclose(latent, start), "the latent moved"
     assert all(torch.equal(before[k], v) for k, v in method.model.state_dict().items()), "the trained model is untouched"
@@ -107,9 +107,9 @@ def test_fit_slices_never_reads_the_other_slices():
     image[0, 0, 0, 0], image[0, 0, 0, 2] = 0.0, 1.0
     other = image.clone()
     other[..., 1::2] = torch.rand_like(other[..., 1::2])
-    assert torch.equal(method.fit_latent(image, 4)[1], method.fit_latent(other, 4)[1])
+    assert torch.equal(method.fit_latent([image], 4)[1], method.fit_latent([other], 4)[1])
     every, _ = _method(fit_steps=4, fit_lr=1e-2)
-    assert not torch.equal(every.fit_latent(image, 4)[1], every.fit_latent(other, 4)[1])
+    assert not torch.equal(every.fit_latent([image], 4)[1], every.fit_latent([other], 4)[1])
     assert method.fit_index((2, 2, 5)).tolist() == [0, 2, 4, 5, 7, 9, 10, 12, 14, 15, 17, 19]
 
 
@@ -158,3 +158,17 @@ def test_fit_slices_is_refused_for_models_that_fit_nothing(trained_run, organs, 
     assert main(["predict", str(trained_run), str(image), str(organs.parent / "out"), "--fit-slices", "2"]) != 0
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--fit-slices" in err[0] and "'unet'" in err[0]
+
+
+def test_predict_sequence_fits_one_latent_over_all_frames():
+    """3D+t: one latent for the subject (changing frame 1 changes frame 0's segmentation, unlike frame-by-frame
+    prediction), and time is an input (identical frames at t = 0 and 1/2 are segmented differently)."""
+    method, _ = _method(fit_steps=5, fit_lr=5e-2)
+    frame = torch.rand(1, 1, 6, 7, 5)
+    same = method.predict_sequence([frame, frame.clone()])
+    assert len(same) == 2 and same[0].shape == (1, 3, 6, 7, 5) and torch.allclose(same[0].sum(1), torch.ones(1), atol=1e-5)
+    assert not torch.allclose(same[0], same[1])
+    changed = method.predict_sequence([frame, torch.rand(1, 1, 6, 7, 5)])
+    assert not torch.allclose(changed[0], same[0])
+    grid = Grid.refinement((6, 7, 5), 2)
+    assert method.predict_sequence([frame, frame], grid)[1].shape == (1, 3, 12, 14, 10)

@@ -150,7 +150,8 @@ class NISFMethod(Method):
         """Sum over classes of binary CE + Dice (MONAI's smoothing 1e-5) on the softmax, per subject, averaged."""
         probs = torch.softmax(seg_logits.float(), dim=-1)  # (B, N, K)
         onehot = F.one_hot(label.long(), probs.shape[-1]).float()
-        bce = F.binary_cross_entropy(probs, onehot, reduction="none").mean(1)
+        # binary CE written out (torch's clamps the logs at -100; F.binary_cross_entropy refuses CUDA autocast)
+        bce = -(onehot * probs.log().clamp_min(-100) + (1 - onehot) * (1 - probs).log().clamp_min(-100)).mean(1)
         dice = 1 - (2 * (probs * onehot).sum(1) + 1e-5) / (probs.sum(1) + onehot.sum(1) + 1e-5)
         return (bce + dice).sum(-1).mean()
 
@@ -191,18 +192,20 @@ class NISFMethod(Method):
         keep = torch.remainder(index[:, self.slice_axis], self.fit_slices) == 0
         return keep.nonzero()[:, 0]
 
-    def fit_latent(self, image: torch.Tensor, steps: int, observe=None, every: int = 1, time: float = 0.0):
-        """Fit a new latent to ``image`` (C, *S) on the reconstruction loss for ``steps`` steps (nisf.md Eq. 4);
-        returns ``(model, latent)``, the model a tuned copy when ``tune_backbone``. ``observe(step, model, latent)``
-        is called at step 0 and every ``every`` steps."""
+    def fit_latent(self, frames: list[torch.Tensor], steps: int, observe=None, every: int = 1):
+        """Fit one new latent to the ``frames`` (C, *S) of a subject (one for 3D data; frame f of T at time f / T)
+        on the reconstruction loss for ``steps`` steps (nisf.md Eq. 4); returns ``(model, latent)``, the model a
+        tuned copy when ``tune_backbone``. ``observe(step, model, latent)`` is called at step 0 and every ``every``
+        steps."""
         model = copy.deepcopy(self.model) if self.tune_backbone else self.model
         model.eval()
         generator = torch.Generator().manual_seed(self.config.seed)  # the same image gives the same fit
-        device = image.device
-        shape = image.shape[1:]
-        intensity = minmax(image.float()).flatten(1).T
-        allowed = self.fit_index(shape).to(device)
-        coords = coordinates(voxel_index(shape).to(device), shape, self.half_extent, time)
+        device = frames[0].device
+        shape = frames[0].shape[1:]
+        voxels, count = voxel_index(shape).to(device), math.prod(shape)
+        intensity = torch.cat([minmax(f.float()).flatten(1).T for f in frames])
+        coords = torch.cat([coordinates(voxels, shape, self.half_extent, t / len(frames)) for t in range(len(frames))])
+        allowed = torch.cat([self.fit_index(shape).to(device) + t * count for t in range(len(frames))])
         latent = (torch.randn(1, model.latent_size, generator=generator) * model.latent_std).to(device).requires_grad_()
         params = [latent] + ([p for m in (*model.backbones(), model.image_head) for p in m.parameters()] if self.tune_backbone else [])
         optimizer = torch.optim.Adam(params, lr=self.fit_lr)
@@ -246,10 +249,19 @@ class NISFMethod(Method):
         out = []
         for x in image:
             shape = x.shape[1:]
-            model, latent = self.fit_latent(x, self.fit_steps)
+            model, latent = self.fit_latent([x], self.fit_steps)
             index = voxel_index(shape).reshape(*shape, len(shape)) if grid is None else grid.points()
             out.append(self.segment(model, latent, index.to(x.device), shape))
         return torch.stack(out)
+
+    def predict_sequence(self, frames: list[torch.Tensor], grid: Grid | None = None) -> list[torch.Tensor]:
+        """The T frames (1, C, *S) of one 3D+t subject: ONE latent fitted over all of them (nisf.md §3, t the 4th
+        coordinate), then every frame's segmentation sampled at its time on its voxels or at ``grid``'s points."""
+        self.model.eval()
+        shape = frames[0].shape[2:]
+        model, latent = self.fit_latent([f[0] for f in frames], self.fit_steps)
+        index = (voxel_index(shape).reshape(*shape, len(shape)) if grid is None else grid.points()).to(frames[0].device)
+        return [self.segment(model, latent, index, shape, t / len(frames))[None] for t in range(len(frames))]
 
     def calibrate(self, cases: list[dict], log, out_dir: Path | None = None) -> dict:
         """``fit_steps`` = the step (0, every, 2 every ... ``calibrate_steps``) with the best mean foreground Dice
@@ -272,7 +284,7 @@ class NISFMethod(Method):
                 steps.append(step)
                 curve.append(mean_dice(self.segment(model, latent, index, shape).argmax(0), label, self.num_classes))
 
-            self.fit_latent(image, self.calibrate_steps, observe, self.calibrate_every)
+            self.fit_latent([image], self.calibrate_steps, observe, self.calibrate_every)
             curves.append(curve)
         mean = np.nanmean(np.array(curves, dtype=np.float64), axis=0) if curves else np.zeros(1)
         mean = np.nan_to_num(mean, nan=-1.0)
