@@ -85,6 +85,15 @@ def test_training_loss_is_the_papers_sum():
     assert batch["intensity"].min() >= 0 and batch["intensity"].max() <= 1
 
 
+def test_frames_of_a_sequence_carry_their_time():
+    """Training items of frame f of T have t = f / T as the last coordinate (3D cases: 0)."""
+    method, _ = _method(points=32)
+    image, label = torch.rand(1, 6, 7, 5), torch.zeros(1, 6, 7, 5)
+    sample = method.train_transform()({"image": image, "label": label, "case_index": 1, "frame_index": 2, "num_frames": 4})
+    assert torch.all(sample["coords"][:, -1] == 0.5) and sample["coords"].shape == (32, 4) and int(sample["case_index"]) == 1
+    assert torch.all(method.train_transform()({"image": image, "label": label, "case_index": 0})["coords"][:, -1] == 0)
+
+
 @pytest.mark.parametrize("tune_backbone", [False, True])
 def test_fit_changes_only_the_latent(tune_backbone):
     method, _ = _method(fit_steps=5, fit_lr=1e-2, tune_backbone=tune_backbone)

@@ -192,11 +192,12 @@ class NISFMethod(Method):
         keep = torch.remainder(index[:, self.slice_axis], self.fit_slices) == 0
         return keep.nonzero()[:, 0]
 
-    def fit_latent(self, frames: list[torch.Tensor], steps: int, observe=None, every: int = 1):
-        """Fit one new latent to the ``frames`` (C, *S) of a subject (one for 3D data; frame f of T at time f / T)
-        on the reconstruction loss for ``steps`` steps (nisf.md Eq. 4); returns ``(model, latent)``, the model a
-        tuned copy when ``tune_backbone``. ``observe(step, model, latent)`` is called at step 0 and every ``every``
-        steps."""
+    def fit_latent(self, frames: list[torch.Tensor], steps: int, observe=None, every: int = 1, times: list[float] | None = None):
+        """Fit one new latent to the ``frames`` (C, *S) of a subject (one for 3D data; frame f of T at time f / T
+        unless ``times`` says otherwise) on the reconstruction loss for ``steps`` steps (nisf.md Eq. 4); returns
+        ``(model, latent)``, the model a tuned copy when ``tune_backbone``. ``observe(step, model, latent)`` is
+        called at step 0 and every ``every`` steps."""
+        times = [t / len(frames) for t in range(len(frames))] if times is None else times
         model = copy.deepcopy(self.model) if self.tune_backbone else self.model
         model.eval()
         generator = torch.Generator().manual_seed(self.config.seed)  # the same image gives the same fit
@@ -204,7 +205,7 @@ class NISFMethod(Method):
         shape = frames[0].shape[1:]
         voxels, count = voxel_index(shape).to(device), math.prod(shape)
         intensity = torch.cat([minmax(f.float()).flatten(1).T for f in frames])
-        coords = torch.cat([coordinates(voxels, shape, self.half_extent, t / len(frames)) for t in range(len(frames))])
+        coords = torch.cat([coordinates(voxels, shape, self.half_extent, t) for t in times])
         allowed = torch.cat([self.fit_index(shape).to(device) + t * count for t in range(len(frames))])
         latent = (torch.randn(1, model.latent_size, generator=generator) * model.latent_std).to(device).requires_grad_()
         params = [latent] + ([p for m in (*model.backbones(), model.image_head) for p in m.parameters()] if self.tune_backbone else [])
@@ -273,6 +274,7 @@ class NISFMethod(Method):
         for case in cases[: self.calibrate_cases]:
             image = torch.as_tensor(case["image"]).float()
             label = torch.as_tensor(case["label"])[0].long()
+            time = float(case.get("frame_index", 0)) / float(case.get("num_frames", 1))  # a frame of a 3D+t case
             shape = image.shape[1:]
             index, label = voxel_index(shape), label.flatten()
             if 0 < self.calibrate_voxels < len(label):  # a fixed random subset of voxels (a CPU's budget)
@@ -282,9 +284,9 @@ class NISFMethod(Method):
 
             def observe(step, model, latent):
                 steps.append(step)
-                curve.append(mean_dice(self.segment(model, latent, index, shape).argmax(0), label, self.num_classes))
+                curve.append(mean_dice(self.segment(model, latent, index, shape, time).argmax(0), label, self.num_classes))
 
-            self.fit_latent([image], self.calibrate_steps, observe, self.calibrate_every)
+            self.fit_latent([image], self.calibrate_steps, observe, self.calibrate_every, times=[time])
             curves.append(curve)
         mean = np.nanmean(np.array(curves, dtype=np.float64), axis=0) if curves else np.zeros(1)
         mean = np.nan_to_num(mean, nan=-1.0)
