@@ -1,8 +1,9 @@
 """NISF (nisf.md): the WIRE layer, the residual/latent wiring, the latent table, the coordinate frame, latent
-fitting (only the latent moves; held-out slices are never read), training + calibration end to end, --grid."""
+fitting (only the latent moves; held-out slices are never read), training + calibration end to end, --grid, --fit-slices, 3D+t sequences."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -181,3 +182,33 @@ def test_predict_sequence_fits_one_latent_over_all_frames():
     assert not torch.allclose(changed[0], same[0])
     grid = Grid.refinement((6, 7, 5), 2)
     assert method.predict_sequence([frame, frame], grid)[1].shape == (1, 3, 12, 14, 10)
+
+
+def test_cardiac_sequence_trains_and_predicts_4d_in_the_input_geometry(tmp_path):
+    """`phantom cardiac` 3D+t end to end: nisf trains on frames, the Predictor hands a case's frames to
+    predict_sequence together (one latent per subject), and the 4D prediction has the input's exact shape and affine."""
+    import nibabel as nib
+
+    from unetzoo.data.phantoms import write_cardiac_phantom
+    from unetzoo.inference import Predictor
+    from unetzoo.training import train
+
+    hearts = write_cardiac_phantom(tmp_path / "hearts", cases=3, frames=3, seed=3, shape=(16, 16, 6))
+    config = Config(model="nisf")
+    config.data.num_workers = config.data.cache_workers = 0
+    config.data.folds = 3
+    config.train.epochs, config.train.iters_per_epoch, config.train.batch_size = 1, 3, 1
+    config.model_args.update(SMALL)
+    config.method_args.update({"points": 256, "fit_steps": 2, "calibrate_steps": 2, "calibrate_every": 1, "calibrate_cases": 1})
+    run = train(hearts, tmp_path / "run", config)
+    assert Config.load(run / "config.json").model_args["num_subjects"] == 2  # one latent per subject, not per frame
+    name = json.loads((run / "splits.json").read_text())[0]["val"][0]
+    source, result = nib.load(str(hearts / "imagesTr" / f"{name}.nii.gz")), nib.load(str(run / "validation" / f"{name}.nii.gz"))
+    assert result.shape == source.shape == (16, 16, 6, 3) and np.array_equal(result.affine, source.affine)
+
+    predictor = Predictor(run)
+    fits = []
+    fit = predictor.method.fit_latent
+    predictor.method.fit_latent = lambda frames, *a, **k: fits.append(len(frames)) or fit(frames, *a, **k)
+    probs = predictor.predict_probabilities([hearts / "imagesTr" / f"{name}.nii.gz"])
+    assert fits == [3] and probs.shape == (4, 16, 16, 6, 3)
