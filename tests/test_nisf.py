@@ -84,6 +84,10 @@ def test_training_loss_is_the_papers_sum():
     expected = rec + (bce + dice).sum(-1).mean() + l2
     assert method.training_loss(batch).item() == pytest.approx(expected.item(), rel=1e-5)
     assert batch["intensity"].min() >= 0 and batch["intensity"].max() <= 1
+    logits = torch.tensor([[[120.0, 0.0, 0.0], [0.0, 120.0, 0.0]]], requires_grad=True)
+    saturated = method.segmentation_loss(logits, torch.tensor([[1, 1]]))
+    saturated.backward()  # a saturated softmax (p = 1 exactly) keeps a finite loss and gradient
+    assert torch.isfinite(saturated) and torch.isfinite(logits.grad).all()
 
 
 def test_frames_of_a_sequence_carry_their_time():

@@ -150,8 +150,10 @@ class NISFMethod(Method):
         """Sum over classes of binary CE + Dice (MONAI's smoothing 1e-5) on the softmax, per subject, averaged."""
         probs = torch.softmax(seg_logits.float(), dim=-1)  # (B, N, K)
         onehot = F.one_hot(label.long(), probs.shape[-1]).float()
-        # binary CE written out (torch's clamps the logs at -100; F.binary_cross_entropy refuses CUDA autocast)
-        bce = -(onehot * probs.log().clamp_min(-100) + (1 - onehot) * (1 - probs).log().clamp_min(-100)).mean(1)
+        # binary CE written out (F.binary_cross_entropy refuses CUDA autocast); the clamp keeps log and its
+        # gradient finite where the softmax saturates (log(1 - p) at p = 1 gave NaN gradients)
+        p = probs.clamp(1e-6, 1 - 1e-6)
+        bce = -(onehot * p.log() + (1 - onehot) * (1 - p).log()).mean(1)
         dice = 1 - (2 * (probs * onehot).sum(1) + 1e-5) / (probs.sum(1) + onehot.sum(1) + 1e-5)
         return (bce + dice).sum(-1).mean()
 
