@@ -101,6 +101,19 @@ def test_splits_keep_a_subjects_frames_together(hearts):
             assert [i["case_index"] for i in items] == [k for k in range(len(names)) for _ in range(FRAMES)]
 
 
+def test_per_epoch_validation_limit_counts_subjects(hearts):
+    from unetzoo.methods import build_method
+    from unetzoo.training import SegmentationModule
+
+    dataset = load_dataset(hearts)
+    plan = make_plan(dataset, dataset.cases)
+    config = tiny_config()
+    config.train.val_cases = 1
+    method, config = build_method(config, plan)
+    module = SegmentationModule(method, config, plan, val_items=dataset.frame_items(["heart_002", "heart_003"]))
+    assert [(i["name"], i["frame_index"]) for i in module.val_dataloader().dataset.data] == [("heart_002", t) for t in range(FRAMES)]
+
+
 def test_4d_image_in_a_multichannel_dataset_is_a_channel_mismatch(hearts, tmp_path):
     data = tmp_path / "two"
     shutil.copytree(hearts, data)

@@ -123,7 +123,8 @@ class SegmentationModule(L.LightningModule):
         )
 
     def val_dataloader(self):
-        items = self.val_items[: self.config.train.val_cases or None]
+        limit = self.config.train.val_cases  # the first N validation cases (3D+t: with all their frames)
+        items = [item for item in self.val_items if not limit or item["case_index"] < limit]
         return DataLoader(self._cached(items), batch_size=1, num_workers=0)
 
     # ---- steps ------------------------------------------------------------------------------------
