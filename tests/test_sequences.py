@@ -111,7 +111,7 @@ def test_per_epoch_validation_limit_counts_subjects(hearts):
     config.train.val_cases = 1
     method, config = build_method(config, plan)
     module = SegmentationModule(method, config, plan, val_items=dataset.frame_items(["heart_002", "heart_003"]))
-    assert [(i["name"], i["frame_index"]) for i in module.val_dataloader().dataset.data] == [("heart_002", t) for t in range(FRAMES)]
+    assert [(i["name"], i["frame_index"]) for i in module.val_dataloader().dataset] == [("heart_002", t) for t in range(FRAMES)]
 
 
 def test_4d_image_in_a_multichannel_dataset_is_a_channel_mismatch(hearts, tmp_path):
