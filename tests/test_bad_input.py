@@ -6,7 +6,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import shutil
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -163,12 +165,14 @@ def _nifti_with_header(path: Path, pixdim=(1.0, 1.0, 1.0), sform=None) -> Path:
     return path
 
 
-def test_zero_spacing_in_the_affine_is_an_error_everywhere(tmp_path):
+def test_zero_spacing_in_the_affine_is_an_error_everywhere(runs, tmp_path):
     flat = np.diag([1.0, 0.0, 1.0, 1.0])
     path = _nifti_with_header(tmp_path / "z.nii", sform=flat)
     for read in (read_image, read_label):
         with pytest.raises(UnetzooError, match=r"z.nii: the affine \(sform/qform\) has zero or invalid voxel spacing \[1.0, 0.0, 1.0\]"):
             read(path)
+    with pytest.raises(UnetzooError, match=r"array: the affine \(sform/qform\) has zero or invalid voxel spacing"):
+        Predictor(runs["3d"]).predict_array(np.ones((16, 16, 16)), flat)
 
 
 @pytest.mark.parametrize("pixdim, message", [((1.0, 0.0, 1.0), "should be non-zero"), ((1.0, -2.0, 1.0), "should be positive")])
@@ -357,12 +361,13 @@ def test_resume_verifies_again_and_cleans_leftovers(ids_run):
     with pytest.raises(UnetzooError, match=r"config.json: --resume cannot change model_args"):
         train(data, run, other, resume=True)
     assert (run / "config.json").read_bytes() == saved
-    (run / ".tmp_999_checkpoint_last.pt").write_bytes(b"half")
+    dead = _dead_pid()
+    (run / f".tmp_{dead}_checkpoint_last.pt").write_bytes(b"half")
     train(data, run, config, resume=True)
     assert not list(run.glob(".tmp_*"))
     assert json.loads((run / "config.json").read_text())["train"]["epochs"] == 2
     log = max(run.glob("training_log_*.txt")).read_text()
-    assert "removed .tmp_999_checkpoint_last.pt" in log and "poly learning-rate schedule is recomputed over 2 epochs" in log
+    assert f"removed .tmp_{dead}_checkpoint_last.pt" in log and "poly learning-rate schedule is recomputed over 2 epochs" in log
 
 
 def test_prediction_done_only_when_every_output_exists(runs, tmp_path):
@@ -371,6 +376,13 @@ def test_prediction_done_only_when_every_output_exists(runs, tmp_path):
     predictor = Predictor(runs["3d"])
     predictor.predict_cases({"a": [image]}, out, save_probabilities=True)
     (out / "a.npz").unlink()  # killed between the mask and its probabilities
-    (out / ".tmp_abc_a.nii.gz").write_bytes(b"half")
+    (out / f".tmp_{_dead_pid()}_x_a.nii.gz").write_bytes(b"half")
+    (out / f".tmp_{os.getpid()}_x_b.nii.gz").write_bytes(b"being written")  # another command writing here
     predictor.predict_cases({"a": [image]}, out, save_probabilities=True)
-    assert sorted(p.name for p in out.iterdir()) == ["a.nii.gz", "a.npz"]
+    assert sorted(p.name for p in out.iterdir()) == [f".tmp_{os.getpid()}_x_b.nii.gz", "a.nii.gz", "a.npz"]
+
+
+def _dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid

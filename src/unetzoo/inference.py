@@ -258,6 +258,7 @@ def array_image(array: np.ndarray, affine: np.ndarray | None, plan: Plan) -> Ima
     affine = np.eye(4) if affine is None or dims == 2 else np.asarray(affine, dtype=np.float64)
     if affine.shape != (4, 4):
         raise UnetzooError(f"affine must be a 4x4 matrix, got shape {affine.shape}")
+    check_affine("array", affine)
     return Image(array, affine, Path("array" + (".nii.gz" if dims == 3 else ".png")))
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -267,13 +268,35 @@ def output_folder(path: str | os.PathLike) -> Path:
     return path
 
 
+LEFTOVER_AGE_S = 3600  # a temporary file this old is a leftover even if its pid is running (a reused pid)
+
+
 def remove_leftovers(folder: str | os.PathLike) -> list[Path]:
-    """Delete the temporary files (``.tmp_*``) that a killed write left in ``folder``; returns them. Call it when a
-    command starts writing into a folder that no other process writes into."""
-    leftovers = sorted(Path(folder).glob(".tmp_*"))
-    for path in leftovers:
-        path.unlink(missing_ok=True)
+    """Delete the temporary files (``.tmp_<pid>_*``) that a killed write left in ``folder``; returns them. A file
+    whose process still runs (another command writing into the same folder) stays, unless it is over an hour old."""
+    leftovers = []
+    for path in sorted(Path(folder).glob(".tmp_*")):
+        pid = path.name.split("_")[1]
+        try:
+            if _running(pid) and time.time() - path.stat().st_mtime < LEFTOVER_AGE_S:
+                continue
+            path.unlink()
+        except FileNotFoundError:  # its writer renamed it meanwhile
+            continue
+        leftovers.append(path)
     return leftovers
+
+
+def _running(pid: str) -> bool:
+    if not pid.isdigit() or int(pid) == 0:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def _atomic_target(out_path: Path):
@@ -281,7 +304,7 @@ def _atomic_target(out_path: Path):
     permissions a plainly created file would get (mkstemp makes it private)."""
     output_folder(out_path.parent)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix="_" + out_path.name, dir=out_path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".tmp_{os.getpid()}_", suffix="_" + out_path.name, dir=out_path.parent)
     except OSError as exc:
         raise file_error(out_path, f"cannot write the file ({exc.strerror or type(exc).__name__})") from None
     os.close(fd)
