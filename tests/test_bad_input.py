@@ -366,6 +366,7 @@ def test_resume_verifies_again_and_cleans_leftovers(ids_run):
     train(data, run, config, resume=True)
     assert not list(run.glob(".tmp_*"))
     assert json.loads((run / "config.json").read_text())["train"]["epochs"] == 2
+    assert torch.load(run / "checkpoint_last.pt", weights_only=False)["epoch"] == 1  # every epoch, best or not
     log = max(run.glob("training_log_*.txt")).read_text()
     assert f"removed .tmp_{dead}_checkpoint_last.pt" in log and "poly learning-rate schedule is recomputed over 2 epochs" in log
 

@@ -332,15 +332,16 @@ def trainer_settings(config: Config, method: Method) -> dict:
 
 
 def _trainer(config: Config, run_dir: Path, method: Method) -> L.Trainer:
-    checkpoint = ModelCheckpoint(
-        dirpath=run_dir, filename=BEST, monitor="val_dice", mode="max", save_last=True, save_top_k=1, enable_version_counter=False
-    )
-    checkpoint.CHECKPOINT_NAME_LAST = LAST
-    checkpoint.FILE_EXTENSION = CHECKPOINT_EXT
+    # best: the epoch of highest validation Dice; last: every epoch (unmonitored), so that a --resume loses at most
+    # the epoch in progress (Lightning's save_last is only written together with a new best)
+    best = ModelCheckpoint(dirpath=run_dir, filename=BEST, monitor="val_dice", mode="max", save_top_k=1, enable_version_counter=False)
+    last = ModelCheckpoint(dirpath=run_dir, filename=LAST, save_top_k=1, enable_version_counter=False)
+    for checkpoint in (best, last):
+        checkpoint.FILE_EXTENSION = CHECKPOINT_EXT
     return L.Trainer(
         **trainer_settings(config, method),
         max_time={"seconds": config.train.max_minutes * 60} if config.train.max_minutes > 0 else None,
-        callbacks=[checkpoint] + ([EarlyStopping(monitor="val_dice", mode="max", patience=config.train.early_stop)] if config.train.early_stop > 0 else []),
+        callbacks=[best, last] + ([EarlyStopping(monitor="val_dice", mode="max", patience=config.train.early_stop)] if config.train.early_stop > 0 else []),
         plugins=[AtomicCheckpointIO()],
         logger=run_loggers(run_dir),
         default_root_dir=run_dir,
