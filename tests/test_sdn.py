@@ -122,13 +122,18 @@ def test_sweep_gradients_match_autograd_through_the_reference(spatial_dims, dire
     grads = []
     with torch.no_grad():
         assert (autograd_sweep(cell, state, axis, reverse) - reference_sweep(cell, state, axis, reverse)).abs().max() < 1e-10
+    outputs = []
     for sweep in (cell, lambda *a: autograd_sweep(cell, *a)):
-        (sweep(state, axis, reverse) * weights).sum().backward()
+        outputs.append(sweep(state, axis, reverse))
+        (outputs[-1] * weights).sum().backward()
         grads.append([state.grad.clone()] + [p.grad.clone() for p in cell.parameters()])
         state.grad = None
         cell.zero_grad(set_to_none=True)
     for fast, slow in zip(*grads):
         assert (fast - slow).abs().max() < 1e-5 * max(1.0, slow.abs().max().item())
+    with torch.no_grad():  # the gradient-free path (inference, export) and the autograd function agree
+        assert (cell(state, axis, reverse) - outputs[0]).abs().max() < 1e-12
+    assert (outputs[0] - outputs[1]).abs().max() < 1e-12
 
 
 def test_sweep_passes_gradcheck_and_runs_under_bf16_autocast():
