@@ -188,6 +188,8 @@ class Predictor:
         """Predict every case into ``out_dir/CASE.<input ending>``; returns the written (or kept) files."""
         from tqdm import tqdm
 
+        for paths in cases.values():  # every case's files of the run's kind before the first is predicted
+            self.check_files(paths)
         out_dir = output_folder(out_dir)
         remove_leftovers(out_dir)
         written = []
