@@ -110,7 +110,7 @@ def main(argv=None) -> int:
         f"Held-out slices: 1 slice in {args.every} along axis {args.axis} seen, Dice on the others "
         f"(mean over cases; seen slices for reference). Command: `python benchmarks/heldout_slices.py "
         f"{' '.join(str(r) for r in args.runs)} --data {args.data} --every {args.every} --axis {args.axis}"
-        f"{' --fit-slices' if args.fit_slices else ''}`",
+        f"{' --fit-slices' if args.fit_slices else ''}{f' --cases {args.cases}' if args.cases else ''}`",
         "",
         "| run | model | cases | " + " | ".join(f"{n} unseen" for n in names) + " | mean unseen | mean seen | s / case |",
         "|---|---|---|" + "---|" * (len(names) + 3),
