@@ -164,3 +164,22 @@ def test_tuning_starts_at_three_standard_deviations():
     pooled = F.avg_pool3d(F.pad(volume, (0, 1, 0, 1, 0, 1), mode="replicate"), 2, stride=1)
     var, mean = torch.var_mean(pooled, dim=(2, 3, 4), keepdim=True, correction=0)
     assert torch.allclose(z, 3 * ((pooled - mean) / torch.sqrt(var + 1e-5) - 3), atol=1e-5)
+
+
+def test_paper_optimiser_settings(tmp_path):
+    """Sec. 4: Adam 1e-3, learning rate halved after 3 epochs without improvement, early stopping after 5."""
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    from unetzoo.training import SegmentationModule, _trainer
+
+    config = Config(model="projection-2.5d-unet", model_args={"directions": 2, "n_stages": 2, "base_features": 4})
+    for assignment in ("train.optimizer=adam", "train.lr=1e-3", "train.scheduler=plateau", "train.early_stop=5"):
+        config.set(assignment)
+    method, resolved = build_method(config, Plan.synthetic([12, 10, 9]))
+    setup = SegmentationModule(method, resolved, method.plan).configure_optimizers()
+    optimizer, scheduler = setup["optimizer"], setup["lr_scheduler"]
+    assert type(optimizer) is torch.optim.Adam and optimizer.param_groups[0]["lr"] == 1e-3
+    assert isinstance(scheduler["scheduler"], torch.optim.lr_scheduler.ReduceLROnPlateau) and scheduler["monitor"] == "val_dice"
+    assert scheduler["scheduler"].factor == 0.5 and scheduler["scheduler"].patience == 3 and scheduler["scheduler"].mode == "max"
+    stops = [c for c in _trainer(resolved, tmp_path, method).callbacks if isinstance(c, EarlyStopping)]
+    assert len(stops) == 1 and stops[0].patience == 5 and stops[0].monitor == "val_dice"
