@@ -13,8 +13,11 @@ different anatomy at another resolution or for another field of view. Here a poi
 physical offset from the centre of the preprocessed volume, divided by the dataset's half extent (half the
 plan's median shape, in voxels of the plan's common spacing): every preprocessed volume has that spacing, so
 the map is in millimetres, the same for any input resolution, and a point of another plane or a finer grid
-(``predict(image, grid)``) lands on the same anatomy. Volumes span about [-1, 1]. Time is a last coordinate,
-``frame_index / num_frames`` (the authors' t / T), 0 for single-frame data.
+(``predict(image, grid)``) lands on the same anatomy. Volumes span about [-1, 1]. The origin is the volume's
+centre because scanner origins are arbitrary across subjects; a different field of view (a crop) moves it.
+Points are voxel centres (the authors' 1e-4 coordinate noise is far below a voxel and left out). Time is a last
+coordinate, ``frame_index / num_frames`` (the authors' t / T), 0 for single-frame data; ``predict(image)`` of a
+lone frame (the per-epoch validation Dice) uses t = 0, ``predict_sequence`` and :meth:`calibrate` the frame's t.
 
 Inference (nisf.md Eq. 4): a new latent N(0, ``latent_std``), the MLP frozen (``tune_backbone`` also tunes the
 backbone and image head on a copy, as the authors' code does), Adam (``fit_lr`` 1e-4) on the reconstruction loss
