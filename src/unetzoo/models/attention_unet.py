@@ -19,9 +19,9 @@ import torch
 from monai.networks.nets.attentionunet import AttentionBlock
 from torch import nn
 
-from unetzoo.models.blocks import crop_to, init_he, pad_to_multiple, stage_widths, unet_plan_defaults
+from unetzoo.models.blocks import unet_plan_defaults
 from unetzoo.models.registry import register
-from unetzoo.models.unet import PlainConvDecoder, PlainConvEncoder
+from unetzoo.models.unet import PlainConvDecoder, UNet
 
 
 class GatedDecoder(PlainConvDecoder):
@@ -52,7 +52,7 @@ class GatedDecoder(PlainConvDecoder):
     paper="Oktay et al., Attention U-Net, MIDL 2018 (regularized-unet.md ref. [12])",
     plan_defaults=unet_plan_defaults,
 )
-class AttentionUNet(nn.Module):
+class AttentionUNet(UNet):
     """Attention U-Net for 2D and 3D (``spatial_dims``): :class:`~unetzoo.models.unet.UNet` with gated skips.
 
     Accepts any input size (pads to a multiple of ``2**(n_stages-1)`` and crops back). In training mode with
@@ -64,27 +64,4 @@ class AttentionUNet(nn.Module):
         logits = net.eval()(torch.zeros(1, 1, 40, 56, 48))  # -> (1, 5, 40, 56, 48)
     """
 
-    def __init__(
-        self,
-        spatial_dims: int,
-        in_channels: int,
-        out_channels: int,
-        n_stages: int = 6,
-        base_features: int = 32,
-        max_features: int = 320,
-        convs_per_stage: int = 2,
-        deep_supervision: bool = True,
-    ):
-        super().__init__()
-        widths = stage_widths(n_stages, base_features, max_features)
-        self.deep_supervision = deep_supervision
-        self.encoder = PlainConvEncoder(spatial_dims, in_channels, widths, [convs_per_stage] * n_stages)
-        self.decoder = GatedDecoder(spatial_dims, widths, out_channels, convs_per_stage)
-        self.divisor = 2 ** (n_stages - 1)
-        self.apply(init_he)
-
-    def forward(self, x: torch.Tensor):
-        x, shape = pad_to_multiple(x, self.divisor)
-        outputs = self.decoder(self.encoder(x), all_levels=self.training and self.deep_supervision)
-        outputs = [crop_to(out, [-(-s // 2**level) for s in shape]) for level, out in enumerate(outputs)]
-        return outputs if self.training and self.deep_supervision else outputs[0]
+    decoder_class = GatedDecoder

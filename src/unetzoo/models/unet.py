@@ -84,6 +84,8 @@ class UNet(nn.Module):
         logits = net.eval()(torch.zeros(1, 1, 37, 50, 35))  # -> (1, 3, 37, 50, 35)
     """
 
+    decoder_class = PlainConvDecoder  # a variant swaps the decoder (attention-unet: gated skips)
+
     def __init__(
         self,
         spatial_dims: int,
@@ -100,7 +102,7 @@ class UNet(nn.Module):
         self.spatial_dims = spatial_dims
         self.deep_supervision = deep_supervision
         self.encoder = PlainConvEncoder(spatial_dims, in_channels, widths, [convs_per_stage] * n_stages)
-        self.decoder = PlainConvDecoder(spatial_dims, widths, out_channels, convs_per_stage)
+        self.decoder = self.decoder_class(spatial_dims, widths, out_channels, convs_per_stage)
         self.divisor = 2 ** (n_stages - 1)
         self.apply(init_he)
 
