@@ -19,7 +19,7 @@ run beside it). On a shared machine the wall time depends on what other jobs tak
 one-thread process does not, so the ratio is given for both. The arms alternate for ``--rounds`` rounds (unetzoo
 first in even rounds, plain first in odd ones); each round starts both from the same initial weights. Usage::
 
-    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/framework_overhead.py ../shared/data/hippocampus \\
+    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/framework_overhead.py data/hippocampus \\
         [--cases 40] [--steps 40] [--warmup 5] [--rounds 3] [--num-workers 1] [--out benchmarks/results/framework_overhead]
 """
 

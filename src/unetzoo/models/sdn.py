@@ -25,7 +25,7 @@ A spatial dependency layer has three stages (sd-unet.md Sec. 2.1, Fig. 3):
 
 3. **project-out**: a 1x1 convolution ``state_size -> out_channels``, no activation.
 
-Implementation (what differs from the authors' code, see ../shared/notes/reference-implementations.md):
+Implementation (what differs from the authors' code, see the reference-implementation notes):
 
 * The input part ``W_i x`` over the neighbourhood of the previous line is a convolution with kernel 3
   (2D: ``conv1d`` over the line; 3D: 3x3 ``conv2d`` over the plane), so one step updates a whole line
