@@ -34,16 +34,9 @@ class GatedDecoder(PlainConvDecoder):
             AttentionBlock(spatial_dims, f_int=max(widths[i] // 2, 1), f_g=widths[i], f_l=widths[i]) for i in levels
         )
 
-    def forward(self, features: list[torch.Tensor], all_levels: bool) -> list[torch.Tensor]:
-        """Logits, finest level first; only the finest unless ``all_levels`` (deep supervision)."""
-        x = features[-1]
-        outputs = []
-        for up, gate, stage, head, skip in zip(self.ups, self.gates, self.stages, self.heads, reversed(features[:-1])):
-            g = up(x)
-            x = stage(torch.cat([g, gate(g, skip)], dim=1))
-            if all_levels or skip is features[0]:
-                outputs.append(head(x))
-        return outputs[::-1]
+    def join(self, level: int, upsampled: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        """The upsampled features next to the skip weighted by its gate, gated by the upsampled features."""
+        return torch.cat([upsampled, self.gates[level](upsampled, skip)], dim=1)
 
 
 @register(

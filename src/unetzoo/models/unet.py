@@ -58,11 +58,15 @@ class PlainConvDecoder(nn.Module):
         """Logits, finest level first; only the finest unless ``all_levels`` (deep supervision)."""
         x = features[-1]
         outputs = []
-        for up, stage, head, skip in zip(self.ups, self.stages, self.heads, reversed(features[:-1])):
-            x = stage(torch.cat([up(x), skip], dim=1))
+        for level, (up, stage, head, skip) in enumerate(zip(self.ups, self.stages, self.heads, reversed(features[:-1]))):
+            x = stage(self.join(level, up(x), skip))
             if all_levels or skip is features[0]:
                 outputs.append(head(x))
         return outputs[::-1]
+
+    def join(self, level: int, upsampled: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        """The input of decoder stage ``level`` (0 = deepest): the upsampled features next to the skip."""
+        return torch.cat([upsampled, skip], dim=1)
 
 
 @register(
