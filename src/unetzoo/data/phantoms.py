@@ -37,6 +37,15 @@ def _rotation(rng: np.random.Generator, max_degrees: float) -> np.ndarray:
     return np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * k @ k
 
 
+def _ellipsoid(coords: np.ndarray, centre: np.ndarray, radii: np.ndarray, rotation: np.ndarray | None = None) -> np.ndarray:
+    """Mask of the points of ``coords`` (3, *shape) inside the ellipsoid of ``radii`` about ``centre``, its axes
+    turned by ``rotation`` (3x3)."""
+    local = coords - centre[:, None, None, None]
+    if rotation is not None:
+        local = np.tensordot(rotation.T, local, axes=1)
+    return np.sum((local / radii[:, None, None, None]) ** 2, axis=0) <= 1.0
+
+
 def _write_dataset_json(out_dir: Path, name: str, description: str, channel_names: dict, labels: dict, cases: int, ending: str) -> None:
     dataset = {
         "name": name,
@@ -56,8 +65,7 @@ def _organ_labels(rng: np.random.Generator, grid_mm: np.ndarray, extent_mm: np.n
         for k in range(1, n_structures + 1):
             radii = rng.uniform(6.0, 12.0, size=3)
             centre = rng.uniform(0.25 * extent_mm, 0.75 * extent_mm)
-            local = np.tensordot(_rotation(rng, 90.0).T, grid_mm - centre[:, None, None, None], axes=1)
-            label[np.sum((local / radii[:, None, None, None]) ** 2, axis=0) <= 1.0] = k
+            label[_ellipsoid(grid_mm, centre, radii, _rotation(rng, 90.0))] = k
         if np.bincount(label.ravel(), minlength=n_structures + 1)[1:].min() >= MIN_STRUCTURE_VOXELS:
             return label
     raise UnetzooError(f"cannot fit {n_structures} structures of {MIN_STRUCTURE_VOXELS}+ voxels; use a larger shape")
@@ -218,8 +226,7 @@ def write_vessels_phantom(
         for _ in range(rng.integers(3, 7)):
             radii = rng.uniform(2.0, 8.0, size=3)
             centre = rng.uniform(0.1, 0.9, size=3) * np.asarray(shape)
-            local = np.tensordot(_rotation(rng, 90.0).T, grid - centre[:, None, None, None], axes=1)
-            blob = np.sum((local / radii[:, None, None, None]) ** 2, axis=0) <= 1.0
+            blob = _ellipsoid(grid, centre, radii, _rotation(rng, 90.0))
             brightness[blob & ~vessels] = rng.uniform(0.9, 1.3)
         brightness[vessels] = rng.uniform(0.9, 1.1)
         image = gaussian_filter(brightness, sigma=0.6) * _bias_field(rng, shape)
@@ -236,10 +243,6 @@ def write_vessels_phantom(
 
 
 CARDIAC_LABELS = {"0": "background", "1": "RV cavity", "2": "LV myocardium", "3": "LV cavity"}  # ACDC's ids
-
-
-def _ellipsoid(coords: np.ndarray, centre: np.ndarray, radii: np.ndarray) -> np.ndarray:
-    return np.sum(((coords - centre[:, None, None, None]) / radii[:, None, None, None]) ** 2, axis=0) <= 1.0
 
 
 def _heart_frame(coords: np.ndarray, anatomy: dict, phase: float) -> np.ndarray:
