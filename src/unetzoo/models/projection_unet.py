@@ -204,13 +204,19 @@ def class_logits(z: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.zeros_like(z[:, :1]), z], dim=1)
 
 
+def projection_plan_defaults(plan, config, train_cases=None) -> dict:
+    """The 2D U-Net's depth from the projection images' size (nnU-Net's rule, as ``unet`` from its patch)."""
+    rows, detector = projection_shape(plan.patch_size, config.model_args.get("axis", 1))
+    return {"n_stages": stages_for_patch([rows, detector])}
+
+
 @register(
     "projection-2.5d-unet",
     description="projection-based 2.5D U-Net: MIPs from p fixed directions, 2D U-Net, filtered backprojection",
     paper="Angermann & Haltmeier, random-2.5d-unet.md Sec. 3.1, Eq. (2)",
     method="projection",
     spatial_dims=(3,),
-    plan_defaults=lambda plan, config, train_cases=None: projection_plan_defaults(plan, config),
+    plan_defaults=projection_plan_defaults,
 )
 class ProjectionUNet(nn.Module):
     """N(x) = T o R o F o [U o M_theta_k(x)]_k with p fixed directions theta_k = k * 180 / p (module docstring).
@@ -289,7 +295,7 @@ class ProjectionUNet(nn.Module):
     paper="Angermann & Haltmeier, random-2.5d-unet.md Sec. 3.2, Fig. 4",
     method="projection",
     spatial_dims=(3,),
-    plan_defaults=lambda plan, config, train_cases=None: projection_plan_defaults(plan, config),
+    plan_defaults=projection_plan_defaults,
 )
 class RandomProjectionUNet(ProjectionUNet):
     """Two paths (Sec. 3.2). Path 1: p = ``directions`` random directions, one whole degree per angle bin
@@ -323,9 +329,3 @@ class RandomProjectionUNet(ProjectionUNet):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.path2(x)
-
-
-def projection_plan_defaults(plan, config) -> dict:
-    """The 2D U-Net's depth from the projection images' size (nnU-Net's rule, as ``unet`` from its patch)."""
-    rows, detector = projection_shape(plan.patch_size, config.model_args.get("axis", 1))
-    return {"n_stages": stages_for_patch([rows, detector])}
