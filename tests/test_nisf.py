@@ -13,7 +13,8 @@ import torch
 from unetzoo.config import Config
 from unetzoo.data.plan import Plan
 from unetzoo.methods import Grid, build_method
-from unetzoo.methods.nisf import coordinates, voxel_index
+from unetzoo.methods.nisf import coordinates
+from unetzoo.models.implicit_unet import voxel_grid
 from unetzoo.models.nisf import WIRE, ResMLP
 
 SMALL = {"width": 16, "latent_size": 16, "depth": 2}
@@ -62,7 +63,7 @@ def test_coordinates_are_the_same_anatomy_at_any_resolution():
     """The 2x finer grid's voxels 2i and 2i+1 straddle voxel i: their coordinates average to voxel i's; the centre
     of the volume is 0 and the dataset's half extent is 1."""
     shape, half = (4, 6), torch.tensor([2.0, 3.0])
-    coarse = coordinates(voxel_index(shape).reshape(4, 6, 2), shape, half)
+    coarse = coordinates(voxel_grid(shape).reshape(4, 6, 2), shape, half)
     fine = coordinates(Grid.refinement(shape, 2).points(), shape, half)
     pooled = fine.reshape(4, 2, 6, 2, 3).mean(dim=(1, 3))
     assert torch.allclose(pooled, coarse, atol=1e-6)

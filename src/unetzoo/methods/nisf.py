@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from unetzoo.errors import UnetzooError
 from unetzoo.methods.base import Method
 from unetzoo.methods.grid import Grid
+from unetzoo.models.implicit_unet import voxel_grid
 
 CHUNK = 65536  # points per forward pass when sampling the segmentation
 
@@ -52,12 +53,6 @@ def minmax(image: torch.Tensor) -> torch.Tensor:
     low, high = flat.min(1).values, flat.max(1).values
     scale = (high - low).clamp_min(1e-8)
     return (image - low.view(-1, *[1] * (image.dim() - 1))) / scale.view(-1, *[1] * (image.dim() - 1))
-
-
-def voxel_index(shape) -> torch.Tensor:
-    """Index (V, d) of every voxel of ``shape`` in C order."""
-    axes = [torch.arange(int(s), dtype=torch.float32) for s in shape]
-    return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, len(shape))
 
 
 def coordinates(index: torch.Tensor, shape, half_extent: torch.Tensor, time: float = 0.0) -> torch.Tensor:
@@ -80,7 +75,7 @@ class FrameSampler:
         shape = image.shape[1:]
         total = math.prod(shape)
         pick = torch.randint(total, (self.points,), generator=generator) if self.points else torch.arange(total)
-        index = voxel_index(shape)[pick]
+        index = voxel_grid(shape)[pick]
         time = float(case.get("frame_index", 0)) / float(case.get("num_frames", 1))
         return {
             "coords": coordinates(index, shape, self.half_extent, time),
@@ -193,7 +188,7 @@ class NISFMethod(Method):
     # ---- inference ------------------------------------------------------------------------------------
     def fit_index(self, shape) -> torch.Tensor:
         """Voxels (flat indices) the latent is fitted on: every voxel, or those of every ``fit_slices``-th slice."""
-        index = voxel_index(shape)
+        index = voxel_grid(shape)
         keep = torch.remainder(index[:, self.slice_axis], self.fit_slices) == 0
         return keep.nonzero()[:, 0]
 
@@ -208,7 +203,7 @@ class NISFMethod(Method):
         generator = torch.Generator().manual_seed(self.config.seed)  # the same image gives the same fit
         device = frames[0].device
         shape = frames[0].shape[1:]
-        voxels, count = voxel_index(shape).to(device), math.prod(shape)
+        voxels, count = voxel_grid(shape, device), math.prod(shape)
         intensity = torch.cat([minmax(f.float()).flatten(1).T for f in frames])
         coords = torch.cat([coordinates(voxels, shape, self.half_extent, t) for t in times])
         allowed = torch.cat([self.fit_index(shape).to(device) + t * count for t in range(len(frames))])
@@ -247,7 +242,7 @@ class NISFMethod(Method):
         ``unetzoo benchmark`` counts as the MACs of one patch)."""
         shape = window.shape[2:]
         latent = window.new_zeros(1, self.model.latent_size)
-        return torch.stack([self.segment(self.model, latent, voxel_index(shape).reshape(*shape, len(shape)), shape) for _ in window])
+        return torch.stack([self.segment(self.model, latent, voxel_grid(shape).reshape(*shape, len(shape)), shape) for _ in window])
 
     def predict(self, image: torch.Tensor, grid: Grid | None = None) -> torch.Tensor:
         """Fit a latent per image, then sample the segmentation on its voxels or at ``grid``'s points."""
@@ -256,7 +251,7 @@ class NISFMethod(Method):
         for x in image:
             shape = x.shape[1:]
             model, latent = self.fit_latent([x], self.fit_steps)
-            index = voxel_index(shape).reshape(*shape, len(shape)) if grid is None else grid.points()
+            index = voxel_grid(shape).reshape(*shape, len(shape)) if grid is None else grid.points()
             out.append(self.segment(model, latent, index.to(x.device), shape))
         return torch.stack(out)
 
@@ -266,7 +261,7 @@ class NISFMethod(Method):
         self.model.eval()
         shape = frames[0].shape[2:]
         model, latent = self.fit_latent([f[0] for f in frames], self.fit_steps)
-        index = (voxel_index(shape).reshape(*shape, len(shape)) if grid is None else grid.points()).to(frames[0].device)
+        index = (voxel_grid(shape).reshape(*shape, len(shape)) if grid is None else grid.points()).to(frames[0].device)
         return [self.segment(model, latent, index, shape, t / len(frames))[None] for t in range(len(frames))]
 
     def calibrate(self, cases: list[dict], log, out_dir: Path | None = None) -> dict:
@@ -281,7 +276,7 @@ class NISFMethod(Method):
             label = torch.as_tensor(case["label"])[0].long()
             time = float(case.get("frame_index", 0)) / float(case.get("num_frames", 1))  # a frame of a 3D+t case
             shape = image.shape[1:]
-            index, label = voxel_index(shape), label.flatten()
+            index, label = voxel_grid(shape), label.flatten()
             if 0 < self.calibrate_voxels < len(label):  # a fixed random subset of voxels (a CPU's budget)
                 keep = torch.randperm(len(label), generator=torch.Generator().manual_seed(self.config.seed))[: self.calibrate_voxels]
                 index, label = index[keep], label[keep]
