@@ -120,7 +120,8 @@ def verify_case(case: Case, dataset: Dataset):
     one geometry) or raises a one-line error naming the file."""
     n_channels = len(dataset.channel_names)
     frames = case_frames(case.images, n_channels)
-    images = [read_image(case.images, dataset.spatial_dims, frame=t if frames > 1 else None) for t in range(frames)]
+    image = read_image(case.images, dataset.spatial_dims)  # a 3D+t case: the file read once, its T frames as channels
+    images = [dataclasses.replace(image, array=image.array[t : t + 1]) for t in range(frames)] if frames > 1 else [image]
     if images[0].array.shape[0] != n_channels:
         hint = " (a 4D image is 3D+t only in a 1-channel dataset; in a C-channel one it holds the C channels)" if n_channels > 1 else ""
         raise file_error(case.images[0], f"has {images[0].array.shape[0]} channel(s), dataset.json lists {n_channels}{hint}")
