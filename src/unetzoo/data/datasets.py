@@ -180,8 +180,9 @@ def prediction_inputs(input_path: str | Path, n_channel_files: int) -> dict[str,
         ending = file_ending(input_path)
         stem = strip_ending(input_path)
         case, _, channel = stem.rpartition("_")
-        if n_channel_files > 1 or (case and channel.isdigit() and len(channel) == 4):
-            if not (case and channel.isdigit() and len(channel) == 4):
+        numbered = bool(case) and channel.isdigit() and len(channel) == 4  # CASE_0000.ext
+        if n_channel_files > 1 or numbered:
+            if not numbered:
                 raise file_error(input_path, f"the model expects {n_channel_files} channel files per case, named CASE_0000{ending} ...")
             files = group_channel_files(input_path.parent, ending)[case]
             if len(files) != n_channel_files:
