@@ -44,7 +44,7 @@ def files_hash(item: dict) -> bytes:
     """Hash of what a case's preprocessing reads: path, size and modification time of every image and label
     file, and the frame of a 3D+t case."""
     paths = [*item["image"], *([item["label"]] if "label" in item else [])]
-    stats = [(str(Path(p).resolve()), os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in paths]
+    stats = [(str(Path(p).resolve()), st.st_size, st.st_mtime_ns) for p in paths for st in [os.stat(p)]]
     return hashlib.sha256(json.dumps([stats, item.get("frame_index"), item.get("num_frames")]).encode()).hexdigest().encode()
 
 
