@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from unetzoo.errors import UnetzooError, file_error
-from unetzoo.io import write_bytes, write_text
+from unetzoo.errors import UnetzooError
+from unetzoo.io import output_folder, write_bytes, write_text
 from unetzoo.methods import Method
 
 FORMATS = {"torchscript": "network.pt", "onnx": "network.onnx"}
@@ -30,8 +30,6 @@ def export_run(run_dir: str | Path, out_dir: str | Path, fmt: str = "torchscript
 
     predictor = Predictor(run_dir, checkpoint=checkpoint)
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise file_error(out_dir, "exists and is not a folder")
     path = export_method(predictor.method, out_dir, fmt)
     predictor.plan.save(out_dir / "plan.json")
     predictor.config.save(out_dir / "config.json")
@@ -58,7 +56,7 @@ def export_method(method: Method, out_dir: Path, fmt: str) -> Path:
                 raise UnetzooError("--format onnx needs the onnx package: pip install 'unetzoo[onnx]' (or use --format torchscript)") from None
             torch.onnx.export(model, (window,), buffer, input_names=["image"], output_names=["logits"], opset_version=ONNX_OPSET,
                               dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = output_folder(out_dir)
     path = write_bytes(out_dir / FORMATS[fmt], buffer.getvalue())
     plan, inference = method.plan, method.config.inference
     description = {
