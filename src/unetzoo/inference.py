@@ -295,9 +295,7 @@ def predict(run_dir, input_path, output_dir, device="cpu", overwrite=False, save
     extent, ``grid_reference`` outputs on that image's grid; ``keep_largest`` as :class:`Predictor`'s; ``fit_slices`` K > 1
     fits a test-time latent on every K-th slice only (nisf)."""
     options = dict(device=device, checkpoint=checkpoint, overlap=overlap, mirror=mirror, upsample=upsample, grid_reference=grid_reference,
-                   keep_largest=keep_largest)
-    if fit_slices != 1:
-        options["fit_slices"] = fit_slices
+                   keep_largest=keep_largest, fit_slices=fit_slices)
     runs = list(run_dir) if isinstance(run_dir, (list, tuple)) else [run_dir]
     predictor = Ensemble(runs, **options) if len(runs) > 1 else Predictor(runs[0], **options)
     cases = prediction_inputs(input_path, predictor.plan.n_channel_files)
