@@ -71,8 +71,11 @@ def test_coordinates_are_the_same_anatomy_at_any_resolution():
 
 
 def test_training_loss_is_the_papers_sum():
-    """Eq. 3: rec BCE x rec_weight + seg (BCE + Dice per class, summed) + latent L2 (mean) + backbone L2 (sum)."""
-    method, _ = _method(rec_weight=10.0, points=64)
+    """Eq. 3: rec BCE x rec_weight + seg (BCE + Dice per class, summed) + latent L2 (mean) + backbone L2 (sum).
+    nisf.md Sec. 3: "adding a weighting factor ... to the image reconstruction loss component yielded inference-time
+    improvements": the default weight is 10, the authors' configs' value (not their code's unweighted 1)."""
+    method, _ = _method(points=64)
+    assert method.rec_weight == 10.0
     batch = method.example_batch(torch.Generator().manual_seed(0))
     assert batch["coords"].shape == (2, 64, 4) and batch["label"].shape == (2, 64) and batch["case_index"].tolist() == [0, 1]
     latent = method.model.latents(batch["case_index"])
@@ -116,12 +119,14 @@ def test_fit_changes_only_the_latent(tune_backbone):
 
 
 def test_fit_slices_never_reads_the_other_slices():
-    """Fitting on every 2nd slice (last axis): changing the odd slices (same min/max) leaves the latent unchanged."""
+    """nisf.md Sec. 4: "producing segmentations for held-out sections of the image volume ... despite not having
+    access to the image information". Fitting on every 2nd slice (last axis): the odd slices, which here hold
+    the image's minimum and maximum, change nothing, not even through the min-max normalisation."""
     method, _ = _method(fit_steps=4, fit_lr=1e-2, fit_slices=2)
     image = torch.rand(1, 6, 7, 5)
-    image[0, 0, 0, 0], image[0, 0, 0, 2] = 0.0, 1.0
+    image[0, 2, 3, 1], image[0, 4, 0, 3] = -5.0, 7.0  # the extremes lie in unseen slices
     other = image.clone()
-    other[..., 1::2] = torch.rand_like(other[..., 1::2])
+    other[..., 1::2] = torch.rand_like(other[..., 1::2])  # other extremes: min and max now in the seen slices
     assert torch.equal(method.fit_latent([image], 4)[1], method.fit_latent([other], 4)[1])
     every, _ = _method(fit_steps=4, fit_lr=1e-2)
     assert not torch.equal(every.fit_latent([image], 4)[1], every.fit_latent([other], 4)[1])
@@ -148,8 +153,10 @@ def test_train_calibrate_and_predict_on_grid(tmp_path):
     config.method_args.update({"points": 256, "fit_steps": 2, "calibrate_steps": 4, "calibrate_every": 2, "calibrate_cases": 1, "calibrate_voxels": 500})
     run = train(data, tmp_path / "run", config)
     saved = Config.load(run / "config.json")
-    assert saved.model_args["num_subjects"] == 3 and saved.method_args["fit_steps"] in (0, 2, 4)
+    assert saved.model_args["num_subjects"] == 2 and saved.method_args["fit_steps"] in (0, 2, 4)  # 3 training cases, 1 kept out
     assert (run / "fit_curve.png").is_file() and (run / "validation" / "summary.json").is_file()
+    split, calibrated = json.loads((run / "splits.json").read_text())[0], json.loads((run / "fit_curve.json").read_text())["cases"]
+    assert len(calibrated) == 1 and calibrated[0] in split["train"] and calibrated[0] not in split["val"]
 
     case = sorted((data / "imagesTr").glob("*_0000.nii.gz"))[0]
     reference = nib.load(str(case))
@@ -164,6 +171,27 @@ def test_train_calibrate_and_predict_on_grid(tmp_path):
     half = nib.load(str(tmp_path / "half" / case.name.replace("_0000", "")))
     assert half.shape == reference.shape and np.allclose(half.affine, reference.affine)
     assert Predictor(run, fit_slices=2).method.fit_slices == 2 and Predictor(run).method.fit_slices == 1
+
+
+def test_calibration_subjects_are_kept_out_of_training_and_of_the_reported_fold():
+    """nisf.md Sec. 4: "The dataset split included 1000 subjects for the prior training, 50 for validation, and 100
+    for testing" and fit_steps was chosen "based on the Dice score of the best validation run": the cases that choose
+    the step count are neither trained on nor reported. Here they are ``calibrate_cases`` training cases, drawn with
+    the seed (the same ones in any order, so a resumed run keeps them), and removed from the prior training."""
+    from unetzoo.errors import UnetzooError
+    from unetzoo.training import _calibration_split
+
+    names = [f"case{i}" for i in range(10)]
+    config = Config(model="nisf")
+    config.method_args["calibrate_cases"] = 3
+    kept, held = _calibration_split(names, config)
+    assert len(held) == 3 and set(held).isdisjoint(kept) and sorted(kept + held) == names
+    assert _calibration_split(names[::-1], config)[1] == held
+    assert len(_calibration_split(names, Config(model="nisf"))[1]) == 5  # the default
+    assert _calibration_split(names, Config(model="unet")) == (names, [])  # dense models calibrate nothing
+    config.method_args["calibrate_cases"] = 10
+    with pytest.raises(UnetzooError, match="calibration"):
+        _calibration_split(names, config)
 
 
 def test_fit_slices_is_refused_for_models_that_fit_nothing(trained_run, organs, capsys):
@@ -206,7 +234,7 @@ def test_cardiac_sequence_trains_and_predicts_4d_in_the_input_geometry(tmp_path)
     config.model_args.update(SMALL)
     config.method_args.update({"points": 256, "fit_steps": 2, "calibrate_steps": 2, "calibrate_every": 1, "calibrate_cases": 1})
     run = train(hearts, tmp_path / "run", config)
-    assert Config.load(run / "config.json").model_args["num_subjects"] == 2  # one latent per subject, not per frame
+    assert Config.load(run / "config.json").model_args["num_subjects"] == 1  # 2 training subjects, 1 kept out to calibrate; not 1 per frame
     name = json.loads((run / "splits.json").read_text())[0]["val"][0]
     source, result = nib.load(str(hearts / "imagesTr" / f"{name}.nii.gz")), nib.load(str(run / "validation" / f"{name}.nii.gz"))
     assert result.shape == source.shape == (16, 16, 6, 3) and np.array_equal(result.affine, source.affine)

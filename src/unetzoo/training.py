@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import time
 from pathlib import Path
 
@@ -252,7 +253,10 @@ def train(data_dir: str | Path, run_dir: str | Path, config: Config, resume: boo
         if not isinstance(config.fold, int) or not 0 <= config.fold < len(splits):
             raise UnetzooError(f"fold {config.fold!r} does not exist: splits.json has folds 0..{len(splits) - 1} (or use fold all)")
         split = splits[config.fold]
+    train_names, calibration_names = _calibration_split(split["train"], config) if config.fold != "all" else (split["train"], [])
     log.info(f"dataset {dataset.root} ({dataset.layout} layout): {len(names)} cases; fold {config.fold}: {len(split['train'])} training, {len(split['val'])} validation")
+    if calibration_names:
+        log.info(f"{len(calibration_names)} of the training cases kept out of training to calibrate {config.model}'s inference settings: {', '.join(calibration_names)}")
     plan_path = run_dir / "plan.json"
     if plan_path.is_file():
         plan = Plan.load(plan_path)
@@ -262,14 +266,14 @@ def train(data_dir: str | Path, run_dir: str | Path, config: Config, resume: boo
         plan = make_plan(dataset, dataset.cases, config.data.patch_size, config.data.target_spacing, config.seed, cap_patch=not whole)
         plan.save(plan_path)
     L.seed_everything(config.seed, workers=True, verbose=False)
-    method, config = build_method(config, plan, train_cases=len(split["train"]))
+    method, config = build_method(config, plan, train_cases=len(train_names))
     config.data.patch_size = plan.patch_size
     if resume and (run_dir / "config.json").is_file():
         _check_resume(Config.load(run_dir / "config.json"), config, run_dir / "config.json", log)
     n_params = sum(p.numel() for p in method.model.parameters() if p.requires_grad)
     log.info(f"model {config.model}: {n_params:,} parameters, patch {plan.patch_size}, spacing {plan.target_spacing}, args {config.model_args}")
-    train_items, val_items = dataset.frame_items(split["train"]), dataset.frame_items(split["val"])
-    if len(train_items) + len(val_items) > len(split["train"]) + len(split["val"]):
+    train_items, val_items = dataset.frame_items(train_names), dataset.frame_items(split["val"])
+    if len(train_items) + len(val_items) > len(train_names) + len(split["val"]):
         log.info(f"3D+t cases: {len(train_items)} training and {len(val_items)} validation frames")
     module = SegmentationModule(method, config, plan, train_items, val_items, run_dir)
     log.info(resolve_precision(config.train.precision, resolve_device(config.train.device))[1])
@@ -280,7 +284,7 @@ def train(data_dir: str | Path, run_dir: str | Path, config: Config, resume: boo
         if config.fold == "all":
             log.info("fold all: no held-out cases, so no validation/ folder (evaluate a separate test set with predict + evaluate)")
         else:
-            _calibrate(module, run_dir, log)
+            _calibrate(module, dataset.frame_items(calibration_names), run_dir, log)
             validate_run(run_dir, dataset, split["val"], log)
     return run_dir
 
@@ -296,21 +300,35 @@ def _check_resume(saved: Config, config: Config, path: Path, log) -> None:
                     f"recomputed over {config.train.epochs} epochs, so the rate changes from the next epoch on")
 
 
-def _calibrate(module: SegmentationModule, run_dir: Path, log) -> None:
-    """Let the method choose its inference settings on the validation cases with the best weights, and record
-    them in ``config.json`` (e.g. NISF's number of latent-fitting steps)."""
+def _calibration_split(names: list[str], config: Config) -> tuple[list[str], list[str]]:
+    """The fold's training cases without those the method keeps out of training to calibrate its inference
+    settings (:meth:`Method.calibration_subjects`), and those cases: drawn with ``config.seed``, so that a resumed
+    run keeps out the same ones. The validation fold stays whole and untouched by the calibration."""
+    count = method_class(config.model).calibration_subjects(config.method_args)
+    if count <= 0:
+        return list(names), []
+    if count >= len(names):
+        raise UnetzooError(f"{config.model}: {count} training cases kept out for calibration (method_args) leave none of fold {config.fold}'s {len(names)} to train on")
+    held = set(random.Random(config.seed).sample(sorted(names), count))
+    return [n for n in names if n not in held], sorted(held)
+
+
+def _calibrate(module: SegmentationModule, items: list[dict], run_dir: Path, log) -> None:
+    """Let the method choose its inference settings, with the best weights, on the calibration cases ``items``
+    (kept out of training; see :func:`_calibration_split`), and record them in ``config.json`` (e.g. NISF's number
+    of latent-fitting steps)."""
     from unetzoo.inference import load_weights
 
-    if type(module.method).calibrate is Method.calibrate:  # the method chooses nothing: skip the preprocessing
+    if type(module.method).calibrate is Method.calibrate or not items:  # the method chooses nothing
         return
     best = run_dir / f"{BEST}{CHECKPOINT_EXT}"
     load_weights(module.method.model, best if best.is_file() else run_dir / f"{LAST}{CHECKPOINT_EXT}")
-    cases = module._cached(module.val_items)
+    cases = module._cached(items)
     updates = module.method.calibrate([cases[i] for i in range(len(cases))], log, run_dir)
     if updates:
         module.config.method_args.update(updates)
         module.config.save(run_dir / "config.json")
-        log.info(f"calibrated on {len(cases)} validation cases: {updates}")
+        log.info(f"calibrated on {len(cases)} held-out training frames/volumes: {updates}")
 
 
 def trainer_settings(config: Config, method: Method) -> dict:

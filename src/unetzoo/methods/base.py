@@ -18,8 +18,9 @@ What a method declares (class attributes, read by training, inference and the be
 
 What a method supplies: :meth:`train_transform`, :meth:`training_loss`, :meth:`parameter_groups`,
 :meth:`example_batch`, :meth:`predict` and, optionally, :meth:`predict_sequence` (the frames of one 3D+t case
-together; by default frame by frame) and :meth:`calibrate` (settings chosen on the validation cases after
-training, saved into the run's config).
+together; by default frame by frame) and :meth:`calibrate` (settings chosen after training on training subjects
+that :meth:`calibration_subjects` kept out of training, saved into the run's config; the validation fold, which
+the run reports, is never used to choose them).
 
 3D+t data: a 4D case is a sequence of 3D frames sharing one affine. Training and validation items are single
 frames carrying ``case_index`` (the subject), ``frame_index`` and ``num_frames`` (0 and 1 for 3D data), so a method
@@ -95,8 +96,15 @@ class Method:
         cases = [synthetic_case(self.train_patch_size(), self.plan.in_channels, self.num_classes, generator) for _ in range(n)]
         return {"image": torch.stack([c[0] for c in cases]), "label": torch.stack([c[1] for c in cases])}
 
+    @classmethod
+    def calibration_subjects(cls, method_args: dict) -> int:
+        """How many of a fold's training subjects :meth:`calibrate` needs kept out of training (0: none; dense
+        methods calibrate nothing). ``method_args``: the run's method arguments (defaults not filled in)."""
+        return 0
+
     def calibrate(self, cases: list[dict], log, out_dir=None) -> dict:
-        """Settings chosen on the preprocessed validation ``cases`` after training (e.g. a step count); the
+        """Settings chosen after training (e.g. a step count) on the preprocessed ``cases`` of the subjects that
+        :meth:`calibration_subjects` kept out of training (never the validation fold the run reports); the
         training writes them into the run's ``config.json`` ``method_args``; figures of the choice may go to
         ``out_dir`` (the run folder). Dense methods choose nothing."""
         return {}

@@ -8,6 +8,12 @@ of the latent squared + 1e-4 x sum of the backbone weights squared (heads exclud
 optimizer's weight decay (its groups have none, so AdamW is the paper's Adam); the learning rate is
 ``train.lr`` (1e-4, the paper). Intensities are min-max normalised to [0, 1] per frame and channel (nisf.md §4).
 
+``rec_weight`` defaults to 10: the paper found "a weighting factor ... to the image reconstruction loss component
+yielded inference-time improvements on both image reconstruction and segmentation metrics" (nisf.md §3; its
+value is lost from our copy of the text), and 10 is the value of the authors' configs that weight the term
+(config_slurm_rec_weight.yaml at 212511f, config_slurm_rec_weight_ftlr-5*.yaml, config_slurm_incoord.yaml; one
+other version tried 100, one 0.1; the code's own default of 1 is the unweighted sum the paper improved on).
+
 Coordinates (a departure, documented): the authors use i / N per axis, which makes the same coordinate mean
 different anatomy at another resolution or for another field of view. Here a point's coordinate is its
 physical offset from the centre of the preprocessed volume, divided by the dataset's half extent (half the
@@ -23,9 +29,17 @@ Inference (nisf.md Eq. 4): a new latent N(0, ``latent_std``), the MLP frozen (``
 backbone and image head on a copy, as the authors' code does), Adam (``fit_lr`` 1e-4) on the reconstruction loss
 (+ latent L2) alone for ``fit_steps`` steps on ``points`` random voxels per step; then the segmentation head is
 sampled at every voxel of the image or at the points of ``grid``. ``fit_slices`` K fits on every K-th slice
-along ``slice_axis`` only (nisf.md Fig. 5, held-out slices). :meth:`calibrate` chooses ``fit_steps`` after
-training as the step with the best mean Dice on validation cases (the paper's 672) and draws the Dice-vs-steps
-curve (nisf.md Fig. 3) into the run folder.
+along ``slice_axis`` only, and reads nothing else, its min-max included (nisf.md Fig. 5, held-out slices).
+:meth:`calibrate` chooses ``fit_steps`` after training as the step with the best mean Dice (the paper's 672)
+and draws the Dice-vs-steps curve (nisf.md Fig. 3) into the run folder. The paper chose it on 50 validation
+subjects and reported 100 other test subjects; here the ``calibrate_cases`` subjects are drawn from the fold's
+training cases and kept out of the prior training (:meth:`calibration_subjects`), so the fold's validation
+cases, which the run reports, play no part in the choice.
+
+Preprocessing (a departure, documented): the images are the pipeline's, i.e. normalised by modality and, in 3D,
+resampled to the plan's common spacing before the coordinates and intensities are read; the paper applies no
+preprocessing but the [0, 1] rescaling (nisf.md Sec. 4). The common spacing is what makes the coordinate frame
+above the same in millimetres for every subject; the per-frame min-max rescaling to [0, 1] follows it.
 """
 
 from __future__ import annotations
@@ -45,10 +59,11 @@ from unetzoo.methods.grid import Grid
 from unetzoo.models.implicit_unet import voxel_grid
 
 CHUNK = 65536  # points per forward pass when sampling the segmentation
+CALIBRATE_CASES = 5  # training subjects kept out of training to choose fit_steps on (the paper: 50 of 1,150)
 
 
 def minmax(image: torch.Tensor) -> torch.Tensor:
-    """Per channel min-max normalisation of (C, *S) to [0, 1] (a constant channel becomes 0)."""
+    """Per channel min-max normalisation of (C, *S) or (C, N) to [0, 1] (a constant channel becomes 0)."""
     flat = image.flatten(1)
     low, high = flat.min(1).values, flat.max(1).values
     scale = (high - low).clamp_min(1e-8)
@@ -109,7 +124,7 @@ class NISFMethod(Method):
         plan,
         config,
         points: int = 20000,
-        rec_weight: float = 1.0,
+        rec_weight: float = 10.0,
         latent_reg: float = 1e-4,
         weight_reg: float = 1e-4,
         fit_steps: int = 672,
@@ -119,7 +134,7 @@ class NISFMethod(Method):
         slice_axis: int = -1,
         calibrate_steps: int = 1000,
         calibrate_every: int = 50,
-        calibrate_cases: int = 5,
+        calibrate_cases: int = CALIBRATE_CASES,
         calibrate_voxels: int = 0,
     ):
         super().__init__(model, plan, config)
@@ -132,7 +147,7 @@ class NISFMethod(Method):
         self.points, self.rec_weight, self.latent_reg, self.weight_reg = int(points), float(rec_weight), float(latent_reg), float(weight_reg)
         self.fit_steps, self.fit_lr, self.tune_backbone = int(fit_steps), float(fit_lr), bool(tune_backbone)
         self.fit_slices, self.slice_axis = int(fit_slices), int(slice_axis) % plan.spatial_dims
-        self.calibrate_steps, self.calibrate_every, self.calibrate_cases = int(calibrate_steps), int(calibrate_every), int(calibrate_cases)
+        self.calibrate_steps, self.calibrate_every = int(calibrate_steps), int(calibrate_every)  # calibrate_cases: calibration_subjects
         self.calibrate_voxels = int(calibrate_voxels)
         self.half_extent = torch.tensor([float(s) / 2 for s in plan.median_shape])
 
@@ -196,17 +211,19 @@ class NISFMethod(Method):
         """Fit one new latent to the ``frames`` (C, *S) of a subject (one for 3D data; frame f of T at time f / T
         unless ``times`` says otherwise) on the reconstruction loss for ``steps`` steps (nisf.md Eq. 4); returns
         ``(model, latent)``, the model a tuned copy when ``tune_backbone``. ``observe(step, model, latent)`` is
-        called at step 0 and every ``every`` steps."""
+        called at step 0 and every ``every`` steps. Only the voxels of :meth:`fit_index` are read: with
+        ``fit_slices`` the min-max normalisation too comes from the seen slices alone (the held-out slices must
+        not inform the fit, nisf.md Fig. 5)."""
         times = [t / len(frames) for t in range(len(frames))] if times is None else times
         model = copy.deepcopy(self.model) if self.tune_backbone else self.model
         model.eval()
         generator = torch.Generator().manual_seed(self.config.seed)  # the same image gives the same fit
         device = frames[0].device
         shape = frames[0].shape[1:]
-        voxels, count = voxel_grid(shape, device), math.prod(shape)
-        intensity = torch.cat([minmax(f.float()).flatten(1).T for f in frames])
-        coords = torch.cat([coordinates(voxels, shape, self.half_extent, t) for t in times])
-        allowed = torch.cat([self.fit_index(shape).to(device) + t * count for t in range(len(frames))])
+        seen = self.fit_index(shape).to(device)  # the only voxels read, the min-max included
+        intensity = torch.cat([minmax(f.float().flatten(1)[:, seen]).T for f in frames])
+        coords = torch.cat([coordinates(voxel_grid(shape, device)[seen], shape, self.half_extent, t) for t in times])
+        count = len(intensity)
         latent = (torch.randn(1, model.latent_size, generator=generator) * model.latent_std).to(device).requires_grad_()
         params = [latent] + ([p for m in (*model.backbones(), model.image_head) for p in m.parameters()] if self.tune_backbone else [])
         optimizer = torch.optim.Adam(params, lr=self.fit_lr)
@@ -214,8 +231,8 @@ class NISFMethod(Method):
             observe(0, model, latent.detach())
         with torch.enable_grad():
             for step in range(1, steps + 1):
-                few = self.points and self.points < len(allowed)
-                pick = allowed[torch.randint(len(allowed), (self.points,), generator=generator).to(device)] if few else allowed
+                few = self.points and self.points < count
+                pick = torch.randint(count, (self.points,), generator=generator).to(device) if few else torch.arange(count, device=device)
                 _, image_logits = model(coords[pick][None], latent)
                 loss = self.reconstruction_loss(image_logits, intensity[pick][None])
                 loss = loss + self.regularisation(latent, model if self.tune_backbone else None)
@@ -264,14 +281,20 @@ class NISFMethod(Method):
         index = (voxel_grid(shape).reshape(*shape, len(shape)) if grid is None else grid.points()).to(frames[0].device)
         return [self.segment(model, latent, index, shape, t / len(frames))[None] for t in range(len(frames))]
 
+    @classmethod
+    def calibration_subjects(cls, method_args: dict) -> int:
+        """``calibrate_cases`` training subjects are kept out of the prior training for :meth:`calibrate`."""
+        return int(method_args.get("calibrate_cases", CALIBRATE_CASES))
+
     def calibrate(self, cases: list[dict], log, out_dir: Path | None = None) -> dict:
         """``fit_steps`` = the step (0, every, 2 every ... ``calibrate_steps``) with the best mean foreground Dice
-        over the first ``calibrate_cases`` validation cases (nisf.md §4: 672 steps), on every voxel or on
-        ``calibrate_voxels`` random ones; the curve is saved as
-        ``fit_curve.png`` / ``fit_curve.json`` in ``out_dir`` (nisf.md Fig. 3)."""
+        over ``cases``, the frames of the subjects kept out of training (nisf.md §4: "we chose this parameter
+        based on the Dice score of the best validation run", 672 steps), on every voxel or on ``calibrate_voxels``
+        random ones; the curve and the cases' names are saved as ``fit_curve.png`` / ``fit_curve.json`` in
+        ``out_dir`` (nisf.md Fig. 3)."""
         self.model.eval()
         curves, steps = [], []
-        for case in cases[: self.calibrate_cases]:
+        for case in cases:
             image = torch.as_tensor(case["image"]).float()
             label = torch.as_tensor(case["label"])[0].long()
             time = float(case.get("frame_index", 0)) / float(case.get("num_frames", 1))  # a frame of a 3D+t case
@@ -293,12 +316,13 @@ class NISFMethod(Method):
         best = int(np.argmax(mean))
         log.info(f"nisf calibration: best mean Dice {mean[best]:.4f} after {steps[best]} latent-fitting steps ({len(curves)} cases)")
         if out_dir is not None:
-            save_curve(Path(out_dir), steps, curves, steps[best])
+            save_curve(Path(out_dir), steps, curves, steps[best], [str(c.get("name", "")) for c in cases])
         return {"fit_steps": int(steps[best])}
 
 
-def save_curve(out_dir: Path, steps: list[int], curves: list[list[float]], best: int) -> None:
-    """``fit_curve.json`` and ``fit_curve.png``: validation Dice against latent-fitting steps (nisf.md Fig. 3)."""
+def save_curve(out_dir: Path, steps: list[int], curves: list[list[float]], best: int, names: list[str]) -> None:
+    """``fit_curve.json`` and ``fit_curve.png``: the calibration cases' Dice against latent-fitting steps (nisf.md
+    Fig. 3), with the cases' ``names``."""
     import io
 
     import matplotlib
@@ -308,11 +332,11 @@ def save_curve(out_dir: Path, steps: list[int], curves: list[list[float]], best:
 
     from unetzoo.io import write_bytes, write_text
 
-    write_text(out_dir / "fit_curve.json", json.dumps({"steps": steps, "dice_per_case": curves, "best_steps": best}, indent=1))
+    write_text(out_dir / "fit_curve.json", json.dumps({"cases": names, "steps": steps, "dice_per_case": curves, "best_steps": best}, indent=1))
     fig, ax = plt.subplots(figsize=(7, 4))
     for curve in curves:
         ax.plot(steps, curve, color="0.7", linewidth=0.8)
-    ax.plot(steps, np.nanmean(np.array(curves, dtype=np.float64), axis=0), color="tab:green", linewidth=2, label="mean over validation cases")
+    ax.plot(steps, np.nanmean(np.array(curves, dtype=np.float64), axis=0), color="tab:green", linewidth=2, label="mean over the calibration cases")
     ax.axvline(best, color="tab:red", linestyle="--", label=f"chosen: {best} steps")
     ax.set_xlabel("latent-fitting steps")
     ax.set_ylabel("mean foreground Dice")
