@@ -203,6 +203,14 @@ def test_build_method_passes_method_args():
     assert "n_stages" not in resolved.model_args and method.model.convs_per_stage == [2, 2, 4, 4]
 
 
+def test_declared_departures_fine_band_and_elastic_augmentation():
+    """implicit-unet.md: "the points near the broad boundary are predicted by the Implicit decoder" (no width given):
+    the band is broad_stride // 2 = 2 voxels by default. "Training augmentations included elastic transforms, ...":
+    elastic deformation is off by default (augment.elastic_p 0). Both are declared departures (README models table)."""
+    assert _method().band == 2 and _method(broad_stride=8).band == 4 and _method(band=1).band == 1
+    assert Config(model="implicit-unet").augment.elastic_p == 0.0
+
+
 def _ball_logits(points, centre, radii, scale=10.0):
     """Nested balls: class 1 inside radii[0], class 2 inside radii[1] (argmax boundaries exactly at the radii)."""
     r = (points - centre).norm(dim=-1)

@@ -10,6 +10,18 @@ paper at any patch size: 7,196 points in a 96x96x64 patch, 1,094 in a 40x56x40 h
 30,000 would be a much denser (and, for the MLP, proportionally costlier) sample on smaller patches: 5.1 % of a
 96x96x64 patch, 33 % of the hippocampus patch.
 
+Departures from the paper's pipeline (the README models table lists them):
+
+* Intensity normalisation is the pipeline's (nnU-Net's scheme, ``data.transforms.NormalizeByModalityd``): CT is
+  clipped to the dataset's foreground 0.5 and 99.5 percentiles and z-scored with the foreground mean and std, other
+  modalities are z-scored per image. The paper: "Image intensities were capped at the 95th percentile dataset-wise.
+  Subsequently we applied z-score intensity normalization." One scheme for every model keeps the comparison with
+  ``unet`` about the networks alone.
+* Elastic deformation, first of the paper's training augmentations, is off by default (``augment.elastic_p`` 0,
+  as for every model: costly on CPU; ``--set augment.elastic_p=0.2`` turns it on). Scaling, rotations, axis flips,
+  Gaussian noise and contrast, the rest of the paper's list, are on.
+* The fine band (below) is 2 voxels by default: the paper says only "the points near the broad boundary".
+
 Choices the paper leaves open (the authors' code was never released), with their reasons:
 
 * Points are continuous (uniform over the patch's voxel cells, [-0.5, S - 0.5) per axis) and their target is the

@@ -7,10 +7,14 @@ Here conv, norm and act are nnU-Net's (conv, InstanceNorm, LeakyReLU) so that th
 fairly with ``unet`` and ``unetpp``; the authors use BatchNorm + ReLU, max pooling and bilinear
 upsampling.
 
-**Where the SDN layers go.** The paper's Table 5 gives "SDN layers per encoder/decoder" (2 for nuclei,
-1 for polyps and liver). ``sdn_layers = k`` is read as the authors' code does (holistic-seg
-``lib/models.py``, a block gets an SDN when its index ``<= k``), which also reproduces the parameter
-increase of the paper's Table 4 (e.g. polyps: 4 ResSDN layers = +3.1M, Table 4 +3.12M):
+**Where the SDN layers go: the authors' code, not the paper's text (a declared departure).** The paper's
+Table 5 gives "SDN layers per encoder/decoder" (2 for nuclei, 1 for polyps and liver). ``sdn_layers = k`` is
+read as the authors' code does (holistic-seg ``lib/models.py``, a block gets an SDN when its index ``<= k``),
+so k = 2 puts 3 SDN stages in the encoder and 3 in the decoder, not 2; this reading also reproduces the
+parameter increase of the paper's Table 4 (e.g. polyps: 4 ResSDN layers = +3.1M, Table 4 +3.12M). For SDNU-Net
+the paper's text says "into the deeper scales of U-Net++" (Fig. 2) while the authors' code puts them on the
+outer nodes, the full-resolution top row included; the default follows the code (the one precise statement),
+and ``sdn_nodes`` gives the text's or any other placement:
 
 * ``sd-unet``: the ``k+1`` highest-resolution *downsampled* encoder stages (1, ..., k+1; the
   full-resolution stage 0 never has an SDN) and the ``k+1`` deepest decoder levels (levels
