@@ -4,8 +4,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from unetzoo.data.datasets import load_dataset, make_splits, prediction_inputs
+from unetzoo.data.datasets import load_dataset, prediction_inputs
 from unetzoo.data.plan import make_plan
+from unetzoo.data.splits import make_splits
 from unetzoo.errors import UnetzooError
 from unetzoo.io import write_array
 

@@ -15,9 +15,10 @@ from scipy.ndimage import binary_dilation
 
 from conftest import tiny_config
 from unetzoo.cli import main
-from unetzoo.data.datasets import load_dataset, make_splits
+from unetzoo.data.datasets import load_dataset
 from unetzoo.data.phantoms import write_cardiac_phantom
 from unetzoo.data.plan import make_plan
+from unetzoo.data.splits import make_splits
 from unetzoo.errors import UnetzooError
 from unetzoo.evaluation import evaluate_folder
 from unetzoo.io import case_frames, read_image, read_label

@@ -118,7 +118,7 @@ def benchmark_models(
     models: list[str],
     plan: Plan,
     config: Config | None = None,
-    device: str = "cpu",
+    device: str = "auto",
     warmup: int = 2,
     steps: int = 5,
     infer_shape: list[int] | None = None,
@@ -149,6 +149,7 @@ def benchmark_models(
     if warmup < 0 or steps < 1:
         raise UnetzooError(f"need warmup >= 0 and steps >= 1, got {warmup} and {steps}")
     base = config or Config()
+    device = resolve_device(device).type  # auto: the device it resolves to, named in the results
     precision, precision_line = resolve_precision(base.train.precision, resolve_device(device))
     configs = configs or {}
     for name in models:

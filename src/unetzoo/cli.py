@@ -33,14 +33,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="run folder")
     p.add_argument("--fold", type=_fold, help="cross-validation fold (default 0), or 'all' to train on every case (no held-out validation)")
     p.add_argument("--folds", type=int, help="number of cross-validation folds (default 5)")
+    p.add_argument("--splits", metavar="FILE", help="the folds from this file (nnU-Net's splits_final.json: a list of {\"train\": [...], \"val\": [...]})")
+    p.add_argument("--group-by", metavar="REGEX", help="cases whose names share this pattern's match are one subject, kept in one fold (e.g. 'patient\\d+')")
     p.add_argument("--epochs", type=int)
     p.add_argument("--iters-per-epoch", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--patch", type=int, nargs="+", metavar="N", help="patch size (D H W, or H W in 2D); default from the data")
     p.add_argument("--lr", type=float)
     p.add_argument("--optimizer", choices=["adamw", "sgd", "adam"])
-    p.add_argument("--max-minutes", type=float, help="stop training after this many minutes (then validate)")
-    p.add_argument("--device", choices=["cpu", "cuda"])
+    p.add_argument("--max-minutes", type=float, help="train for this many minutes, the poly learning rate annealing to 0 over them (then validate)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="auto (default): CUDA when present, else CPU")
     p.add_argument("--devices", type=int, help="number of devices (DDP through Lightning; CPU processes over gloo)")
     p.add_argument("--precision", help="auto (default: bf16-mixed where the device runs it natively, 16-mixed on older CUDA GPUs, else 32-true), 32-true, bf16-mixed or 16-mixed")
     p.add_argument("--num-workers", type=int, help="data-loading worker processes")
@@ -53,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("input", type=Path)
     p.add_argument("output", type=Path)
     p.add_argument("--checkpoint", default="best", choices=["best", "last"], help="weights of each run (default best; falls back to last)")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto (default): CUDA when present, else CPU")
     p.add_argument("--overwrite", action="store_true", help="redo cases already predicted")
     p.add_argument("--save-probabilities", action="store_true", help="also write CASE.npz with the class probabilities")
     p.add_argument("--mirror", action="store_true", default=None, help="test-time mirroring over every axis")
@@ -82,7 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("out", type=Path)
     p.add_argument("--model", default="unet")
     p.add_argument("--epochs", type=int, default=4)
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto (default): CUDA when present, else CPU")
 
     p = sub.add_parser("benchmark", help="parameters, MACs, training step time and memory, inference time and memory of models")
     p.add_argument("--models", help="comma-separated model names, or 'all' (every registered model for the data's dimensions)")
@@ -93,7 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--patch", type=int, nargs="+", metavar="N", help="patch size (default: from the data / the shape, capped)")
     p.add_argument("--infer-shape", type=int, nargs="+", metavar="N", help="spatial size of the predicted volume (default: --shape or the data's median shape)")
     p.add_argument("--batch-size", type=int, help="training batch size (default 2, as training)")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto (default): CUDA when present, else CPU")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's default)")
     p.add_argument("--precision", help="training-step precision, as train's: auto (default), 32-true, bf16-mixed or 16-mixed; inference stays fp32")
     p.add_argument("--warmup", type=int, default=2, help="untimed warm-up steps (default 2)")
@@ -141,6 +143,8 @@ def _config_from_args(args):
         "fold": ("fold",),
         "seed": ("seed",),
         "folds": ("data", "folds"),
+        "splits": ("data", "splits_file"),
+        "group_by": ("data", "group_by"),
         "patch": ("data", "patch_size"),
         "num_workers": ("data", "num_workers"),
         "epochs": ("train", "epochs"),

@@ -23,6 +23,8 @@ class DataConfig:
     pos_neg_ratio: list[float] = field(default_factory=lambda: [1.0, 2.0])  # implicit-unet.md: 1:2 positive:negative
     samples_per_case: int = 1  # patches cropped from one case per draw
     folds: int = 5
+    splits_file: str = ""  # nnU-Net's splits_final.json to use as is ("" = make data.folds folds from the seed)
+    group_by: str = ""  # regex: cases whose names share its match are one subject, never split (e.g. "patient\\d+")
     num_workers: int = 2
     cache_workers: int = 2
     cache_dir: str = ""  # preprocessed cases on disk (data/cache.py); "" = $UNETZOO_CACHE, else ~/.cache/unetzoo
@@ -60,9 +62,9 @@ class TrainConfig:
     early_stop: int = 0  # stop after this many epochs without a better validation Dice (random-2.5d-unet.md: 5); 0 = never
     deep_supervision: bool = True
     val_cases: int = 0  # cases (3D+t: subjects, all frames) used for the per-epoch validation Dice; 0 = every validation case
-    max_minutes: float = 0.0  # stop after this much training time (0 = no limit); the run still validates
+    max_minutes: float = 0.0  # stop after this much training time (0 = no limit), the poly schedule annealing over it (budget.py); the run still validates
     precision: str = "auto"  # auto (fastest native: see precision.py), 32-true, bf16-mixed, 16-mixed
-    device: str = "cpu"
+    device: str = "auto"  # auto: CUDA when present, else CPU; cpu; cuda
     devices: int = 1
     grad_clip: float = 12.0  # nnU-Net's gradient-norm clip
 

@@ -34,14 +34,28 @@ from unetzoo.methods.grid import refined_affine
 from unetzoo.postprocessing import keep_largest, run_rules
 
 
+DEVICES = ("auto", "cpu", "cuda")
+
+
 def resolve_device(name: str) -> torch.device:
+    """``auto`` (the default): CUDA when a CUDA device is present, else the CPU; ``cpu``; ``cuda`` (an error without one)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name in ("cuda", "gpu"):
         if not torch.cuda.is_available():
             raise UnetzooError("--device cuda requested but no CUDA device is available")
         return torch.device("cuda")
     if name != "cpu":
-        raise UnetzooError(f"unknown device {name!r} (cpu or cuda)")
+        raise UnetzooError(f"unknown device {name!r} ({', '.join(DEVICES)})")
     return torch.device("cpu")
+
+
+def device_line(name: str) -> str:
+    """One log line: the device ``name`` resolves to, and why when it was ``auto``."""
+    device = resolve_device(name)
+    if name != "auto":
+        return f"device {device.type}"
+    return f"device auto: {device.type} ({torch.cuda.get_device_name(0) if device.type == 'cuda' else 'no CUDA device'})"
 
 
 def load_weights(model: torch.nn.Module, checkpoint_path: Path) -> dict:
@@ -71,7 +85,7 @@ class Predictor:
     ``None`` takes the run's own choice (``postprocessing.json``), ``{}`` turns post-processing off.
     """
 
-    def __init__(self, run_dir: str | Path, device: str = "cpu", checkpoint: str = "best", overlap: float | None = None,
+    def __init__(self, run_dir: str | Path, device: str = "auto", checkpoint: str = "best", overlap: float | None = None,
                  mirror: bool | None = None, upsample: int = 1, grid_reference: str | Path | None = None,
                  keep_largest: dict[int, int] | None = None, fit_slices: int = 1):
         run_dir = Path(run_dir)
@@ -288,7 +302,7 @@ def save_npz(path: Path, **arrays) -> Path:
     return write_bytes(path, buffer.getvalue())
 
 
-def predict(run_dir, input_path, output_dir, device="cpu", overwrite=False, save_probabilities=False, mirror=None, overlap=None,
+def predict(run_dir, input_path, output_dir, device="auto", overwrite=False, save_probabilities=False, mirror=None, overlap=None,
             upsample=1, grid_reference=None, checkpoint="best", keep_largest=None, fit_slices=1) -> list[Path]:
     """Predict a folder (``CASE_0000.ext`` or MSD ``NAME.ext`` files) or one file into ``output_dir`` with one run,
     or with a list of runs as an :class:`Ensemble`; ``upsample`` F > 1 writes F-times finer outputs of the same world

@@ -25,12 +25,14 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 from monai.data import DataLoader, MetaTensor, list_data_collate
 
+from unetzoo.budget import TimeBudget, poly_factor, poly_lr
 from unetzoo.config import Config
 from unetzoo.data.cache import cache_root, preprocessed_cases
-from unetzoo.data.datasets import load_dataset, make_splits
+from unetzoo.data.datasets import load_dataset
 from unetzoo.data.plan import Plan, make_plan, verify_against_plan
+from unetzoo.data.splits import fold_split, splits_for
 from unetzoo.errors import UnetzooError, file_error
-from unetzoo.inference import resolve_device
+from unetzoo.inference import device_line, resolve_device
 from unetzoo.io import output_folder, remove_leftovers, write_text
 from unetzoo.methods import Method, build_method, method_class
 from unetzoo.precision import resolve_precision
@@ -72,11 +74,6 @@ def _plain(batch: dict) -> dict:
     return {k: v.as_tensor() if isinstance(v, MetaTensor) else v for k, v in batch.items()}
 
 
-def poly_lr(epoch: int, epochs: int, exponent: float = 0.9) -> float:
-    """nnU-Net's poly schedule factor (1 - epoch/epochs)^0.9."""
-    return (1 - min(epoch, epochs - 1) / epochs) ** exponent
-
-
 def make_optimizer(parameters, cfg) -> torch.optim.Optimizer:
     """The optimizer of ``config.train`` (AdamW, SGD with Nesterov momentum, or Adam); shared with the benchmark."""
     if cfg.optimizer == "adamw":
@@ -91,12 +88,14 @@ def make_optimizer(parameters, cfg) -> torch.optim.Optimizer:
 class SegmentationModule(L.LightningModule):
     """Wraps a :class:`Method`: training steps give its loss, the optimizer takes its parameter groups,
     validation uses its full inference procedure and reports nnU-Net's pseudo Dice (global TP/FP/FN over the
-    validation cases, per class). Without ``run_dir`` (the benchmark) nothing is written."""
+    validation cases, per class). Without ``run_dir`` (the benchmark) nothing is written. With a ``budget`` the poly
+    schedule runs on its time spent (:mod:`unetzoo.budget`)."""
 
-    def __init__(self, method: Method, config: Config, plan: Plan, train_items: list[dict] = (), val_items: list[dict] = (), run_dir: Path | None = None):
+    def __init__(self, method: Method, config: Config, plan: Plan, train_items: list[dict] = (), val_items: list[dict] = (),
+                 run_dir: Path | None = None, budget: TimeBudget | None = None):
         super().__init__()
         self.method, self.model = method, method.model
-        self.config, self.plan, self.run_dir = config, plan, run_dir
+        self.config, self.plan, self.run_dir, self.budget = config, plan, run_dir, budget
         self.train_items, self.val_items = list(train_items), list(val_items)
         self.history: list[dict] = []
         self._loss_sum, self._loss_count, self._epoch_start, self._epoch_lr = 0.0, 0, time.time(), 0.0
@@ -207,8 +206,12 @@ class SegmentationModule(L.LightningModule):
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch", "monitor": "val_dice"}}
         if cfg.scheduler != "poly":
             raise UnetzooError(f"unknown scheduler {cfg.scheduler!r} (poly, constant or plateau)")
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: poly_lr(epoch, cfg.epochs))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        if self.budget is None:
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: poly_lr(epoch, cfg.epochs))
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        # a time budget: after every step, on the larger of the epoch and the time fractions spent
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: poly_factor(self.budget.progress(self.current_epoch, cfg.epochs)))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint):
         checkpoint["unetzoo"] = {"config": self.config.to_dict(), "plan": self.plan.to_dict(), "history": self.history}
@@ -229,6 +232,8 @@ def train(data_dir: str | Path, run_dir: str | Path, config: Config, resume: boo
     """Train ``config.model`` on fold ``config.fold`` of the dataset in ``data_dir``; returns the run folder.
 
     ``fold="all"`` trains on every case (nnU-Net's final-model fold): no ``splits.json``, no held-out validation.
+    Otherwise the folds are ``data.splits_file`` (nnU-Net's ``splits_final.json``) or made over the subjects of
+    ``data.group_by`` (:mod:`unetzoo.data.splits`), and saved as ``splits.json``.
 
     With ``resume`` the run continues from ``checkpoint_last.pt`` (weights, optimizer, scheduler, epoch);
     ``splits.json`` and ``plan.json`` of an existing run folder are reused, never recomputed.
@@ -249,10 +254,9 @@ def train(data_dir: str | Path, run_dir: str | Path, config: Config, resume: boo
     if config.fold == "all":  # nnU-Net's fold "all": every case trains; pseudo Dice is on training cases
         split = {"train": sorted(names), "val": sorted(names)}
     else:
-        splits = _load_or_make(run_dir / "splits.json", lambda: make_splits(names, config.data.folds, config.seed))
-        if not isinstance(config.fold, int) or not 0 <= config.fold < len(splits):
-            raise UnetzooError(f"fold {config.fold!r} does not exist: splits.json has folds 0..{len(splits) - 1} (or use fold all)")
-        split = splits[config.fold]
+        splits_path = run_dir / "splits.json"
+        source = splits_path if splits_path.is_file() else config.data.splits_file or "the splits"
+        split = fold_split(_load_or_make(splits_path, lambda: splits_for(names, config.data, config.seed)), config.fold, str(source))
     train_names, calibration_names = _calibration_split(split["train"], config) if config.fold != "all" else (split["train"], [])
     log.info(f"dataset {dataset.root} ({dataset.layout} layout): {len(names)} cases; fold {config.fold}: {len(split['train'])} training, {len(split['val'])} validation")
     if calibration_names:
@@ -275,11 +279,15 @@ def train(data_dir: str | Path, run_dir: str | Path, config: Config, resume: boo
     train_items, val_items = dataset.frame_items(train_names), dataset.frame_items(split["val"])
     if len(train_items) + len(val_items) > len(train_names) + len(split["val"]):
         log.info(f"3D+t cases: {len(train_items)} training and {len(val_items)} validation frames")
-    module = SegmentationModule(method, config, plan, train_items, val_items, run_dir)
-    log.info(resolve_precision(config.train.precision, resolve_device(config.train.device))[1])
-    trainer = _trainer(config, run_dir, method)
+    budget = TimeBudget(config.train.max_minutes) if config.train.max_minutes > 0 else None
+    module = SegmentationModule(method, config, plan, train_items, val_items, run_dir, budget)
+    log.info(f"{device_line(config.train.device)}; {resolve_precision(config.train.precision, resolve_device(config.train.device))[1]}")
+    trainer = _trainer(config, run_dir, method, budget)
     trainer.fit(module, ckpt_path=str(last) if resume else None)
     if trainer.is_global_zero:
+        if budget is not None and budget.spent >= 1:
+            log.info(f"time budget of {config.train.max_minutes:g} min spent after {trainer.global_step} steps: "
+                     f"learning rate {trainer.optimizers[0].param_groups[0]['lr']:.2e}")
         log.info("training done")
         if config.fold == "all":
             log.info("fold all: no held-out cases, so no validation/ folder (evaluate a separate test set with predict + evaluate)")
@@ -349,7 +357,7 @@ def trainer_settings(config: Config, method: Method) -> dict:
     }
 
 
-def _trainer(config: Config, run_dir: Path, method: Method) -> L.Trainer:
+def _trainer(config: Config, run_dir: Path, method: Method, budget: TimeBudget | None = None) -> L.Trainer:
     # best: the epoch of highest validation Dice; last: every epoch (unmonitored), so that a --resume loses at most
     # the epoch in progress (Lightning's save_last is only written together with a new best)
     best = ModelCheckpoint(dirpath=run_dir, filename=BEST, monitor="val_dice", mode="max", save_top_k=1, enable_version_counter=False)
@@ -358,8 +366,8 @@ def _trainer(config: Config, run_dir: Path, method: Method) -> L.Trainer:
         checkpoint.FILE_EXTENSION = CHECKPOINT_EXT
     return L.Trainer(
         **trainer_settings(config, method),
-        max_time={"seconds": config.train.max_minutes * 60} if config.train.max_minutes > 0 else None,
-        callbacks=[best, last] + ([EarlyStopping(monitor="val_dice", mode="max", patience=config.train.early_stop)] if config.train.early_stop > 0 else []),
+        callbacks=[best, last] + ([budget] if budget is not None else [])
+        + ([EarlyStopping(monitor="val_dice", mode="max", patience=config.train.early_stop)] if config.train.early_stop > 0 else []),
         plugins=[AtomicCheckpointIO()],
         logger=run_loggers(run_dir),
         default_root_dir=run_dir,

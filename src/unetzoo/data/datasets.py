@@ -8,14 +8,13 @@
   NIfTI for 3D, PNG (grey or RGB in one file) for 2D.
 
 In both layouts a 1-channel dataset may hold 3D+t cases: one 4D NIfTI (X, Y, Z, T) image and label per subject.
-Splits are over cases, so all frames of a subject fall in the same fold; :meth:`Dataset.frame_items` then lists
-one item per frame for training.
+Splits (:mod:`unetzoo.data.splits`) are over cases, so all frames of a subject fall in the same fold;
+:meth:`Dataset.frame_items` then lists one item per frame for training.
 """
 
 from __future__ import annotations
 
 import json
-import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -206,20 +205,3 @@ def prediction_inputs(input_path: str | Path, n_channel_files: int) -> dict[str,
         raise file_error(input_path, f"the model expects {n_channel_files} channel files per case, named CASE_0000{ending} ...")
     return {s: [p] for s, p in zip(stems, files)}
 
-
-def make_splits(case_names: list[str], folds: int = 5, seed: int = 0) -> list[dict[str, list[str]]]:
-    """k-fold cross-validation splits, shuffled from ``seed`` (nnU-Net's ``splits_final.json`` format)."""
-    if folds < 2:
-        raise UnetzooError(f"cross-validation needs at least 2 folds, got {folds}")
-    if len(case_names) < folds:
-        raise UnetzooError(
-            f"the dataset has {len(case_names)} case(s), fewer than the {folds} folds requested; "
-            f"use --folds {max(2, len(case_names))} or fewer (each fold needs a validation case)"
-        )
-    names = sorted(case_names)
-    random.Random(seed).shuffle(names)
-    chunks = [names[i::folds] for i in range(folds)]
-    return [
-        {"train": sorted(n for j, chunk in enumerate(chunks) if j != k for n in chunk), "val": sorted(chunks[k])}
-        for k in range(folds)
-    ]

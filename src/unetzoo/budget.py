@@ -1,0 +1,61 @@
+"""Training budgets and the poly learning-rate schedule over them.
+
+nnU-Net's poly schedule lr x (1 - progress)^0.9 reaches 0 at the end of training, and a run learns much of its
+final accuracy in that low-rate end. With an epoch budget progress is ``epoch / epochs``. With a time budget
+(``--max-minutes``) stopping at the deadline would cut the schedule off at a high rate (issue 18: 0.6x the start
+after 17 of 40 epochs), so progress is the larger of the epoch fraction and the fraction of the time spent, updated
+after every step: a time-boxed run ends at a rate of ~0, as a finished schedule does, and stops at the deadline.
+"""
+
+from __future__ import annotations
+
+from time import monotonic
+
+from lightning.pytorch.callbacks import Callback
+
+
+def poly_factor(progress: float, exponent: float = 0.9) -> float:
+    """nnU-Net's poly factor (1 - progress)^0.9, progress clamped to [0, 1]."""
+    return (1 - min(max(progress, 0.0), 1.0)) ** exponent
+
+
+def poly_lr(epoch: int, epochs: int, exponent: float = 0.9) -> float:
+    """The epoch schedule's factor (1 - epoch/epochs)^0.9 (never 0: the last epoch trains at 1/epochs)."""
+    return poly_factor(min(epoch, epochs - 1) / epochs, exponent)
+
+
+class TimeBudget(Callback):
+    """Stops training once ``minutes`` of training time are spent and exposes the fraction spent (:attr:`spent`) to the
+    learning-rate schedule. The clock (``time.monotonic`` unless another is given) is read at the start and before
+    every optimizer step, and rank 0's fraction is broadcast, so every DDP process steps with the same rate and stops at the same
+    step. The time spent is saved in checkpoints, so a ``--resume`` continues the budget instead of restarting it."""
+
+    def __init__(self, minutes: float, clock=None):
+        self.seconds = float(minutes) * 60
+        self.clock = clock or monotonic
+        self.spent = 0.0  # fraction of the budget spent, at the end of the last step
+        self._before = 0.0  # seconds spent before this process started (a resumed run)
+        self._start = 0.0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._start = self.clock()
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        # here, not at the batch end: Lightning steps the schedulers before on_train_batch_end
+        elapsed = self._before + self.clock() - self._start
+        self.spent = float(trainer.strategy.broadcast(min(elapsed / self.seconds, 1.0)))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.spent >= 1.0:
+            trainer.should_stop = True
+
+    def state_dict(self) -> dict:
+        return {"seconds_spent": self.spent * self.seconds}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._before = float(state_dict["seconds_spent"])
+        self.spent = min(self._before / self.seconds, 1.0)
+
+    def progress(self, epoch: int, epochs: int) -> float:
+        """Schedule progress at ``epoch``: the larger of the epoch fraction and the time fraction spent."""
+        return max(min(epoch, epochs - 1) / epochs, self.spent)
