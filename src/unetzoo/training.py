@@ -202,7 +202,8 @@ class SegmentationModule(L.LightningModule):
         if cfg.scheduler == "constant":
             return optimizer
         if cfg.scheduler == "plateau":  # random-2.5d-unet.md Sec. 4: halve after 3 epochs without improvement
-            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=3)
+            # torch halves once more than ``patience`` epochs are flat (Keras: ``patience``), so 2 = the 3rd flat epoch
+            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=2)
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch", "monitor": "val_dice"}}
         if cfg.scheduler != "poly":
             raise UnetzooError(f"unknown scheduler {cfg.scheduler!r} (poly, constant or plateau)")
