@@ -4,7 +4,9 @@ This is nnU-Net's procedure and the one every convolutional model of the zoo use
 ``sd-unet`` ...). A model in training mode with deep supervision returns a list of logits, the inference head
 first. ``head_weights`` (a method argument, set per model in its registration) weights them: ``"halving"``
 1, 1/2, 1/4 ... normalised (nnU-Net's outputs at decreasing resolution), or ``"equal"`` (U-Net++'s full-resolution
-heads, Zhou et al.). Targets are downsampled to each output's size by nearest interpolation.
+heads, Zhou et al.). Targets are downsampled to each output's size by nearest interpolation. ``loss`` (a method
+argument) is ``"dice-ce"``, nnU-Net's Dice+CE, or ``"summed-dice-ce"``, regularized-unet.md's Eq. 5
+(:func:`summed_dice_ce`, the default of ``regularized-unet``).
 """
 
 from __future__ import annotations
@@ -26,16 +28,45 @@ def supervision_weights(n_outputs: int) -> list[float]:
 HEAD_WEIGHTS = {"halving": supervision_weights, "equal": lambda n: [1.0 / n] * n}
 
 
+def summed_dice_ce(logits: torch.Tensor, label: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """regularized-unet.md Eq. 5 for logits (B, C, *S) and labels (B, 1, *S), U = softmax(logits), M one-hot:
+    L_Dice = sum_{c=1..C} (1 - 2 (sum M_c U_c + eps) / (sum M_c + sum U_c + eps)), every class, background included,
+    summed (not averaged); L_Entropy = -1/C sum_c <M_c, log U_c>, plus each other, per image, averaged over the batch.
+
+    The inner product <M_c, log U_c> is taken as the mean over the N voxels, not the sum (a declared departure):
+    summed, the entropy term is N times larger (2*10^6 for a 128^3 patch), so the Dice term (at most C) would no
+    longer count and the loss scale would follow the patch size. -1/C sum_c mean_voxels is ``-(M * log U).mean()``
+    over the (C, *S) tensor. ``eps`` (the paper's epsilon, value not given):
+    MONAI's and nnU-Net's 1e-5. The model's outputs may be log-probabilities (the TV head's): log_softmax leaves
+    them unchanged."""
+    log_u = F.log_softmax(logits.float(), dim=1)
+    target = F.one_hot(label[:, 0].long(), logits.shape[1]).movedim(-1, 1).float()
+    voxels = tuple(range(2, logits.dim()))
+    u = log_u.exp()
+    dice = (1 - 2 * ((target * u).sum(voxels) + eps) / (target.sum(voxels) + u.sum(voxels) + eps)).sum(1)
+    entropy = -(target * log_u).flatten(1).mean(1)
+    return (dice + entropy).mean()
+
+
+def _nnunet_dice_ce():
+    """nnU-Net's Dice+CE: batch Dice over the foreground classes, softmax, one-hot targets."""
+    return DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
+
+
+LOSSES = {"dice-ce": _nnunet_dice_ce, "summed-dice-ce": lambda: summed_dice_ce}
+
+
 class DenseMethod(Method):
     exportable = True
 
-    def __init__(self, model, plan, config, head_weights: str = "halving"):
+    def __init__(self, model, plan, config, head_weights: str = "halving", loss: str = "dice-ce"):
         super().__init__(model, plan, config)
         if head_weights not in HEAD_WEIGHTS:
             raise UnetzooError(f"method_args.head_weights must be one of {sorted(HEAD_WEIGHTS)}, got {head_weights!r}")
+        if loss not in LOSSES:
+            raise UnetzooError(f"method_args.loss must be one of {sorted(LOSSES)}, got {loss!r}")
         self.head_weights = HEAD_WEIGHTS[head_weights]
-        # nnU-Net's Dice+CE: batch Dice over the foreground classes, softmax, one-hot targets.
-        self.loss = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
+        self.loss = LOSSES[loss]()
 
     def training_loss(self, batch: dict) -> torch.Tensor:
         image, label = batch["image"], batch["label"]
