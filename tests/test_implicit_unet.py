@@ -31,13 +31,26 @@ def test_registry_and_paper_encoder():
     entry = model_info("implicit-unet")
     assert entry.method == "implicit" and entry.spatial_dims == (2, 3)
     assert METHODS["implicit"] is ImplicitMethod
-    assert entry.plan_defaults is None, "the pipeline must not replace the paper's 4 stages by nnU-Net's depth"
+    defaults = entry.plan_defaults(Plan.synthetic([40, 56, 40]), Config(model="implicit-unet"))
+    assert defaults == {"strides": [[2, 2, 2]] * 4}, "the pipeline gives strides, never nnU-Net's depth"
     net = create_model("implicit-unet", 3, 1, 2)
     assert net.convs_per_stage == [2, 2, 4, 4] and net.widths == [32, 64, 128, 256]
     assert net.in_features == 480 + 3 * 21
     assert [len(stage) for stage in net.encoder.stages] == [2, 2, 4, 4]
     assert len(net.decoder.layers) == 8 and net.decoder.layers[4].weight.shape == (512, 512 + net.in_features)
     assert create_model("implicit-unet", 3, 1, 2, n_stages=5, **TINY).convs_per_stage == [2] * 5  # the paper's option
+
+
+def test_deepest_cell_is_16_voxels_per_axis_and_32_with_5_blocks():
+    """implicit-unet.md: "each of the deepest feature vectors is used in the predictions of smaller areas
+    (16x16x16 voxels) compared to the architecture with 5 blocks (32x32x32 voxels)": every block halves the
+    resolution, the first included (the earlier encoder's first stage did not: its deepest map was 1/8)."""
+    net = _tiny()
+    assert net.cells == [[2, 2, 2], [4, 4, 4], [8, 8, 8], [16, 16, 16]]
+    shapes = [tuple(f.shape[2:]) for f in net.encode(torch.zeros(1, 1, 32, 48, 17))]
+    assert shapes == [(16, 24, 9), (8, 12, 5), (4, 6, 3), (2, 3, 2)]  # ceil(S / cell)
+    five = _tiny(n_stages=5)
+    assert five.cells[-1] == [32, 32, 32] and tuple(five.encode(torch.zeros(1, 1, 64, 64, 32))[-1].shape[2:]) == (2, 2, 1)
 
 
 @pytest.mark.parametrize("spatial_dims,shape", [(2, (45, 37)), (3, (19, 21, 17))])
@@ -52,11 +65,12 @@ def test_model_contract(spatial_dims, shape, gather):
 
 
 # ---- gather ------------------------------------------------------------------------------------------
-def _coded_features(batch, widths, shape):
-    """Stage s, patch b, channel c, voxel v holds 1e6 s + 1e5 b + 1e3 c + linear index of v (all distinct)."""
+def _coded_features(batch, net, shape):
+    """Stage s, patch b, channel c, voxel v holds 1e6 s + 1e5 b + 1e3 c + linear index of v (all distinct); stage
+    s has ceil(S / cell) voxels per axis, as the encoder gives."""
     features = []
-    for s, width in enumerate(widths):
-        size = [-(-n // 2**s) for n in shape]
+    for s, width in enumerate(net.widths):
+        size = [-(-n // c) for n, c in zip(shape, net.cells[s])]
         index = torch.arange(math.prod(size), dtype=torch.float64).reshape(size)
         f = torch.stack([torch.stack([1e6 * s + 1e5 * b + 1e3 * c + index for c in range(width)]) for b in range(batch)])
         features.append(f)
@@ -66,8 +80,8 @@ def _coded_features(batch, widths, shape):
 def test_floor_gather_hand_placed_points_every_stage():
     net = _tiny().double()
     shape = (20, 18, 13)
-    features = _coded_features(2, net.widths, shape)
-    # hand-placed points (patch, z, y, x) and the voxel each stage must read: p // 2^s of the nearest voxel
+    features = _coded_features(2, net, shape)
+    # hand-placed points (patch, z, y, x) and the voxel each stage must read: p // 2^(s+1) of the nearest voxel
     points = torch.tensor([[8, 16, 5], [19, 17, 12], [0, 0, 0], [7.4, 3.6, 12.49], [3.0, 9.0, 1.0]], dtype=torch.float64)
     nearest = torch.tensor([[8, 16, 5], [19, 17, 12], [0, 0, 0], [7, 4, 12], [3, 9, 1]])
     batch_index = torch.tensor([0, 1, 1, 0, 1])
@@ -75,23 +89,24 @@ def test_floor_gather_hand_placed_points_every_stage():
     for s, vectors in enumerate(gathered):
         assert vectors.shape == (5, net.widths[s])
         for m in range(5):
-            v = (nearest[m] // 2**s).tolist()
+            v = (nearest[m] // 2 ** (s + 1)).tolist()
             assert torch.equal(vectors[m], features[s][batch_index[m], :, v[0], v[1], v[2]]), (s, m)
-    # paper's Fig. 1 example in 2D: p = (8, 16) -> (4, 8) in the 2nd map, (2, 4) in the 3rd, (1, 2) in the 4th
+    # paper's Fig. 1 example in 2D: p = (8, 16) -> (4, 8) in the 2nd map, (2, 4) in the 3rd, ... (the paper counts the
+    # full-resolution image as the 1st map: the encoder's stage 0 is its 2nd)
     net2 = _tiny(2).double()
-    f2 = _coded_features(1, net2.widths, (32, 32))
+    f2 = _coded_features(1, net2, (32, 32))
     got = net2.gather_features(f2, torch.tensor([0]), torch.tensor([[8.0, 16.0]], dtype=torch.float64))
-    for s, expected in enumerate([(8, 16), (4, 8), (2, 4), (1, 2)]):
+    for s, expected in enumerate([(4, 8), (2, 4), (1, 2), (0, 1)]):
         assert torch.equal(got[s][0], f2[s][0, :, expected[0], expected[1]])
 
 
 def test_decoder_input_is_stages_then_encoded_coordinates():
     net = _tiny().double()
     shape = (16, 12, 8)
-    features = _coded_features(1, net.widths, shape)
+    features = _coded_features(1, net, shape)
     points = torch.tensor([[5.0, 7.0, 2.0]], dtype=torch.float64)
     x = net.point_inputs(features, torch.tensor([0]), points, shape)
-    expected = [features[s][0, :, 5 // 2**s, 7 // 2**s, 2 // 2**s] for s in range(4)]
+    expected = [features[s][0, :, 5 // 2 ** (s + 1), 7 // 2 ** (s + 1), 2 // 2 ** (s + 1)] for s in range(4)]
     u = torch.tensor([(2 * 5 + 1) / 16 - 1, (2 * 7 + 1) / 12 - 1, (2 * 2 + 1) / 8 - 1], dtype=torch.float64)
     sines = torch.stack([torch.sin(2**k * math.pi * u) for k in range(10)], dim=1).flatten()  # axis-major
     cosines = torch.stack([torch.cos(2**k * math.pi * u) for k in range(10)], dim=1).flatten()
@@ -102,14 +117,53 @@ def test_decoder_input_is_stages_then_encoded_coordinates():
 
 def test_trilinear_gather_interpolates_between_stage_voxels():
     net = _tiny(gather="trilinear").double()
-    shape = (32, 32, 32)
-    features = _coded_features(1, net.widths, shape)
+    shape = (64, 64, 64)  # the deepest map is 4^3
+    features = _coded_features(1, net, shape)
     for s in range(4):
         j = torch.tensor([1, 2, 1])
-        at_voxel = net.gather_features(features, torch.tensor([0]), (j * 2**s).double()[None], [s])[0][0]
-        assert torch.allclose(at_voxel, features[s][0, :, 1, 2, 1])
-        between = net.gather_features(features, torch.tensor([0]), ((j + torch.tensor([0.5, 0, 0])) * 2**s).double()[None], [s])[0][0]
-        assert torch.allclose(between, (features[s][0, :, 1, 2, 1] + features[s][0, :, 2, 2, 1]) / 2)
+        at_voxel = net.gather_features(features, torch.tensor([0]), (j * 2 ** (s + 1)).double()[None], [s])[0][0]
+        assert torch.allclose(at_voxel, features[s][0, :, j[0], j[1], j[2]])
+        between = net.gather_features(features, torch.tensor([0]), ((j + torch.tensor([0.5, 0, 0])) * 2 ** (s + 1)).double()[None], [s])[0][0]
+        assert torch.allclose(between, (features[s][0, :, j[0], j[1], j[2]] + features[s][0, :, j[0] + 1, j[1], j[2]]) / 2)
+
+
+def test_plan_strides_keep_16_voxel_cells_and_stop_an_axis_before_one_voxel():
+    """The paper's 16^3 cells wherever the patch has >= 17 voxels per axis (the paper's 160x160x96, the hippocampus
+    40x56x40); a shorter axis stops pooling while its map still has 2 voxels (16 -> 8, 4, 2, 2; 5 -> 3, 2, 2, 2)."""
+    from unetzoo.models.implicit_unet import patch_strides
+
+    assert patch_strides([160, 160, 96], 4) == [[2, 2, 2]] * 4
+    assert patch_strides([16, 5, 40], 4) == [[2, 2, 2], [2, 2, 2], [2, 1, 2], [1, 1, 2]]
+    assert patch_strides([64, 64, 64], 5) == [[2, 2, 2]] * 5  # the 5-block option: 32^3 cells
+    config = Config(model="implicit-unet", model_args={"n_stages": 5})
+    method, resolved = build_method(config, Plan.synthetic([16, 16, 16]))
+    assert resolved.model_args["strides"] == [[2, 2, 2], [2, 2, 2], [2, 2, 2], [1, 1, 1], [1, 1, 1]]
+    assert method.model.cells[-1] == [8, 8, 8] and len(method.model.encoder.stages) == 5
+    config = Config(model="implicit-unet", model_args={"strides": [2, 2, [1, 2, 2], 2]})
+    assert build_method(config, Plan.synthetic([16, 16, 16]))[1].model_args["strides"] == [2, 2, [1, 2, 2], 2]  # the user's win
+
+
+@pytest.mark.parametrize("gather", ["floor", "trilinear"])
+def test_gather_follows_per_axis_strides(gather):
+    """Anisotropic strides (issue 18: a coarse first axis pooled later): stage s's cell is the product of the
+    strides of stages 0..s per axis, and the gather divides by it per axis. Strides (1,2,2), (2,2,2), (2,2,2),
+    (1,2,2) give cells (1,2,2), (2,4,4), (4,8,8), (4,16,16); hand-computed below."""
+    net = _tiny(strides=[[1, 2, 2], 2, 2, [1, 2, 2]], gather=gather).double()
+    assert net.cells == [[1, 2, 2], [2, 4, 4], [4, 8, 8], [4, 16, 16]]
+    shape = (9, 40, 36)
+    assert [tuple(f.shape[2:]) for f in net.encode(torch.zeros(1, 1, *shape, dtype=torch.float64))] == [(9, 20, 18), (5, 10, 9), (3, 5, 5), (3, 3, 3)]
+    features = _coded_features(1, net, shape)
+    if gather == "floor":  # point (6.4, 37.2, 17.6) -> nearest voxel (6, 37, 18) -> (6, 18, 9), (3, 9, 4), (1, 4, 2), (1, 2, 1)
+        got = net.gather_features(features, torch.tensor([0]), torch.tensor([[6.4, 37.2, 17.6]], dtype=torch.float64))
+        for s, v in enumerate([(6, 18, 9), (3, 9, 4), (1, 4, 2), (1, 2, 1)]):
+            assert torch.equal(got[s][0], features[s][0, :, v[0], v[1], v[2]]), s
+    else:  # stage-3 vector (1, 1, 1) sits at voxel (4, 16, 16); half a cell further along axis 1 is voxel (4, 24, 16)
+        at = net.gather_features(features, torch.tensor([0]), torch.tensor([[4.0, 16.0, 16.0]], dtype=torch.float64), [3])[0][0]
+        mid = net.gather_features(features, torch.tensor([0]), torch.tensor([[4.0, 24.0, 16.0]], dtype=torch.float64), [3])[0][0]
+        assert torch.allclose(at, features[3][0, :, 1, 1, 1])
+        assert torch.allclose(mid, (features[3][0, :, 1, 1, 1] + features[3][0, :, 1, 2, 1]) / 2)
+    with pytest.raises(ValueError, match="strides"):
+        _tiny(strides=[2, 2, 2])
 
 
 @pytest.mark.parametrize("gather", ["floor", "trilinear"])
@@ -119,7 +173,7 @@ def test_factorised_decode_equals_plain_decode(gather, monkeypatch):
 
     monkeypatch.setattr(module, "FACTORISE_MIN_WIDTH", 1)  # the tiny model's stages are narrow
     net = _tiny(gather=gather).double().eval()
-    shape = (12, 10, 9)
+    shape = (24, 20, 18)  # stage 0 (12x10x9) holds too many vectors to be multiplied first
     features = net.encode(torch.randn(2, 1, *shape, dtype=torch.float64))
     points = torch.rand(2 * 3000, 3, dtype=torch.float64) * torch.tensor(shape) - 0.5
     batch_index = torch.arange(2).repeat_interleave(3000)
@@ -185,7 +239,7 @@ def _method(spatial_dims=3, patch=(24, 24, 24), **method_args):
 def test_training_loss_backward():
     method = _method(points=400)
     method.model.train()
-    batch = {"image": torch.randn(2, 1, 16, 12, 10), "label": torch.zeros(2, 1, 16, 12, 10)}
+    batch = {"image": torch.randn(2, 1, 20, 24, 18), "label": torch.zeros(2, 1, 20, 24, 18)}  # deepest map 2x2x2
     batch["label"][:, :, 4:10, 3:9, 2:8] = 1
     batch["label"][:, :, 6:8, 5:7, 4:6] = 2
     loss = method.training_loss(batch)
@@ -454,7 +508,7 @@ def test_training_loss_under_bf16_autocast(monkeypatch):
     monkeypatch.setattr(module, "FACTORISE_MIN_WIDTH", 1)  # exercise the factorised path too
     method = _method(points=300)
     method.model.train()
-    batch = {"image": torch.randn(1, 1, 12, 12, 12), "label": (torch.rand(1, 1, 12, 12, 12) > 0.5).float()}
+    batch = {"image": torch.randn(1, 1, 18, 18, 18), "label": (torch.rand(1, 1, 18, 18, 18) > 0.5).float()}
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss = method.training_loss(batch)
     loss.backward()
@@ -467,7 +521,7 @@ def test_checkpointed_decoder_gives_the_same_gradients(train_chunk):
     for checkpoint in (False, True):
         net = _tiny(checkpoint=checkpoint, train_chunk=train_chunk, dropout=0.0).double().train()  # (chunks draw other masks)
         torch.manual_seed(5)
-        x = torch.randn(2, 1, 10, 9, 8, dtype=torch.float64)
+        x = torch.randn(2, 1, 18, 20, 17, dtype=torch.float64)  # deepest map 2x2x2
         points = torch.rand(2, 1000, 3, dtype=torch.float64) * 8
         loss = net.decode(net.encode(x), points).square().mean()
         loss.backward()
@@ -484,7 +538,7 @@ def test_checkpointing_is_the_default_and_frees_the_decoder_activations():
     for checkpoint in (False, True):
         net = _tiny(checkpoint=checkpoint, train_chunk=500).train()
         assert _tiny().checkpoint and _tiny().train_chunk == 4096
-        features = [f.detach().requires_grad_() for f in net.encode(torch.randn(1, 1, 10, 9, 8))]
+        features = [f.detach().requires_grad_() for f in net.encode(torch.randn(1, 1, 18, 20, 17))]
         points = torch.rand(1, 2000, 3) * 8
         total = 0
 

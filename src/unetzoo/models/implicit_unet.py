@@ -6,26 +6,40 @@ detail the paper leaves open is a choice made here; each one is listed with its 
 
 Encoder (paper: "adapted from [7]" = nnU-Net; "2 blocks of 2 convolutions followed by 2 blocks of 4").
     * :class:`~unetzoo.models.unet.PlainConvEncoder`, the encoder of ``unet``: conv 3^d, InstanceNorm, LeakyReLU
-      0.01; the first conv of every stage but the first has stride 2 (the paper's strided-conv pooling).
-      Same widths as ``unet``'s encoder (32-64-128-256), so the comparison with ``unet`` is the paper's.
+      0.01, the same widths (32-64-128-256), so the comparison with ``unet`` is the paper's. Unlike ``unet``'s,
+      **every** stage, the first included, begins with a stride-2 conv (the paper's strided-conv pooling):
+      "each of the deepest feature vectors is used in the predictions of smaller areas (16x16x16 voxels)
+      compared to the architecture with 5 blocks (32x32x32 voxels)" holds only if each of the 4 blocks halves
+      the resolution, so stage s works at 1/2^(s+1) and the deepest at 1/16 (1/32 with 5 blocks). The paper's
+      Fig. 1 counts the full-resolution image as the first map ("in the 2nd feature map get (4, 8)").
+    * ``strides``: one stride per stage, an int or one per axis (default 2 everywhere); the gather follows them,
+      per axis. The pipeline fills them from the patch (:func:`implicit_plan_defaults`): 2 on an axis while its
+      map keeps at least 2 voxels, 1 after, so the paper's 16^3 cells hold for any patch of >= 17 voxels per axis
+      (the hippocampus patch 40x56x40 included) and a smaller axis stops pooling instead of ending in a single
+      voxel (which instance normalisation cannot normalise in training). This is not the U-Net planner's rule
+      (pool while the map stays >= 4): at the hippocampus patch that rule would stop at 8^3 cells, the very
+      encoder the paper's design moved away from.
     * Default 4 stages with (2, 2, 4, 4) convs; ``n_stages=5`` (or any other) gives ``n_stages`` stages of 2
       convs, the paper's "original architecture" option; ``convs_per_stage`` may also be given as a list.
-    * The depth is **not** filled from the patch by the pipeline (the registered builder does not name
-      ``n_stages``): the paper fixes 4 stages on purpose (each deepest vector covers 16^3 voxels; its receptive
+    * The depth is **not** filled from the patch by the pipeline (its plan defaults give only the strides):
+      the paper fixes 4 stages on purpose (each deepest vector covers 16^3 voxels; its receptive
       field is grown by convs per block, not by depth), and the floor-index gather works for any input size,
       so nothing about the patch requires another depth. Set ``--set model_args.n_stages=5`` to change it.
 
 Gather (paper: "for a point p ... concatenate the vectors with coordinates p // 2^b from the b feature maps").
+Stage s's cell, the input voxels one of its vectors stands for, is its cumulative stride c_s per axis (the
+product of the strides of stages 0..s: 2^(s+1) by default, so the deepest cell is 16^3).
     * ``gather="floor"`` (**default**): the paper's operation. A point at continuous patch coordinate p (voxel
-      units, voxel centres at integers) first takes its nearest voxel v = floor(p + 1/2), then the stage-b
-      vector at v // 2^b (clamped into the map). It is what the paper describes and evaluates (its
+      units, voxel centres at integers) first takes its nearest voxel v = floor(p + 1/2), then the stage-s
+      vector at v // c_s per axis (clamped into the map). It is what the paper describes and evaluates (its
       "patchy artefacts" discussion is about exactly this operation, and its 4x(2,2,4,4) design answers it),
       it is an exact index lookup (cheapest; nothing to interpolate or store for backward), and it keeps
       the comparison with ``unet`` the paper's.
-    * ``gather="trilinear"``: (bi/tri)linear interpolation of every stage at p / 2^b (stage-b vector j sits at
-      input voxel 2^b j: a stride-2, kernel-3, padding-1 conv centres output j on input 2j), border padding.
-      Smoother across the cells of the deep maps, at the price of 2^d reads per stage and point. Offered as
-      the option the reference notes recommend, not the default, because it is not what the paper measured.
+    * ``gather="trilinear"``: (bi/tri)linear interpolation of every stage at p / c_s per axis (stage-s vector j
+      sits at input voxel c_s j: a stride-t, kernel-3, padding-1 conv centres output j on input t j), border
+      padding. Smoother across the cells of the deep maps, at the price of 2^d reads per stage and point.
+      Offered as the option the reference notes recommend, not the default, because it is not what the paper
+      measured.
 
 Coordinates. p is in voxel units of the patch (0 .. S-1 at voxel centres) and is normalised to [-1, 1] with
 the voxel-edge convention u = (2p + 1) / S - 1 (the patch's outer voxel edges map to -1 and 1), so that
@@ -203,6 +217,8 @@ class ImplicitUNet(nn.Module):
         convs_per_stage: an int (every stage) or a list (one per stage; its length wins over ``n_stages``).
         base_features, max_features: widths as ``unet`` (32 doubled per stage, capped at 320).
         hidden, n_layers, latent_in, dropout: the DeepSDF decoder (512, 8, 4, 0.2).
+        strides: per stage, its downsampling stride, an int or one per axis (default 2: every stage halves every
+            axis; the deepest cell is 16^d with 4 stages).
         frequencies: positional-encoding frequencies L (10).
         gather: ``"floor"`` (default, the paper's index gather) or ``"trilinear"``.
         chunk: points per decoder pass when gradients are off (bounds inference memory).
@@ -211,7 +227,8 @@ class ImplicitUNet(nn.Module):
             activations in backward (same gradients; trades one more decoder forward for its activation memory,
             8 x points x 512 floats).
         train_chunk: points per recomputed chunk in training (with ``checkpoint``; fewer points are not chunked).
-    Any input size works (no padding needed: stage b has ceil(S / 2^b) voxels and p // 2^b is inside it).
+    Any input size works (no padding needed: stage s has ceil(S / c_s) voxels per axis and v // c_s is inside
+    it, c_s its cumulative stride).
     """
 
     def __init__(
@@ -221,6 +238,7 @@ class ImplicitUNet(nn.Module):
         out_channels: int,
         n_stages: int = 4,
         convs_per_stage: int | list[int] | None = None,
+        strides: list | None = None,
         base_features: int = 32,
         max_features: int = 320,
         hidden: int = 512,
@@ -246,9 +264,16 @@ class ImplicitUNet(nn.Module):
         self.spatial_dims, self.num_classes = spatial_dims, out_channels
         self.gather, self.frequencies, self.chunk, self.factorise = gather, frequencies, chunk, factorise
         self.checkpoint, self.train_chunk = checkpoint, int(train_chunk)
+        strides = [2] * len(convs) if strides is None else list(strides)
+        if len(strides) != len(convs):
+            raise ValueError(f"{len(convs)} stages but {len(strides)} strides")
+        self.strides = [[int(t)] * spatial_dims if isinstance(t, int) else [int(a) for a in t] for t in strides]
+        if any(len(t) != spatial_dims or min(t) < 1 for t in self.strides):
+            raise ValueError(f"strides must be positive, one per stage (an int or {spatial_dims} per axis), got {strides}")
+        self.cells = [[math.prod(t[a] for t in self.strides[: s + 1]) for a in range(spatial_dims)] for s in range(len(convs))]
         self.widths = stage_widths(len(convs), base_features, max_features)
         self.convs_per_stage = convs
-        self.encoder = PlainConvEncoder(spatial_dims, in_channels, self.widths, convs)
+        self.encoder = PlainConvEncoder(spatial_dims, in_channels, self.widths, convs, strides=self.strides)
         self.encoding_features = spatial_dims * (1 + 2 * frequencies)
         self.in_features = sum(self.widths) + self.encoding_features
         self.decoder = ImplicitDecoder(self.in_features, out_channels, hidden, n_layers, latent_in, dropout)
@@ -261,7 +286,7 @@ class ImplicitUNet(nn.Module):
 
     # ---- the two halves ------------------------------------------------------------------------------
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Feature maps of every encoder stage, finest (full resolution) first."""
+        """Feature maps of every encoder stage, finest (1/2 resolution by default) first."""
         return self.encoder(x)
 
     def decode(self, features: list[torch.Tensor], points: torch.Tensor, size=None) -> torch.Tensor:
@@ -318,12 +343,13 @@ class ImplicitUNet(nn.Module):
     def _gather(self, feature: torch.Tensor, batch_index: torch.Tensor, points: torch.Tensor, stage: int, channels_last: bool = False, voxel: torch.Tensor | None = None) -> torch.Tensor:
         """Vectors (M, C) of one stage's map, (B, C, *S) or with ``channels_last`` (B, *S, C). ``voxel``: the
         points' nearest voxels (M, d), when already known."""
+        cell = torch.tensor(self.cells[stage], device=points.device)
         if self.gather == "floor":
             voxel = nearest_voxels(points) if voxel is None else voxel
-            return _gather_index(feature, batch_index, voxel >> stage, channels_last)
+            return _gather_index(feature, batch_index, torch.div(voxel, cell, rounding_mode="floor"), channels_last)
         if channels_last:
             feature = feature.movedim(-1, 1)
-        return _gather_linear(feature, batch_index, points / 2**stage)
+        return _gather_linear(feature, batch_index, points / cell.to(points.dtype))
 
     def point_inputs(self, features: list[torch.Tensor], batch_index: torch.Tensor, points: torch.Tensor, size) -> torch.Tensor:
         """The decoder input (M, in_features): every stage's vector at the points, then the encoded coordinates."""
@@ -417,14 +443,38 @@ def _gather_linear(feature: torch.Tensor, batch_index: torch.Tensor, position: t
     return out
 
 
+MIN_DEEP_EDGE = 2  # voxels an axis keeps at the deepest stage before it stops pooling (see the module docstring)
+
+
+def patch_strides(patch, n_stages: int) -> list[list[int]]:
+    """Per stage, per axis: 2 while the axis's map keeps >= ``MIN_DEEP_EDGE`` voxels after the stride, else 1."""
+    size, strides = [int(p) for p in patch], []
+    for _ in range(n_stages):
+        step = [2 if -(-s // 2) >= MIN_DEEP_EDGE else 1 for s in size]
+        size = [-(-s // t) for s, t in zip(size, step)]
+        strides.append(step)
+    return strides
+
+
+def implicit_plan_defaults(plan, config, train_cases=None) -> dict:
+    """The strides for the plan's patch (:func:`patch_strides`); the depth stays the paper's 4 stages (or the
+    user's ``n_stages`` / ``convs_per_stage``), and a user's ``strides`` win."""
+    if "strides" in config.model_args:
+        return {}
+    convs = config.model_args.get("convs_per_stage")
+    n_stages = len(convs) if isinstance(convs, (list, tuple)) else int(config.model_args.get("n_stages", len(PAPER_CONVS)))
+    return {"strides": patch_strides(plan.patch_size, n_stages)}
+
+
 @register(
     "implicit-unet",
     description="conv encoder + multi-scale point gather + DeepSDF MLP decoder; sparse broad-then-fine inference",
     paper="Naval Marimont & Tarroni, Implicit U-Net, MIUA 2022 (implicit-unet.md)",
     method="implicit",
     spatial_dims=(2, 3),
+    plan_defaults=implicit_plan_defaults,
 )
 def implicit_unet(spatial_dims: int, in_channels: int, out_channels: int, **kwargs) -> ImplicitUNet:
-    """:class:`ImplicitUNet`; the depth is deliberately not a named argument here, so the pipeline keeps the
-    paper's 4 stages instead of filling nnU-Net's patch-dependent depth (pass ``n_stages`` to change it)."""
+    """:class:`ImplicitUNet`; the pipeline fills only the strides (:func:`implicit_plan_defaults`), never the depth:
+    the paper's 4 stages stay, not nnU-Net's patch-dependent depth (pass ``n_stages`` to change it)."""
     return ImplicitUNet(spatial_dims, in_channels, out_channels, **kwargs)
