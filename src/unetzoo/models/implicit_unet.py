@@ -5,9 +5,10 @@ The authors never released code (see ``shared/notes/reference-implementations.md
 detail the paper leaves open is a choice made here; each one is listed with its reason.
 
 Encoder (paper: "adapted from [7]" = nnU-Net; "2 blocks of 2 convolutions followed by 2 blocks of 4").
-    * :class:`~unetzoo.models.unet.PlainConvEncoder`, the encoder of ``unet``: conv 3^d, InstanceNorm, LeakyReLU
-      0.01, the same widths (32-64-128-256), so the comparison with ``unet`` is the paper's. Unlike ``unet``'s,
-      **every** stage, the first included, begins with a stride-2 conv (the paper's strided-conv pooling):
+    * :class:`StridedEncoder`: the stages of ``unet``'s encoder (:class:`~unetzoo.models.blocks.ConvStage`: conv
+      3^d, InstanceNorm, LeakyReLU 0.01), the same widths (32-64-128-256), so the comparison with ``unet`` is the
+      paper's. Unlike ``unet``'s, **every** stage, the first included, begins with a stride-2 conv (the paper's
+      strided-conv pooling):
       "each of the deepest feature vectors is used in the predictions of smaller areas (16x16x16 voxels)
       compared to the architecture with 5 blocks (32x32x32 voxels)" holds only if each of the 4 blocks halves
       the resolution, so stage s works at 1/2^(s+1) and the deepest at 1/16 (1/32 with 5 blocks). The paper's
@@ -100,9 +101,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import weight_norm
 
-from unetzoo.models.blocks import init_he, stage_widths
+from unetzoo.models.blocks import ConvStage, init_he, stage_widths
 from unetzoo.models.registry import register
-from unetzoo.models.unet import PlainConvEncoder
 
 PAPER_CONVS = (2, 2, 4, 4)
 PROJECTION_BUDGET = 2**26  # elements of the precomputed products of one stage (256 MB in float32)
@@ -152,6 +152,25 @@ class _ReLUDropout(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         (y,) = ctx.saved_tensors
         return torch.ops.aten.threshold_backward(grad, y, 0.0).mul_(ctx.scale), None
+
+
+class StridedEncoder(nn.Module):
+    """Conv stages whose first conv has the stage's stride (per axis), the first stage included (module docstring);
+    ``forward`` returns every stage's feature map, finest first."""
+
+    def __init__(self, spatial_dims: int, in_channels: int, widths: list[int], convs_per_stage: list[int], strides: list[list[int]]):
+        super().__init__()
+        self.stages = nn.ModuleList(
+            ConvStage(spatial_dims, in_channels if i == 0 else widths[i - 1], width, n_convs, stride=tuple(stride))
+            for i, (width, n_convs, stride) in enumerate(zip(widths, convs_per_stage, strides))
+        )
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        features = []
+        for stage in self.stages:
+            x = stage(x)
+            features.append(x)
+        return features
 
 
 class ImplicitDecoder(nn.Module):
@@ -273,7 +292,7 @@ class ImplicitUNet(nn.Module):
         self.cells = [[math.prod(t[a] for t in self.strides[: s + 1]) for a in range(spatial_dims)] for s in range(len(convs))]
         self.widths = stage_widths(len(convs), base_features, max_features)
         self.convs_per_stage = convs
-        self.encoder = PlainConvEncoder(spatial_dims, in_channels, self.widths, convs, strides=self.strides)
+        self.encoder = StridedEncoder(spatial_dims, in_channels, self.widths, convs, self.strides)
         self.encoding_features = spatial_dims * (1 + 2 * frequencies)
         self.in_features = sum(self.widths) + self.encoding_features
         self.decoder = ImplicitDecoder(self.in_features, out_channels, hidden, n_layers, latent_in, dropout)

@@ -24,14 +24,13 @@ class PlainConvEncoder(nn.Module):
     multi-scale features that implicit-unet gathers at points).
     """
 
-    def __init__(self, spatial_dims: int, in_channels: int, widths: list[int], convs_per_stage: list[int], strides=None):
+    def __init__(self, spatial_dims: int, in_channels: int, widths: list[int], convs_per_stage: list[int]):
         super().__init__()
         if len(widths) != len(convs_per_stage):
             raise ValueError(f"{len(widths)} widths but {len(convs_per_stage)} conv counts")
         self.widths = list(widths)
-        strides = [1] + [2] * (len(widths) - 1) if strides is None else strides
         self.stages = nn.ModuleList(
-            ConvStage(spatial_dims, in_channels if i == 0 else widths[i - 1], width, n_convs, stride=tuple(strides[i]) if isinstance(strides[i], list) else strides[i])
+            ConvStage(spatial_dims, in_channels if i == 0 else widths[i - 1], width, n_convs, stride=1 if i == 0 else 2)
             for i, (width, n_convs) in enumerate(zip(widths, convs_per_stage))
         )
 
