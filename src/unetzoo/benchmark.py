@@ -352,12 +352,10 @@ def _bar_chart(result: dict) -> bytes:
 
 def _with_options(config: Config, batch_size: int | None, sets) -> Config:
     if batch_size is not None:
-        if batch_size < 1:
-            raise UnetzooError(f"--batch-size must be positive, got {batch_size}")
         config.train.batch_size = batch_size
     for assignment in sets or ():
         config.set(assignment)
-    return config
+    return config.validate()
 
 
 def run_benchmark(models, out_dir, data=None, shape=None, patch=None, classes: int = 2, config: Config | None = None,

@@ -3,6 +3,10 @@
 Every hyperparameter is a field here, overridable from the command line (named flags for the common ones,
 ``--set section.field=value`` for any), and the resolved tree is saved as ``config.json`` in every run folder
 so that a run records exactly what it used (unlike nnU-Net's one-subclass-per-hyperparameter trainers).
+
+Every field is checked in one place, :meth:`Config.validate`: its type from the dataclass annotation, its range,
+allowed names and list lengths from :data:`RULES`; ``train``, ``predict``, ``benchmark``, ``compare`` and a config
+read from a file share the check, so a bad value is one line naming the field (and its flag) before any work.
 """
 
 from __future__ import annotations
@@ -10,10 +14,14 @@ from __future__ import annotations
 import ast
 import dataclasses
 import json
+import math
+import types
+import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from unetzoo.errors import UnetzooError
+from unetzoo.errors import UnetzooError, file_error
+from unetzoo.precision import PRECISIONS
 
 
 @dataclass
@@ -94,14 +102,25 @@ class Config:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Config":
-        sections = {f.name: f.type for f in dataclasses.fields(cls)}
+        """The config of a dictionary (``to_dict``'s, a ``config.json``); missing fields keep their defaults, the
+        result is validated."""
+        if not isinstance(data, dict):
+            raise UnetzooError(f"a config must be a JSON object of sections, got {type(data).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
         kwargs = {}
         for key, value in data.items():
-            if key not in sections:
+            if key not in names:
                 raise UnetzooError(f"unknown config field {key!r}")
             section_cls = _SECTION_CLASSES.get(key)
-            kwargs[key] = section_cls(**value) if section_cls else value
-        return cls(**kwargs)
+            if section_cls:
+                if not isinstance(value, dict):
+                    raise UnetzooError(f"config section {key!r} must be an object of fields, got {value!r}")
+                unknown = sorted(set(value) - {f.name for f in dataclasses.fields(section_cls)})
+                if unknown:
+                    raise UnetzooError(f"unknown config field {key}.{unknown[0]}")
+                value = section_cls(**value)
+            kwargs[key] = value
+        return cls(**kwargs).validate()
 
     def save(self, path: str | Path) -> None:
         from unetzoo.io import write_text
@@ -110,10 +129,22 @@ class Config:
 
     @classmethod
     def load(cls, path: str | Path) -> "Config":
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        """Read a ``config.json``: a file that cannot be read, is not JSON or holds a bad value is one line naming it."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except OSError as exc:
+            raise file_error(path, f"cannot read the file ({exc.strerror or type(exc).__name__})") from None
+        except ValueError as exc:  # JSONDecodeError, or bytes that are not text
+            raise file_error(path, f"corrupt: not a JSON config ({exc})") from None
+        try:
+            return cls.from_dict(data)
+        except UnetzooError as exc:
+            raise file_error(path, str(exc)) from None
 
     def set(self, assignment: str) -> None:
-        """Apply one ``section.field=value`` override (value parsed as a Python literal when it is one)."""
+        """Apply one ``section.field=value`` override (value parsed as a Python literal when it is one); checked with
+        the rest by :meth:`validate`."""
         if "=" not in assignment:
             raise UnetzooError(f"--set expects section.field=value, got {assignment!r}")
         key, raw = assignment.split("=", 1)
@@ -129,10 +160,140 @@ class Config:
             target = getattr(target, part)
         if not dataclasses.is_dataclass(target) or parts[-1] not in {f.name for f in dataclasses.fields(target)}:
             raise UnetzooError(f"unknown config field {key!r}")
+        if dataclasses.is_dataclass(getattr(target, parts[-1])):
+            raise UnetzooError(f"{key!r} is a section: set one of its fields ({key}.FIELD=VALUE)")
         setattr(target, parts[-1], value)
+
+    def validate(self) -> "Config":
+        """Check every field against its annotated type and its :data:`RULES` entry; returns the config. The first bad
+        field is a one-line error naming it, its command-line flag, what it accepts and what it got."""
+        for name, value, kind in _fields(self):
+            rule = RULES.get(name, Rule())
+            if not _accepts(value, kind, rule):
+                flag = f" ({rule.flag})" if rule.flag else ""
+                raise UnetzooError(f"{name}{flag}: expected {_describe(kind, rule)}, got {value!r}")
+        return self
 
 
 _SECTION_CLASSES = {"data": DataConfig, "augment": AugmentConfig, "train": TrainConfig, "inference": InferenceConfig}
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What a config field accepts beyond its annotated type: bounds of a number (and of every number of a list),
+    the names a string may take, the lengths a list may have, and the command-line flag that sets the field."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    choices: tuple[str, ...] = ()
+    lengths: tuple[int, ...] = ()
+    flag: str = ""
+
+    def bounds(self) -> list[str]:
+        return [f"{op} {v}" for op, v in ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt)) if v is not None]
+
+    def within(self, x: float) -> bool:
+        return ((self.ge is None or x >= self.ge) and (self.gt is None or x > self.gt)
+                and (self.le is None or x <= self.le) and (self.lt is None or x < self.lt))
+
+
+PROBABILITY = Rule(ge=0, le=1)
+
+# One entry per field that accepts less than its type allows ("section.field"; top-level fields without a section).
+# A field not listed here is still checked against its annotated type.
+RULES: dict[str, Rule] = {
+    "model": Rule(flag="--model"),
+    "fold": Rule(ge=0, choices=("all",), flag="--fold"),
+    "seed": Rule(ge=0, flag="--seed"),
+    "data.patch_size": Rule(ge=1, lengths=(2, 3), flag="--patch"),
+    "data.target_spacing": Rule(gt=0, lengths=(2, 3)),
+    "data.pos_neg_ratio": Rule(ge=0, lengths=(2,)),
+    "data.samples_per_case": Rule(ge=1),
+    "data.folds": Rule(ge=2, flag="--folds"),
+    "data.splits_file": Rule(flag="--splits"),
+    "data.group_by": Rule(flag="--group-by"),
+    "data.num_workers": Rule(ge=0, flag="--num-workers"),
+    "data.cache_workers": Rule(ge=0),
+    "augment.rotation_p": PROBABILITY,
+    "augment.rotation_degrees": Rule(ge=0, le=180),
+    "augment.scaling_p": PROBABILITY,
+    "augment.scaling_range": Rule(gt=0, lengths=(2,)),
+    "augment.elastic_p": PROBABILITY,
+    "augment.flip_p": PROBABILITY,
+    "augment.noise_p": PROBABILITY,
+    "augment.noise_std": Rule(ge=0),
+    "augment.contrast_p": PROBABILITY,
+    "augment.contrast_gamma": Rule(gt=0, lengths=(2,)),
+    "augment.in_plane_stride": Rule(ge=1),
+    "train.epochs": Rule(ge=1, flag="--epochs"),
+    "train.iters_per_epoch": Rule(ge=1, flag="--iters-per-epoch"),
+    "train.batch_size": Rule(ge=1, flag="--batch-size"),
+    "train.optimizer": Rule(choices=("adamw", "sgd", "adam"), flag="--optimizer"),
+    "train.lr": Rule(gt=0, flag="--lr"),
+    "train.weight_decay": Rule(ge=0),
+    "train.momentum": Rule(ge=0, lt=1),
+    "train.scheduler": Rule(choices=("poly", "constant", "plateau")),
+    "train.early_stop": Rule(ge=0),
+    "train.val_cases": Rule(ge=0),
+    "train.max_minutes": Rule(ge=0, flag="--max-minutes"),
+    "train.precision": Rule(choices=PRECISIONS, flag="--precision"),
+    "train.device": Rule(choices=("auto", "cpu", "cuda"), flag="--device"),
+    "train.devices": Rule(ge=1, flag="--devices"),
+    "train.grad_clip": Rule(ge=0),
+    "inference.overlap": Rule(ge=0, lt=1, flag="--overlap"),
+    "inference.mirror": Rule(flag="--mirror"),
+    "inference.sw_batch_size": Rule(ge=1),
+}
+
+
+def _fields(node, prefix: str = ""):
+    """``(section.field, value, annotated type)`` of every field of a config, sections flattened."""
+    hints = typing.get_type_hints(type(node))
+    for f in dataclasses.fields(node):
+        value = getattr(node, f.name)
+        if dataclasses.is_dataclass(hints[f.name]):
+            yield from _fields(value, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", value, hints[f.name]
+
+
+def _accepts(value, kind, rule: Rule) -> bool:
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (types.UnionType, typing.Union):
+        return any(_accepts(value, arg, rule) for arg in args)
+    if kind is type(None):
+        return value is None
+    if origin is list:
+        return isinstance(value, list) and (not rule.lengths or len(value) in rule.lengths) and all(_accepts(v, args[0], rule) for v in value)
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind in (int, float):  # an int is a valid float; a bool is neither
+        return isinstance(value, (int, kind)) and not isinstance(value, bool) and math.isfinite(value) and rule.within(value)
+    if kind is str:
+        return isinstance(value, str) and (not rule.choices or value in rule.choices)
+    return isinstance(value, origin or kind)
+
+
+def _describe(kind, rule: Rule, plural: bool = False) -> str:
+    """What ``kind`` under ``rule`` accepts, in words: "a list of 2 or 3 integers >= 1 or None"."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (types.UnionType, typing.Union):
+        return " or ".join(_describe(arg, rule, plural) for arg in sorted(args, key=lambda a: a is type(None)))
+    if kind is type(None):
+        return "None"
+    if origin is list:
+        count = " or ".join(map(str, rule.lengths)) + " " if rule.lengths else ""
+        return f"a list of {count}{_describe(args[0], rule, plural=True)}"
+    if kind is bool:
+        return "true or false"
+    if kind in (int, float):
+        noun = {int: ("an integer", "integers"), float: ("a number", "numbers")}[kind][plural]
+        return " ".join([noun, " and ".join(rule.bounds())]).strip()
+    if kind is str:
+        return "one of " + ", ".join(map(repr, rule.choices)) if rule.choices else ("strings" if plural else "a string")
+    return f"a {kind.__name__}"
 
 
 def _parse_value(raw: str):

@@ -101,6 +101,7 @@ class Predictor:
             if int(fit_slices) < 1 or not method_class(config.model).grad_at_inference:
                 raise UnetzooError(f"--fit-slices needs a positive integer and a model that fits at test time (nisf), not {config.model!r}")
             config.method_args["fit_slices"] = int(fit_slices)
+        config.validate()
         self.plan = Plan.load(run_dir / "plan.json")
         self.device = resolve_device(device)
         self.method, self.config = build_method(config, self.plan)

@@ -239,6 +239,7 @@ def train(data_dir: str | Path, run_dir: str | Path, config: Config, resume: boo
     With ``resume`` the run continues from ``checkpoint_last.pt`` (weights, optimizer, scheduler, epoch);
     ``splits.json`` and ``plan.json`` of an existing run folder are reused, never recomputed.
     """
+    config.validate()
     run_dir = Path(run_dir)
     last = run_dir / f"{LAST}{CHECKPOINT_EXT}"
     if resume and not last.is_file():
