@@ -22,14 +22,14 @@ from unetzoo.models.projection_unet import (
     sum_project,
 )
 
-SHAPE = (7, 5, 11)  # axis 1 rotates the 7 x 11 plane (D, W); detector ceil(hypot(6, 10)) + 1 = 13 pixels
+SHAPE = (7, 5, 11)  # axis 1 rotates the 7 x 11 plane (D, W) about voxel (3, 5); detector 2 ceil(hypot(3, 5)) + 1 = 13
 
 
 def _expected_pixel(p: int, q: int, plane, n: int, theta: float) -> float:
-    """Detector coordinate of voxel (p, q) from the rotation matrix: the plane's centre maps to the detector's."""
+    """Detector coordinate of voxel (p, q) from the rotation matrix: the plane's centre voxel maps to the detector's."""
     rad = math.radians(theta)
     rotation = torch.tensor([[math.cos(rad), -math.sin(rad)], [math.sin(rad), math.cos(rad)]], dtype=torch.float64)
-    centred = torch.tensor([q - (plane[1] - 1) / 2, p - (plane[0] - 1) / 2], dtype=torch.float64)
+    centred = torch.tensor([q - (plane[1] - 1) // 2, p - (plane[0] - 1) // 2], dtype=torch.float64)
     return float((rotation @ centred)[0]) + (n - 1) / 2
 
 
@@ -47,6 +47,27 @@ def test_bright_voxel_projects_where_the_rotation_puts_it(theta):
     if theta in (0.0, 90.0):  # on the lattice: the full value at exactly one pixel
         assert image[0, 0, 3, round(u)] == pytest.approx(1.0) and image.sum() == pytest.approx(1.0)
     assert image[0, 0, 3, round(u)] >= 0.25  # bilinear: the nearest pixel keeps at least a quarter
+
+
+@pytest.mark.parametrize("shape", [(40, 3, 40), (7, 2, 11), (8, 2, 11), (7, 3, 10), (8, 2, 10), (9, 3, 6), (32, 2, 48)])
+def test_one_voxel_keeps_its_value_at_0_and_90_degrees_for_every_parity(shape):
+    """Sec. 3.1: "M_theta_i : R^{a x b x c} -> R^{b x c} are MIP images for different directions": at theta = 0 and
+    90 degrees the projection is along an axis of the volume, so the maximum intensity projection of a one-voxel
+    structure is that voxel's value, whatever the parity of the volume's sizes (the first shape is the hippocampus
+    plan's 40 x 56 x 40 plane, where the old lattice gave 0.25 of it)."""
+    size_p, size_q = shape[0], shape[2]
+    for p, q in [(0, 0), (size_p - 1, size_q - 1), (size_p // 2, size_q // 3), (1, size_q - 2)]:
+        x = torch.zeros(1, 1, *shape)
+        x[0, 0, p, 1, q] = 2.0
+        for theta in (0.0, 90.0):
+            image = mip(x, theta, axis=1)
+            assert image.shape == (1, 1, shape[1], detector_size(shape, 1))
+            assert float(image.max()) == pytest.approx(2.0, abs=1e-5) and float(image.sum()) == pytest.approx(2.0, abs=1e-4)
+            pixel = int(image[0, 0, 1].argmax())  # the voxel's detector pixel: u = q' at 0 degrees, -p' at 90
+            centre = (detector_size(shape, 1) - 1) // 2
+            assert pixel == centre + (q - (size_q - 1) // 2 if theta == 0 else (size_p - 1) // 2 - p)
+            back = backproject(image, theta, shape, 1)  # and the backprojection's line passes through that voxel
+            assert float(back[0, 0, p, 1, q]) == pytest.approx(2.0, abs=1e-5)
 
 
 def test_mip_pads_with_the_volume_minimum():
@@ -189,3 +210,35 @@ def test_paper_optimiser_settings(tmp_path):
     assert rates == pytest.approx([1e-3, 1e-3, 1e-3, 5e-4, 5e-4, 5e-4, 5e-4, 2.5e-4])
     stops = [c for c in _trainer(resolved, tmp_path, method).callbacks if isinstance(c, EarlyStopping)]
     assert len(stops) == 1 and stops[0].patience == 5 and stops[0].monitor == "val_dice"
+
+
+def test_training_takes_whole_volumes_of_any_size():
+    """random-2.5d-unet.md abstract: "The proposed architecture can be applied end-to-end to very large data volumes
+    without cropping or sliding-window techniques": a training volume larger than the plan's patch is not cropped, a
+    smaller one not padded alone; a batch of both is padded to the larger (image: each volume's minimum; label: -1)
+    and the Dice loss counts only the volumes' own voxels."""
+    config = Config(model="projection-2.5d-unet", model_args={"directions": 2, "n_stages": 2, "base_features": 4})
+    method, _ = build_method(config, Plan.synthetic([12, 10, 9]))
+    transform = method.train_transform()
+    transform.set_random_state(seed=0)
+    g = torch.Generator().manual_seed(0)
+    cases = []
+    for shape in [(20, 14, 9), (8, 10, 7)]:  # larger and smaller than the 12 x 10 x 9 patch
+        image = torch.randn(1, *shape, generator=g) - 3.0
+        label = (torch.rand(1, *shape, generator=g) > 0.8).float()
+        out = transform({"image": image, "label": label})
+        assert not isinstance(out, list) and tuple(out["image"].shape) == (1, *shape) and tuple(out["label"].shape) == (1, *shape)
+        cases.append({"image": image, "label": label})
+    batch = method.collate(cases)
+    assert batch["image"].shape == (2, 1, 20, 14, 9) and batch["label"].shape == (2, 1, 20, 14, 9)
+    small = batch["image"][1, 0]
+    assert torch.equal(small[:8, :10, :7], cases[1]["image"][0])
+    assert float(small[8:].max()) == float(cases[1]["image"].min()) and float(batch["label"][1, 0, 8:].max()) == -1.0
+    logits = torch.randn(2, 2, 20, 14, 9, generator=g)
+    real = [logits[0].flatten(1), logits[1, :, :8, :10, :7].flatten(1)]
+    labels = [cases[0]["label"].flatten(), cases[1]["label"].flatten()]
+    p = torch.softmax(torch.cat(real, dim=1), dim=0)[1]
+    y = torch.cat(labels)
+    expected = 1 - 2 * (p * y).sum() / (p.sum() + y.sum())
+    assert float(dice_loss(logits, batch["label"])) == pytest.approx(float(expected), rel=1e-5)
+    assert torch.isfinite(method.training_loss(batch))

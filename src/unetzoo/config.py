@@ -52,8 +52,9 @@ class AugmentConfig:
     noise_std: float = 0.1
     contrast_p: float = 0.15
     contrast_gamma: list[float] = field(default_factory=lambda: [0.7, 1.5])
-    # regularized-unet.md Table 3: train on I[:, i::s, j::s] (every s-th voxel of the last two axes from random
-    # offsets i, j < s); prediction then runs each of the s^2 interleaved sub-images and interleaves them (1 = off)
+    # regularized-unet.md Table 3: train on I[k:k+128, i::s, j::s] (every s-th voxel of the two in-plane axes, those
+    # other than the slice axis, from random offsets i, j < s); prediction then runs each of the s^2 interleaved
+    # sub-images and interleaves them (1 = off)
     in_plane_stride: int = 1
 
 

@@ -23,7 +23,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
-from monai.data import DataLoader, MetaTensor, list_data_collate
+from monai.data import DataLoader, MetaTensor
 
 from unetzoo.budget import TimeBudget, poly_factor, poly_lr
 from unetzoo.config import Config
@@ -117,7 +117,7 @@ class SegmentationModule(L.LightningModule):
             batch_size=cfg.train.batch_size,
             shuffle=True,
             num_workers=cfg.data.num_workers,
-            collate_fn=list_data_collate,
+            collate_fn=self.method.collate,
             persistent_workers=cfg.data.num_workers > 0,
             drop_last=True,
         )

@@ -122,12 +122,13 @@ def preprocessing(plan, with_label: bool = True) -> Compose:
 
 
 class RandInPlaneStrided(Randomizable, MapTransform):
-    """Every ``stride``-th voxel of the last two spatial axes from random offsets ``i, j < stride``, the same for
-    every key: regularized-unet.md's training sub-sampling ``I[k:k+128, i::4, j::4]`` (Table 3)."""
+    """Every ``stride``-th voxel of the two in-plane spatial ``axes`` from random offsets ``i, j < stride``, the same
+    for every key: regularized-unet.md's training sub-sampling ``I[k:k+128, i::4, j::4]`` (Table 3) of a
+    ``C x 512 x 512`` CT, whose first axis is the slices (``methods.base.in_plane_axes`` finds them)."""
 
-    def __init__(self, keys, stride: int):
+    def __init__(self, keys, stride: int, axes: tuple[int, int]):
         MapTransform.__init__(self, keys)
-        self.stride = stride
+        self.stride, self.axes = stride, tuple(axes)
         self.offsets = (0, 0)
 
     def randomize(self, data=None) -> None:
@@ -135,16 +136,24 @@ class RandInPlaneStrided(Randomizable, MapTransform):
 
     def __call__(self, data):
         self.randomize()
-        i, j = self.offsets
         d = dict(data)
         for key in self.key_iterator(d):
-            d[key] = d[key][..., i :: self.stride, j :: self.stride]
+            index = [slice(None)] * d[key].dim()
+            for axis, offset in zip(self.axes, self.offsets):
+                index[1 + axis] = slice(offset, None, self.stride)  # dim 0 is the channel
+            d[key] = d[key][tuple(index)]
         return d
 
 
-def augmentation(patch_size: list[int], aug: AugmentConfig, pos_neg: list[float], samples: int) -> Compose:
+def augmentation(
+    patch_size: list[int], aug: AugmentConfig, pos_neg: list[float], samples: int,
+    stride_axes: tuple[int, int] = (0, 1), whole: bool = False,
+) -> Compose:
     """Pad, sample ``samples`` patches 1:2 positive:negative, then the papers' augmentations; with
-    ``aug.in_plane_stride`` > 1 the case is first sub-sampled in-plane (:class:`RandInPlaneStrided`).
+    ``aug.in_plane_stride`` > 1 the case is first sub-sampled along its in-plane ``stride_axes``
+    (:class:`RandInPlaneStrided`; default the first two, X and Y of a RAS volume: the axial plane). ``whole``: no
+    pad and no crop, the whole volume (every augmentation keeps its size); ``patch_size`` then only says which
+    axes are thin.
 
     An axis of patch size 1 (slice-by-slice 2D training) is neither rotated out of plane, zoomed nor flipped.
     """
@@ -160,10 +169,13 @@ def augmentation(patch_size: list[int], aug: AugmentConfig, pos_neg: list[float]
         rotate = {"range_x": ranges[0], "range_y": ranges[1], "range_z": ranges[2]}
     zoom_lo = [aug.scaling_range[0] if not t else 1.0 for t in thin]
     zoom_hi = [aug.scaling_range[1] if not t else 1.0 for t in thin]
-    chain = [RandInPlaneStrided(keys, aug.in_plane_stride)] if aug.in_plane_stride > 1 else []
+    chain = [RandInPlaneStrided(keys, aug.in_plane_stride, stride_axes)] if aug.in_plane_stride > 1 else []
+    if not whole:
+        chain += [
+            SpatialPadd(keys, spatial_size=patch_size),
+            RandCropByPosNegLabeld(keys, "label", spatial_size=patch_size, pos=pos_neg[0], neg=pos_neg[1], num_samples=samples),
+        ]
     chain += [
-        SpatialPadd(keys, spatial_size=patch_size),
-        RandCropByPosNegLabeld(keys, "label", spatial_size=patch_size, pos=pos_neg[0], neg=pos_neg[1], num_samples=samples),
         RandRotated(keys, prob=aug.rotation_p, mode=["bilinear", "nearest"], padding_mode="zeros", keep_size=True, **rotate),
         RandZoomd(keys, prob=aug.scaling_p, min_zoom=zoom_lo, max_zoom=zoom_hi, mode=["trilinear" if dims == 3 else "bilinear", "nearest"], keep_size=True),
     ]

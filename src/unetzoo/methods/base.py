@@ -17,10 +17,10 @@ What a method declares (class attributes, read by training, inference and the be
   ``unetzoo export`` can save the network for other runtimes (TorchScript, ONNX).
 
 What a method supplies: :meth:`train_transform`, :meth:`training_loss`, :meth:`parameter_groups`,
-:meth:`example_batch`, :meth:`predict` and, optionally, :meth:`predict_sequence` (the frames of one 3D+t case
-together; by default frame by frame) and :meth:`calibrate` (settings chosen after training on training subjects
-that :meth:`calibration_subjects` kept out of training, saved into the run's config; the validation fold, which
-the run reports, is never used to choose them).
+:meth:`example_batch`, :meth:`predict` and, optionally, :meth:`collate` (how training samples are batched),
+:meth:`predict_sequence` (the frames of one 3D+t case together; by default frame by frame) and :meth:`calibrate`
+(settings chosen after training on training subjects that :meth:`calibration_subjects` kept out of training, saved
+into the run's config; the validation fold, which the run reports, is never used to choose them).
 
 3D+t data: a 4D case is a sequence of 3D frames sharing one affine. Training and validation items are single
 frames carrying ``case_index`` (the subject), ``frame_index`` and ``num_frames`` (0 and 1 for 3D data), so a method
@@ -38,6 +38,19 @@ from unetzoo.config import Config
 from unetzoo.data.plan import Plan
 from unetzoo.errors import UnetzooError
 from unetzoo.methods.grid import Grid
+
+
+def in_plane_axes(plan: Plan) -> tuple[int, int]:
+    """The two spatial axes of the image plane, which regularized-unet.md's in-plane stride sub-samples (Table 3:
+    ``I[k:k+128, i::4, j::4]`` of a ``C x 512 x 512`` CT, every 4th voxel of the 512 x 512 slices): both axes of 2D
+    data; for 3D the two other than the slice axis, the axis of the coarsest target spacing (ties: the one with the
+    fewest voxels in the median shape, then the last, Z of a RAS volume, the slice axis of an axial scan)."""
+    if plan.spatial_dims == 2:
+        return 0, 1
+    spacing = plan.target_spacing or [1.0] * 3
+    slices = max(range(3), key=lambda a: (round(spacing[a], 3), -plan.median_shape[a], a))
+    first, second = (a for a in range(3) if a != slices)
+    return first, second
 
 
 class Method:
@@ -59,6 +72,7 @@ class Method:
         self.stride = config.augment.in_plane_stride
         if not isinstance(self.stride, int) or self.stride < 1:
             raise UnetzooError(f"augment.in_plane_stride must be a positive integer, got {self.stride!r}")
+        self.stride_axes = in_plane_axes(plan)
 
     # ---- training -------------------------------------------------------------------------------------
     def train_patch_size(self) -> list[int]:
@@ -78,7 +92,15 @@ class Method:
         from unetzoo.data.transforms import augmentation
 
         cfg = self.config
-        return augmentation(self.train_patch_size(), cfg.augment, cfg.data.pos_neg_ratio, self.samples_per_draw())
+        return augmentation(self.train_patch_size(), cfg.augment, cfg.data.pos_neg_ratio, self.samples_per_draw(), self.stride_axes)
+
+    @staticmethod
+    def collate(samples: list) -> dict:
+        """The training loader's batch of ``samples`` (draws, each a dict or a list of dicts): MONAI's collation,
+        which stacks samples of one shape (a whole-volume method pads them to one)."""
+        from monai.data import list_data_collate
+
+        return list_data_collate(samples)
 
     def training_loss(self, batch: dict) -> torch.Tensor:
         """Loss of one collated batch of training samples."""
@@ -130,18 +152,22 @@ class Method:
     def sliding_window(self, image: torch.Tensor) -> torch.Tensor:
         """Gaussian-weighted sliding windows (MONAI) over the whole image, optionally averaged over mirrored copies
         (test-time augmentation). A model trained on in-plane strided sub-images (``augment.in_plane_stride`` s)
-        predicts each of the s^2 interleaved sub-images ``image[..., i::s, j::s]`` and the results are interleaved
-        back, so every voxel is predicted at the scale the model was trained on (the paper tests "as training")."""
+        predicts each of the s^2 interleaved sub-images (every s-th voxel from offsets i, j along the two in-plane
+        axes, :func:`in_plane_axes`) and the results are interleaved back, so every voxel is predicted at the scale
+        the model was trained on (the paper tests "as training")."""
         s = self.stride
         if s == 1:
             return self._windows(image)
+        first, second = (2 + a for a in self.stride_axes)
         probs = None
-        for i in range(min(s, image.shape[-2])):
-            for j in range(min(s, image.shape[-1])):
-                part = self._windows(image[..., i::s, j::s])
+        for i in range(min(s, image.shape[first])):
+            for j in range(min(s, image.shape[second])):
+                index = [slice(None)] * image.dim()
+                index[first], index[second] = slice(i, None, s), slice(j, None, s)
+                part = self._windows(image[tuple(index)])
                 if probs is None:
-                    probs = part.new_empty(*part.shape[:-2], *image.shape[-2:])
-                probs[..., i::s, j::s] = part
+                    probs = part.new_empty((*part.shape[:2], *image.shape[2:]))
+                probs[tuple(index)] = part
         return probs
 
     def _windows(self, image: torch.Tensor) -> torch.Tensor:
