@@ -43,6 +43,10 @@ def test_run_folder_holds_nnunet_outputs(trained_run):
     assert validation == sorted(f"{n}.nii.gz" for n in splits[0]["val"])
     config = json.loads((trained_run / "config.json").read_text())
     assert config["model_args"]["n_stages"] == 3  # filled from the 16^3 patch and recorded
+    from unetzoo.precision import resolve_precision
+
+    # what ran, not "auto": the precision auto chose on this CPU, and the device
+    assert config["train"]["precision"] == resolve_precision("auto", torch.device("cpu"))[0] and config["train"]["device"] == "cpu"
 
 
 def test_fold_all_trains_on_every_case_without_held_out_validation(tmp_path):

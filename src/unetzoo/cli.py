@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from unetzoo.errors import UnetzooError
+from unetzoo.errors import DISK_FULL, UnetzooError, write_error
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -287,11 +287,14 @@ def run(argv=None) -> None:
 
 
 def user_error(exc: BaseException) -> UnetzooError | None:
-    """The UnetzooError behind ``exc`` (MONAI and Lightning wrap exceptions raised inside transforms)."""
+    """The UnetzooError behind ``exc`` (MONAI and Lightning wrap exceptions raised inside transforms), or a full disk
+    met by a writer that is not unetzoo's own (a logger)."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         if isinstance(exc, UnetzooError):
             return exc
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+            return write_error(exc.filename, exc)
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
     return None

@@ -6,7 +6,8 @@
 
 Every reader checks what would otherwise surface later as a traceback (unreadable or truncated file,
 NaN or infinite voxels) and raises :class:`UnetzooError` naming the file. Every writer writes to a
-temporary name in the target folder and renames it, so a killed process never leaves a half-written file.
+temporary name in the target folder and renames it, so a killed process never leaves a half-written file; a write
+that fails (a full disk) removes its temporary file and is one line naming the file (:func:`unetzoo.errors.write_error`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from unetzoo.errors import UnetzooError, file_error
+from unetzoo.errors import UnetzooError, file_error, write_error
 
 log = logging.getLogger(__name__)
 NIFTI_ENDINGS = (".nii.gz", ".nii")
@@ -131,13 +132,15 @@ def _read_nifti(path: Path, frame: int | None = None) -> tuple[np.ndarray, np.nd
     return data, affine, img.header
 
 
-def _read_png(path: Path) -> np.ndarray:
+def _read_png(path: Path, label: bool = False) -> np.ndarray:
+    """A PNG as an array: colours for an image; for a ``label`` map stored with a palette (mode P, the common way
+    label PNGs are saved), its indices, which are the label values."""
     from PIL import Image as PILImage
 
     try:
         with PILImage.open(path) as pil:
             pil.load()
-            if pil.mode in ("RGBA", "LA", "P", "CMYK"):
+            if pil.mode in ("RGBA", "LA", "P", "CMYK") and not (label and pil.mode == "P"):
                 pil = pil.convert("RGB" if pil.mode != "LA" else "L")
             data = np.asarray(pil)
     except FileNotFoundError:
@@ -178,9 +181,9 @@ def _check_openable(path) -> None:
         raise file_error(path, f"cannot open the file ({exc.strerror or type(exc).__name__})") from None
 
 
-def read_array(path: str | os.PathLike, frame: int | None = None) -> tuple[np.ndarray, np.ndarray, object]:
+def read_array(path: str | os.PathLike, frame: int | None = None, label: bool = False) -> tuple[np.ndarray, np.ndarray, object]:
     """Read one file as ``(data, affine, header)``; data is spatial-first (channels, if any, last). ``frame`` t
-    reads only frame t of a 4D NIfTI (X, Y, Z, T)."""
+    reads only frame t of a 4D NIfTI (X, Y, Z, T); ``label``: a palette PNG gives its indices, not its colours."""
     path = Path(path)
     if not path.exists():
         raise file_error(path, "file not found")
@@ -190,7 +193,7 @@ def read_array(path: str | os.PathLike, frame: int | None = None) -> tuple[np.nd
     elif frame is not None:
         raise file_error(path, "a PNG has no time frames")
     else:
-        data, affine, header = _read_png(path), np.eye(4), None
+        data, affine, header = _read_png(path, label), np.eye(4), None
     if not np.all(np.isfinite(data)):
         bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
         raise file_error(path, f"contains {bad} NaN or infinite voxel(s)")
@@ -224,10 +227,10 @@ def read_image(paths: list[str | os.PathLike] | str | os.PathLike, spatial_dims:
 
 
 def read_label(path: str | os.PathLike, spatial_dims: int | None = None, frame: int | None = None) -> Image:
-    """Read a label map as integers ``(*spatial)`` (``frame`` t: frame t of a 4D label map (X, Y, Z, T));
-    non-integer values are an error."""
+    """Read a label map as integers ``(*spatial)`` (``frame`` t: frame t of a 4D label map (X, Y, Z, T); a palette
+    PNG: its indices); non-integer values are an error."""
     path = Path(path)
-    data, affine, header = read_array(path, frame)
+    data, affine, header = read_array(path, frame, label=True)
     return _label_image(data, affine, path, header, spatial_dims)
 
 
@@ -235,7 +238,7 @@ def read_label_frames(path: str | os.PathLike, spatial_dims: int | None = None) 
     """Every frame of a label map, the file read once: ``[label]`` for a 2D or 3D map, T 3D maps sharing one
     affine for a 4D NIfTI (X, Y, Z, T)."""
     path = Path(path)
-    data, affine, header = read_array(path)
+    data, affine, header = read_array(path, label=True)
     if data.ndim != 4 or file_ending(path) not in NIFTI_ENDINGS:
         return [_label_image(data, affine, path, header, spatial_dims)]
     return [_label_image(data[..., t], affine, path, header, spatial_dims) for t in range(data.shape[-1])]
@@ -306,7 +309,7 @@ def _atomic_target(out_path: Path):
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".tmp_{os.getpid()}_", suffix="_" + out_path.name, dir=out_path.parent)
     except OSError as exc:
-        raise file_error(out_path, f"cannot write the file ({exc.strerror or type(exc).__name__})") from None
+        raise write_error(out_path, exc) from None
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
@@ -335,18 +338,22 @@ def write_array(data: np.ndarray, out_path: str | os.PathLike, affine: np.ndarra
 
             PILImage.fromarray(data).save(tmp, format="PNG")
         os.replace(tmp, out_path)
+    except OSError as exc:  # a full disk: one line naming the file; the old file, if any, stays
+        raise write_error(out_path, exc) from None
     finally:
         tmp.unlink(missing_ok=True)
     return out_path
 
 
-def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write a file (PNG plot, checkpoint bytes) atomically."""
+def write_bytes(path: str | os.PathLike, data: bytes | memoryview) -> Path:
+    """Write a file (PNG plot, serialised checkpoint) atomically."""
     path = Path(path)
     tmp = _atomic_target(path)
     try:
         tmp.write_bytes(data)
         os.replace(tmp, path)
+    except OSError as exc:
+        raise write_error(path, exc) from None
     finally:
         tmp.unlink(missing_ok=True)
     return path

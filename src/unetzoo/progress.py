@@ -35,6 +35,14 @@ def run_logger(run_dir: Path, name: str = "unetzoo.train") -> logging.Logger:
     return logger
 
 
+def close_run_logger(run_dir: Path, name: str = "unetzoo.train") -> None:
+    """Close the run log of ``run_dir`` (a failed run's files are removed): a later run there opens a new one."""
+    logger = logging.getLogger(f"{name}.{run_dir.resolve()}")
+    for handler in list(logger.handlers):
+        handler.close()
+        logger.removeHandler(handler)
+
+
 def plot_progress(history: list[dict], path: Path, title: str = "") -> None:
     """Three panels: training loss and validation Dice per epoch; epoch time; learning rate."""
     import matplotlib

@@ -11,9 +11,11 @@ TensorBoard when installed) and, after training,
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
+import shutil
 import time
 from pathlib import Path
 
@@ -21,7 +23,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import Checkpoint, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 from monai.data import DataLoader, MetaTensor
 
@@ -33,24 +35,35 @@ from unetzoo.data.plan import Plan, make_plan, verify_against_plan
 from unetzoo.data.splits import fold_split, splits_for
 from unetzoo.errors import UnetzooError, file_error
 from unetzoo.inference import device_line, resolve_device
-from unetzoo.io import output_folder, remove_leftovers, write_text
+from unetzoo.io import output_folder, remove_leftovers, write_bytes, write_text
 from unetzoo.methods import Method, build_method, method_class
 from unetzoo.precision import resolve_precision
-from unetzoo.progress import plot_progress, run_logger
+from unetzoo.progress import close_run_logger, plot_progress, run_logger
 
 BEST, LAST = "checkpoint_best", "checkpoint_last"
 CHECKPOINT_EXT = ".pt"
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Checkpoints are written to a temporary file in the run folder, then renamed over the old one."""
+    """Checkpoints are serialised in memory, then written to a temporary file in the run folder and renamed over the
+    old one (:func:`unetzoo.io.write_bytes`): a full disk is one line naming the checkpoint, leaves no temporary file
+    and keeps the previous checkpoint (``torch.save`` straight to the file reports it as an obscure RuntimeError)."""
 
     def save_checkpoint(self, checkpoint, path, storage_options=None):
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".tmp_{os.getpid()}_{path.name}")
-        torch.save(checkpoint, tmp)
-        os.replace(tmp, path)
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        write_bytes(path, buffer.getbuffer())
+
+
+class HistoryFiles(Checkpoint):
+    """Writes ``history.json`` and ``progress.png`` after the epoch's checkpoints, so that history.json never lists an
+    epoch that no checkpoint holds (a full disk can stop the run between the two). A ``Checkpoint`` for its place
+    only: Lightning calls checkpoint callbacks last, in their order, so this one runs after the ModelCheckpoints."""
+
+    def on_train_epoch_end(self, trainer, module):
+        if trainer.is_global_zero and module.run_dir is not None and module.history:
+            write_text(module.run_dir / "history.json", json.dumps(module.history, indent=1))
+            plot_progress(module.history, module.run_dir / "progress.png", title=f"{module.config.model}, fold {module.config.fold}")
 
 
 class PatchDataset(torch.utils.data.Dataset):
@@ -192,8 +205,6 @@ class SegmentationModule(L.LightningModule):
                 f"epoch {record['epoch']}: train_loss {record['train_loss']:.4f}  pseudo Dice [{per_class}]  "
                 f"epoch time {record['epoch_time_s']:.1f} s  lr {record['lr']:.2e}" + ("  (new best)" if best == mean_dice else "")
             )
-            write_text(self.run_dir / "history.json", json.dumps(self.history, indent=1))
-            plot_progress(self.history, self.run_dir / "progress.png", title=f"{self.config.model}, fold {self.config.fold}")
 
     # ---- optimisation and checkpoint state ---------------------------------------------------------
     def configure_optimizers(self):
@@ -237,7 +248,9 @@ def train(data_dir: str | Path, run_dir: str | Path, config: Config, resume: boo
     ``data.group_by`` (:mod:`unetzoo.data.splits`), and saved as ``splits.json``.
 
     With ``resume`` the run continues from ``checkpoint_last.pt`` (weights, optimizer, scheduler, epoch);
-    ``splits.json`` and ``plan.json`` of an existing run folder are reused, never recomputed.
+    ``splits.json`` and ``plan.json`` of an existing run folder are reused, never recomputed. A run that fails before
+    its first checkpoint removes what it wrote (:func:`_after_failure`). ``config.json`` records the device and the
+    precision the run resolved (``auto`` picks one, see :mod:`unetzoo.precision`).
     """
     config.validate()
     run_dir = Path(run_dir)
@@ -246,6 +259,35 @@ def train(data_dir: str | Path, run_dir: str | Path, config: Config, resume: boo
         raise UnetzooError(f"{last}: no checkpoint to resume from")
     if not resume and last.is_file():
         raise UnetzooError(f"{run_dir}: already holds a trained run; pass --resume to continue it or choose another --out")
+    before = set(run_dir.iterdir()) if run_dir.is_dir() else None
+    try:
+        return _train(data_dir, run_dir, config, resume)
+    except BaseException as exc:
+        if rank_zero_only.rank == 0:
+            _after_failure(run_dir, before, exc)
+        raise
+
+
+def _after_failure(run_dir: Path, before: set[Path] | None, exc: BaseException) -> None:
+    """A run that failed before its first checkpoint leaves nothing a later ``--resume`` or ``report`` would take for
+    a run: what it made is removed (the folder too, if it made it). One with a checkpoint stays, resumable, and its
+    log says why it stopped."""
+    if not run_dir.is_dir():
+        return
+    if any(run_dir.glob(f"checkpoint_*{CHECKPOINT_EXT}")):
+        reason = str(exc) if isinstance(exc, UnetzooError) else f"{type(exc).__name__} {exc}".strip()
+        run_logger(run_dir).error(f"training stopped: {reason}; `--resume` continues from the last checkpoint")
+        return
+    close_run_logger(run_dir)
+    for path in [run_dir] if before is None else set(run_dir.iterdir()) - before:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def _train(data_dir, run_dir: Path, config: Config, resume: bool) -> Path:
+    last = run_dir / f"{LAST}{CHECKPOINT_EXT}"
     output_folder(run_dir)
     log = run_logger(run_dir)
     if rank_zero_only.rank == 0:
@@ -281,9 +323,12 @@ def train(data_dir: str | Path, run_dir: str | Path, config: Config, resume: boo
     train_items, val_items = dataset.frame_items(train_names), dataset.frame_items(split["val"])
     if len(train_items) + len(val_items) > len(train_names) + len(split["val"]):
         log.info(f"3D+t cases: {len(train_items)} training and {len(val_items)} validation frames")
+    device = resolve_device(config.train.device)
+    precision, precision_line = resolve_precision(config.train.precision, device)
+    log.info(f"{device_line(config.train.device)}; {precision_line}")
+    config.train.device, config.train.precision = device.type, precision  # config.json records what ran, not "auto"
     budget = TimeBudget(config.train.max_minutes) if config.train.max_minutes > 0 else None
     module = SegmentationModule(method, config, plan, train_items, val_items, run_dir, budget)
-    log.info(f"{device_line(config.train.device)}; {resolve_precision(config.train.precision, resolve_device(config.train.device))[1]}")
     trainer = _trainer(config, run_dir, method, budget)
     trainer.fit(module, ckpt_path=str(last) if resume else None)
     if trainer.is_global_zero:
@@ -368,7 +413,7 @@ def _trainer(config: Config, run_dir: Path, method: Method, budget: TimeBudget |
         checkpoint.FILE_EXTENSION = CHECKPOINT_EXT
     return L.Trainer(
         **trainer_settings(config, method),
-        callbacks=[best, last] + ([budget] if budget is not None else [])
+        callbacks=[best, last, HistoryFiles()] + ([budget] if budget is not None else [])
         + ([EarlyStopping(monitor="val_dice", mode="max", patience=config.train.early_stop)] if config.train.early_stop > 0 else []),
         plugins=[AtomicCheckpointIO()],
         logger=run_loggers(run_dir),

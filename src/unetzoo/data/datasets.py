@@ -145,15 +145,32 @@ def _load_nnunet(root: Path, meta: dict, meta_path: Path) -> Dataset:
         channels_in_files = 1  # nnU-Net's NaturalImage2DIO: RGB in one file
     else:
         channels_in_files = len(channels)
+    groups = group_channel_files(root / "imagesTr", ending)
+    if not groups:
+        _check_ending(root / "imagesTr", ending, meta_path)
     cases = []
-    for case_name, images in sorted(group_channel_files(root / "imagesTr", ending).items()):
+    for case_name, images in sorted(groups.items()):
         if len(images) != channels_in_files:
             raise file_error(root / "imagesTr" / f"{case_name}_0000{ending}", f"case has {len(images)} channel file(s), dataset.json lists {len(channels)} channel(s)")
         label = root / "labelsTr" / f"{case_name}{ending}"
         if not label.is_file():
-            raise file_error(label, "label file missing for this training case")
+            other = [p.name for e in SUPPORTED_ENDINGS if (p := label.parent / f"{case_name}{e}").is_file()]
+            hint = f": found {other[0]}, whose ending differs from file_ending {ending!r} in {meta_path.name}" if other else ""
+            raise file_error(label, f"label file missing for this training case{hint}")
         cases.append(Case(case_name, images, label))
     return Dataset(root, "nnunet", channels, _int_labels(meta, meta_path, msd=False), ending, cases)
+
+
+def _check_ending(folder: Path, ending: str, meta_path: Path) -> None:
+    """No image file has the ``file_ending`` of dataset.json: say so, and which endings the folder holds instead
+    (".nii" while the files are ".nii.gz" would otherwise read as an empty dataset)."""
+    found: dict[str, list[str]] = {}
+    for path in sorted(folder.iterdir()):
+        if path.name.lower().endswith(SUPPORTED_ENDINGS) and not path.name.startswith("."):
+            found.setdefault(file_ending(path), []).append(path.name)
+    if found:
+        held = ", ".join(f"{len(names)} {e!r} file(s) (e.g. {names[0]})" for e, names in found.items())
+        raise file_error(meta_path, f"file_ending {ending!r} does not match the image files: {folder} holds {held}")
 
 
 def group_channel_files(folder: Path, ending: str) -> dict[str, list[Path]]:
