@@ -120,3 +120,25 @@ def test_a_full_disk_met_by_another_writer_is_one_line():
     assert str(user_error(wrapped)).startswith("/runs/a/logs/metrics.csv: cannot write the file: the disk is full")
     assert str(user_error(DISK_FULL)).startswith("cannot write a file: the disk is full")
     assert user_error(OSError(errno.EIO, os.strerror(errno.EIO))) is None
+
+
+@pytest.mark.parametrize("error, reason", [
+    (RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"), r"torch's file writer failed, as on a full disk: \[enforce"),
+    (DISK_FULL, "the disk is full"),
+])
+def test_disk_full_while_caching_the_preprocessed_cases(tmp_path, monkeypatch, error, reason):
+    """torch.save into a full disk raises its own RuntimeError (inline_container.cc), as MONAI's cache write does."""
+    from unetzoo.data.cache import plan_folder, preprocessed_cases
+    from unetzoo.data.datasets import load_dataset
+    from unetzoo.data.plan import make_plan
+
+    data = write_organs_phantom(tmp_path / "data", cases=1, seed=0, shape=(16, 16, 16), n_structures=1)
+    dataset = load_dataset(data)
+    plan = make_plan(dataset, dataset.cases)
+
+    def full(obj, f, *args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(UnetzooError, match=rf"^{plan_folder(plan, tmp_path / 'cache')}: cannot write the preprocessing cache \({reason}"):
+        preprocessed_cases([dataset.cases[0].as_dict()], plan, tmp_path / "cache")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from multiprocessing.pool import ThreadPool
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from unetzoo import io
 from unetzoo.data import transforms
 from unetzoo.data.plan import Plan
 from unetzoo.data.transforms import preprocessing
-from unetzoo.errors import file_error
+from unetzoo.errors import DISK_FULL, file_error
 
 LOADED_KEYS = ("image", "label", "frame_index", "num_frames")  # what preprocessing reads (LoadCased)
 
@@ -58,9 +59,25 @@ def preprocessed_cases(items: list[dict], plan: Plan, root: Path, workers: int =
         raise file_error(folder, f"cannot create the preprocessing cache ({exc.strerror}); choose another with --set data.cache_dir=DIR") from None
     disk = PersistentDataset([{k: item[k] for k in LOADED_KEYS if k in item} for item in items], preprocessing(plan),
                              cache_dir=folder, hash_func=files_hash, track_meta=True, weights_only=False)
-    if workers > 0:
-        with ThreadPool(workers) as pool:
-            cases = pool.map(disk.__getitem__, range(len(items)))
-    else:
-        cases = [disk[i] for i in range(len(items))]
+    try:
+        if workers > 0:
+            with ThreadPool(workers) as pool:
+                cases = pool.map(disk.__getitem__, range(len(items)))
+        else:
+            cases = [disk[i] for i in range(len(items))]
+    except (OSError, RuntimeError) as exc:
+        if not _write_failed(exc):
+            raise
+        raise file_error(folder, f"cannot write the preprocessing cache ({_reason(exc)}); MONAI writes each case to {tempfile.gettempdir()} "
+                                 "first: free some space there and here, or choose another cache with --set data.cache_dir=DIR") from None
     return [{**item, **case} for item, case in zip(items, cases)]
+
+
+def _write_failed(exc: BaseException) -> bool:
+    """A full disk under the cache: the system's ENOSPC, or torch's file writer (inline_container.cc), which reports
+    any failed write as a RuntimeError of its own."""
+    return exc.errno in DISK_FULL if isinstance(exc, OSError) else "inline_container" in str(exc)
+
+
+def _reason(exc: BaseException) -> str:
+    return "the disk is full" if isinstance(exc, OSError) else f"torch's file writer failed, as on a full disk: {str(exc).strip()[:80]}"
