@@ -387,3 +387,77 @@ def _dead_pid() -> int:
     process = subprocess.Popen([sys.executable, "-c", "pass"])
     process.wait()
     return process.pid
+
+
+# ---- issue 20, 1. evaluate compares on one grid: a flipped or shifted prediction is refused or resampled ----------
+
+
+def _grid_pair(tmp_path: Path, pred_array: np.ndarray, pred_affine: np.ndarray) -> tuple[Path, Path]:
+    """A reference ``ref/a.nii.gz`` (asymmetric labels 1 and 2, 1.5 x 1 x 2 mm, translated) and a prediction
+    ``pred/a.nii.gz`` of the given array and affine."""
+    write_array(_REFERENCE, tmp_path / "ref" / "a.nii.gz", _REF_AFFINE)
+    write_array(pred_array, tmp_path / "pred" / "a.nii.gz", pred_affine)
+    return tmp_path / "pred", tmp_path / "ref"
+
+
+_REFERENCE = np.zeros((8, 6, 5), np.uint8)
+_REFERENCE[1:4, 1:3, 1:4], _REFERENCE[5:7, 2:5, 0:2] = 1, 2
+_REF_AFFINE = np.array([[1.5, 0, 0, -10], [0, 1, 0, 4], [0, 0, 2, 7], [0, 0, 0, 1]])
+
+
+def test_evaluate_flipped_prediction_refused_or_resampled(tmp_path):
+    """The same label map stored mirrored (array flipped along x, affine's x axis reversed) is the same world content:
+    refused on its own grid, Dice 1.0 for every label once resampled onto the reference grid."""
+    from unetzoo.evaluation import evaluate_folder
+
+    flip = np.array([[-1, 0, 0, 7], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])  # voxel i -> 7 - i
+    pred, ref = _grid_pair(tmp_path, _REFERENCE[::-1].copy(), _REF_AFFINE @ flip)
+    with pytest.raises(UnetzooError, match=rf"^{pred / 'a.nii.gz'}: not on the grid of the reference {ref / 'a.nii.gz'}: affine differs .* pass --resample"):
+        evaluate_folder(pred, ref, tmp_path / "out")
+    assert not (tmp_path / "out" / "summary.json").exists()
+    summary = evaluate_folder(pred, ref, tmp_path / "out", resample=True)
+    assert summary["mean"]["1"]["Dice"] == 1.0 and summary["mean"]["2"]["Dice"] == 1.0
+
+
+def test_evaluate_shifted_prediction_is_not_scored_as_perfect(tmp_path):
+    """The reference's own array with its affine moved 50 mm: refused; resampled, it lies outside the reference (Dice 0)."""
+    from unetzoo.evaluation import evaluate_folder
+
+    shifted = _REF_AFFINE.copy()
+    shifted[0, 3] += 50
+    pred, ref = _grid_pair(tmp_path, _REFERENCE, shifted)
+    with pytest.raises(UnetzooError, match=r"not on the grid of the reference .*by up to 50 mm"):
+        evaluate_folder(pred, ref, tmp_path / "out")
+    assert evaluate_folder(pred, ref, tmp_path / "out", resample=True)["foreground_mean"]["Dice"] == 0.0
+    write_array(_REFERENCE[:, :, :4].copy(), pred / "a.nii.gz", _REF_AFFINE)
+    with pytest.raises(UnetzooError, match=r"shape \(8, 6, 4\) differs from the reference's \(8, 6, 5\)"):
+        evaluate_folder(pred, ref, tmp_path / "out")
+
+
+def test_cli_evaluate_resample(tmp_path):
+    flip = np.array([[-1, 0, 0, 7], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
+    pred, ref = _grid_pair(tmp_path, _REFERENCE[::-1].copy(), _REF_AFFINE @ flip)
+    refused = run_cli("evaluate", pred, ref, "--out", tmp_path / "out")
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines()[-1].startswith(f"unetzoo: error: {pred / 'a.nii.gz'}: not on the grid")
+    resampled = run_cli("evaluate", pred, ref, "--out", tmp_path / "out", "--resample")
+    assert resampled.returncode == 0, resampled.stderr
+    assert "label 1: Dice 1.0000" in resampled.stdout and "label 2: Dice 1.0000" in resampled.stdout
+
+
+# ---- issue 20, 3. predictions keep the input's header: qform and sform, codes included ----------------------------
+
+
+def test_prediction_keeps_distinct_qform_and_sform(runs, tmp_path):
+    """An input whose qform (scanner, code 1) and sform (aligned, code 2) differ: the prediction's header holds both,
+    with their codes, as the input's did (the sform, nibabel's best affine, is the grid it is predicted on)."""
+    qform = np.array([[1.0, 0, 0, -8], [0, 1, 0, -8], [0, 0, 1, -8], [0, 0, 0, 1]])
+    sform = np.array([[0, -1.0, 0, 20], [1.0, 0, 0, -3], [0, 0, 1.0, 5], [0, 0, 0, 1]])
+    image = nib.Nifti1Image(np.random.default_rng(0).random((16, 16, 16)).astype(np.float32), None)
+    image.set_qform(qform, code=1)
+    image.set_sform(sform, code=2)
+    (tmp_path / "in").mkdir()
+    nib.save(image, str(tmp_path / "in" / "a_0000.nii.gz"))
+    [written] = Predictor(runs["3d"]).predict_cases({"a": [tmp_path / "in" / "a_0000.nii.gz"]}, tmp_path / "out")
+    header = nib.load(str(written)).header
+    assert int(header["qform_code"]) == 1 and int(header["sform_code"]) == 2
+    assert np.allclose(header.get_qform(), qform) and np.allclose(header.get_sform(), sform)

@@ -79,6 +79,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--labels-ids", type=int, nargs="+", help="label ids to evaluate (default: every nonzero value found)")
     p.add_argument("--nsd-tolerance", type=float, default=1.0, help="normalised surface Dice tolerance in mm")
+    p.add_argument("--resample", action="store_true", help="resample a prediction on another grid than its reference onto the reference's grid "
+                                                           "(nearest neighbour) instead of refusing it (NIfTI)")
 
     p = sub.add_parser("demo", help="the whole pipeline on a synthetic dataset: phantom, train, predict, evaluate")
     p.add_argument("out", type=Path)
@@ -255,7 +257,8 @@ def run(argv=None) -> None:
     elif args.command == "evaluate":
         from unetzoo.evaluation import evaluate_folder
 
-        summary = evaluate_folder(args.pred, args.labels, args.out, label_ids=args.labels_ids, nsd_tolerance_mm=args.nsd_tolerance)
+        summary = evaluate_folder(args.pred, args.labels, args.out, label_ids=args.labels_ids, nsd_tolerance_mm=args.nsd_tolerance,
+                                  resample=args.resample)
         for label, metrics in summary["mean"].items():
             print(f"label {label}: " + "  ".join(f"{k} {v:.4f}" if v is not None else f"{k} n/a" for k, v in metrics.items()))
         print(f"summary: {args.out / 'summary.json'}")

@@ -16,6 +16,11 @@ Per case, over all classes including background (the voxels in none of the label
 random 2.5D U-Net paper: ``MA`` (mean accuracy) = mean of the per-class recalls TP/(TP+FN), and
 ``mean_IU`` = mean of the per-class IoUs. A class absent from the reference has no recall, and a class
 absent from both has no IoU; those are left out of the case's mean.
+
+Predictions and references are compared voxel by voxel, so they must lie on one grid: the same shape and the same
+voxel-to-world affine (to ``GRID_TOLERANCE_MM`` per entry, as an image and its label in training). A prediction on
+another grid (flipped, shifted, resampled) is refused with one line naming both files, or, with ``resample``, taken
+onto the reference grid by nearest neighbour (world outside the prediction counts as background).
 """
 
 from __future__ import annotations
@@ -32,11 +37,12 @@ from pathlib import Path
 import numpy as np
 
 from unetzoo.errors import file_error
-from unetzoo.io import SUPPORTED_ENDINGS, output_folder, read_label_frames, strip_ending, write_text
+from unetzoo.io import PNG_ENDINGS, SUPPORTED_ENDINGS, Image, file_ending, output_folder, read_label_frames, strip_ending, write_text
 
 log = logging.getLogger(__name__)
 
 SUMMARY_METRICS = ("Dice", "IoU", "NSD", "HD95")
+GRID_TOLERANCE_MM = 1e-3  # affines that differ by less, entry by entry, are one grid (plan.AFFINE_TOLERANCE_MM)
 CSV_COLUMNS = ("case", "label", "Dice", "IoU", "NSD", "HD95", "TP", "FP", "FN", "n_pred", "n_ref")
 
 
@@ -145,6 +151,26 @@ def _check_values(path: Path, array: np.ndarray, label_ids: list[int]) -> None:
         raise file_error(path, f"label value(s) {unknown} not among the label ids {[0, *label_ids]}")
 
 
+def on_reference_grid(pred: Image, ref: Image, resample: bool = False) -> np.ndarray:
+    """The prediction's label map on the reference's grid: as it is when both share shape and affine; resampled by
+    nearest neighbour when ``resample`` (NIfTI only: a PNG has no geometry to resample by); else a one-line error
+    naming both files."""
+    same_shape = pred.array.shape == ref.array.shape
+    offset = float(np.abs(pred.affine - ref.affine).max())
+    if same_shape and offset <= GRID_TOLERANCE_MM:
+        return pred.array
+    problem = (f"shape {pred.array.shape} differs from the reference's {ref.array.shape}" if not same_shape else
+               f"affine differs from the reference's by up to {offset:.4g} mm (flipped, shifted or another spacing?)")
+    if not resample or file_ending(ref.path) in PNG_ENDINGS or file_ending(pred.path) in PNG_ENDINGS:
+        hint = "; pass --resample to take it onto the reference grid (nearest neighbour)" if file_ending(ref.path) not in PNG_ENDINGS else ""
+        raise file_error(pred.path, f"not on the grid of the reference {ref.path}: {problem}{hint}")
+    from scipy.ndimage import affine_transform
+
+    ref_to_pred = np.linalg.inv(pred.affine) @ ref.affine  # reference voxel -> world -> prediction voxel
+    return affine_transform(pred.array, ref_to_pred[:3, :3], ref_to_pred[:3, 3], output_shape=ref.array.shape, order=0,
+                            mode="constant", cval=0).astype(pred.array.dtype)
+
+
 def _jsonable(value):
     """Replace NaN/inf by None and NumPy scalars by Python ones so the JSON stays valid."""
     if isinstance(value, dict):
@@ -164,6 +190,7 @@ def evaluate_folder(
     out_dir: str | os.PathLike,
     label_ids: list[int] | None = None,
     nsd_tolerance_mm: float = 1.0,
+    resample: bool = False,
 ) -> dict:
     """Compare every reference in ``label_dir`` with the prediction of the same case name in ``pred_dir``.
 
@@ -171,7 +198,8 @@ def evaluate_folder(
     ``out_dir/cases.csv`` (one row per case and label, NaN as an empty cell) and returns the summary as
     written (NaN as None). A 3D+t case (4D label maps (X, Y, Z, T)) is measured per frame: one entry per
     case and frame (with a ``frame`` key, and a ``frame`` column in the CSV); the means are over all entries.
-    ``label_ids`` defaults to all non-zero values found; spacing is taken from each reference's affine.
+    ``label_ids`` defaults to all non-zero values found; spacing is taken from each reference's affine. A prediction
+    on another grid than its reference is an error, or with ``resample`` resampled onto it (:func:`on_reference_grid`).
     """
     from tqdm import tqdm
 
@@ -201,10 +229,9 @@ def evaluate_folder(
         if len(pred_frames) != len(ref_frames):
             raise file_error(preds[case], f"has {len(pred_frames)} time frame(s), reference {refs[case]} has {len(ref_frames)}")
         for t, (ref, pred) in enumerate(zip(ref_frames, pred_frames)):
-            if pred.array.shape != ref.array.shape:
-                raise file_error(preds[case], f"shape {pred.array.shape} differs from reference {refs[case]} shape {ref.array.shape}")
             _check_values(refs[case], ref.array, label_ids)
             _check_values(preds[case], pred.array, label_ids)
+            pred = Image(on_reference_grid(pred, ref, resample), ref.affine, pred.path)
             metrics = case_metrics(pred.array, ref.array, label_ids, ref.spacing, nsd_tolerance_mm)
             cases.append({
                 "case": case,

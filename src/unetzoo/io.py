@@ -318,7 +318,8 @@ def _atomic_target(out_path: Path):
 
 
 def write_array(data: np.ndarray, out_path: str | os.PathLike, affine: np.ndarray | None = None, header=None) -> Path:
-    """Write ``data`` (spatial-first) to NIfTI or PNG according to the ending, atomically."""
+    """Write ``data`` (spatial-first) to NIfTI or PNG according to the ending, atomically. A NIfTI ``header`` (the
+    input's) is kept whole, qform and sform with their codes, when ``affine`` is its own."""
     out_path = Path(out_path)
     tmp = _atomic_target(out_path)  # same folder, same ending: the rename is atomic
     try:
@@ -329,7 +330,9 @@ def write_array(data: np.ndarray, out_path: str | os.PathLike, affine: np.ndarra
             img = nib.Nifti1Image(data, affine, header=header.copy() if header is not None else None)
             img.set_data_dtype(data.dtype)
             img.header.set_slope_inter(1, 0)  # labels/probabilities are stored unscaled
-            if header is not None:
+            if header is not None and not np.allclose(affine, header.get_best_affine(), rtol=0, atol=1e-6):
+                # another grid than the header's (--upsample): the new affine in both forms, with the header's codes;
+                # on the header's own grid its qform and sform (and codes) stay as they are, however they differ
                 img.set_qform(affine, code=int(header["qform_code"]) or 1)
                 img.set_sform(affine, code=int(header["sform_code"]) or 1)
             nib.save(img, str(tmp))
