@@ -461,3 +461,30 @@ def test_prediction_keeps_distinct_qform_and_sform(runs, tmp_path):
     header = nib.load(str(written)).header
     assert int(header["qform_code"]) == 1 and int(header["sform_code"]) == 2
     assert np.allclose(header.get_qform(), qform) and np.allclose(header.get_sform(), sform)
+
+
+# ---- issue 20, 2. a label among CASE_0000 inputs is skipped; predicting into the input folder is refused ----------
+
+
+def test_label_beside_channel_files_is_skipped_with_a_warning(tmp_path, caplog):
+    """``a.nii.gz`` (a label left beside ``a_0000.nii.gz``) is not predicted as an image of a case ``a_0000``."""
+    folder = tmp_path / "in"
+    for name in ("a_0000.nii.gz", "a.nii.gz", "b_0000.nii.gz"):
+        write_array(np.ones((4, 4, 4), np.float32), folder / name)
+    with caplog.at_level(logging.WARNING, logger="unetzoo.data.datasets"):
+        cases = prediction_inputs(folder, 1)
+    assert cases == {"a": [folder / "a_0000.nii.gz"], "b": [folder / "b_0000.nii.gz"]}
+    [warning] = [r.getMessage() for r in caplog.records if r.name == "unetzoo.data.datasets"]
+    assert warning.startswith(f"{folder}: skipping 1 file(s) not named like the images") and warning.endswith(": a.nii.gz")
+
+
+def test_predicting_into_the_input_folder_is_refused(runs, tmp_path):
+    from unetzoo.inference import predict
+
+    folder = tmp_path / "in"
+    write_array(np.ones((16, 16, 16), np.float32), folder / "a.nii.gz")  # MSD naming: the output would overwrite it
+    before = (folder / "a.nii.gz").read_bytes()
+    for output in (folder, tmp_path / "." / "in"):
+        with pytest.raises(UnetzooError, match=rf"^{output}: is the input folder"):
+            predict(runs["3d"], folder, output)
+    assert [p.name for p in folder.iterdir()] == ["a.nii.gz"] and (folder / "a.nii.gz").read_bytes() == before

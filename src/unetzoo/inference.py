@@ -200,11 +200,15 @@ class Predictor:
         return keep_largest(label, self.keep_largest, frames=label.ndim > self.plan.spatial_dims) if self.keep_largest else label
 
     def predict_cases(self, cases: dict[str, list[Path]], out_dir: str | Path, overwrite: bool = False, save_probabilities: bool = False) -> list[Path]:
-        """Predict every case into ``out_dir/CASE.<input ending>``; returns the written (or kept) files."""
+        """Predict every case into ``out_dir/CASE.<input ending>`` (never an input's own folder); returns the written
+        (or kept) files."""
         from tqdm import tqdm
 
         for paths in cases.values():  # every case's files of the run's kind before the first is predicted
             self.check_files(paths)
+        if Path(out_dir).resolve() in {path.parent.resolve() for paths in cases.values() for path in paths}:
+            raise file_error(out_dir, "is the input folder: the predictions would mix with the images (CASE.ext beside CASE_0000.ext, "
+                                      "or overwrite an image of the same name); choose another output folder")
         out_dir = output_folder(out_dir)
         remove_leftovers(out_dir)
         written = []

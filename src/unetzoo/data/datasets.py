@@ -15,11 +15,14 @@ Splits (:mod:`unetzoo.data.splits`) are over cases, so all frames of a subject f
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from unetzoo.errors import UnetzooError, file_error
 from unetzoo.io import PNG_ENDINGS, SUPPORTED_ENDINGS, case_frames, file_ending, strip_ending
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -173,33 +176,44 @@ def _check_ending(folder: Path, ending: str, meta_path: Path) -> None:
         raise file_error(meta_path, f"file_ending {ending!r} does not match the image files: {folder} holds {held}")
 
 
+def channel_file(stem: str) -> tuple[str, int] | None:
+    """(case, channel index) of an nnU-Net channel file's name without its ending (``CASE_0000``); None otherwise."""
+    case, _, channel = stem.rpartition("_")
+    return (case, int(channel)) if case and channel.isdigit() and len(channel) == 4 else None
+
+
 def group_channel_files(folder: Path, ending: str) -> dict[str, list[Path]]:
     """``CASE_0000.ext``, ``CASE_0001.ext`` ... grouped by case, channels in order."""
     if not folder.is_dir():
         raise file_error(folder, "folder not found")
-    groups: dict[str, list[tuple[int, Path]]] = {}
-    for path in folder.iterdir():
-        if not path.name.endswith(ending) or path.name.startswith("."):
-            continue
-        stem = path.name[: -len(ending)]
-        case, _, channel = stem.rpartition("_")
-        if not case or not (channel.isdigit() and len(channel) == 4):
+    files = [path for path in folder.iterdir() if path.name.endswith(ending) and not path.name.startswith(".")]
+    for path in files:
+        if channel_file(path.name[: -len(ending)]) is None:
             raise file_error(path, "image names must end in _XXXX (channel index), as CASE_0000" + ending)
-        groups.setdefault(case, []).append((int(channel), path))
+    return _by_case(files, ending)
+
+
+def _by_case(files: list[Path], ending: str) -> dict[str, list[Path]]:
+    """Channel files (all named ``CASE_XXXX.ext``) grouped by case, channels in order."""
+    groups: dict[str, list[tuple[int, Path]]] = {}
+    for path in files:
+        case, channel = channel_file(path.name[: -len(ending)])
+        groups.setdefault(case, []).append((channel, path))
     return {case: [p for _, p in sorted(items)] for case, items in groups.items()}
 
 
 def prediction_inputs(input_path: str | Path, n_channel_files: int) -> dict[str, list[Path]]:
-    """Cases to predict from a folder (nnU-Net ``CASE_0000.ext`` or MSD ``NAME.ext`` files) or a single file."""
+    """Cases to predict from a folder (nnU-Net ``CASE_0000.ext`` or MSD ``NAME.ext`` files) or a single file. In a
+    folder with ``CASE_0000`` files, any other file (a label ``CASE.ext`` left beside its image) is skipped with a
+    warning naming it, instead of being predicted as an image."""
     input_path = Path(input_path)
     if input_path.is_file():
-        ending = file_ending(input_path)
-        stem = strip_ending(input_path)
-        case, _, channel = stem.rpartition("_")
-        numbered = bool(case) and channel.isdigit() and len(channel) == 4  # CASE_0000.ext
+        ending, stem = file_ending(input_path), strip_ending(input_path)
+        numbered = channel_file(stem)
         if n_channel_files > 1 or numbered:
             if not numbered:
                 raise file_error(input_path, f"the model expects {n_channel_files} channel files per case, named CASE_0000{ending} ...")
+            case = numbered[0]
             files = group_channel_files(input_path.parent, ending)[case]
             if len(files) != n_channel_files:
                 raise file_error(input_path, f"case {case!r} has {len(files)} channel file(s) in {input_path.parent}, the model expects {n_channel_files}")
@@ -212,8 +226,13 @@ def prediction_inputs(input_path: str | Path, n_channel_files: int) -> dict[str,
         raise file_error(input_path, f"no image files ({', '.join(SUPPORTED_ENDINGS)}) in this folder")
     ending = file_ending(files[0])
     stems = [strip_ending(p) for p in files]
-    if all(s.rpartition("_")[2].isdigit() and len(s.rpartition("_")[2]) == 4 for s in stems):
-        groups = group_channel_files(input_path, ending)
+    numbered = [p for p, s in zip(files, stems) if channel_file(s) is not None and p.name.endswith(ending)]
+    if numbered:  # nnU-Net channel naming: a file without the suffix is no image of it (a label, most often)
+        skipped = [p.name for p in files if p not in numbered]
+        if skipped:
+            log.warning(f"{input_path}: skipping {len(skipped)} file(s) not named like the images (CASE_0000{ending}; "
+                        f"a label?): {', '.join(skipped)}")
+        groups = _by_case(numbered, ending)
         for case, paths in groups.items():
             if len(paths) != n_channel_files:
                 raise file_error(paths[0], f"case {case!r} has {len(paths)} channel file(s), the model expects {n_channel_files}")
