@@ -488,3 +488,19 @@ def test_predicting_into_the_input_folder_is_refused(runs, tmp_path):
         with pytest.raises(UnetzooError, match=rf"^{output}: is the input folder"):
             predict(runs["3d"], folder, output)
     assert [p.name for p in folder.iterdir()] == ["a.nii.gz"] and (folder / "a.nii.gz").read_bytes() == before
+
+
+# ---- issue 20, 4. --checkpoint best without checkpoint_best.pt: a warning, and export.json names the file used ----
+
+
+def test_missing_best_checkpoint_warns_and_export_records_the_file(runs, tmp_path, caplog):
+    run = runs["3d"]  # an untrained run: checkpoint_last.pt only
+    with caplog.at_level(logging.WARNING, logger="unetzoo.inference"):
+        predictor = Predictor(run, checkpoint="best")
+    [warning] = [r.getMessage() for r in caplog.records if r.name == "unetzoo.inference"]
+    assert warning == f"{run / 'checkpoint_best.pt'}: missing (the run never validated?): using checkpoint_last.pt instead"
+    assert predictor.checkpoint_path == run / "checkpoint_last.pt"
+    result = run_cli("export", run, tmp_path / "export")
+    assert result.returncode == 0, result.stderr
+    assert [line for line in result.stderr.splitlines() if "checkpoint" in line] == [warning]
+    assert json.loads((tmp_path / "export" / "export.json").read_text())["checkpoint"] == str((run / "checkpoint_last.pt").resolve())

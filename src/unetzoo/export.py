@@ -25,19 +25,21 @@ ONNX_OPSET = 17
 
 
 def export_run(run_dir: str | Path, out_dir: str | Path, fmt: str = "torchscript", checkpoint: str = "best") -> Path:
-    """Export the network of ``run_dir`` (its ``checkpoint``) into ``out_dir``; returns the network file."""
+    """Export the network of ``run_dir`` (its ``checkpoint``: "best" falls back to the last one with a warning, and
+    ``export.json`` names the file used) into ``out_dir``; returns the network file."""
     from unetzoo.inference import Predictor
 
     predictor = Predictor(run_dir, checkpoint=checkpoint)
     out_dir = Path(out_dir)
-    path = export_method(predictor.method, out_dir, fmt)
+    path = export_method(predictor.method, out_dir, fmt, checkpoint=predictor.checkpoint_path)
     predictor.plan.save(out_dir / "plan.json")
     predictor.config.save(out_dir / "config.json")
     return path
 
 
-def export_method(method: Method, out_dir: Path, fmt: str) -> Path:
-    """Write ``method``'s network in ``fmt`` and ``export.json`` into ``out_dir``; returns the network file."""
+def export_method(method: Method, out_dir: Path, fmt: str, checkpoint: Path | None = None) -> Path:
+    """Write ``method``'s network in ``fmt`` and ``export.json`` into ``out_dir``; returns the network file.
+    ``checkpoint``, the file the weights came from, is recorded in ``export.json`` (null for a method in memory)."""
     if fmt not in FORMATS:
         raise UnetzooError(f"unknown export format {fmt!r} (one of {', '.join(FORMATS)})")
     if not method.exportable:
@@ -63,6 +65,7 @@ def export_method(method: Method, out_dir: Path, fmt: str) -> Path:
         "model": method.config.model,
         "format": fmt,
         "network": path.name,
+        "checkpoint": str(Path(checkpoint).resolve()) if checkpoint is not None else None,
         "input": {"name": "image", "shape": [-1, plan.in_channels, *method.patch_size], "channels": plan.channel_names},
         "output": {"name": "logits", "shape": [-1, plan.num_classes, *method.patch_size], "labels": plan.labels,
                    "probabilities": "softmax over axis 1"},

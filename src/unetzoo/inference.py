@@ -16,6 +16,7 @@ the next one starts.
 from __future__ import annotations
 
 import io
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,8 @@ from unetzoo.io import NIFTI_ENDINGS, PNG_ENDINGS, Image, case_frames, check_aff
 from unetzoo.methods import Grid, build_method, inference_context, method_class
 from unetzoo.methods.grid import refined_affine
 from unetzoo.postprocessing import keep_largest, run_rules
+
+log = logging.getLogger(__name__)
 
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -80,7 +83,8 @@ class Predictor:
     Outputs lie on the input file's own grid, or on a target grid: ``upsample`` F > 1 refines the input's grid
     F times (same world extent), ``grid_reference`` (a NIfTI file) takes that image's grid (another plane, another
     resolution). Methods with a continuous function sample it there; the others' probabilities are resampled.
-    ``checkpoint`` "best" (falls back to the last one when the run never validated) or "last".
+    ``checkpoint`` "best" (falls back to the last one, with a warning, when the run has none) or "last"; the file
+    loaded is ``checkpoint_path``.
     ``keep_largest`` ``{class: K}`` keeps the K largest connected components of each listed class in the label maps;
     ``None`` takes the run's own choice (``postprocessing.json``), ``{}`` turns post-processing off.
     """
@@ -121,8 +125,10 @@ class Predictor:
             raise file_error(path, "missing: the run has not finished an epoch")
         if not path.is_file():
             path = run_dir / "checkpoint_last.pt"
-        if not path.is_file():
-            raise file_error(run_dir, "no checkpoint_best.pt or checkpoint_last.pt: the run has not finished an epoch")
+            if not path.is_file():
+                raise file_error(run_dir, "no checkpoint_best.pt or checkpoint_last.pt: the run has not finished an epoch")
+            log.warning(f"{run_dir / 'checkpoint_best.pt'}: missing (the run never validated?): using checkpoint_last.pt instead")
+        self.checkpoint_path = path
         load_weights(self.method.model, path)
         self.method.model.to(self.device).eval()
         self.preprocess = preprocessing(self.plan, with_label=False)
