@@ -504,3 +504,44 @@ def test_missing_best_checkpoint_warns_and_export_records_the_file(runs, tmp_pat
     assert result.returncode == 0, result.stderr
     assert [line for line in result.stderr.splitlines() if "checkpoint" in line] == [warning]
     assert json.loads((tmp_path / "export" / "export.json").read_text())["checkpoint"] == str((run / "checkpoint_last.pt").resolve())
+
+
+# ---- issue 20, 5. warnings where the dataset is verified: duplicates, labels without an image, absent classes -----
+
+
+def test_dataset_warnings_duplicates_orphan_labels_and_absent_classes(tmp_path, caplog):
+    """A clean dataset gives no warning; then one line each, naming the files, for a case copied under another name,
+    a label file without an image, and a label id of dataset.json that no label map holds."""
+    import shutil
+
+    from unetzoo.data.plan import make_plan, verify_against_plan
+
+    rng = np.random.default_rng(0)
+    label = np.zeros((6, 6, 6))
+    label[1:3] = 1
+    root = _msd(tmp_path / "msd", [(rng.random((6, 6, 6)) + 1, label) for _ in range(3)], {"0": "background", "1": "a", "2": "b"})
+    meta = json.loads((root / "dataset.json").read_text())
+    with caplog.at_level(logging.WARNING, logger="unetzoo.data.plan"):
+        meta["labels"] = {"0": "background", "1": "a"}
+        (root / "dataset.json").write_text(json.dumps(meta))
+        make_plan(load_dataset(root), load_dataset(root).cases)
+        assert not caplog.records
+        meta["labels"]["2"] = "b"  # listed, in no label map
+        shutil.copy(root / "imagesTr" / "case1.nii.gz", root / "imagesTr" / "copy.nii.gz")
+        shutil.copy(root / "labelsTr" / "case1.nii.gz", root / "labelsTr" / "copy.nii.gz")
+        meta["training"].append({"image": "./imagesTr/copy.nii.gz", "label": "./labelsTr/copy.nii.gz"})
+        (root / "dataset.json").write_text(json.dumps(meta))
+        write_array(label.astype(np.uint8), root / "labelsTr" / "orphan.nii.gz")
+        dataset = load_dataset(root)
+        plan = make_plan(dataset, dataset.cases)
+    images, labels = root.resolve() / "imagesTr", root.resolve() / "labelsTr"
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{images / 'case1.nii.gz'} and {images / 'copy.nii.gz'}: identical image files under 2 case names (case1, copy): "
+        "a duplicate that cross-validation may put on both sides of a split",
+        f"{labels}: 1 label file(s) without an image (not trained on): orphan.nii.gz",
+        f"{root / 'dataset.json'}: label id(s) 2 (b) appear in no training case's label map: the network gets no example of them",
+    ]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="unetzoo.data.plan"):
+        verify_against_plan(dataset, plan, tmp_path / "plan.json")  # a resumed run warns again
+    assert len(caplog.records) == 3

@@ -4,23 +4,27 @@ Like nnU-Net's fingerprint + plans, but one small JSON (``plan.json`` in the run
 target spacing = median spacing (in the canonical RAS frame), patch = median resampled shape rounded up to a
 multiple of 8 and capped, CT statistics from foreground voxels (0.5/99.5 percentiles, mean, std). A 3D+t case
 (4D NIfTI of a 1-channel dataset) is verified frame by frame and counts once, by its first frame.
-Verification reads every file, so a bad case stops the run before training with one line naming the file.
+Verification reads every file, so a bad case stops the run before training with one line naming the file; what
+training survives but should not go unnoticed (duplicate cases, labels without an image, label ids no case holds)
+is a warning line naming the files (:func:`unetzoo.data.datasets.dataset_warnings`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from unetzoo.data.datasets import Case, Dataset
+from unetzoo.data.datasets import Case, Dataset, dataset_warnings
 from unetzoo.data.transforms import RGB_NAMES
 from unetzoo.errors import file_error
 from unetzoo.io import case_frames, read_image, read_label_frames
 
+log = logging.getLogger(__name__)
 PATCH_CAP = {2: 256, 3: 128}  # largest default patch edge per spatial dims
 CT_SAMPLES_PER_CASE = 10_000
 NONZERO_MASK_FRACTION = 0.9  # a channel whose median nonzero fraction is below this has a zero background
@@ -117,7 +121,7 @@ def ras_axes(affine: np.ndarray) -> np.ndarray:
 
 def verify_case(case: Case, dataset: Dataset):
     """Read a case and check it; returns (image, label) (of the first frame of a 3D+t case, whose frames share
-    one geometry) or raises a one-line error naming the file."""
+    one geometry) and the label values of every frame, or raises a one-line error naming the file."""
     n_channels = len(dataset.channel_names)
     frames = case_frames(case.images, n_channels)
     image = read_image(case.images, dataset.spatial_dims)  # a 3D+t case: the file read once, its T frames as channels
@@ -128,16 +132,19 @@ def verify_case(case: Case, dataset: Dataset):
     labels = read_label_frames(case.label, dataset.spatial_dims)
     if len(labels) != frames:
         raise file_error(case.label, f"has {len(labels)} time frame(s), the image {case.images[0].name} has {frames}")
+    found: set[int] = set()
     for image, label in zip(images, labels):
         if label.array.shape != image.spatial_shape:
             raise file_error(case.label, f"label shape {label.array.shape} differs from image shape {image.spatial_shape} ({case.images[0].name})")
         if not np.allclose(label.affine, image.affine, rtol=0, atol=AFFINE_TOLERANCE_MM):
             raise file_error(case.label, f"label affine differs from the image's ({case.images[0].name}) by up to "
                                          f"{np.abs(label.affine - image.affine).max():.4g} mm: the label is not on the image's grid (flipped, shifted or rescaled?)")
-        unknown = sorted(set(np.unique(label.array).tolist()) - set(dataset.labels))
+        values = set(np.unique(label.array).tolist())
+        unknown = sorted(values - set(dataset.labels))
         if unknown:
             raise file_error(case.label, f"label values {unknown} are not listed in dataset.json labels {sorted(dataset.labels)}")
-    return images[0], labels[0]
+        found |= values
+    return images[0], labels[0], found
 
 
 def _labels(dataset: Dataset) -> dict[str, str]:
@@ -152,8 +159,11 @@ def verify_against_plan(dataset: Dataset, plan: Plan, plan_path: Path) -> None:
     if plan.channel_names != dataset.channel_names or plan.labels != _labels(dataset):
         raise file_error(plan_path, f"made for channels {plan.channel_names} and labels {plan.labels}, but {dataset.root / 'dataset.json'} "
                                     f"now lists {dataset.channel_names} and {_labels(dataset)}: train into a new run folder")
+    found: set[int] = set()
     for case in tqdm(dataset.cases, desc="verifying dataset", unit="case", disable=len(dataset.cases) < 10, leave=False):
-        verify_case(case, dataset)
+        found |= verify_case(case, dataset)[2]
+    for warning in dataset_warnings(dataset, found):
+        log.warning(warning)
 
 
 def make_plan(dataset: Dataset, cases: list[Case], patch_size=None, target_spacing=None, seed: int = 0, cap_patch: bool = True) -> Plan:
@@ -168,8 +178,10 @@ def make_plan(dataset: Dataset, cases: list[Case], patch_size=None, target_spaci
         [i for i, name in enumerate(dataset.channel_names) if name.upper() != "CT"]
     spacings, shapes, ct_values = [], [], {c: [] for c in ct_channels}
     nonzero = {c: [] for c in zscore_channels}
+    found: set[int] = set()
     for case in tqdm(cases, desc="verifying dataset", unit="case", disable=len(cases) < 10, leave=False):
-        image, label = verify_case(case, dataset)
+        image, label, values = verify_case(case, dataset)
+        found |= values
         spacing, shape = np.array(image.spacing), np.array(image.spatial_shape)
         if dims == 3:
             axes = ras_axes(image.affine)
@@ -183,6 +195,8 @@ def make_plan(dataset: Dataset, cases: list[Case], patch_size=None, target_spaci
             values = image.array[c][foreground]
             if values.size:
                 ct_values[c].append(rng.choice(values, min(values.size, CT_SAMPLES_PER_CASE), replace=False))
+    for warning in dataset_warnings(dataset, found):
+        log.warning(warning)
     spacing = np.array(target_spacing, float) if target_spacing else np.median(spacings, axis=0)
     median_shape = np.median([s * sp / spacing for s, sp in zip(shapes, spacings)], axis=0)
     if patch_size:
