@@ -18,7 +18,7 @@ random 2.5D U-Net paper: ``MA`` (mean accuracy) = mean of the per-class recalls 
 absent from both has no IoU; those are left out of the case's mean.
 
 Predictions and references are compared voxel by voxel, so they must lie on one grid: the same shape and the same
-voxel-to-world affine (to ``GRID_TOLERANCE_MM`` per entry, as an image and its label in training). A prediction on
+voxel-to-world affine (to ``AFFINE_TOLERANCE_MM`` per entry, as an image and its label in training). A prediction on
 another grid (flipped, shifted, resampled) is refused with one line naming both files, or, with ``resample``, taken
 onto the reference grid by nearest neighbour (world outside the prediction counts as background).
 """
@@ -37,12 +37,11 @@ from pathlib import Path
 import numpy as np
 
 from unetzoo.errors import file_error
-from unetzoo.io import PNG_ENDINGS, SUPPORTED_ENDINGS, Image, file_ending, output_folder, read_label_frames, strip_ending, write_text
+from unetzoo.io import AFFINE_TOLERANCE_MM, PNG_ENDINGS, SUPPORTED_ENDINGS, Image, file_ending, output_folder, read_label_frames, strip_ending, write_text
 
 log = logging.getLogger(__name__)
 
 SUMMARY_METRICS = ("Dice", "IoU", "NSD", "HD95")
-GRID_TOLERANCE_MM = 1e-3  # affines that differ by less, entry by entry, are one grid (plan.AFFINE_TOLERANCE_MM)
 CSV_COLUMNS = ("case", "label", "Dice", "IoU", "NSD", "HD95", "TP", "FP", "FN", "n_pred", "n_ref")
 
 
@@ -157,7 +156,7 @@ def on_reference_grid(pred: Image, ref: Image, resample: bool = False) -> np.nda
     naming both files."""
     same_shape = pred.array.shape == ref.array.shape
     offset = float(np.abs(pred.affine - ref.affine).max())
-    if same_shape and offset <= GRID_TOLERANCE_MM:
+    if same_shape and offset <= AFFINE_TOLERANCE_MM:
         return pred.array
     problem = (f"shape {pred.array.shape} differs from the reference's {ref.array.shape}" if not same_shape else
                f"affine differs from the reference's by up to {offset:.4g} mm (flipped, shifted or another spacing?)")

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 NIFTI_ENDINGS = (".nii.gz", ".nii")
 PNG_ENDINGS = (".png",)
 SUPPORTED_ENDINGS = NIFTI_ENDINGS + PNG_ENDINGS
+AFFINE_TOLERANCE_MM = 1e-3  # two voxel-to-world matrices that agree to this, entry by entry, are one grid
 
 
 def file_ending(path: str | os.PathLike) -> str:

@@ -14,6 +14,7 @@ Splits (:mod:`unetzoo.data.splits`) are over cases, so all frames of a subject f
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -77,43 +78,42 @@ def dataset_warnings(dataset: Dataset, label_values: set[int]) -> list[str]:
     files are identical (one image under two names: if the folds separate them, validation scores an image the
     network trained on), label files no case uses (a label without its image), and label ids of ``dataset.json``
     that ``label_values`` (the values found in the training cases' label maps) never holds."""
-    warnings = []
+    lines = []
     for cases in _identical_images(dataset.cases):
-        warnings.append(f"{' and '.join(str(c.images[0]) for c in cases)}: identical image files under {len(cases)} case names "
+        lines.append(f"{' and '.join(str(c.images[0]) for c in cases)}: identical image files under {len(cases)} case names "
                         f"({', '.join(c.name for c in cases)}): a duplicate that cross-validation may put on both sides of a split")
     used = {case.label.resolve() for case in dataset.cases}
     for folder in sorted({case.label.parent for case in dataset.cases}):
         unused = sorted(p.name for p in folder.iterdir() if p.name.endswith(dataset.file_ending) and not p.name.startswith(".")
                         and p.resolve() not in used)
         if unused:
-            warnings.append(f"{folder}: {len(unused)} label file(s) without an image (not trained on): {', '.join(unused)}")
+            lines.append(f"{folder}: {len(unused)} label file(s) without an image (not trained on): {', '.join(unused)}")
     absent = sorted(set(dataset.labels) - set(label_values))
     if absent:
         names = ", ".join(f"{label} ({dataset.labels[label]})" for label in absent)
-        warnings.append(f"{dataset.root / 'dataset.json'}: label id(s) {names} appear in no training case's label map: "
+        lines.append(f"{dataset.root / 'dataset.json'}: label id(s) {names} appear in no training case's label map: "
                         "the network gets no example of them")
-    return warnings
+    return lines
 
 
 def _identical_images(cases: list[Case]) -> list[list[Case]]:
     """Groups of cases whose image files have the same bytes (compared by size first, then by SHA-256)."""
-    import hashlib
-
-    def digest(path: Path) -> str:
-        sha = hashlib.sha256()
-        with open(path, "rb") as file:
-            for block in iter(lambda: file.read(1 << 20), b""):
-                sha.update(block)
-        return sha.hexdigest()
-
     by_size: dict[tuple, list[Case]] = {}
     for case in cases:
         by_size.setdefault(tuple(p.stat().st_size for p in case.images), []).append(case)
     groups: dict[tuple, list[Case]] = {}
     for same_size in by_size.values():
         for case in same_size if len(same_size) > 1 else []:
-            groups.setdefault(tuple(digest(p) for p in case.images), []).append(case)
+            groups.setdefault(tuple(_digest(p) for p in case.images), []).append(case)
     return [group for group in groups.values() if len(group) > 1]
+
+
+def _digest(path: Path) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()
 
 
 def load_dataset(root: str | Path) -> Dataset:

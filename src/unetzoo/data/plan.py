@@ -22,13 +22,12 @@ import numpy as np
 from unetzoo.data.datasets import Case, Dataset, dataset_warnings
 from unetzoo.data.transforms import RGB_NAMES
 from unetzoo.errors import file_error
-from unetzoo.io import case_frames, read_image, read_label_frames
+from unetzoo.io import AFFINE_TOLERANCE_MM, case_frames, read_image, read_label_frames
 
 log = logging.getLogger(__name__)
 PATCH_CAP = {2: 256, 3: 128}  # largest default patch edge per spatial dims
 CT_SAMPLES_PER_CASE = 10_000
 NONZERO_MASK_FRACTION = 0.9  # a channel whose median nonzero fraction is below this has a zero background
-AFFINE_TOLERANCE_MM = 1e-3  # image and label voxel-to-world matrices must agree to this, entry by entry
 
 
 @dataclass
