@@ -27,8 +27,8 @@ from unetzoo.models.unet import PlainConvDecoder, UNet
 class GatedDecoder(PlainConvDecoder):
     """:class:`PlainConvDecoder` with an additive attention gate on every skip, gated by the upsampled features."""
 
-    def __init__(self, spatial_dims: int, widths: list[int], out_channels: int, convs_per_stage: int = 2):
-        super().__init__(spatial_dims, widths, out_channels, convs_per_stage)
+    def __init__(self, spatial_dims: int, widths: list[int], out_channels: int, convs_per_stage: int = 2, strides=None, kernel_sizes=None):
+        super().__init__(spatial_dims, widths, out_channels, convs_per_stage, strides, kernel_sizes)
         levels = range(len(widths) - 2, -1, -1)
         self.gates = nn.ModuleList(
             AttentionBlock(spatial_dims, f_int=max(widths[i] // 2, 1), f_g=widths[i], f_l=widths[i]) for i in levels
@@ -48,7 +48,8 @@ class GatedDecoder(PlainConvDecoder):
 class AttentionUNet(UNet):
     """Attention U-Net for 2D and 3D (``spatial_dims``): :class:`~unetzoo.models.unet.UNet` with gated skips.
 
-    Accepts any input size (pads to a multiple of ``2**(n_stages-1)`` and crops back). In training mode with
+    Topology (``strides``, ``kernel_sizes`` or ``n_stages``) as ``UNet``; accepts any input size (pads to a multiple of
+    the cumulative stride per axis and crops back). In training mode with
     ``deep_supervision`` it returns a list of logits, full resolution first; otherwise the full-resolution logits.
 
     Example::

@@ -43,7 +43,7 @@ from collections.abc import Iterable, Sequence
 from monai.networks.layers.factories import Act, Norm
 from torch import nn
 
-from unetzoo.models.blocks import ConvNormAct, ConvStage, init_he, stage_widths, unet_plan_defaults
+from unetzoo.models.blocks import ConvNormAct, Topology, init_he, unet_plan_defaults
 from unetzoo.models.registry import register
 from unetzoo.models.sdn import SDN, ResSDN
 from unetzoo.models.unet import UNet
@@ -53,8 +53,9 @@ from unetzoo.models.unetpp import UNetPlusPlus
 class SDNStage(nn.Sequential):
     """A conv stage whose last conv unit is a spatial dependency layer.
 
-    ``n_convs - 1`` conv units (the first with ``stride``), then SDN (or ResSDN) -> InstanceNorm ->
-    LeakyReLU, as the authors' ``VGGBlockMixSDN`` with nnU-Net's norm and activation.
+    ``n_convs - 1`` conv units (kernel ``conv_kernel_size``, the first with ``stride``; both one int or one per
+    axis), then SDN (or ResSDN) -> InstanceNorm -> LeakyReLU, as the authors' ``VGGBlockMixSDN`` with nnU-Net's
+    norm and activation.
     """
 
     def __init__(
@@ -63,16 +64,17 @@ class SDNStage(nn.Sequential):
         in_channels: int,
         out_channels: int,
         n_convs: int = 2,
-        stride: int = 1,
+        stride=1,
         state_size: int = 150,
         directions: Sequence[str] | None = None,
         kernel_size: int = 3,
         residual: bool = False,
+        conv_kernel_size=3,
     ):
         if n_convs < 2:
             raise ValueError("an SDN stage needs n_convs >= 2 (a conv unit, then the SDN)")
         convs = [
-            ConvNormAct(spatial_dims, in_channels if i == 0 else out_channels, out_channels, stride=stride if i == 0 else 1)
+            ConvNormAct(spatial_dims, in_channels if i == 0 else out_channels, out_channels, conv_kernel_size, stride=stride if i == 0 else 1)
             for i in range(n_convs - 1)
         ]
         layer = (ResSDN if residual else SDN)(spatial_dims, out_channels, out_channels, state_size, directions, kernel_size)
@@ -118,7 +120,7 @@ class SDUNet(UNet):
         spatial_dims: int,
         in_channels: int,
         out_channels: int,
-        n_stages: int = 6,
+        n_stages: int | None = None,
         base_features: int = 32,
         max_features: int = 320,
         convs_per_stage: int = 2,
@@ -130,9 +132,13 @@ class SDUNet(UNet):
         sdn_directions: Sequence[str] | None = None,
         sdn_kernel_size: int = 3,
         sdn_residual: bool = False,
+        strides=None,
+        kernel_sizes=None,
     ):
-        super().__init__(spatial_dims, in_channels, out_channels, n_stages, base_features, max_features, convs_per_stage, deep_supervision)
-        widths = stage_widths(n_stages, base_features, max_features)
+        super().__init__(
+            spatial_dims, in_channels, out_channels, n_stages, base_features, max_features, convs_per_stage, deep_supervision, strides, kernel_sizes
+        )
+        n_stages, widths, topology = self.n_stages, self.widths, self.topology
         if sdn_encoder_stages is None:
             sdn_encoder_stages = range(1, min(sdn_layers + 1, n_stages - 1) + 1)
         if sdn_decoder_stages is None:
@@ -140,13 +146,14 @@ class SDUNet(UNet):
         self.sdn_encoder_stages = _valid(sdn_encoder_stages, n_stages - 1, "sdn_encoder_stages")
         self.sdn_decoder_stages = _valid(sdn_decoder_stages, n_stages - 2, "sdn_decoder_stages")
 
-        def stage(cin, cout, stride):
-            return SDNStage(spatial_dims, cin, cout, convs_per_stage, stride, sdn_state_size, sdn_directions, sdn_kernel_size, sdn_residual)
+        def stage(level, cin, cout, stride):
+            return SDNStage(spatial_dims, cin, cout, convs_per_stage, stride, sdn_state_size, sdn_directions, sdn_kernel_size, sdn_residual,
+                            topology.kernel_sizes[level])
 
         for i in self.sdn_encoder_stages:
-            self.encoder.stages[i] = stage(in_channels if i == 0 else widths[i - 1], widths[i], 1 if i == 0 else 2)
+            self.encoder.stages[i] = stage(i, in_channels if i == 0 else widths[i - 1], widths[i], topology.strides[i])
         for level in self.sdn_decoder_stages:
-            self.decoder.stages[n_stages - 2 - level] = stage(2 * widths[level], widths[level], 1)  # stages run deepest first
+            self.decoder.stages[n_stages - 2 - level] = stage(level, 2 * widths[level], widths[level], 1)  # stages run deepest first
 
 
 @register(
@@ -173,7 +180,7 @@ class SDNUNetPlusPlus(UNetPlusPlus):
         spatial_dims: int,
         in_channels: int,
         out_channels: int,
-        n_stages: int = 6,
+        n_stages: int | None = None,
         base_features: int = 32,
         max_features: int = 320,
         convs_per_stage: int = 2,
@@ -185,7 +192,11 @@ class SDNUNetPlusPlus(UNetPlusPlus):
         sdn_directions: Sequence[str] | None = None,
         sdn_kernel_size: int = 3,
         sdn_residual: bool = False,
+        strides=None,
+        kernel_sizes=None,
     ):
+        topology = Topology(spatial_dims, n_stages, strides, kernel_sizes)
+        n_stages = topology.n_stages
         if sdn_nodes is None:
             reach = max(sdn_layers, 1)
             sdn_nodes = [(i, 0) for i in range(min(reach, n_stages - 1) + 1)]
@@ -195,12 +206,15 @@ class SDNUNetPlusPlus(UNetPlusPlus):
         if bad:
             raise ValueError(f"sdn_nodes {bad} are not nodes of a {n_stages}-stage U-Net++ (need i, j >= 0, i + j <= {n_stages - 1})")
 
-        def make_node(i, j, cin, cout, stride):
+        def make_node(i, j, cin, cout, downsample):
             if (i, j) in nodes:
-                return SDNStage(spatial_dims, cin, cout, convs_per_stage, stride, sdn_state_size, sdn_directions, sdn_kernel_size, sdn_residual)
-            return ConvStage(spatial_dims, cin, cout, convs_per_stage, stride=stride)
+                stride = topology.strides[i] if downsample else 1
+                return SDNStage(spatial_dims, cin, cout, convs_per_stage, stride, sdn_state_size, sdn_directions, sdn_kernel_size, sdn_residual,
+                                topology.kernel_sizes[i])
+            return topology.stage(i, cin, cout, convs_per_stage, downsample)
 
         super().__init__(
-            spatial_dims, in_channels, out_channels, n_stages, base_features, max_features, convs_per_stage, deep_supervision, eval_head, make_node
+            spatial_dims, in_channels, out_channels, n_stages, base_features, max_features, convs_per_stage, deep_supervision, eval_head, make_node,
+            **topology.to_args(),
         )
         self.sdn_nodes = nodes

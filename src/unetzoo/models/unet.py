@@ -13,24 +13,26 @@ import torch
 from monai.networks.layers.factories import Conv
 from torch import nn
 
-from unetzoo.models.blocks import ConvStage, crop_to, init_he, pad_to_multiple, stage_widths, unet_plan_defaults
+from unetzoo.models.blocks import Topology, crop_to, init_he, pad_to_multiple, stage_widths, unet_plan_defaults
 from unetzoo.models.registry import register
 
 
 class PlainConvEncoder(nn.Module):
-    """Stages of conv units; every stage but the first halves the resolution with a strided conv.
+    """Stages of conv units; every stage but the first downsamples with a strided conv (its stride per axis).
 
-    ``forward`` returns the feature map of every stage, finest first (the skips of a U-Net, or the
-    multi-scale features that implicit-unet gathers at points).
+    ``strides`` / ``kernel_sizes``: per stage, per axis (:class:`~unetzoo.models.blocks.Topology`); None = stride 2
+    and kernel 3 on every axis. ``forward`` returns the feature map of every stage, finest first (the skips of a
+    U-Net, or the multi-scale features that implicit-unet gathers at points).
     """
 
-    def __init__(self, spatial_dims: int, in_channels: int, widths: list[int], convs_per_stage: list[int]):
+    def __init__(self, spatial_dims: int, in_channels: int, widths: list[int], convs_per_stage: list[int], strides=None, kernel_sizes=None):
         super().__init__()
         if len(widths) != len(convs_per_stage):
             raise ValueError(f"{len(widths)} widths but {len(convs_per_stage)} conv counts")
         self.widths = list(widths)
+        self.topology = Topology(spatial_dims, len(widths), strides, kernel_sizes)
         self.stages = nn.ModuleList(
-            ConvStage(spatial_dims, in_channels if i == 0 else widths[i - 1], width, n_convs, stride=1 if i == 0 else 2)
+            self.topology.stage(i, in_channels if i == 0 else widths[i - 1], width, n_convs, downsample=True)
             for i, (width, n_convs) in enumerate(zip(widths, convs_per_stage))
         )
 
@@ -43,15 +45,16 @@ class PlainConvEncoder(nn.Module):
 
 
 class PlainConvDecoder(nn.Module):
-    """Transposed-conv upsampling, concatenation with the skip, conv stage; a 1x1 head at every level."""
+    """Transposed-conv upsampling (kernel = stride per axis), concatenation with the skip, conv stage; a 1x1 head
+    at every level. ``strides`` / ``kernel_sizes`` as :class:`PlainConvEncoder`'s."""
 
-    def __init__(self, spatial_dims: int, widths: list[int], out_channels: int, convs_per_stage: int = 2):
+    def __init__(self, spatial_dims: int, widths: list[int], out_channels: int, convs_per_stage: int = 2, strides=None, kernel_sizes=None):
         super().__init__()
-        transposed = Conv[Conv.CONVTRANS, spatial_dims]
+        topology = Topology(spatial_dims, len(widths), strides, kernel_sizes)
         conv = Conv[Conv.CONV, spatial_dims]
         levels = range(len(widths) - 2, -1, -1)  # from just above the bottleneck to the finest level
-        self.ups = nn.ModuleList(transposed(widths[i + 1], widths[i], 2, stride=2) for i in levels)
-        self.stages = nn.ModuleList(ConvStage(spatial_dims, 2 * widths[i], widths[i], convs_per_stage) for i in levels)
+        self.ups = nn.ModuleList(topology.up(i, widths[i + 1], widths[i]) for i in levels)
+        self.stages = nn.ModuleList(topology.stage(i, 2 * widths[i], widths[i], convs_per_stage) for i in levels)
         self.heads = nn.ModuleList(conv(widths[i], out_channels, 1) for i in levels)
 
     def forward(self, features: list[torch.Tensor], all_levels: bool) -> list[torch.Tensor]:
@@ -78,14 +81,17 @@ class PlainConvDecoder(nn.Module):
 class UNet(nn.Module):
     """nnU-Net-style plain conv U-Net for 2D and 3D (``spatial_dims``).
 
-    Accepts any input size: pads the spatial axes to a multiple of ``2**(n_stages-1)`` and crops back.
-    In training mode with ``deep_supervision`` it returns a list of logits, full resolution first, then
-    1/2, 1/4, ... (one per decoder level); otherwise the full-resolution logits.
+    The topology is ``strides`` and ``kernel_sizes`` (per stage, per axis; the plan's), or ``n_stages`` isotropic
+    stages (stride 2, kernel 3; default 6). Accepts any input size: pads every axis to a multiple of its cumulative
+    stride and crops back. In training mode with ``deep_supervision`` it returns a list of logits, full resolution
+    first, then one per decoder level at that level's resolution (each axis divided by its cumulative stride);
+    otherwise the full-resolution logits.
 
     Example::
 
         net = UNet(spatial_dims=3, in_channels=1, out_channels=3, n_stages=4)
         logits = net.eval()(torch.zeros(1, 1, 37, 50, 35))  # -> (1, 3, 37, 50, 35)
+        thin = UNet(3, 1, 3, strides=[1, [1, 2, 2], 2], kernel_sizes=[[1, 3, 3], 3, 3])  # pools the first axis once
     """
 
     decoder_class = PlainConvDecoder  # a variant swaps the decoder (attention-unet: gated skips)
@@ -95,25 +101,29 @@ class UNet(nn.Module):
         spatial_dims: int,
         in_channels: int,
         out_channels: int,
-        n_stages: int = 6,
+        n_stages: int | None = None,
         base_features: int = 32,
         max_features: int = 320,
         convs_per_stage: int = 2,
         deep_supervision: bool = True,
+        strides=None,
+        kernel_sizes=None,
     ):
         super().__init__()
-        widths = stage_widths(n_stages, base_features, max_features)
+        self.topology = Topology(spatial_dims, n_stages, strides, kernel_sizes)
+        self.n_stages = self.topology.n_stages
+        self.widths = stage_widths(self.n_stages, base_features, max_features)
         self.spatial_dims = spatial_dims
         self.deep_supervision = deep_supervision
-        self.encoder = PlainConvEncoder(spatial_dims, in_channels, widths, [convs_per_stage] * n_stages)
-        self.decoder = self.decoder_class(spatial_dims, widths, out_channels, convs_per_stage)
-        self.divisor = 2 ** (n_stages - 1)
+        topology = self.topology.to_args()
+        self.encoder = PlainConvEncoder(spatial_dims, in_channels, self.widths, [convs_per_stage] * self.n_stages, **topology)
+        self.decoder = self.decoder_class(spatial_dims, self.widths, out_channels, convs_per_stage, **topology)
         self.apply(init_he)
 
     def forward(self, x: torch.Tensor):
-        x, shape = pad_to_multiple(x, self.divisor)
+        x, shape = pad_to_multiple(x, self.topology.divisor)
         outputs = self.decoder(self.encoder(x), all_levels=self.training and self.deep_supervision)
-        outputs = [crop_to(out, [-(-s // 2**level) for s in shape]) for level, out in enumerate(outputs)]
+        outputs = [crop_to(out, self.topology.output_shape(shape, level)) for level, out in enumerate(outputs)]
         return outputs if self.training and self.deep_supervision else outputs[0]
 
 
@@ -151,8 +161,9 @@ class SliceWise(nn.Module):
     plan_defaults=lambda plan, config, train_cases=None: {**unet_plan_defaults(plan, config), "slice_axis": 0},
 )
 def unet2d_slices(
-    spatial_dims: int, in_channels: int, out_channels: int, slice_axis: int = 0, n_stages: int = 6, deep_supervision: bool = True, **kwargs
+    spatial_dims: int, in_channels: int, out_channels: int, slice_axis: int = 0, n_stages: int | None = None, deep_supervision: bool = True, **kwargs
 ) -> nn.Module:
-    """A 2D :class:`UNet` (same defaults) wrapped in :class:`SliceWise` for volumes; a plain 2D U-Net for 2D data."""
+    """A 2D :class:`UNet` (same defaults; ``strides``/``kernel_sizes`` are those of the slice plane, two axes) wrapped
+    in :class:`SliceWise` for volumes; a plain 2D U-Net for 2D data."""
     net2d = UNet(2, in_channels, out_channels, n_stages=n_stages, deep_supervision=deep_supervision, **kwargs)
     return net2d if spatial_dims == 2 else SliceWise(net2d, slice_axis)

@@ -1,6 +1,7 @@
 """U-Net++ (Zhou et al., IEEE TMI 2019; sd-unet.md ref. [17]): nested dense skips and deep supervision, 2D and 3D.
 
-Nodes ``X^{i,j}``: ``i`` is the depth (resolution ``1/2^i``), ``j`` the column. ``X^{i,0}`` is the encoder;
+Nodes ``X^{i,j}``: ``i`` is the depth (resolution ``1/2^i`` with isotropic strides; per axis,
+the cumulative stride of stage ``i``), ``j`` the column. ``X^{i,0}`` is the encoder;
 every other node is ``X^{i,j} = H(concat[Up(X^{i+1,j-1}), X^{i,0}, ..., X^{i,j-1}])`` (the upsampled input
 first, as Zhou's code), with ``H`` a conv stage and ``Up`` its own transposed convolution. A 1x1 head on
 every ``X^{0,j}``, ``j = 1..n-1``, gives ``n-1`` full-resolution outputs.
@@ -30,11 +31,12 @@ import torch
 from monai.networks.layers.factories import Conv
 from torch import nn
 
-from unetzoo.models.blocks import ConvStage, crop_to, init_he, pad_to_multiple, stage_widths, unet_plan_defaults
+from unetzoo.models.blocks import Topology, crop_to, init_he, pad_to_multiple, stage_widths, unet_plan_defaults
 from unetzoo.models.registry import register
 
-NodeFactory = Callable[[int, int, int, int, int], nn.Module]
-"""``make_node(i, j, in_channels, out_channels, stride) -> module`` builds node ``X^{i,j}``."""
+NodeFactory = Callable[[int, int, int, int, bool], nn.Module]
+"""``make_node(i, j, in_channels, out_channels, downsample) -> module`` builds node ``X^{i,j}`` (``downsample``: an
+encoder node ``X^{i,0}``, whose first conv has the stride of stage ``i``; its kernel sizes are those of level ``i``)."""
 
 
 @register(
@@ -47,7 +49,10 @@ NodeFactory = Callable[[int, int, int, int, int], nn.Module]
 class UNetPlusPlus(nn.Module):
     """U-Net++ for 2D and 3D (``spatial_dims``) with deep supervision on every ``X^{0,j}``.
 
-    Accepts any input size (pads to a multiple of ``2**(n_stages-1)`` and crops back). ``make_node``
+    Topology (``strides``, ``kernel_sizes`` per stage and axis, or ``n_stages`` isotropic stages) as
+    :class:`~unetzoo.models.unet.UNet`: node ``X^{i,j}`` has level ``i``'s kernel sizes and ``Up`` into level ``i``
+    the stride of stage ``i+1``. Accepts any input size (pads to a multiple of the cumulative stride per axis and
+    crops back). ``make_node``
     replaces the conv stage of chosen nodes (used by ``sdn-unetpp``); by default every node is two
     conv-InstanceNorm-LeakyReLU units.
 
@@ -63,42 +68,44 @@ class UNetPlusPlus(nn.Module):
         spatial_dims: int,
         in_channels: int,
         out_channels: int,
-        n_stages: int = 6,
+        n_stages: int | None = None,
         base_features: int = 32,
         max_features: int = 320,
         convs_per_stage: int = 2,
         deep_supervision: bool = True,
         eval_head: int | str | None = None,
         make_node: NodeFactory | None = None,
+        strides=None,
+        kernel_sizes=None,
     ):
         super().__init__()
+        self.topology = topology = Topology(spatial_dims, n_stages, strides, kernel_sizes)
+        n_stages = topology.n_stages
         if n_stages < 2:
             raise ValueError(f"U-Net++ needs n_stages >= 2, got {n_stages}")
         if not (eval_head is None or eval_head == "mean" or (isinstance(eval_head, int) and 1 <= eval_head < n_stages)):
             raise ValueError(f"eval_head must be None, 'mean' or an int in 1..{n_stages - 1}, got {eval_head!r}")
         if make_node is None:
 
-            def make_node(i, j, cin, cout, stride):
-                return ConvStage(spatial_dims, cin, cout, convs_per_stage, stride=stride)
+            def make_node(i, j, cin, cout, downsample):
+                return topology.stage(i, cin, cout, convs_per_stage, downsample)
 
         widths = stage_widths(n_stages, base_features, max_features)
-        transposed = Conv[Conv.CONVTRANS, spatial_dims]
         conv = Conv[Conv.CONV, spatial_dims]
         self.spatial_dims = spatial_dims
         self.n_stages = n_stages
         self.widths = widths
         self.deep_supervision = deep_supervision
         self.eval_head = eval_head
-        self.divisor = 2 ** (n_stages - 1)
         self.nodes = nn.ModuleDict()
         self.ups = nn.ModuleDict()
         for i in range(n_stages):
             cin = in_channels if i == 0 else widths[i - 1]
-            self.nodes[f"{i}_0"] = make_node(i, 0, cin, widths[i], 1 if i == 0 else 2)
+            self.nodes[f"{i}_0"] = make_node(i, 0, cin, widths[i], True)
         for j in range(1, n_stages):
             for i in range(n_stages - j):
-                self.ups[f"{i}_{j}"] = transposed(widths[i + 1], widths[i], 2, stride=2)
-                self.nodes[f"{i}_{j}"] = make_node(i, j, widths[i] * (j + 1), widths[i], 1)
+                self.ups[f"{i}_{j}"] = topology.up(i, widths[i + 1], widths[i])
+                self.nodes[f"{i}_{j}"] = make_node(i, j, widths[i] * (j + 1), widths[i], False)
         self.heads = nn.ModuleList(conv(widths[0], out_channels, 1) for _ in range(1, n_stages))  # heads[j-1] on X^{0,j}
         self.apply(init_he)
 
@@ -115,7 +122,7 @@ class UNetPlusPlus(nn.Module):
         return feats
 
     def forward(self, x: torch.Tensor):
-        x, shape = pad_to_multiple(x, self.divisor)
+        x, shape = pad_to_multiple(x, self.topology.divisor)
         last = self.n_stages - 1
         supervised = self.training and self.deep_supervision
         if supervised or self.eval_head == "mean":
