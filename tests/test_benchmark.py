@@ -11,6 +11,7 @@ from unetzoo.benchmark import FIGURES, benchmark_models, format_table, synthetic
 from unetzoo.benchmark_worker import measure_infer, measure_train
 from unetzoo.data.phantoms import synthetic_case
 from unetzoo.config import Config
+from unetzoo.data.topology import divisor
 from unetzoo.errors import UnetzooError
 
 from conftest import run_cli
@@ -124,5 +125,5 @@ def test_data_plan_takes_patch_and_median_shape_from_the_dataset(organs):
 
     plan = data_plan(organs, patch=[16, 16, 16])
     assert plan.patch_size == [16, 16, 16] and plan.spatial_dims == 3 and len(plan.median_shape) == 3
-    default = data_plan(organs).patch_size  # from the data: the median shape rounded up to a multiple of 8
-    assert all(p % 8 == 0 and p >= s for p, s in zip(default, plan.median_shape))
+    default = data_plan(organs)  # from the data: the median shape (it fits the budget) rounded up to the strides' multiple
+    assert all(p % m == 0 and p >= round(s) for p, m, s in zip(default.patch_size, divisor(default.strides), plan.median_shape))

@@ -72,11 +72,12 @@ def test_every_model_trains_and_predicts_through_its_method(name, dims, tmp_path
 def test_build_method_resolves_a_copy():
     config = Config(model="unet")
     method, resolved = build_method(config, Plan.synthetic([32, 32, 32]))
-    assert config.model_args == {} and resolved.model_args["n_stages"] == 4 and resolved.model_args["deep_supervision"] is True
+    assert config.model_args == {} and resolved.model_args["deep_supervision"] is True
+    assert resolved.model_args["strides"] == [[1, 1, 1]] + [[2, 2, 2]] * 3 and len(resolved.model_args["kernel_sizes"]) == 4  # 32 -> 4
     assert resolved.method_args == {}  # unet needs no method argument beyond the dense defaults
     config.model_args["n_stages"] = 2
     _, explicit = build_method(config, Plan.synthetic([32, 32, 32]))
-    assert explicit.model_args["n_stages"] == 2  # the user's value wins over the plan's default
+    assert explicit.model_args["n_stages"] == 2 and "strides" not in explicit.model_args  # the user's value wins over the plan's
 
 
 def test_grid_maps_and_resamples():

@@ -7,6 +7,7 @@ import pytest
 from unetzoo.data.datasets import load_dataset, prediction_inputs
 from unetzoo.data.plan import make_plan
 from unetzoo.data.splits import make_splits
+from unetzoo.data.topology import divisor
 from unetzoo.errors import UnetzooError
 from unetzoo.io import write_array
 
@@ -101,7 +102,8 @@ def test_plan_median_spacing_and_patch(organs):
         ras[axes] = s
         spacings.append(ras)
     assert plan.target_spacing == pytest.approx(np.median(spacings, axis=0).tolist(), rel=1e-4)
-    assert all(p % 8 == 0 for p in plan.patch_size)
+    multiples = divisor(plan.strides)
+    assert all(p % m == 0 for p, m in zip(plan.patch_size, multiples))
     assert plan.num_classes == 4 and plan.n_channel_files == 1
 
 

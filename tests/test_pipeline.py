@@ -42,7 +42,9 @@ def test_run_folder_holds_nnunet_outputs(trained_run):
     validation = sorted(p.name for p in (trained_run / "validation").glob("*.nii.gz"))
     assert validation == sorted(f"{n}.nii.gz" for n in splits[0]["val"])
     config = json.loads((trained_run / "config.json").read_text())
-    assert config["model_args"]["n_stages"] == 3  # filled from the 16^3 patch and recorded
+    plan = json.loads((trained_run / "plan.json").read_text())
+    assert config["model_args"]["strides"] == plan["strides"] == [[1, 1, 1], [2, 2, 2], [2, 2, 2]]  # 16^3: 16 -> 8 -> 4, recorded
+    assert config["model_args"]["kernel_sizes"] == plan["kernel_sizes"] and config["train"]["batch_size"] == plan["batch_size"] >= 2
     from unetzoo.precision import resolve_precision
 
     # what ran, not "auto": the precision auto chose on this CPU, and the device

@@ -103,6 +103,8 @@ def _model_config(base: Config, name: str, plan: Plan) -> Config:
     config = Config.from_dict(json.loads(json.dumps(base.to_dict())))
     config.model = name
     config.data.patch_size = plan.patch_size
+    if config.train.batch_size is None:
+        config.train.batch_size = plan.batch_size
     return config
 
 
@@ -193,7 +195,7 @@ def benchmark_models(
         "torch": torch.__version__,
         "threads": threads_used,
         "patch": list(plan.patch_size),
-        "batch_size": base.train.batch_size,
+        "batch_size": base.train.batch_size or plan.batch_size,
         "spatial_dims": plan.spatial_dims,
         "channels": plan.in_channels,
         "num_classes": plan.num_classes,

@@ -26,7 +26,7 @@ from unetzoo.precision import PRECISIONS
 
 @dataclass
 class DataConfig:
-    patch_size: list[int] | None = None  # None: the dataset's median shape after resampling, capped (see plan)
+    patch_size: list[int] | None = None  # None: planned from the median shape and the step budget (data/plan.py)
     target_spacing: list[float] | None = None  # None: the dataset's median spacing (computed once, saved)
     pos_neg_ratio: list[float] = field(default_factory=lambda: [1.0, 2.0])  # implicit-unet.md: 1:2 positive:negative
     samples_per_case: int = 1  # patches cropped from one case per draw
@@ -62,7 +62,7 @@ class AugmentConfig:
 class TrainConfig:
     epochs: int = 100
     iters_per_epoch: int = 250
-    batch_size: int = 2
+    batch_size: int | None = None  # None: the plan's (the step budget over the patch, data/plan.py)
     optimizer: str = "adamw"  # "adamw" (implicit-unet.md: AdamW 1e-4), "sgd" (nnU-Net: 1e-2, momentum 0.99, nesterov) or "adam" (random-2.5d-unet.md: 1e-3)
     lr: float = 1e-4
     weight_decay: float = 3e-5

@@ -311,8 +311,10 @@ def _train(data_dir, run_dir: Path, config: Config, resume: bool) -> Path:
         verify_against_plan(dataset, plan, plan_path)
     else:
         whole = method_class(config.model).whole_volumes
-        plan = make_plan(dataset, dataset.cases, config.data.patch_size, config.data.target_spacing, config.seed, cap_patch=not whole)
+        plan = make_plan(dataset, dataset.cases, config.data.patch_size, config.data.target_spacing, config.seed, cap_patch=not whole,
+                         device=resolve_device(config.train.device).type)
         plan.save(plan_path)
+    log.info(plan.describe())
     L.seed_everything(config.seed, workers=True, verbose=False)
     method, config = build_method(config, plan, train_cases=len(train_names))
     config.data.patch_size = plan.patch_size

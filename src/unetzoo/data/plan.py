@@ -1,9 +1,28 @@
-"""The dataset plan: verify every training case once, then fix spacing, patch and normalisation statistics.
+"""The dataset plan: verify every training case once, then fix spacing, patch, batch, topology and normalisation.
 
-Like nnU-Net's fingerprint + plans, but one small JSON (``plan.json`` in the run folder) computed once per run:
-target spacing = median spacing (in the canonical RAS frame), patch = median resampled shape rounded up to a
-multiple of 8 and capped, CT statistics from foreground voxels (0.5/99.5 percentiles, mean, std). A 3D+t case
-(4D NIfTI of a 1-channel dataset) is verified frame by frame and counts once, by its first frame.
+Like nnU-Net's fingerprint + ExperimentPlanner, but one small JSON (``plan.json`` in the run folder) computed once
+per run (field-survey.md, ExperimentPlanner):
+
+* **spacing**: the median spacing (in the canonical RAS frame); when it is anisotropic (the coarsest axis > 3x the
+  others, and that axis has < 1/3 of their voxels) the coarse axis takes the 10th percentile instead, not finer
+  than the other axes (nnU-Net's ``determine_fullres_target_spacing``). Identity affines (a source that dropped
+  the spacing) and PNG images have **unknown spacing**: the plan says so (``spacing_known``) and every rule below
+  works on voxel counts (spacing 1).
+* **patch**: nnU-Net's: a cube (256^3 / 2048^2) shaped by 1/spacing, clipped to the median shape, rounded up to a
+  multiple of the network's strides; while it holds more than half the step budget, the axis largest relative to
+  the median shrinks by its stride multiple. No per-axis cap.
+* **batch**: the step budget over the patch (>= 2), at most 5 % of the dataset's voxels per step (nnU-Net).
+  ``STEP_BUDGET`` is voxels per step (patch x batch): on CPU 2 x 64^3 (3D) and 12 x 256^2 (2D), about 3 s per step
+  on two threads of this project's CPU with bf16 (README measured ~100k voxels/s per thread for the 3D ``unet``,
+  ~150k pixels/s in 2D), so a 20-30 minute budget gets several hundred steps; on a GPU nnU-Net's references,
+  2 x 128^3 and 12 x 512^2. 2D data thus gets nnU-Net-like batches (12 whole 256x256 images), not 2.
+* **topology** (``strides``, ``kernel_sizes``): from the patch and spacing by :mod:`unetzoo.data.topology`.
+* **slice axis** (3D): the through-plane axis of the 2D configuration (``unet2d-slices``): the coarsest spacing,
+  among axes within 10 % of it (all of them when the spacing is unknown or isotropic) the one with fewest voxels.
+* CT statistics from foreground voxels (0.5/99.5 percentiles, mean, std).
+
+Explicit values (``--patch``, ``--target-spacing``, ``--batch-size``, ``--set model_args.strides=...``) win. A 3D+t
+case (4D NIfTI of a 1-channel dataset) is verified frame by frame and counts once, by its first frame.
 Verification reads every file, so a bad case stops the run before training with one line naming the file; what
 training survives but should not go unnoticed (duplicate cases, labels without an image, label ids no case holds)
 is a warning line naming the files (:func:`unetzoo.data.datasets.dataset_warnings`).
@@ -20,12 +39,18 @@ from pathlib import Path
 import numpy as np
 
 from unetzoo.data.datasets import Case, Dataset, dataset_warnings
+from unetzoo.data.topology import divisor, pool_and_conv
 from unetzoo.data.transforms import RGB_NAMES
 from unetzoo.errors import file_error
 from unetzoo.io import AFFINE_TOLERANCE_MM, case_frames, read_image, read_label_frames
 
 log = logging.getLogger(__name__)
-PATCH_CAP = {2: 256, 3: 128}  # largest default patch edge per spatial dims
+PATCH_CAP = {2: 256, 3: 128}  # largest patch edge of a synthetic plan (benchmarks, tests) per spatial dims
+STEP_BUDGET = {"cpu": {3: 2 * 64**3, 2: 12 * 256**2}, "cuda": {3: 2 * 128**3, 2: 12 * 512**2}}  # voxels per step (module docstring)
+REFERENCE_EDGE = {3: 256, 2: 2048}  # nnU-Net's initial patch: this edge^d, shaped by 1/spacing
+MIN_BATCH = 2
+MAX_DATASET_SHARE = 0.05  # one batch covers at most this share of the dataset's voxels (nnU-Net)
+ANISOTROPY = 3.0  # nnU-Net's ANISO_THRESHOLD
 CT_SAMPLES_PER_CASE = 10_000
 NONZERO_MASK_FRACTION = 0.9  # a channel whose median nonzero fraction is below this has a zero background
 
@@ -39,6 +64,10 @@ class Plan:
     ``target_spacing`` is None for 2D (PNG) data; ``patch_size`` is the training patch (for whole-volume methods:
     the padded volume); ``nonzero_mask`` says per channel whether z-scoring ignores zero voxels (decided once for
     the dataset, as nnU-Net's ``use_mask_for_norm``, so test images are normalised like training images).
+    ``spacing_known`` is False for identity affines and PNG (voxel counts stand in); ``batch_size`` is the planned
+    batch (``train.batch_size`` None takes it); ``strides`` / ``kernel_sizes`` (per stage, per axis) the network's
+    topology for the patch; ``slice_axis`` (3D) the through-plane axis the 2D configuration slices along. A plan
+    saved before these fields existed loads with them computed from its patch and spacing (batch 2, the old default).
     """
 
     spatial_dims: int
@@ -52,6 +81,22 @@ class Plan:
     patch_size: list[int]
     ct_stats: dict = field(default_factory=dict)
     nonzero_mask: list[bool] = field(default_factory=list)
+    spacing_known: bool = True
+    batch_size: int = MIN_BATCH
+    strides: list[list[int]] | None = None
+    kernel_sizes: list[list[int]] | None = None
+    slice_axis: int | None = None
+
+    def __post_init__(self):
+        if self.strides is None:
+            self.strides, self.kernel_sizes = pool_and_conv(self.patch_size, self.topology_spacing)
+        if self.slice_axis is None and self.spatial_dims == 3:
+            self.slice_axis = through_plane_axis(self.topology_spacing, self.median_shape)
+
+    @property
+    def topology_spacing(self) -> list[float] | None:
+        """The spacing the topology rules see: the target spacing when known, else None (voxel counts)."""
+        return self.target_spacing if self.spacing_known else None
 
     @property
     def in_channels(self) -> int:
@@ -65,7 +110,15 @@ class Plan:
     def for_whole_volumes(self) -> "Plan":
         """This plan with the uncapped median shape (rounded up to a multiple of 8) as its patch: what a method
         that trains and predicts on whole volumes takes."""
-        return dataclasses.replace(self, patch_size=rounded_shape(self.median_shape))
+        return dataclasses.replace(self, patch_size=rounded_shape(self.median_shape), strides=None, kernel_sizes=None)
+
+    def describe(self) -> str:
+        """One line for the training log: what the plan decided and why."""
+        spacing = (f"spacing {_fmt(self.target_spacing)} mm" if self.spacing_known else
+                   "spacing unknown (identity affines or PNG): patch and topology from voxel counts")
+        slicing = f", slice axis {self.slice_axis}" if self.spatial_dims == 3 else ""
+        return (f"plan: patch {_fmt(self.patch_size)} (median shape {_fmt(self.median_shape)}), batch {self.batch_size}, {spacing}, "
+                f"{len(self.strides)} stages, strides {self.strides}, kernel sizes {self.kernel_sizes}{slicing}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -90,8 +143,9 @@ class Plan:
 
     @classmethod
     def synthetic(cls, spatial: list[int], channels: int = 1, classes: int = 2, patch: list[int] | None = None, cap: bool = True) -> "Plan":
-        """The plan of synthetic data of ``spatial`` shape (benchmarks, tests): 1-mm MRI-like channels, the patch
-        the shape itself (capped per axis like a dataset's unless ``cap`` is False)."""
+        """The plan of synthetic data of ``spatial`` shape (benchmarks, tests): 1-mm MRI-like channels (2D: unknown
+        spacing, as PNG), batch 2, the patch the shape itself (capped per axis at ``PATCH_CAP`` unless ``cap`` is
+        False); strides and slice axis planned from it."""
         dims = len(spatial)
         return cls(
             spatial_dims=dims,
@@ -103,7 +157,59 @@ class Plan:
             target_spacing=[1.0] * dims if dims == 3 else None,
             median_shape=[float(s) for s in spatial],
             patch_size=[int(p) for p in patch] if patch else [min(PATCH_CAP[dims], int(s)) if cap else int(s) for s in spatial],
+            spacing_known=dims == 3,
         )
+
+
+def _fmt(values) -> str:
+    return "x".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
+
+
+def through_plane_axis(spacing, median_shape) -> int:
+    """The axis a 2D configuration slices along: the coarsest spacing (None: unknown, every axis 1); among the axes
+    within 10 % of it, the one with the fewest voxels (the first on a tie)."""
+    spacing = np.ones(len(median_shape)) if spacing is None else np.asarray(spacing, float)
+    coarse = [a for a in range(len(spacing)) if spacing[a] >= 0.9 * spacing.max()]
+    return int(min(coarse, key=lambda a: (median_shape[a], a)))
+
+
+def anisotropic_target_spacing(spacings: np.ndarray, shapes: np.ndarray) -> np.ndarray:
+    """The median spacing, except on a coarse axis (> 3x the others' spacing with < 1/3 of their voxels): the 10th
+    percentile there, not finer than the other axes (nnU-Net's ``determine_fullres_target_spacing``)."""
+    target = np.median(spacings, axis=0)
+    sizes = np.median(shapes, axis=0)
+    worst = int(np.argmax(target))
+    others = [a for a in range(len(target)) if a != worst]
+    if others and target[worst] > ANISOTROPY * target[others].max() and sizes[worst] * ANISOTROPY < sizes[others].min():
+        target[worst] = max(np.percentile(spacings[:, worst], 10), target[others].max())
+    return target
+
+
+def plan_patch(median_shape, spacing, budget: int) -> list[int]:
+    """nnU-Net's patch (module docstring): ``REFERENCE_EDGE^d`` voxels shaped by 1/spacing (None: a cube), clipped to
+    the median shape, rounded up to the strides' multiple; the axis largest relative to the median (rounded up
+    likewise, so that rounding alone never singles out an axis; ties: the longest) shrinks by that multiple while
+    the patch holds more than ``budget / MIN_BATCH`` voxels."""
+    dims = len(median_shape)
+    median = np.maximum(np.asarray(median_shape, float), 1.0)
+    inverse = 1.0 / (np.ones(dims) if spacing is None else np.asarray(spacing, float))
+    initial = inverse * (REFERENCE_EDGE[dims] ** dims / np.prod(inverse)) ** (1 / dims)
+    patch = [max(1, int(round(p))) for p in np.minimum(initial, median)]
+    while True:
+        multiple = divisor(pool_and_conv(patch, spacing)[0])
+        patch = [int(m * np.ceil(p / m)) for p, m in zip(patch, multiple)]
+        if np.prod(patch) <= budget // MIN_BATCH or all(p <= m for p, m in zip(patch, multiple)):
+            return patch
+        target = [m * np.ceil(d / m) for d, m in zip(median, multiple)]  # the median as the strides round it
+        shrinkable = [a for a in range(dims) if patch[a] > multiple[a]]
+        axis = max(shrinkable, key=lambda a: (patch[a] / target[a], patch[a], a))
+        patch[axis] -= multiple[axis]
+
+
+def plan_batch(patch, budget: int, dataset_voxels: float) -> int:
+    """The step budget over the patch, at most ``MAX_DATASET_SHARE`` of the dataset's voxels, at least ``MIN_BATCH``."""
+    voxels = float(np.prod(patch))
+    return int(max(MIN_BATCH, min(budget // voxels, MAX_DATASET_SHARE * dataset_voxels // voxels)))
 
 
 def rounded_shape(shape) -> list[int]:
@@ -165,9 +271,11 @@ def verify_against_plan(dataset: Dataset, plan: Plan, plan_path: Path) -> None:
         log.warning(warning)
 
 
-def make_plan(dataset: Dataset, cases: list[Case], patch_size=None, target_spacing=None, seed: int = 0, cap_patch: bool = True) -> Plan:
-    """Verify ``cases`` and compute the plan (see module docstring); explicit arguments override the medians.
-    ``cap_patch`` False (methods that take whole volumes) keeps the whole median shape as the patch."""
+def make_plan(dataset: Dataset, cases: list[Case], patch_size=None, target_spacing=None, seed: int = 0, cap_patch: bool = True,
+              device: str = "cpu") -> Plan:
+    """Verify ``cases`` and compute the plan (see module docstring) for a ``device`` kind ("cuda" or anything else:
+    the CPU budget); explicit arguments override the planned values. ``cap_patch`` False (methods that take whole
+    volumes) keeps the whole median shape as the patch and batch ``MIN_BATCH``."""
     from tqdm import tqdm
 
     dims = dataset.spatial_dims
@@ -175,7 +283,7 @@ def make_plan(dataset: Dataset, cases: list[Case], patch_size=None, target_spaci
     ct_channels = [i for i, name in enumerate(dataset.channel_names) if name.upper() == "CT"]
     zscore_channels = [] if all(name.upper() in RGB_NAMES for name in dataset.channel_names) else \
         [i for i, name in enumerate(dataset.channel_names) if name.upper() != "CT"]
-    spacings, shapes, ct_values = [], [], {c: [] for c in ct_channels}
+    spacings, shapes, ct_values, identity = [], [], {c: [] for c in ct_channels}, []
     nonzero = {c: [] for c in zscore_channels}
     found: set[int] = set()
     for case in tqdm(cases, desc="verifying dataset", unit="case", disable=len(cases) < 10, leave=False):
@@ -187,6 +295,7 @@ def make_plan(dataset: Dataset, cases: list[Case], patch_size=None, target_spaci
             spacing[axes], shape[axes] = spacing.copy(), shape.copy()
         spacings.append(spacing)
         shapes.append(shape)
+        identity.append(dims == 2 or np.allclose(image.affine, np.eye(dims + 1), rtol=0, atol=1e-6))
         for c in zscore_channels:
             nonzero[c].append(np.count_nonzero(image.array[c]) / image.array[c].size)
         foreground = label.array > 0
@@ -196,15 +305,21 @@ def make_plan(dataset: Dataset, cases: list[Case], patch_size=None, target_spaci
                 ct_values[c].append(rng.choice(values, min(values.size, CT_SAMPLES_PER_CASE), replace=False))
     for warning in dataset_warnings(dataset, found):
         log.warning(warning)
-    spacing = np.array(target_spacing, float) if target_spacing else np.median(spacings, axis=0)
-    median_shape = np.median([s * sp / spacing for s, sp in zip(shapes, spacings)], axis=0)
+    spacings, shapes = np.array(spacings, float), np.array(shapes, float)
+    known = not all(identity)
+    spacing = np.array(target_spacing, float) if target_spacing else anisotropic_target_spacing(spacings, shapes)
+    resampled = shapes * spacings / spacing
+    median_shape = np.median(resampled, axis=0)
+    budget = STEP_BUDGET["cuda" if device == "cuda" else "cpu"][dims]
     if patch_size:
         patch = [int(p) for p in patch_size]
+    elif cap_patch:
+        patch = plan_patch(median_shape, spacing if known else None, budget)
     else:
         patch = rounded_shape(median_shape)
-        patch = [min(PATCH_CAP[dims], p) for p in patch] if cap_patch else patch
     if len(patch) != dims:
         raise file_error(dataset.root, f"patch size {patch} has {len(patch)} axes, the images have {dims}")
+    batch = plan_batch(patch, budget, resampled.prod(axis=1).sum()) if cap_patch else MIN_BATCH
     ct_stats = {}
     for c, chunks in ct_values.items():
         values = np.concatenate(chunks) if chunks else np.zeros(1)
@@ -223,4 +338,6 @@ def make_plan(dataset: Dataset, cases: list[Case], patch_size=None, target_spaci
         patch_size=patch,
         ct_stats=ct_stats,
         nonzero_mask=[c in nonzero and bool(np.median(nonzero[c]) < NONZERO_MASK_FRACTION) for c in range(len(dataset.channel_names))],
+        spacing_known=known,
+        batch_size=batch,
     )

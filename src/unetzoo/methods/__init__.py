@@ -34,7 +34,8 @@ def build_method(config: Config, plan: Plan, train_cases: int | None = None) -> 
     """Create the configured model for the plan's data, wrap it in its method; returns ``(method, resolved)``.
 
     ``resolved`` is a copy of ``config`` with every default the data decides filled in (the model's
-    ``plan_defaults``: depth from the patch, number of training subjects ...) and the method arguments the model's
+    ``plan_defaults``: topology from the plan, number of training subjects ...; the plan's batch size when
+    ``train.batch_size`` is None) and the method arguments the model's
     registration asks for, so that the run folder records exactly what was built. ``train_cases`` is the number of
     training cases (for models with per-subject state); a run folder's resolved config already holds it.
     """
@@ -43,6 +44,8 @@ def build_method(config: Config, plan: Plan, train_cases: int | None = None) -> 
     defaults = entry.plan_defaults(plan, config, train_cases) if entry.plan_defaults else {}
     resolved.model_args = {**defaults, **config.model_args}
     resolved.method_args = {**entry.method_defaults, **config.method_args}
+    if resolved.train.batch_size is None:
+        resolved.train.batch_size = plan.batch_size
     model = create_model(
         config.model,
         spatial_dims=plan.spatial_dims,

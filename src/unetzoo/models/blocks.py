@@ -27,10 +27,13 @@ def stages_for_patch(patch_size, max_stages: int = 6, min_edge: int = 4) -> int:
 
 
 def unet_plan_defaults(plan, config, train_cases=None) -> dict:
-    """Data-dependent arguments of the nnU-Net-style models: depth from the patch (nnU-Net's rule; none when the
-    user gave ``strides``, which fix the depth) and deep supervision from ``train.deep_supervision``."""
-    depth = {} if "strides" in config.model_args else {"n_stages": stages_for_patch(plan.patch_size)}
-    return {**depth, "deep_supervision": config.train.deep_supervision}
+    """Data-dependent arguments of the nnU-Net-style models: the plan's topology (``strides``, ``kernel_sizes`` per
+    stage and axis) and deep supervision from ``train.deep_supervision``. A user's ``n_stages`` or ``strides`` fixes
+    the depth instead (``n_stages`` alone: isotropic stages, as run folders made before the topology was planned)."""
+    args = {"deep_supervision": config.train.deep_supervision}
+    if "n_stages" not in config.model_args and "strides" not in config.model_args:
+        args.update(strides=plan.strides, kernel_sizes=plan.kernel_sizes)
+    return args
 
 
 def _per_axis(value, spatial_dims: int, what: str) -> tuple[int, ...]:

@@ -13,6 +13,7 @@ import torch
 from monai.networks.layers.factories import Conv
 from torch import nn
 
+from unetzoo.data.topology import pool_and_conv
 from unetzoo.models.blocks import Topology, crop_to, init_he, pad_to_multiple, stage_widths, unet_plan_defaults
 from unetzoo.models.registry import register
 
@@ -153,12 +154,26 @@ class SliceWise(nn.Module):
         return [restack(y) for y in out] if isinstance(out, list) else restack(out)
 
 
+def slices_plan_defaults(plan, config, train_cases=None) -> dict:
+    """The 2D configuration of a volume: slices along the plan's through-plane axis (``slice_axis``, unless the user
+    set one) with the 2D topology of the slice plane (its two axes of the patch and spacing); 2D data: ``unet``'s."""
+    args = unet_plan_defaults(plan, config)
+    if plan.spatial_dims == 2:
+        return args
+    axis = int(config.model_args.get("slice_axis", plan.slice_axis))
+    if "strides" in args:
+        plane = [a for a in range(3) if a != axis]
+        spacing = plan.topology_spacing
+        args["strides"], args["kernel_sizes"] = pool_and_conv([plan.patch_size[a] for a in plane], spacing and [spacing[a] for a in plane])
+    return {**args, "slice_axis": axis}
+
+
 @register(
     "unet2d-slices",
     description="2D U-Net applied slice by slice to volumes (the 2D baseline)",
     paper="Angermann et al., random-2.5d-unet.md (2D slice-by-slice baseline)",
     method="slices",
-    plan_defaults=lambda plan, config, train_cases=None: {**unet_plan_defaults(plan, config), "slice_axis": 0},
+    plan_defaults=slices_plan_defaults,
 )
 def unet2d_slices(
     spatial_dims: int, in_channels: int, out_channels: int, slice_axis: int = 0, n_stages: int | None = None, deep_supervision: bool = True, **kwargs

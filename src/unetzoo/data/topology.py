@@ -1,0 +1,54 @@
+"""The network's shape from the patch and the spacing: nnU-Net's ``get_pool_and_conv_props``, per axis.
+
+The rule (nnU-Net's ``network_topology.py``, field-survey.md), one pooling step after the other:
+
+* an axis is pooled (stride 2) while its feature map stays >= ``MIN_EDGE`` (4) voxels after the pooling, and,
+  with known spacing, while its current spacing is within 2x of the finest current spacing among the axes that can
+  still be pooled (a 5x1x1 mm patch pools in-plane first and joins the thick axis once the in-plane spacing has
+  caught up);
+* its convolution kernel is 1 while its current spacing is still more than 2x the finest (in-plane convolutions
+  only), 3 from then on; the deepest stage always has kernel 3;
+* the depth comes from the axis that can be pooled most often (the largest), not the smallest: every axis stops on
+  its own. Departure from nnU-Net: its extra condition that a lone poolable axis needs >= 3 x ``MIN_EDGE`` voxels
+  is dropped, so a 10x256x224 patch gets 6 in-plane poolings (256 -> 4), as a 256 edge does in 2D.
+
+Unknown spacing (identity affines, PNG) counts every axis as 1: the rule then works on voxel counts alone.
+Depth is capped at ``MAX_STAGES``: 7 stages in 3D (6 poolings: a 256 edge reaches 4, as nnU-Net v2's 3D plans for
+such patches) and 8 in 2D (7 poolings: a 512 edge reaches 4, nnU-Net v2's 2D plans).
+"""
+
+from __future__ import annotations
+
+import math
+
+MIN_EDGE = 4
+MAX_STAGES = {2: 8, 3: 7}
+
+
+def pool_and_conv(patch, spacing=None, max_stages: int | None = None) -> tuple[list[list[int]], list[list[int]]]:
+    """``(strides, kernel_sizes)``: per stage, per axis, for a patch of ``patch`` voxels at ``spacing`` (None:
+    unknown, every axis 1). ``strides[0]`` is all 1; ``len(strides)`` is the number of stages."""
+    dims = len(patch)
+    max_stages = MAX_STAGES[dims] if max_stages is None else max_stages
+    current = [1.0] * dims if spacing is None else [float(s) for s in spacing]
+    size = [int(p) for p in patch]
+    strides, kernels, kernel = [[1] * dims], [], [1] * dims
+    while len(strides) < max_stages:
+        poolable = [a for a in range(dims) if size[a] // 2 >= MIN_EDGE]
+        if not poolable:
+            break
+        finest = min(current[a] for a in poolable)
+        pool = [a for a in poolable if current[a] / finest < 2]
+        kernel = [3 if kernel[a] == 3 or current[a] / min(current) < 2 else 1 for a in range(dims)]
+        kernels.append(kernel)
+        strides.append([2 if a in pool else 1 for a in range(dims)])
+        for a in pool:
+            current[a] *= 2
+            size[a] = math.ceil(size[a] / 2)
+    kernels.append([3] * dims)
+    return strides, kernels
+
+
+def divisor(strides) -> list[int]:
+    """Per axis, the product of the strides: what a patch must be a multiple of."""
+    return [math.prod(s[a] for s in strides) for a in range(len(strides[0]))]
