@@ -172,3 +172,11 @@ def test_an_old_plan_and_config_still_load():
     config = Config(model="unet", model_args={"n_stages": 3, "deep_supervision": True})
     method, resolved = build_method(config, plan)
     assert "strides" not in resolved.model_args and method.model.topology.strides == [(1, 1, 1), (2, 2, 2), (2, 2, 2)]
+
+
+def test_bad_topology_override_is_a_one_line_error():
+    from unetzoo.errors import UnetzooError
+
+    config = Config(model="unet", model_args={"strides": [2, 2]})
+    with pytest.raises(UnetzooError, match=r"model 'unet' with model_args .*strides.*first stage has stride 1"):
+        build_method(config, Plan.synthetic([16, 16, 16]))

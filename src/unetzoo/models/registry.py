@@ -78,4 +78,7 @@ def create_model(name: str, spatial_dims: int = 3, in_channels: int = 1, out_cha
     entry = model_info(name)
     if spatial_dims not in entry.spatial_dims:
         raise UnetzooError(f"model {name!r} supports spatial_dims {entry.spatial_dims}, not {spatial_dims}")
-    return entry.builder(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, **kwargs)
+    try:
+        return entry.builder(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, **kwargs)
+    except (ValueError, TypeError) as exc:  # a model argument the builder rejects (--set model_args...): one line
+        raise UnetzooError(f"model {name!r} with model_args {kwargs}: {exc}") from exc
