@@ -91,8 +91,12 @@ def test_deep_supervision_targets_follow_per_axis_strides():
     method, _ = build_method(config, Plan.synthetic([5, 13, 11], classes=2))
     label = torch.zeros(2, 1, 5, 13, 11)
     label[:, :, :, 4:10, 2:8] = 1
+    seen, loss_fn = [], method.loss
+    method.loss = lambda logits, target: seen.append((tuple(logits.shape[2:]), tuple(target.shape[2:]), target.sum().item())) or loss_fn(logits, target)
     loss = method.training_loss({"image": torch.randn(2, 1, 5, 13, 11), "label": label})
     assert loss.dim() == 0 and torch.isfinite(loss)
+    assert [(out, target) for out, target, _ in seen] == [((5, 13, 11), (5, 13, 11)), ((5, 7, 6), (5, 7, 6))]
+    assert seen[1][2] > 0  # the downsampled target keeps the foreground
 
 
 def test_unet2d_slices_takes_the_plane_topology():
