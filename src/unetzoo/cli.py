@@ -106,6 +106,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="config override for every model, e.g. --set model_args.n_stages=4")
     p.add_argument("--out", type=Path, required=True, help="folder for benchmark.json, benchmark.csv, benchmark.png")
 
+    p = sub.add_parser("compare", help="train several models on the same folds with equal budgets, then rank them by accuracy and cost")
+    p.add_argument("data", type=Path, help="dataset folder (MSD or nnU-Net v2 layout)")
+    p.add_argument("--models", required=True, help="comma-separated model names, or 'all' (every registered model for the data's dimensions)")
+    p.add_argument("--out", type=Path, required=True, help="experiment folder: compare.json, runs/, leaderboard.md|csv|json, pareto.png")
+    p.add_argument("--folds", default="0", help="comma-separated cross-validation folds to train and hold out (default 0)")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--budget", type=int, metavar="STEPS", help="optimiser steps per run, the same batch for every model (default: train.epochs x train.iters_per_epoch)")
+    budget.add_argument("--budget-minutes", type=float, metavar="M", help="wall-clock training minutes per run instead of a step budget")
+    p.add_argument("--executor", default="local", choices=["local", "slurm"], help="local: child processes of this machine; slurm: one SLURM job per run through submitit")
+    p.add_argument("--jobs", type=int, default=1, help="local executor: runs at once (one GPU each when training on CUDA, else the CPU threads divided between them)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="config override for every run (--set train.lr=1e-3), or a SLURM setting: --set compare.slurm.partition|account|time|gpus|cpus|mem=VALUE")
+    p.add_argument("--test", type=Path, help="held-out test folder (a dataset folder, evaluated; or a folder of images) predicted by each model's fold ensemble")
+
     p = sub.add_parser("report", help="one page comparing trained runs: metrics, training time, cost, curves, overlays")
     p.add_argument("runs", type=Path, nargs="+", metavar="RUN")
     p.add_argument("--out", type=Path, required=True, help="folder for report.md and its PNGs")
@@ -232,6 +246,42 @@ def _demo(args) -> None:
           f"held-out fold: {run / 'validation' / 'summary.json'}; report: {page}")
 
 
+def _compare(args) -> None:
+    from unetzoo.compare import compare
+    from unetzoo.config import Config
+    from unetzoo.executors import LocalExecutor, SubmititExecutor
+
+    config, slurm = Config(), {}
+    for assignment in args.set:
+        key, _, value = assignment.partition("=")
+        if key.startswith("compare.slurm."):
+            slurm[key[len("compare.slurm."):]] = value
+        else:
+            config.set(assignment)
+    try:
+        folds = [int(f) for f in args.folds.split(",")]
+    except ValueError:
+        raise UnetzooError(f"--folds expects comma-separated fold numbers, got {args.folds!r}") from None
+    if args.executor == "slurm":
+        executor = SubmititExecutor(slurm)
+    else:
+        if slurm:
+            raise UnetzooError("--set compare.slurm.*: SLURM settings need --executor slurm")
+        executor = LocalExecutor(args.jobs, gpus=_local_gpus(config))
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    compare(args.data, models, args.out, folds=folds, config=config, steps=args.budget, minutes=args.budget_minutes,
+            executor=executor, test=args.test)
+
+
+def _local_gpus(config) -> int:
+    """GPUs for the local executor: every visible CUDA device when the runs train on CUDA, else none."""
+    if config.train.device == "cpu":
+        return 0
+    import torch
+
+    return torch.cuda.device_count()
+
+
 def run(argv=None) -> None:
     args = _parser().parse_args(argv)
     if args.command == "models":
@@ -274,6 +324,8 @@ def run(argv=None) -> None:
         run_benchmark(models, args.out, data=args.data, shape=args.shape, patch=args.patch, classes=args.classes,
                       batch_size=args.batch_size, sets=sets, runs=args.run, device=args.device, warmup=args.warmup,
                       steps=args.steps, infer_shape=args.infer_shape, infer_repeats=args.infer_repeats, threads=args.threads)
+    elif args.command == "compare":
+        _compare(args)
     elif args.command == "report":
         from unetzoo.report import make_report
 
