@@ -146,6 +146,7 @@ def record_plan(out: Path, plan: dict, test: Path | None) -> dict:
     test = str(Path(test).resolve()) if test is not None else None
     if not path.is_file():
         record = {**plan, "test": test, "executions": []}
+        write_text(path, json.dumps(record, indent=2) + "\n")
     else:
         record = load_plan(out)
         changed = [d for key in PLAN_KEYS for d in _differences(record.get(key), plan[key], key)]
@@ -154,8 +155,9 @@ def record_plan(out: Path, plan: dict, test: Path | None) -> dict:
             raise file_error(path, f"this experiment was planned otherwise: {'; '.join(changed[:3])}{more}; run it with its own options, or give another --out")
         if test is not None and record.get("test") not in (None, test):
             raise file_error(path, f"this experiment's test folder is {record['test']}, not {test}; give another --out")
-        record["test"] = record.get("test") or test
-    write_text(path, json.dumps(record, indent=2) + "\n")
+        if test is not None and record.get("test") is None:
+            record["test"] = test
+            write_text(path, json.dumps(record, indent=2) + "\n")
     return record
 
 
@@ -284,8 +286,9 @@ def compare(data, models, out, folds=(0,), config: Config | None = None, steps: 
     resumed = sum((run_folder(out, j.model, j.fold) / "checkpoint_last.pt").is_file() for j in todo)
     log(f"compare: {len(runs)} runs ({', '.join(plan['models'])} x fold {', '.join(map(str, plan['folds']))}): "
         f"{len(runs) - len(todo)} finished, {resumed} to resume, {len(todo) - resumed} to start; budget: {budget_text(plan)}")
-    record["executions"].append({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **executor.describe()})
-    write_text(out / PLAN_FILE, json.dumps(record, indent=2) + "\n")
+    if todo:  # how the trainings ran (jobs at once, threads each) belongs to the answer; an invocation with nothing to train adds nothing
+        record["executions"].append({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **executor.describe()})
+        write_text(out / PLAN_FILE, json.dumps(record, indent=2) + "\n")
     failures = executor.run(out, todo, log) if todo else {}
     complete = [m for m in plan["models"] if all(finished(runs[m, f]) for f in plan["folds"])]
     if any(not (runs[m, plan["folds"][0]] / "benchmark.json").is_file() for m in complete):

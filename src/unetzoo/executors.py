@@ -126,8 +126,8 @@ SLURM_SETTINGS = {  # --set compare.slurm.NAME=VALUE -> submitit's parameter
 
 class SubmititExecutor:
     """Each job a SLURM job submitted through submitit (``OUT/slurm/``: its scripts, pickles and logs), all submitted at
-    once; waits for them. ``settings``: partition, account, time (minutes), gpus (per job), cpus (per job), mem (GB),
-    from ``--set compare.slurm.NAME=VALUE``. ``cluster="local"`` runs the same path through submitit's local
+    once; waits for them. ``settings``: partition, account, time (minutes per job, required), gpus (per job), cpus
+    (per job), mem (GB), from ``--set compare.slurm.NAME=VALUE``. ``cluster="local"`` runs the same path through submitit's local
     executor (the tests)."""
 
     def __init__(self, settings: dict | None = None, cluster: str = "slurm"):
@@ -141,6 +141,9 @@ class SubmititExecutor:
                 if not value.isdigit():
                     raise UnetzooError(f"--set compare.slurm.{name}: expects a whole number >= 0, got {value!r}")
                 settings[name] = int(value)
+        if "time" not in settings:  # submitit's default is 5 minutes, which would kill every real training
+            raise UnetzooError("--executor slurm needs --set compare.slurm.time=MINUTES, the time limit of each job "
+                               "(a run killed by it resumes when you run the same command again)")
         self.settings, self.cluster = settings, cluster
 
     def describe(self) -> dict:
@@ -171,7 +174,7 @@ class SubmititExecutor:
                 if error is None:
                     log(f"compare: {name} (job {handle.job_id}) done after {took}")
                 else:
-                    last = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+                    last = _last_line(Path(handle.paths.stderr)) or type(error).__name__
                     failures[name] = f"job {handle.job_id}: {last} (log {handle.paths.stderr})"
                     log(f"compare: {name} failed, {failures[name]}")
         return failures

@@ -268,6 +268,10 @@ def _markdown(out: Path, board: dict) -> str:
         row = [str(rank), f"`{e['model']}`", str(e["cases"]), _ci(e["Dice"]), delta, p, _ci(e["NSD"]), _ci(e["HD95"], 2)]
         row += [_ci(e["test"]["Dice"]) + f" ({e['test']['cases']} cases)" if e["test"] else "n/a"] * test
         lines.append("| " + " | ".join(row) + " |")
+    few = [e["model"] for e in ranked if e["to_best"] and e["to_best"]["cases"] < 6]
+    if few:
+        lines += ["", f"With fewer than 6 paired cases ({', '.join(f'`{m}`' for m in few)}) the two-sided Wilcoxon test cannot reach "
+                  "p < 0.05 (its smallest p is 2/2^n): no difference can be significant; hold out more cases (more folds)."]
     if ranked:
         labels = list(ranked[0]["Dice"]["per_class"])
         lines += ["", "Dice per class (label id) [95 % CI]:", "", "| model | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|"]

@@ -1,0 +1,337 @@
+"""`unetzoo compare`: the plan and its budget, the executors, the leaderboard's statistics, and one experiment end to end
+(three models, two folds of a tiny phantom, 2 steps per run): killed mid-way and restarted, a second invocation that
+does nothing, a changed plan refused, the leaderboard against a computation by hand, the SLURM path through submitit's
+local executor."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.stats import wilcoxon
+
+from unetzoo.cli import main
+from unetzoo.compare import Job, compare, finished, make_plan, record_plan, run_config, run_folder
+from unetzoo.config import Config
+from unetzoo.errors import UnetzooError
+from unetzoo.executors import LocalExecutor, SubmititExecutor
+from unetzoo.leaderboard import BOOTSTRAP, figure, holm, interval, leaderboard, pareto_front, wilcoxon_p, write_leaderboard
+
+MODELS = ["unet", "unet2d-slices", "attention-unet"]
+SETS = ["data.folds=3", "train.iters_per_epoch=1", "data.patch_size=[16,16,16]", "data.num_workers=0", "data.cache_workers=0",
+        "train.lr=1e-3", "train.val_cases=1", "train.precision=32-true"]
+
+
+def tiny(config: Config | None = None) -> Config:
+    config = config or Config()
+    for assignment in SETS:
+        config.set(assignment)
+    return config
+
+
+def in_process(*args: str) -> tuple[int, str, str]:
+    """``unetzoo ARGS`` in this process (no interpreter start-up; the jobs it starts are processes of their own):
+    exit status, stdout, stderr."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        status = main(list(args))
+    return status, stdout.getvalue(), stderr.getvalue()
+
+
+def cli_args(data, out, budget: int = 2) -> list[str]:
+    sets = [word for s in SETS for word in ("--set", s)]
+    return ["compare", str(data), "--models", ",".join(MODELS), "--folds", "0,1", "--budget", str(budget), "--out", str(out), "--jobs", "2", *sets]
+
+
+# ---- the plan and the budget ------------------------------------------------------------------------------
+def test_step_budget_becomes_whole_epochs_of_the_same_steps(organs):
+    config = tiny()
+    config.train.iters_per_epoch = 250
+    plan = make_plan(organs, ["unet", "unet2d-slices"], [0, 1], config, steps=500)
+    runs = [run_config(plan, m, f).train for m in plan["models"] for f in plan["folds"]]
+    assert {(t.epochs, t.iters_per_epoch, t.batch_size, t.max_minutes) for t in runs} == {(2, 250, 2, 0.0)}
+    assert run_config(make_plan(organs, ["unet"], [0], config, steps=6), "unet", 0).train.epochs == 1  # 6 < 250: one epoch of 6
+    with pytest.raises(UnetzooError, match="not a whole number of epochs of train.iters_per_epoch = 250"):
+        make_plan(organs, ["unet"], [0], config, steps=300)
+    minutes = run_config(make_plan(organs, ["unet"], [0], config, minutes=2.5), "unet", 0)
+    assert minutes.train.max_minutes == 2.5
+
+
+@pytest.mark.parametrize("models, folds, message", [
+    (["unet", "nope"], [0], "nope"),
+    (["unet", "unet"], [0], "listed twice"),
+    (["unet"], [3], "--folds 3: give distinct folds among 0..2"),
+])
+def test_bad_plan_is_one_line_before_any_work(organs, tmp_path, models, folds, message):
+    with pytest.raises(UnetzooError, match=message):
+        compare(organs, models, tmp_path / "exp", folds=folds, config=tiny(), steps=2)
+    assert not (tmp_path / "exp" / "compare.json").exists()
+
+
+def test_changed_plan_is_refused_and_the_recorded_one_kept(organs, tmp_path):
+    plan = make_plan(organs, ["unet"], [0], tiny(), steps=2)
+    record_plan(tmp_path, plan, None)
+    saved = (tmp_path / "compare.json").read_text()
+    other = make_plan(organs, ["unet"], [0], tiny(Config(seed=3)), steps=2)
+    with pytest.raises(UnetzooError, match=r"compare.json: this experiment was planned otherwise: config.seed 0 -> 3"):
+        record_plan(tmp_path, other, None)
+    assert (tmp_path / "compare.json").read_text() == saved
+
+
+# ---- statistics -------------------------------------------------------------------------------------------
+def test_figure_is_the_mean_over_classes_of_the_class_means_skipping_undefined_cases():
+    values = np.array([[1.0, np.nan], [0.5, 0.2], [0.0, 0.4]])  # 3 cases, 2 classes; class 2 absent from case 1
+    assert figure(values) == pytest.approx(((1.0 + 0.5 + 0.0) / 3 + (0.2 + 0.4) / 2) / 2)
+
+
+def test_bootstrap_interval_has_the_normal_width_for_a_large_sample():
+    """For a mean of n values the 95 % interval is about mean +- 1.96 sd / sqrt(n)."""
+    x = np.random.default_rng(5).normal(0.8, 0.1, size=(400, 1))
+    lo, hi = interval(x)
+    half = 1.96 * x.std(ddof=1) / math.sqrt(len(x))
+    assert lo < x.mean() < hi
+    assert (hi - lo) / 2 == pytest.approx(half, rel=0.1)
+
+
+def test_holm_adjustment_by_hand():
+    # sorted 0.01, 0.03, 0.04 -> 3 x 0.01 = 0.03, 2 x 0.03 = 0.06, max(0.06, 1 x 0.04) = 0.06
+    adjusted = holm([0.01, 0.04, 0.03, None])
+    assert adjusted[:3] == pytest.approx([0.03, 0.06, 0.06]) and adjusted[3] is None
+
+
+def test_wilcoxon_of_per_case_means():
+    a = np.array([[0.9, 0.8], [0.7, 0.9], [0.6, 0.6], [0.8, 0.7], [0.9, 0.9], [0.5, 0.7]])
+    b = a - np.array([[0.1], [0.05], [0.2], [-0.02], [0.12], [0.03]])
+    assert wilcoxon_p(a, b) == pytest.approx(wilcoxon(a.mean(1) - b.mean(1)).pvalue)
+    assert wilcoxon_p(a, a) == 1.0
+
+
+def test_pareto_front():
+    costs, scores = [1.0, 2.0, 3.0, 2.5], [0.5, 0.7, 0.9, 0.6]
+    assert pareto_front(costs, scores) == [0, 1, 2]  # 2.5 costs more than 2.0 and scores less
+
+
+def _fake_run(run: Path, case_dice: dict[str, list[float]], infer_s: float, params: int) -> None:
+    """A finished run folder as training and the benchmark leave it (only the files the leaderboard reads)."""
+    cases = [{"case": c, "metrics": {str(k + 1): {"Dice": d, "NSD": d, "HD95": 1 - d} for k, d in enumerate(dice)}} for c, dice in case_dice.items()]
+    summary = {"label_ids": [1, 2], "cases": cases}
+    (run / "validation" / "postprocessed").mkdir(parents=True)
+    (run / "validation" / "postprocessed" / "summary.json").write_text(json.dumps(summary))
+    (run / "history.json").write_text(json.dumps([{"epoch": 0, "epoch_time_s": 10.0}, {"epoch": 1, "epoch_time_s": 12.5}]))
+    (run / "plan.json").write_text(json.dumps({"target_spacing": [1, 1, 1]}))
+    bench = {"models": [{"model": "m", "params": params, "macs": 1, "train_step_s": 1, "train_peak_mem_mb": 1, "infer_s": infer_s, "infer_peak_mem_mb": 1}],
+             "device": "cpu", "device_name": "cpu", "threads": 1, "precision": "32-true", "torch": "x", "infer_shape": [8, 8, 8]}
+    (run / "benchmark.json").write_text(json.dumps(bench))
+
+
+def test_leaderboard_names_the_best_and_the_cheapest_not_significantly_below_it(organs, tmp_path):
+    """Eight hand-made cases: `unet` best; `unet2d-slices` 0.01 below on 4 cases and 0.01 above on 4 (not significant),
+    cheaper; `attention-unet` 0.2 below on all 8 (Wilcoxon p = 2/2^8, x2 by Holm = 0.0156 < 0.05) and cheapest."""
+    plan = make_plan(organs, ["unet", "unet2d-slices", "attention-unet"], [0], tiny(), steps=2)
+    record_plan(tmp_path, plan, None)
+    base = {f"case{i}": [0.8 + 0.01 * i, 0.7] for i in range(8)}
+    shift = {"unet": 0.0, "unet2d-slices": None, "attention-unet": -0.2}
+    costs = {"unet": (2.0, 100), "unet2d-slices": (1.0, 50), "attention-unet": (0.5, 10)}
+    for model, delta in shift.items():
+        dice = {c: [v[0] + (delta if delta is not None else (0.01 if i % 2 else -0.01)), v[1]] for i, (c, v) in enumerate(base.items())}
+        _fake_run(run_folder(tmp_path, model, 0), dice, *costs[model])
+    board = leaderboard(tmp_path)
+    assert [e["model"] for e in board["models"]] == ["unet", "unet2d-slices", "attention-unet"]
+    below = {e["model"]: e["significantly_below_best"] for e in board["models"]}
+    assert below == {"unet": False, "unet2d-slices": False, "attention-unet": True}
+    assert board["models"][2]["to_best"]["p_holm"] == pytest.approx(2 * 2 / 2**8)
+    assert board["most_accurate"] == "unet" and board["cheapest_not_significantly_below"] == "unet2d-slices"
+    assert board["models"][0]["training_time_s"] == 22.5
+    page = write_leaderboard(tmp_path).read_text()
+    assert "**Most accurate:** `unet`" in page and "**Cheapest not significantly below it:** `unet2d-slices`" in page
+    assert (tmp_path / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+    header = (tmp_path / "leaderboard.csv").read_text().splitlines()[0].split(",")
+    assert header[:4] == ["model", "complete", "cases", "Dice"] and "p_holm" in header
+
+
+def test_local_executor_reports_a_failed_job_with_its_last_line_and_log(tmp_path):
+    (tmp_path / "compare.json").write_text("{not json")
+    lines = []
+    failures = LocalExecutor(jobs=2).run(tmp_path, [Job("benchmark")], log=lines.append)
+    log = tmp_path / "logs" / "benchmark.log"
+    message = failures.pop("benchmark")
+    assert failures == {} and message.startswith("exit status 2 after ") and message.endswith(f" (log {log})")
+    assert f"unetzoo: error: {tmp_path / 'compare.json'}: invalid JSON" in message
+    assert lines[-1].startswith("compare [1/1] benchmark: failed, exit status 2")
+
+
+def test_slurm_settings_are_checked():
+    with pytest.raises(UnetzooError, match="compare.slurm.queue: unknown setting"):
+        SubmititExecutor({"queue": "gpu"})
+    with pytest.raises(UnetzooError, match="compare.slurm.time: expects a whole number"):
+        SubmititExecutor({"time": "2h"})
+    with pytest.raises(UnetzooError, match="--executor slurm needs --set compare.slurm.time=MINUTES"):
+        SubmititExecutor({"partition": "gpu"})
+    assert SubmititExecutor({"partition": "gpu", "time": "120", "gpus": "1"}).settings == {"partition": "gpu", "time": 120, "gpus": 1}
+
+
+# ---- end to end -------------------------------------------------------------------------------------------
+def _history(run: Path) -> list:
+    try:
+        return json.loads((run / "history.json").read_text())
+    except (OSError, ValueError):  # not written yet, or being replaced
+        return []
+
+
+def _children_of(out: Path) -> list[int]:
+    """Processes whose command line names the experiment folder (the jobs of a compare into it)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if str(out) in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+@pytest.fixture(scope="module")
+def experiment(organs, tmp_path_factory):
+    """Start the compare, SIGKILL it once a run has finished while another is between its two epochs (its first
+    checkpoint written, its history one epoch long), then run the same command again. Returns the folder, what the
+    killed process left and the second process."""
+    out = tmp_path_factory.mktemp("compare") / "exp"
+    process = subprocess.Popen([sys.executable, "-m", "unetzoo.cli", *cli_args(organs, out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    runs = [run_folder(out, m, f) for m in MODELS for f in (0, 1)]
+    try:
+        deadline = time.time() + 400
+        while time.time() < deadline and process.poll() is None:
+            done = [r for r in runs if finished(r)]
+            between = [r for r in runs if (r / "checkpoint_last.pt").is_file() and len(_history(r)) == 1]
+            if done and between:
+                break
+            time.sleep(0.05)
+        assert process.poll() is None, "the compare ended before it could be killed"
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    finally:
+        if process.poll() is None:
+            process.kill()
+    deadline = time.time() + 10
+    while _children_of(out) and time.time() < deadline:
+        time.sleep(0.1)
+    left = {"children": _children_of(out), "finished": {r: (r / "validation" / "postprocessed" / "summary.json").stat().st_mtime_ns for r in runs if finished(r)},
+            "resumable": [r for r in runs if (r / "checkpoint_last.pt").is_file() and not finished(r)]}
+    return out, left, in_process(*cli_args(organs, out))
+
+
+def test_killed_compare_restarts_and_finishes_every_run(experiment):
+    out, left, restart = experiment
+    assert left["children"] == [], "a training outlived the killed compare"
+    assert restart[0] == 0, restart[2][-3000:]
+    runs = [run_folder(out, m, f) for m in MODELS for f in (0, 1)]
+    assert all(finished(r) for r in runs)
+    for run, mtime in left["finished"].items():  # no finished run was trained or validated again
+        assert (run / "validation" / "postprocessed" / "summary.json").stat().st_mtime_ns == mtime
+    assert left["resumable"], "no run was killed after its first checkpoint"
+    for run in left["resumable"]:  # resumed from checkpoint_last.pt: epoch 0 not trained again
+        logs = sorted(run.glob("training_log_*.txt"))
+        assert len(logs) == 2 and "epoch 0:" not in logs[-1].read_text()
+        assert [h["epoch"] for h in _history(run)] == [0, 1]
+    for run in runs:  # the same code as `unetzoo train`: a normal run folder with the budget in its config
+        config = json.loads((run / "config.json").read_text())
+        assert (config["train"]["epochs"], config["train"]["iters_per_epoch"]) == (2, 1)
+        assert (run / "postprocessing.json").is_file() and (run / "checkpoint_best.pt").is_file()
+    for name in ("leaderboard.md", "leaderboard.csv", "leaderboard.json", "pareto.png"):
+        assert (out / name).is_file()
+    assert (out / "benchmark" / "benchmark.json").is_file()
+
+
+def test_second_invocation_does_nothing(experiment):
+    out, _, _ = experiment
+    watched = [p for p in out.rglob("*") if p.is_file() and p.suffix in (".pt", ".log", ".json", ".txt", ".png", ".md", ".csv", ".gz")]
+    before = {p: p.stat().st_mtime_ns for p in watched if p.parent != out}
+    board = (out / "leaderboard.json").read_bytes()
+    status, stdout, stderr = in_process(*cli_args(_data(out), out))
+    assert status == 0, stderr[-2000:]
+    assert "6 finished, 0 to resume, 0 to start" in stdout and "nothing to train" in stdout
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+    assert (out / "leaderboard.json").read_bytes() == board
+
+
+def _data(out: Path) -> Path:
+    return Path(json.loads((out / "compare.json").read_text())["data"])
+
+
+def test_changed_plan_is_refused_in_one_line(experiment):
+    out, _, _ = experiment
+    saved = (out / "compare.json").read_text()
+    status, _, stderr = in_process(*cli_args(_data(out), out, budget=3))
+    assert status == 2
+    assert stderr.strip().splitlines() == [f"unetzoo: error: {out / 'compare.json'}: this experiment was planned otherwise: "
+                                                   "budget.steps 2 -> 3; run it with its own options, or give another --out"]
+    assert (out / "compare.json").read_text() == saved
+
+
+def test_leaderboard_equals_a_computation_by_hand_from_the_runs_summaries(experiment):
+    out, _, _ = experiment
+    board = json.loads((out / "leaderboard.json").read_text())
+    dice, per_case = {}, {}
+    for model in MODELS:
+        cases = [c for f in (0, 1) for c in json.loads((run_folder(out, model, f) / "validation" / "postprocessed" / "summary.json").read_text())["cases"]]
+        classes = list(cases[0]["metrics"])
+        class_means = [np.nanmean([np.nan if c["metrics"][k]["Dice"] is None else c["metrics"][k]["Dice"] for c in cases]) for k in classes]
+        dice[model] = float(np.mean(class_means))
+        per_case[model] = {c["case"]: np.nanmean([c["metrics"][k]["Dice"] for k in classes]) for c in cases}
+        assert len(cases) == 4  # folds 0 and 1 of 3 over 6 cases: 2 held out each
+    entries = {e["model"]: e for e in board["models"]}
+    for model in MODELS:
+        assert entries[model]["Dice"]["mean"] == pytest.approx(dice[model], abs=1e-12)
+        history = [h for f in (0, 1) for h in json.loads((run_folder(out, model, f) / "history.json").read_text())]
+        assert entries[model]["training_time_s"] == pytest.approx(sum(h["epoch_time_s"] for h in history))
+        bench = json.loads((run_folder(out, model, 0) / "benchmark.json").read_text())["models"][0]
+        assert entries[model]["cost"]["params"] == bench["params"] and entries[model]["cost"]["infer_s"] == bench["infer_s"]
+    best = max(dice, key=dice.get)
+    assert board["most_accurate"] == best and [e["model"] for e in board["models"]][0] == best
+    others = [m for m in MODELS if m != best]
+    raw = []
+    for model in others:
+        cases = sorted(per_case[best])
+        diff = np.array([per_case[model][c] - per_case[best][c] for c in cases])
+        raw.append(1.0 if not diff.any() else wilcoxon(diff).pvalue)
+        assert entries[model]["to_best"]["Dice"] == pytest.approx(dice[model] - dice[best], abs=1e-12)
+        assert entries[model]["to_best"]["p"] == pytest.approx(raw[-1])
+    order = np.argsort(raw)  # Holm over 2 comparisons: the smaller p x 2, the larger x 1, made monotone
+    smaller, larger = min(1.0, 2 * raw[order[0]]), min(1.0, max(2 * raw[order[0]], raw[order[1]]))
+    assert entries[others[order[0]]]["to_best"]["p_holm"] == pytest.approx(smaller)
+    assert entries[others[order[1]]]["to_best"]["p_holm"] == pytest.approx(larger)
+    # the best model's 95 % interval: 2000 resamples of its 4 cases from numpy's default_rng(0), percentiles 2.5 and 97.5
+    cases = [c for f in (0, 1) for c in json.loads((run_folder(out, best, f) / "validation" / "postprocessed" / "summary.json").read_text())["cases"]]
+    table = np.array([[c["metrics"][k]["Dice"] for k in cases[0]["metrics"]] for c in cases], dtype=float)
+    index = np.random.default_rng(0).integers(0, len(table), size=(BOOTSTRAP, len(table)))
+    samples = [np.mean(np.nanmean(table[i], axis=0)) for i in index]
+    assert entries[best]["Dice"]["ci"] == pytest.approx(list(np.percentile(samples, [2.5, 97.5])))
+    candidates = [e for e in board["models"] if not e["significantly_below_best"]]
+    assert board["cheapest_not_significantly_below"] == min(candidates, key=lambda e: (e["cost"]["infer_s"], e["cost"]["params"]))["model"]
+
+
+def test_slurm_path_through_submitit_local_executor(organs, tmp_path):
+    """Each run a submitit job (its local executor stands in for SLURM); a failing job is reported with its log and does
+    not stop the other, and the experiment can then be finished."""
+    out = tmp_path / "exp"
+    broken = run_folder(out, "unet2d-slices", 0)
+    broken.mkdir(parents=True)
+    (broken / "splits.json").write_text("{broken")  # this run's training fails when it reads its splits
+    failed = r"1 job\(s\) failed \(train_unet2d-slices_fold0: job \d+: json.decoder.JSONDecodeError: .* \(log .*/slurm/\d+/\d+_0_log.err\)\)"
+    with pytest.raises(UnetzooError, match=failed):
+        compare(organs, ["unet", "unet2d-slices"], out, folds=[0], config=tiny(), steps=1, executor=SubmititExecutor({"time": 30}, cluster="local"))
+    assert finished(run_folder(out, "unet", 0)) and (run_folder(out, "unet", 0) / "benchmark.json").is_file()
+    board = json.loads((out / "leaderboard.json").read_text())
+    assert board["most_accurate"] == "unet" and [e["complete"] for e in board["models"]] == [True, False]
+    assert json.loads((out / "compare.json").read_text())["executions"][0]["executor"] == "submitit-local"
