@@ -116,10 +116,11 @@ def budget_text(plan: dict) -> str:
     """The budget in words, for the log and the leaderboard."""
     budget, config = plan["budget"], Config.from_dict(plan["config"])
     if "minutes" in budget:
-        return (f"{budget['minutes']:g} minutes of training per run (train.max_minutes), batch {config.train.batch_size}; "
-                f"runs differ in the number of steps they make in that time")
+        return (f"{budget['minutes']:g} minutes of training per run (train.max_minutes: the {config.train.scheduler} learning-rate "
+                f"schedule anneals over the time, the run stops at it or after {config.train.epochs} epochs of "
+                f"{config.train.iters_per_epoch} steps); models differ in the steps they make in that time")
     first = run_config(plan, plan["models"][0], plan["folds"][0]).train
-    return (f"{budget['steps']} optimiser steps of batch {config.train.batch_size} per run ({first.epochs} epoch(s) of {first.iters_per_epoch}; "
+    return (f"{budget['steps']} optimiser steps per run, the same batch for every model ({first.epochs} epoch(s) of {first.iters_per_epoch}; "
             f"{config.train.scheduler} learning-rate schedule over them)")
 
 
