@@ -70,12 +70,24 @@ def test_step_budget_becomes_whole_epochs_of_the_same_steps(organs):
 @pytest.mark.parametrize("models, folds, message", [
     (["unet", "nope"], [0], "nope"),
     (["unet", "unet"], [0], "listed twice"),
-    (["unet"], [3], "--folds 3: give distinct folds among 0..2"),
+    (["unet"], [3], r"--folds 3: give distinct folds among 0..2 \(the splits have 3 folds\)"),
 ])
 def test_bad_plan_is_one_line_before_any_work(organs, tmp_path, models, folds, message):
     with pytest.raises(UnetzooError, match=message):
         compare(organs, models, tmp_path / "exp", folds=folds, config=tiny(), steps=2)
     assert not (tmp_path / "exp" / "compare.json").exists()
+
+
+def test_folds_come_from_the_splits_file_recorded_by_its_full_path(organs, tmp_path, monkeypatch):
+    names = sorted(p.name[: -len("_0000.nii.gz")] for p in (organs / "imagesTr").iterdir())
+    (tmp_path / "splits_final.json").write_text(json.dumps([{"train": names[2:], "val": names[:2]}, {"train": names[:2], "val": names[2:]}]))
+    monkeypatch.chdir(tmp_path)
+    config = tiny()
+    config.data.splits_file = "splits_final.json"
+    plan = make_plan(organs, ["unet"], [0, 1], config, steps=2)
+    assert plan["config"]["data"]["splits_file"] == str(tmp_path / "splits_final.json")
+    with pytest.raises(UnetzooError, match=r"--folds 2: give distinct folds among 0..1 \(the splits have 2 folds\)"):
+        make_plan(organs, ["unet"], [2], config, steps=2)
 
 
 def test_changed_plan_is_refused_and_the_recorded_one_kept(organs, tmp_path):

@@ -60,6 +60,7 @@ def make_plan(data, models: list[str] | str, folds: list[int], config: Config, s
     """The experiment's plan, checked before any work: every model exists for the data's dimensions, every fold exists,
     the budget is positive and divides into epochs. ``models`` "all" means every registered model for the data."""
     from unetzoo.data.datasets import load_dataset
+    from unetzoo.data.splits import splits_for
     from unetzoo.models import list_models, model_info
 
     dataset = load_dataset(data)
@@ -72,8 +73,9 @@ def make_plan(data, models: list[str] | str, folds: list[int], config: Config, s
     for name in models:
         if dataset.spatial_dims not in model_info(name).spatial_dims:  # an unknown name: the registry's error lists the valid ones
             raise UnetzooError(f"--models: {name} supports spatial_dims {model_info(name).spatial_dims}, {dataset.root} is {dataset.spatial_dims}D")
-    if not folds or len(set(folds)) < len(folds) or any(not 0 <= f < config.data.folds for f in folds):
-        raise UnetzooError(f"--folds {','.join(map(str, folds))}: give distinct folds among 0..{config.data.folds - 1} (data.folds = {config.data.folds})")
+    n_folds = len(splits_for([c.name for c in dataset.cases], config.data, config.seed))  # a bad splits file or --group-by: its one line, now
+    if not folds or len(set(folds)) < len(folds) or any(not 0 <= f < n_folds for f in folds):
+        raise UnetzooError(f"--folds {','.join(map(str, folds))}: give distinct folds among 0..{n_folds - 1} (the splits have {n_folds} folds)")
     if steps is not None and minutes is not None:
         raise UnetzooError("give --budget STEPS or --budget-minutes M, not both")
     if minutes is not None:
@@ -90,6 +92,8 @@ def make_plan(data, models: list[str] | str, folds: list[int], config: Config, s
     base = config.to_dict()
     for key in ("model", "fold"):  # set per run
         base.pop(key)
+    if config.data.splits_file:  # the jobs may start in another folder (a SLURM node)
+        base["data"]["splits_file"] = str(Path(config.data.splits_file).resolve())
     plan = {"data": str(Path(data).resolve()), "models": list(models), "folds": list(folds), "budget": budget, "config": base}
     run_config(plan, models[0], folds[0])  # the budget fits the config (raises otherwise)
     return plan
