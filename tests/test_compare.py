@@ -59,7 +59,8 @@ def test_step_budget_becomes_whole_epochs_of_the_same_steps(organs):
     config.train.iters_per_epoch = 250
     plan = make_plan(organs, ["unet", "unet2d-slices"], [0, 1], config, steps=500)
     runs = [run_config(plan, m, f).train for m in plan["models"] for f in plan["folds"]]
-    assert {(t.epochs, t.iters_per_epoch, t.batch_size, t.max_minutes) for t in runs} == {(2, 250, 2, 0.0)}
+    assert {(t.epochs, t.iters_per_epoch, t.max_minutes) for t in runs} == {(2, 250, 0.0)}
+    assert len({t.batch_size for t in runs}) == 1  # every run the same batch setting (None: the data's plan decides it)
     assert run_config(make_plan(organs, ["unet"], [0], config, steps=6), "unet", 0).train.epochs == 1  # 6 < 250: one epoch of 6
     with pytest.raises(UnetzooError, match="not a whole number of epochs of train.iters_per_epoch = 250"):
         make_plan(organs, ["unet"], [0], config, steps=300)
@@ -71,10 +72,14 @@ def test_step_budget_becomes_whole_epochs_of_the_same_steps(organs):
     (["unet", "nope"], [0], "nope"),
     (["unet", "unet"], [0], "listed twice"),
     (["unet"], [3], r"--folds 3: give distinct folds among 0..2 \(the splits have 3 folds\)"),
+    (["unet"], [0], r"train.lr \(--lr\): expected"),
 ])
 def test_bad_plan_is_one_line_before_any_work(organs, tmp_path, models, folds, message):
+    config = tiny()
+    if "lr" in message:
+        config.set("train.lr=-1")
     with pytest.raises(UnetzooError, match=message):
-        compare(organs, models, tmp_path / "exp", folds=folds, config=tiny(), steps=2)
+        compare(organs, models, tmp_path / "exp", folds=folds, config=config, steps=2)
     assert not (tmp_path / "exp" / "compare.json").exists()
 
 

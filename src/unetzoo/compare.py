@@ -63,6 +63,7 @@ def make_plan(data, models: list[str] | str, folds: list[int], config: Config, s
     from unetzoo.data.splits import splits_for
     from unetzoo.models import list_models, model_info
 
+    config.validate()  # every field's type and range, the check train uses (a bad --set is one line before any work)
     dataset = load_dataset(data)
     if models in ("all", ["all"]):
         models = [m for m in list_models() if dataset.spatial_dims in model_info(m).spatial_dims]
@@ -124,8 +125,9 @@ def budget_text(plan: dict) -> str:
                 f"schedule anneals over the time, the run stops at it or after {config.train.epochs} epochs of "
                 f"{config.train.iters_per_epoch} steps); models differ in the steps they make in that time")
     first = run_config(plan, plan["models"][0], plan["folds"][0]).train
-    return (f"{budget['steps']} optimiser steps per run, the same batch for every model ({first.epochs} epoch(s) of {first.iters_per_epoch}; "
-            f"{config.train.scheduler} learning-rate schedule over them)")
+    batch = f"batch {config.train.batch_size}" if config.train.batch_size else "the batch the data's plan gives"
+    return (f"{budget['steps']} optimiser steps per run of {batch} ({first.epochs} epoch(s) of {first.iters_per_epoch}; "
+            f"{config.train.scheduler} learning-rate schedule over them; the cost table lists each model's batch and patch)")
 
 
 def load_plan(out) -> dict:
