@@ -11,6 +11,7 @@ import torch
 
 from conftest import assert_eval_map, assert_gradients
 from unetzoo.config import Config
+from unetzoo.errors import UnetzooError
 from unetzoo.data.plan import Plan
 from unetzoo.methods import METHODS, Grid, build_method
 from unetzoo.methods.grid import refined_affine
@@ -162,7 +163,7 @@ def test_gather_follows_per_axis_strides(gather):
         mid = net.gather_features(features, torch.tensor([0]), torch.tensor([[4.0, 24.0, 16.0]], dtype=torch.float64), [3])[0][0]
         assert torch.allclose(at, features[3][0, :, 1, 1, 1])
         assert torch.allclose(mid, (features[3][0, :, 1, 1, 1] + features[3][0, :, 1, 2, 1]) / 2)
-    with pytest.raises(ValueError, match="strides"):
+    with pytest.raises(UnetzooError, match="model_args .*4 stages but 3 strides"):  # create_model: a one-line error
         _tiny(strides=[2, 2, 2])
 
 
