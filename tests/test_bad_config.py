@@ -22,7 +22,7 @@ TRAIN_OPTIONS = [
     (["--patch", "0", "0", "0"], "data.patch_size (--patch): expected a list of 2 or 3 integers >= 1 or None, got [0, 0, 0]"),
     (["--patch", "-32", "32", "32"], "data.patch_size (--patch): expected a list of 2 or 3 integers >= 1 or None, got [-32, 32, 32]"),
     (["--lr", "-1"], "train.lr (--lr): expected a number > 0, got -1.0"),
-    (["--batch-size", "0"], "train.batch_size (--batch-size): expected an integer >= 1, got 0"),
+    (["--batch-size", "0"], "train.batch_size (--batch-size): expected an integer >= 1 or None, got 0"),
     (["--epochs", "0"], "train.epochs (--epochs): expected an integer >= 1, got 0"),
     (["--set", "augment.elastic_p=abc"], "augment.elastic_p: expected a number >= 0 and <= 1, got 'abc'"),
     (["--set", "augment.elastic_p=1.5"], "augment.elastic_p: expected a number >= 0 and <= 1, got 1.5"),
@@ -82,7 +82,7 @@ def test_api_train_and_predict_share_the_check(tmp_path, assignment, field):
 def test_benchmark_shares_the_check(tmp_path):
     from unetzoo.benchmark import run_benchmark
 
-    with pytest.raises(UnetzooError, match=r"^train.batch_size \(--batch-size\): expected an integer >= 1, got 0$"):
+    with pytest.raises(UnetzooError, match=r"^train.batch_size \(--batch-size\): expected an integer >= 1 or None, got 0$"):
         run_benchmark(["unet"], tmp_path / "out", shape=[1, 16, 16, 16], batch_size=0)
     assert not (tmp_path / "out").exists()
 
