@@ -112,6 +112,9 @@ def test_per_epoch_validation_limit_counts_subjects(hearts):
     config.train.val_cases = 1
     method, config = build_method(config, plan)
     module = SegmentationModule(method, config, plan, val_items=dataset.frame_items(["heart_002", "heart_003"]))
+    patches = module.val_dataloader().dataset  # the default: fixed patches, here from every frame of the one subject
+    assert {(p["name"], p["frame_index"]) for p in patches} == {("heart_002", t) for t in range(FRAMES)}
+    config.train.val_patches = 0  # whole frames
     assert [(i["name"], i["frame_index"]) for i in module.val_dataloader().dataset] == [("heart_002", t) for t in range(FRAMES)]
 
 

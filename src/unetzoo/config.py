@@ -70,7 +70,8 @@ class TrainConfig:
     scheduler: str = "poly"  # "poly" (lr * (1 - epoch/epochs)^0.9, nnU-Net), "constant" or "plateau" (halve after 3 epochs without a better validation Dice, random-2.5d-unet.md)
     early_stop: int = 0  # stop after this many epochs without a better validation Dice (random-2.5d-unet.md: 5); 0 = never
     deep_supervision: bool = True
-    val_cases: int = 0  # cases (3D+t: subjects, all frames) used for the per-epoch validation Dice; 0 = every validation case
+    val_patches: int = 16  # fixed validation patches (data/val_patches.py) scored by the per-epoch pseudo Dice; 0 = whole cases
+    val_cases: int = 0  # validation cases (3D+t: subjects, all frames) the per-epoch validation uses; 0 = every one
     max_minutes: float = 0.0  # stop after this much training time (0 = no limit), the poly schedule annealing over it (budget.py); the run still validates
     precision: str = "auto"  # auto (fastest native: see precision.py), 32-true, bf16-mixed, 16-mixed
     device: str = "auto"  # auto: CUDA when present, else CPU; cpu; cuda

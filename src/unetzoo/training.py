@@ -33,6 +33,7 @@ from unetzoo.data.cache import cache_root, preprocessed_cases
 from unetzoo.data.datasets import load_dataset
 from unetzoo.data.plan import Plan, make_plan, verify_against_plan
 from unetzoo.data.splits import fold_split, splits_for
+from unetzoo.data.val_patches import spread, validation_patches
 from unetzoo.errors import UnetzooError, file_error
 from unetzoo.inference import device_line, resolve_device
 from unetzoo.io import output_folder, remove_leftovers, write_bytes, write_text
@@ -99,9 +100,10 @@ def make_optimizer(parameters, cfg) -> torch.optim.Optimizer:
 
 
 class SegmentationModule(L.LightningModule):
-    """Wraps a :class:`Method`: training steps give its loss, the optimizer takes its parameter groups,
-    validation uses its full inference procedure and reports nnU-Net's pseudo Dice (global TP/FP/FN over the
-    validation cases, per class). Without ``run_dir`` (the benchmark) nothing is written. With a ``budget`` the poly
+    """Wraps a :class:`Method`: training steps give its loss, the optimizer takes its parameter groups, the
+    per-epoch validation reports nnU-Net's pseudo Dice (global TP/FP/FN per class) over ``train.val_patches`` fixed
+    validation patches (:mod:`unetzoo.data.val_patches`; 0: whole validation cases), predicted by the method's
+    :meth:`Method.validation_predict`. Without ``run_dir`` (the benchmark) nothing is written. With a ``budget`` the poly
     schedule runs on its time spent (:mod:`unetzoo.budget`)."""
 
     def __init__(self, method: Method, config: Config, plan: Plan, train_items: list[dict] = (), val_items: list[dict] = (),
@@ -136,9 +138,16 @@ class SegmentationModule(L.LightningModule):
         )
 
     def val_dataloader(self):
-        limit = self.config.train.val_cases  # the first N validation cases (3D+t: with all their frames)
+        cfg = self.config
+        limit = cfg.train.val_cases  # the first N validation cases (3D+t: with all their frames)
         items = [item for item in self.val_items if not limit or item["case_index"] < limit]
-        return DataLoader(self._cached(items), batch_size=1, num_workers=0)
+        if cfg.train.val_patches == 0:  # whole cases
+            return DataLoader(self._cached(items), batch_size=1, num_workers=0)
+        positive, negative = cfg.data.pos_neg_ratio
+        count = min(cfg.train.val_patches, self.method.max_validation_patches or cfg.train.val_patches)
+        chosen = self._cached(spread(items, count))
+        patches = validation_patches(chosen, self.plan.patch_size, count, cfg.seed, positive / (positive + negative))
+        return DataLoader(patches, batch_size=1, num_workers=0)
 
     # ---- steps ------------------------------------------------------------------------------------
     def on_train_start(self):
@@ -165,7 +174,7 @@ class SegmentationModule(L.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         batch = _plain(batch)
-        prediction = self.method.predict(batch["image"]).argmax(1)
+        prediction = self.method.validation_predict(batch["image"]).argmax(1)
         label = batch["label"][:, 0].long()
         for c in range(1, self.plan.num_classes):
             p, r = prediction == c, label == c

@@ -13,14 +13,17 @@ What a method declares (class attributes, read by training, inference and the be
   base class predicts on the voxel grid and resamples the probabilities onto the grid.
 * ``grad_at_inference``: ``predict`` needs autograd (fitting a latent code); inference then runs under
   ``torch.no_grad`` (which the method may lift) instead of ``torch.inference_mode`` (which it could not).
+* ``max_validation_patches``: at most this many patches score the per-epoch pseudo Dice (None: ``train.val_patches``);
+  a method whose prediction fits something bounds its per-epoch validation cost with it.
 * ``exportable``: each sliding window's probabilities are the softmax of the network's output alone, so
   ``unetzoo export`` can save the network for other runtimes (TorchScript, ONNX).
 
 What a method supplies: :meth:`train_transform`, :meth:`training_loss`, :meth:`parameter_groups`,
 :meth:`example_batch`, :meth:`predict` and, optionally, :meth:`collate` (how training samples are batched),
-:meth:`predict_sequence` (the frames of one 3D+t case together; by default frame by frame) and :meth:`calibrate`
-(settings chosen after training on training subjects that :meth:`calibration_subjects` kept out of training, saved
-into the run's config; the validation fold, which the run reports, is never used to choose them).
+:meth:`predict_sequence` (the frames of one 3D+t case together; by default frame by frame),
+:meth:`validation_predict` (a cheaper prediction for the per-epoch pseudo Dice; by default :meth:`predict`) and
+:meth:`calibrate` (settings chosen after training on training subjects that :meth:`calibration_subjects` kept out
+of training, saved into the run's config; the validation fold, which the run reports, is never used to choose them).
 
 3D+t data: a 4D case is a sequence of 3D frames sharing one affine. Training and validation items are single
 frames carrying ``case_index`` (the subject), ``frame_index`` and ``num_frames`` (0 and 1 for 3D data), so a method
@@ -61,6 +64,7 @@ class Method:
     continuous = False
     grad_at_inference = False
     exportable = False
+    max_validation_patches: int | None = None
 
     def __init__(self, model: nn.Module, plan: Plan, config: Config):
         self.model = model
@@ -138,6 +142,12 @@ class Method:
         self.model.eval()
         probs = self.sliding_window(image)
         return probs if grid is None else grid.resample(probs)
+
+    def validation_predict(self, image: torch.Tensor) -> torch.Tensor:
+        """Class probabilities of a preprocessed validation patch (or case) for the per-epoch pseudo Dice; here
+        :meth:`predict`. A method whose prediction is costly (fitting at test time) bounds that cost here, so that
+        the per-epoch validation stays a small share of the training."""
+        return self.predict(image)
 
     def predict_sequence(self, frames: list[torch.Tensor], grid: Grid | None = None) -> list[torch.Tensor]:
         """Class probabilities of the T preprocessed frames (1, C, *S) of one 3D+t case, each as :meth:`predict`
