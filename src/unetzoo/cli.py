@@ -62,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--overlap", type=float, help="sliding-window overlap (default from the run: 0.3)")
     p.add_argument("--upsample", type=int, default=1, metavar="F", help="write F-times finer outputs of the same extent (continuous models sample their function; others resample probabilities)")
     p.add_argument("--grid", type=Path, metavar="REF", help="write the segmentation on the grid of this NIfTI image (another plane or resolution) instead of the input's")
+    p.add_argument("--precision", choices=["auto", "32-true", "bf16-mixed"], help="auto (default): fp32, or bf16 where the run's check after training found fp32's labels and a speed-up on a native-bf16 device (RUN/inference_precision.json)")
     p.add_argument("--fit-slices", type=int, default=1, metavar="K", help="models that fit at test time (nisf): fit on every K-th slice only, predict every slice")
     post = p.add_mutually_exclusive_group()
     post.add_argument("--keep-largest", metavar="K|C:K,...", help="keep the K largest connected components of every class, or per class (1:1,2:3) instead of the run's post-processing")
@@ -297,7 +298,7 @@ def run(argv=None) -> None:
 
         written = predict(args.run, args.input, args.output, device=args.device, overwrite=args.overwrite,
                           save_probabilities=args.save_probabilities, mirror=args.mirror, overlap=args.overlap, upsample=args.upsample,
-                          grid_reference=args.grid, checkpoint=args.checkpoint, fit_slices=args.fit_slices,
+                          grid_reference=args.grid, checkpoint=args.checkpoint, fit_slices=args.fit_slices, precision=args.precision,
                           keep_largest={} if args.no_postprocess else _keep_largest(args.run[0], args.keep_largest))
         print(f"{len(written)} prediction(s) in {args.output}")
     elif args.command == "export":

@@ -85,6 +85,7 @@ class InferenceConfig:
     gaussian: bool = True
     mirror: bool = False  # test-time mirroring over every spatial axis
     sw_batch_size: int = 2
+    precision: str = "auto"  # auto (fp32 unless the run's bf16 check chose bf16 on a native-bf16 device: precision.py), 32-true, bf16-mixed
 
 
 @dataclass

@@ -33,6 +33,7 @@ from unetzoo.io import NIFTI_ENDINGS, PNG_ENDINGS, Image, case_frames, check_aff
 from unetzoo.methods import Grid, build_method, inference_context, method_class
 from unetzoo.methods.grid import refined_affine
 from unetzoo.postprocessing import keep_largest, run_rules
+from unetzoo.precision import inference_precision
 
 log = logging.getLogger(__name__)
 
@@ -87,11 +88,13 @@ class Predictor:
     loaded is ``checkpoint_path``.
     ``keep_largest`` ``{class: K}`` keeps the K largest connected components of each listed class in the label maps;
     ``None`` takes the run's own choice (``postprocessing.json``), ``{}`` turns post-processing off.
+    ``precision`` (default the run's ``inference.precision``, ``auto``): fp32 unless bf16 was checked to give the same
+    labels on this kind of device (:func:`unetzoo.precision.inference_precision`).
     """
 
     def __init__(self, run_dir: str | Path, device: str = "auto", checkpoint: str = "best", overlap: float | None = None,
                  mirror: bool | None = None, upsample: int = 1, grid_reference: str | Path | None = None,
-                 keep_largest: dict[int, int] | None = None, fit_slices: int = 1):
+                 keep_largest: dict[int, int] | None = None, fit_slices: int = 1, precision: str | None = None):
         run_dir = Path(run_dir)
         for name in ("config.json", "plan.json"):
             if not (run_dir / name).is_file():
@@ -108,6 +111,7 @@ class Predictor:
         config.validate()
         self.plan = Plan.load(run_dir / "plan.json")
         self.device = resolve_device(device)
+        self.precision, self.precision_line = inference_precision(precision or config.inference.precision, self.device, run_dir)
         self.method, self.config = build_method(config, self.plan)
         self.upsample = int(upsample)
         if self.upsample < 1:
@@ -176,7 +180,8 @@ class Predictor:
         images = [data["image"].as_tensor()[None].to(self.device) for data in items]
         own_grid = self.upsample == 1 and self.grid_reference is None
         grid = None if own_grid else self._grid(items[0]["image"], source)
-        with inference_context(self.method):
+        bf16 = self.precision == "bf16-mixed"
+        with inference_context(self.method), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
             probs = [self.method.predict(images[0], grid)] if frames == 1 else self.method.predict_sequence(images, grid)
         probs = [p[0].float().cpu() for p in probs]
         if own_grid and self.plan.spatial_dims == 3:  # undo resampling and reorientation exactly (MONAI Invertd)
@@ -314,13 +319,13 @@ def save_npz(path: Path, **arrays) -> Path:
 
 
 def predict(run_dir, input_path, output_dir, device="auto", overwrite=False, save_probabilities=False, mirror=None, overlap=None,
-            upsample=1, grid_reference=None, checkpoint="best", keep_largest=None, fit_slices=1) -> list[Path]:
+            upsample=1, grid_reference=None, checkpoint="best", keep_largest=None, fit_slices=1, precision=None) -> list[Path]:
     """Predict a folder (``CASE_0000.ext`` or MSD ``NAME.ext`` files) or one file into ``output_dir`` with one run,
     or with a list of runs as an :class:`Ensemble`; ``upsample`` F > 1 writes F-times finer outputs of the same world
     extent, ``grid_reference`` outputs on that image's grid; ``keep_largest`` as :class:`Predictor`'s; ``fit_slices`` K > 1
     fits a test-time latent on every K-th slice only (nisf)."""
     options = dict(device=device, checkpoint=checkpoint, overlap=overlap, mirror=mirror, upsample=upsample, grid_reference=grid_reference,
-                   keep_largest=keep_largest, fit_slices=fit_slices)
+                   keep_largest=keep_largest, fit_slices=fit_slices, precision=precision)
     runs = list(run_dir) if isinstance(run_dir, (list, tuple)) else [run_dir]
     predictor = Ensemble(runs, **options) if len(runs) > 1 else Predictor(runs[0], **options)
     cases = prediction_inputs(input_path, predictor.plan.n_channel_files)

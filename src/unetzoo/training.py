@@ -38,7 +38,7 @@ from unetzoo.errors import UnetzooError, file_error
 from unetzoo.inference import device_line, resolve_device
 from unetzoo.io import output_folder, remove_leftovers, write_bytes, write_text
 from unetzoo.methods import Method, build_method, method_class
-from unetzoo.precision import resolve_precision
+from unetzoo.precision import check_inference_precision, resolve_precision
 from unetzoo.progress import close_run_logger, plot_progress, run_logger
 
 BEST, LAST = "checkpoint_best", "checkpoint_last"
@@ -352,6 +352,7 @@ def _train(data_dir, run_dir: Path, config: Config, resume: bool) -> Path:
         else:
             _calibrate(module, dataset.frame_items(calibration_names), run_dir, log)
             validate_run(run_dir, dataset, split["val"], log)
+            check_inference_precision(run_dir, {n: dataset.case(n).images for n in split["val"]}, config.train.device, log)
     return run_dir
 
 
