@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from unetzoo.errors import UnetzooError, file_error
-from unetzoo.precision import PRECISIONS
+from unetzoo.precision import INFERENCE_PRECISIONS, PRECISIONS
 
 
 @dataclass
@@ -239,6 +239,7 @@ RULES: dict[str, Rule] = {
     "train.momentum": Rule(ge=0, lt=1),
     "train.scheduler": Rule(choices=("poly", "constant", "plateau")),
     "train.early_stop": Rule(ge=0),
+    "train.val_patches": Rule(ge=0),
     "train.val_cases": Rule(ge=0),
     "train.max_minutes": Rule(ge=0, flag="--max-minutes"),
     "train.precision": Rule(choices=PRECISIONS, flag="--precision"),
@@ -248,6 +249,7 @@ RULES: dict[str, Rule] = {
     "inference.overlap": Rule(ge=0, lt=1, flag="--overlap"),
     "inference.mirror": Rule(flag="--mirror"),
     "inference.sw_batch_size": Rule(ge=1),
+    "inference.precision": Rule(choices=INFERENCE_PRECISIONS, flag="--precision"),
 }
 
 
