@@ -69,8 +69,11 @@ def test_train_command_warns_in_one_line_for_emulated_bf16_and_logs_auto_choice(
     cpu_bf16(False)
     args = ["train", str(organs), "--patch", "16", "16", "16", "--epochs", "1", "--iters-per-epoch", "1", "--num-workers", "0",
             "--set", "train.val_cases=1", "--set", "model_args.n_stages=2", "--set", "model_args.base_features=4"]
+
+    def training(err: str) -> list[str]:  # the training-precision lines (not the inference-precision check's)
+        return [line for line in err.splitlines() if "precision" in line and "inference precision" not in line]
+
     assert cli.main([*args, "--out", str(tmp_path / "slow"), "--precision", "bf16-mixed"]) == 0
-    training = lambda err: [line for line in err.splitlines() if "precision" in line and "inference precision" not in line]  # noqa: E731
     warnings = training(capsys.readouterr().err)
     assert len(warnings) == 1 and "warning: precision bf16-mixed is emulated on this CPU" in warnings[0]
     assert cli.main([*args, "--out", str(tmp_path / "auto")]) == 0
