@@ -366,13 +366,10 @@ def _quiet_library_warnings() -> None:
     warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
 
 
-def main(argv=None) -> int:
-    _quiet_library_warnings()
+def exit_status(action) -> int:
+    """Run ``action()``: 0, or 2 after printing a user error as one line (a bug keeps its traceback)."""
     try:
-        run(argv)
-    except KeyboardInterrupt:
-        print("unetzoo: interrupted", file=sys.stderr)
-        return 130
+        action()
     except Exception as exc:
         error = user_error(exc)
         if error is None:
@@ -380,6 +377,15 @@ def main(argv=None) -> int:
         print(f"unetzoo: error: {error}", file=sys.stderr)
         return 2
     return 0
+
+
+def main(argv=None) -> int:
+    _quiet_library_warnings()
+    try:
+        return exit_status(lambda: run(argv))
+    except KeyboardInterrupt:
+        print("unetzoo: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

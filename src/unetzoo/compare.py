@@ -314,17 +314,9 @@ def compare(data, models, out, folds=(0,), config: Config | None = None, steps: 
 
 def _main(argv: list[str]) -> int:
     """``python -m unetzoo.compare OUT KIND [MODEL [FOLD]]``: one job, as the local executor starts it."""
-    from unetzoo.cli import user_error
+    from unetzoo.cli import exit_status
 
-    try:
-        print(run_job(*argv))
-    except Exception as exc:
-        error = user_error(exc)
-        if error is None:
-            raise
-        print(f"unetzoo: error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_status(lambda: print(run_job(*argv)))
 
 
 if __name__ == "__main__":
