@@ -103,6 +103,7 @@ from torch.nn.utils.parametrizations import weight_norm
 
 from unetzoo.models.blocks import ConvStage, init_he, stage_widths
 from unetzoo.models.registry import register
+from unetzoo.models.unet import PlainConvEncoder
 
 PAPER_CONVS = (2, 2, 4, 4)
 PROJECTION_BUDGET = 2**26  # elements of the precomputed products of one stage (256 MB in float32)
@@ -165,12 +166,7 @@ class StridedEncoder(nn.Module):
             for i, (width, n_convs, stride) in enumerate(zip(widths, convs_per_stage, strides))
         )
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        features = []
-        for stage in self.stages:
-            x = stage(x)
-            features.append(x)
-        return features
+    forward = PlainConvEncoder.forward  # the same loop over ``self.stages``; only the first stage's stride differs
 
 
 class ImplicitDecoder(nn.Module):
