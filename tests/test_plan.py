@@ -73,17 +73,17 @@ def test_slice_axis_is_the_coarsest_spacing_or_else_the_shortest_axis():
 
 
 def test_patch_and_batch_from_the_step_budget():
-    """Isotropic median 100^3, CPU budget 2 x 64^3: initial min(256, 100) = 100, rounded up to the 16 of four
-    poolings -> 112^3; too large, so axes shrink by 16 in turn (ties: the last) down to 64^3 = budget / 2; batch
-    2 (and 2 of the 5 % cap: 100 cases x 1e6 x 0.05 / 64^3 = 19). 2D median 256^2: the whole image, batch
-    12 x 256^2 / 256^2 = 12, unless 5 % of a 10-image dataset (0.5 images) caps it at the minimum 2."""
+    """Isotropic median 100^3, CPU budget 2 x 48^3: initial min(256, 100) = 100, rounded up to the 16 of four
+    poolings -> 112^3; too large, so axes shrink by 16 in turn (ties: the last) down to 48^3 = budget / 2; batch
+    2 (and 2 of the 5 % cap: 100 cases x 1e6 x 0.05 / 48^3 = 45). 2D median 256^2: the whole image, batch
+    4 x 256^2 / 256^2 = 4, unless 5 % of a 10-image dataset (0.5 images) caps it at the minimum 2."""
     budget = STEP_BUDGET["cpu"][3]
     patch = plan_patch([100, 100, 100], [1.0, 1.0, 1.0], budget)
-    assert patch == [64, 64, 64] and np.prod(patch) <= budget // 2
+    assert patch == [48, 48, 48] and np.prod(patch) <= budget // 2
     assert plan_batch(patch, budget, 100 * 100**3) == 2
     patch2d = plan_patch([256, 256], None, STEP_BUDGET["cpu"][2])
     assert patch2d == [256, 256]
-    assert plan_batch(patch2d, STEP_BUDGET["cpu"][2], 1000 * 256**2) == 12
+    assert plan_batch(patch2d, STEP_BUDGET["cpu"][2], 1000 * 256**2) == 4
     assert plan_batch(patch2d, STEP_BUDGET["cpu"][2], 10 * 256**2) == 2
 
 

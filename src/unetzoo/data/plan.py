@@ -12,10 +12,11 @@ per run (field-survey.md, ExperimentPlanner):
   multiple of the network's strides; while it holds more than half the step budget, the axis largest relative to
   the median shrinks by its stride multiple. No per-axis cap.
 * **batch**: the step budget over the patch (>= 2), at most 5 % of the dataset's voxels per step (nnU-Net).
-  ``STEP_BUDGET`` is voxels per step (patch x batch): on CPU 2 x 64^3 (3D) and 12 x 256^2 (2D), about 3 s per step
-  on two threads of this project's CPU with bf16 (README measured ~100k voxels/s per thread for the 3D ``unet``,
-  ~150k pixels/s in 2D), so a 20-30 minute budget gets several hundred steps; on a GPU nnU-Net's references,
-  2 x 128^3 and 12 x 512^2. 2D data thus gets nnU-Net-like batches (12 whole 256x256 images), not 2.
+  ``STEP_BUDGET`` is voxels per step (patch x batch). On CPU it is sized to a measured step time: 2 x 48^3 (3D) and
+  4 x 256^2 (2D), about 3 s per ``unet`` step on two threads of this project's CPU in fp32 (README: a 3D ``unet``
+  step trains ~37k voxels/s per thread, a 2D ``unet2d-slices`` one ~45k pixels/s), so a 20-30 minute budget gets
+  several hundred steps (the previous CPU budget, 2 x 64^3 and 12 x 256^2, made one ACDC ``unet`` step 12 s). On a GPU nnU-Net's references,
+  2 x 128^3 and 12 x 512^2.
 * **topology** (``strides``, ``kernel_sizes``): from the patch and spacing by :mod:`unetzoo.data.topology`.
 * **slice axis** (3D): the through-plane axis of the 2D configuration (``unet2d-slices``): the coarsest spacing,
   among axes within 10 % of it (all of them when the spacing is unknown or isotropic) the one with fewest voxels.
@@ -46,7 +47,7 @@ from unetzoo.io import AFFINE_TOLERANCE_MM, case_frames, read_image, read_label_
 
 log = logging.getLogger(__name__)
 PATCH_CAP = {2: 256, 3: 128}  # largest patch edge of a synthetic plan (benchmarks, tests) per spatial dims
-STEP_BUDGET = {"cpu": {3: 2 * 64**3, 2: 12 * 256**2}, "cuda": {3: 2 * 128**3, 2: 12 * 512**2}}  # voxels per step (module docstring)
+STEP_BUDGET = {"cpu": {3: 2 * 48**3, 2: 4 * 256**2}, "cuda": {3: 2 * 128**3, 2: 12 * 512**2}}  # voxels per step (module docstring)
 REFERENCE_EDGE = {3: 256, 2: 2048}  # nnU-Net's initial patch: this edge^d, shaped by 1/spacing
 MIN_BATCH = 2
 MAX_DATASET_SHARE = 0.05  # one batch covers at most this share of the dataset's voxels (nnU-Net)
