@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -30,11 +32,10 @@ def test_in_plane_axes_are_the_two_other_than_the_slice_axis():
     """The coarsest spacing marks the slice axis; with equal spacings, the axis with the fewest voxels; 2D: both."""
     plan = Plan.synthetic([64, 64, 20])
     assert in_plane_axes(plan) == (0, 1)  # isotropic: the 20-voxel axis holds the slices
-    plan.target_spacing = [0.8, 3.0, 0.8]
-    assert in_plane_axes(plan) == (0, 2)  # a coronal stack
-    plan.target_spacing = [1.0, 1.0, 1.0]
-    plan.median_shape = [30.0, 30.0, 30.0]
-    assert in_plane_axes(plan) == (0, 1)  # a cube: Z, the slice axis of an axial RAS scan
+    coronal = dataclasses.replace(plan, target_spacing=[0.8, 3.0, 0.8], slice_axis=None)
+    assert in_plane_axes(coronal) == (0, 2)  # a coronal stack
+    cube = dataclasses.replace(plan, target_spacing=[1.0, 1.0, 1.0], median_shape=[30.0, 30.0, 30.0], slice_axis=None)
+    assert in_plane_axes(cube) == (0, 1)  # a cube: Z, the slice axis of an axial RAS scan
     assert in_plane_axes(Plan.synthetic([40, 30])) == (0, 1)
 
 

@@ -19,7 +19,8 @@ per run (field-survey.md, ExperimentPlanner):
   2 x 128^3 and 12 x 512^2.
 * **topology** (``strides``, ``kernel_sizes``): from the patch and spacing by :mod:`unetzoo.data.topology`.
 * **slice axis** (3D): the through-plane axis of the 2D configuration (``unet2d-slices``): the coarsest spacing,
-  among axes within 10 % of it (all of them when the spacing is unknown or isotropic) the one with fewest voxels.
+  among axes within 10 % of it (all of them when the spacing is unknown or isotropic) the one with fewest voxels
+  (ties: the last). The in-plane stride of regularized-unet.md strides the two other axes.
 * CT statistics from foreground voxels (0.5/99.5 percentiles, mean, std).
 
 Explicit values (``--patch``, ``--target-spacing``, ``--batch-size``, ``--set model_args.strides=...``) win. A 3D+t
@@ -168,10 +169,10 @@ def _fmt(values) -> str:
 
 def through_plane_axis(spacing, median_shape) -> int:
     """The axis a 2D configuration slices along: the coarsest spacing (None: unknown, every axis 1); among the axes
-    within 10 % of it, the one with the fewest voxels (the first on a tie)."""
+    within 10 % of it, the one with the fewest voxels (on a tie the last: Z of a RAS volume, an axial scan's slices)."""
     spacing = np.ones(len(median_shape)) if spacing is None else np.asarray(spacing, float)
     coarse = [a for a in range(len(spacing)) if spacing[a] >= 0.9 * spacing.max()]
-    return int(min(coarse, key=lambda a: (median_shape[a], a)))
+    return int(min(coarse, key=lambda a: (median_shape[a], -a)))
 
 
 def anisotropic_target_spacing(spacings: np.ndarray, shapes: np.ndarray) -> np.ndarray:

@@ -46,13 +46,11 @@ from unetzoo.methods.grid import Grid
 def in_plane_axes(plan: Plan) -> tuple[int, int]:
     """The two spatial axes of the image plane, which regularized-unet.md's in-plane stride sub-samples (Table 3:
     ``I[k:k+128, i::4, j::4]`` of a ``C x 512 x 512`` CT, every 4th voxel of the 512 x 512 slices): both axes of 2D
-    data; for 3D the two other than the slice axis, the axis of the coarsest target spacing (ties: the one with the
-    fewest voxels in the median shape, then the last, Z of a RAS volume, the slice axis of an axial scan)."""
+    data; for 3D the two other than the plan's through-plane axis (``plan.slice_axis``, the axis the 2D
+    configuration slices along: :func:`unetzoo.data.plan.through_plane_axis`)."""
     if plan.spatial_dims == 2:
         return 0, 1
-    spacing = plan.target_spacing or [1.0] * 3
-    slices = max(range(3), key=lambda a: (round(spacing[a], 3), -plan.median_shape[a], a))
-    first, second = (a for a in range(3) if a != slices)
+    first, second = (a for a in range(3) if a != plan.slice_axis)
     return first, second
 
 
