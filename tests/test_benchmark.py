@@ -50,9 +50,9 @@ def test_cli_writes_json_csv_png_with_positive_figures(tmp_path):
             assert row[figure] > 0, (row["model"], figure)
     assert {"device", "torch", "threads"} <= set(result) and result["device"] == "cpu" and result["threads"] >= 1
     assert result["patch"] == [16, 16, 16] and result["batch_size"] == 2 and result["infer_shape"] == [16, 16, 16]
-    # the slice method's step is its loader's batch: batch_size * 16 one-slice patches
+    # the slice method's step is its loader's batch: batch_size * 16 one-slice patches (a cube: sliced along Z, the last axis)
     slices = result["models"][1]
-    assert slices["train_patch"] == [1, 16, 16] and slices["train_batch"] == 32
+    assert slices["train_patch"] == [16, 16, 1] and slices["train_batch"] == 32
     with open(out / "benchmark.csv") as f:
         table = list(csv.DictReader(f))
     assert [r["model"] for r in table] == ["unet", "unet2d-slices"] and float(table[0]["params_ratio"]) == 1.0
