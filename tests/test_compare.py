@@ -25,7 +25,7 @@ from unetzoo.compare import Job, compare, finished, make_plan, record_plan, run_
 from unetzoo.config import Config
 from unetzoo.errors import UnetzooError
 from unetzoo.executors import LocalExecutor, SubmititExecutor
-from unetzoo.leaderboard import BOOTSTRAP, figure, holm, interval, leaderboard, pareto_front, wilcoxon_p, write_leaderboard
+from unetzoo.leaderboard import BOOTSTRAP, cost_axes, figure, holm, interval, leaderboard, pareto_front, wilcoxon_p, write_leaderboard
 
 MODELS = ["unet", "unet2d-slices", "attention-unet"]
 SETS = ["data.folds=3", "train.iters_per_epoch=1", "data.patch_size=[16,16,16]", "data.num_workers=0", "data.cache_workers=0",
@@ -172,6 +172,11 @@ def test_leaderboard_names_the_best_and_the_cheapest_not_significantly_below_it(
     page = write_leaderboard(tmp_path).read_text()
     assert "**Most accurate:** `unet`" in page and "**Cheapest not significantly below it:** `unet2d-slices`" in page
     assert (tmp_path / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+    entry = board["models"][0]
+    assert [(label, cost(entry)) for label, cost in cost_axes(board)] == [("inference time per case (s)", entry["cost"]["infer_s"]),
+                                                                       ("training time, all folds (min)", 22.5 / 60)]
+    minutes = {**board, "budget": {"minutes": 15.0}}  # every run took the same time: the step time is the training cost
+    assert cost_axes(minutes)[1][0] == "training step time (s)" and cost_axes(minutes)[1][1](entry) == entry["cost"]["train_step_s"]
     header = (tmp_path / "leaderboard.csv").read_text().splitlines()[0].split(",")
     assert header[:4] == ["model", "complete", "cases", "Dice"] and "p_holm" in header
 

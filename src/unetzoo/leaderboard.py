@@ -27,6 +27,7 @@ import csv
 import io as _io
 import json
 import math
+import textwrap
 import warnings
 from pathlib import Path
 
@@ -307,17 +308,26 @@ def pareto_front(costs: list[float], scores: list[float]) -> list[int]:
             if not any((c2 <= c and s2 >= s) and (c2 < c or s2 > s) for c2, s2 in zip(costs, scores))]
 
 
+def cost_axes(board: dict) -> list[tuple]:
+    """The two costs ``pareto.png`` plots Dice against, as (axis label, cost of a leaderboard entry): inference time
+    per case, and the training time of all folds under a step budget or, under a minutes budget (where every run
+    took the same time), the time of one training step."""
+    inference = ("inference time per case (s)", lambda e: (e["cost"] or {}).get("infer_s"))
+    if board["budget"].get("minutes"):
+        return [inference, ("training step time (s)", lambda e: (e["cost"] or {}).get("train_step_s"))]
+    return [inference, ("training time, all folds (min)", lambda e: e["training_time_s"] / 60 if e["training_time_s"] else None)]
+
+
 def plot_pareto(board: dict) -> bytes | None:
-    """Mean Dice (95 % interval) against inference time per case and against the training time of all folds, the
-    Pareto front of each marked; None when no ranked model has both figures."""
+    """Mean Dice (95 % interval) against the two :func:`cost_axes`, the Pareto front of each marked; None when no
+    ranked model has either figure."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     ranked = [e for e in board["models"] if e["complete"] and e["Dice"]["mean"] is not None]
-    panels = [("inference time per case (s)", lambda e: (e["cost"] or {}).get("infer_s")),
-              ("training time, all folds (min)", lambda e: e["training_time_s"] / 60 if e["training_time_s"] else None)]
+    panels = cost_axes(board)
     if not any(cost(e) for e in ranked for _, cost in panels):
         return None
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
@@ -341,7 +351,7 @@ def plot_pareto(board: dict) -> bytes | None:
             label += ", log scale"
         ax.set(xlabel=label, ylabel="mean Dice, held-out cases", title=f"accuracy against {label.split(' (')[0]}")
         ax.grid(alpha=0.3, which="both")
-    fig.suptitle(board["budget_text"], fontsize=9)
+    fig.suptitle(textwrap.fill(board["budget_text"], 150), fontsize=9)
     fig.tight_layout()
     buffer = _io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
