@@ -69,3 +69,4 @@ def test_time_boxed_training_anneals_to_zero_and_stops_at_the_budget(organs, tmp
     assert [h["lr"] for h in history[:3]] == pytest.approx([lr, lr * 0.7**0.9, lr * 0.4**0.9])
     log = next(run.glob("training_log_*.txt")).read_text()
     assert len(history) == 4 and "time budget of 1 min spent after 10 steps: learning rate 0.00e+00" in log
+    assert [h["steps"] for h in history] == [3, 6, 9, 10]  # the last epoch cut short by the budget

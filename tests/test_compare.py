@@ -168,9 +168,10 @@ def test_leaderboard_names_the_best_and_the_cheapest_not_significantly_below_it(
     assert below == {"unet": False, "unet2d-slices": False, "attention-unet": True}
     assert board["models"][2]["to_best"]["p_holm"] == pytest.approx(2 * 2 / 2**8)
     assert board["most_accurate"] == "unet" and board["cheapest_not_significantly_below"] == "unet2d-slices"
-    assert board["models"][0]["training_time_s"] == 22.5
+    assert board["models"][0]["training_time_s"] == 22.5 and board["models"][0]["steps"] == [None]  # a history without step counts
     page = write_leaderboard(tmp_path).read_text()
     assert "**Most accurate:** `unet`" in page and "**Cheapest not significantly below it:** `unet2d-slices`" in page
+    assert "| 0:00:22 | ? (2) | n/a |" in page  # training time, steps (epochs) of the one fold, no config: no step shape
     assert (tmp_path / "pareto.png").read_bytes()[:4] == b"\x89PNG"
     entry = board["models"][0]
     assert [(label, cost(entry)) for label, cost in cost_axes(board)] == [("inference time per case (s)", entry["cost"]["infer_s"]),
@@ -317,6 +318,7 @@ def test_leaderboard_equals_a_computation_by_hand_from_the_runs_summaries(experi
         assert entries[model]["Dice"]["mean"] == pytest.approx(dice[model], abs=1e-12)
         history = [h for f in (0, 1) for h in json.loads((run_folder(out, model, f) / "history.json").read_text())]
         assert entries[model]["training_time_s"] == pytest.approx(sum(h["epoch_time_s"] for h in history))
+        assert entries[model]["steps"] == [2, 2] and [h["steps"] for h in history] == [1, 2, 1, 2]  # 2 epochs of 1 step per fold
         bench = json.loads((run_folder(out, model, 0) / "benchmark.json").read_text())["models"][0]
         assert entries[model]["cost"]["params"] == bench["params"] and entries[model]["cost"]["infer_s"] == bench["infer_s"]
     best = max(dice, key=dice.get)

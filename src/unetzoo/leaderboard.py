@@ -125,6 +125,7 @@ def _model_entry(out: Path, plan: dict, model: str) -> dict:
     histories = [_json(r / "history.json") or [] for r in done]
     entry["training_time_s"] = sum(h.get("epoch_time_s") or 0.0 for history in histories for h in history) if entry["complete"] else None
     entry["epochs"] = [len(history) for history in histories]
+    entry["steps"] = [history[-1].get("steps") if history else None for history in histories]  # None: written before steps were
     config = _json(runs[0] / "config.json") if done else None  # resolved by training: what one step saw
     entry["step"] = {"batch_size": config["train"]["batch_size"], "patch": config["data"]["patch_size"]} if config else None
     bench = _json(runs[0] / "benchmark.json")
@@ -225,6 +226,11 @@ def _duration(seconds) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
+def _steps(entry: dict) -> str:
+    """Each run's optimiser steps and epochs, "? (4)" for a run whose history predates step counts."""
+    return ", ".join(f"{'?' if s is None else s} ({n})" for s, n in zip(entry["steps"], entry["epochs"]))
+
+
 def _headline(board: dict) -> list[str]:
     ranked = [e for e in board["models"] if e["complete"]]
     if not ranked:
@@ -280,11 +286,11 @@ def _markdown(out: Path, board: dict) -> str:
         lines += ["", "Dice per class (label id) [95 % CI]:", "", "| model | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|"]
         lines += [f"| `{e['model']}` | " + " | ".join(_ci(e["Dice"]["per_class"][k]) for k in labels) + " |" for e in ranked]
     lines += ["", "## Cost", "", "| model | parameters | MACs / patch | train step (s) | train peak mem (MB) | inference per case (s) | "
-              "infer peak mem (MB) | training time, all folds (h:mm:ss) | epochs per run | a step: batch x patch |", "|---" * 10 + "|"]
+              "infer peak mem (MB) | training time, all folds (h:mm:ss) | steps (epochs) per run | a step: batch x patch |", "|---" * 10 + "|"]
     for e in ranked + [x for x in board["models"] if not x["complete"]]:
         cost, step = e["cost"] or {}, e["step"]
         lines.append(f"| `{e['model']}` | " + " | ".join(_human(k, cost.get(k)) if e["cost"] else "n/a" for k in COST)
-                     + f" | {_duration(e['training_time_s'])} | {', '.join(map(str, e['epochs'])) or 'n/a'} | "
+                     + f" | {_duration(e['training_time_s'])} | {_steps(e) or 'n/a'} | "
                      + (f"{step['batch_size']} x {'x'.join(map(str, step['patch']))}" if step else "n/a") + " |")
     bench = next((e["benchmark"] for e in ranked if e["benchmark"]), None)
     if bench:

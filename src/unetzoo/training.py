@@ -202,6 +202,7 @@ class SegmentationModule(L.LightningModule):
             "val_dice_per_class": dict(zip(map(str, self.plan.label_ids[1:]), dice)),
             "epoch_time_s": time.time() - self._epoch_start,
             "lr": self._epoch_lr,
+            "steps": self.trainer.global_step,  # optimiser steps so far: a time budget can end an epoch early
         }
         self.history.append(record)
         self.log_dict({"train_loss": record["train_loss"], "lr": record["lr"],
