@@ -73,6 +73,7 @@ class TrainConfig:
     val_patches: int = 16  # fixed validation patches (data/val_patches.py) scored by the per-epoch pseudo Dice; 0 = whole cases
     val_cases: int = 0  # validation cases (3D+t: subjects, all frames) the per-epoch validation uses; 0 = every one
     max_minutes: float = 0.0  # stop after this much training time (0 = no limit), the poly schedule annealing over it (budget.py); the run still validates
+    min_steps: int = 1000  # under max_minutes: halve model_args.base_features until the budget holds this many steps (budget_width.py); 0 = keep the width
     precision: str = "auto"  # auto (fastest native: see precision.py), 32-true, bf16-mixed, 16-mixed
     device: str = "auto"  # auto: CUDA when present, else CPU; cpu; cuda
     devices: int = 1
@@ -242,6 +243,7 @@ RULES: dict[str, Rule] = {
     "train.val_patches": Rule(ge=0),
     "train.val_cases": Rule(ge=0),
     "train.max_minutes": Rule(ge=0, flag="--max-minutes"),
+    "train.min_steps": Rule(ge=0),
     "train.precision": Rule(choices=PRECISIONS, flag="--precision"),
     "train.device": Rule(choices=("auto", "cpu", "cuda"), flag="--device"),
     "train.devices": Rule(ge=1, flag="--devices"),

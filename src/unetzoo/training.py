@@ -28,6 +28,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from monai.data import DataLoader, MetaTensor
 
 from unetzoo.budget import TimeBudget, poly_factor, poly_lr
+from unetzoo.budget_width import budget_width
 from unetzoo.config import Config
 from unetzoo.data.cache import cache_root, preprocessed_cases
 from unetzoo.data.datasets import load_dataset
@@ -325,11 +326,16 @@ def _train(data_dir, run_dir: Path, config: Config, resume: bool) -> Path:
                          device=resolve_device(config.train.device).type)
         plan.save(plan_path)
     log.info(plan.describe())
+    saved = Config.load(run_dir / "config.json") if resume and (run_dir / "config.json").is_file() else None
+    if saved is None:
+        config = budget_width(config, plan, len(train_names), log)
+    elif "base_features" in saved.model_args:  # the width a time budget chose (budget_width.py) is the checkpoint's
+        config.model_args = {"base_features": saved.model_args["base_features"], **config.model_args}
     L.seed_everything(config.seed, workers=True, verbose=False)
     method, config = build_method(config, plan, train_cases=len(train_names))
     config.data.patch_size = plan.patch_size
-    if resume and (run_dir / "config.json").is_file():
-        _check_resume(Config.load(run_dir / "config.json"), config, run_dir / "config.json", log)
+    if saved is not None:
+        _check_resume(saved, config, run_dir / "config.json", log)
     n_params = sum(p.numel() for p in method.model.parameters() if p.requires_grad)
     log.info(f"model {config.model}: {n_params:,} parameters, patch {plan.patch_size}, spacing {plan.target_spacing}, args {config.model_args}")
     train_items, val_items = dataset.frame_items(train_names), dataset.frame_items(split["val"])
