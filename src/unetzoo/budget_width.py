@@ -45,9 +45,9 @@ def step_seconds(config: Config, plan: Plan, train_cases: int | None) -> float:
     return float(measure_train(spec)["train_step_s"])
 
 
-def budget_width(config: Config, plan: Plan, train_cases: int | None, log, timer=step_seconds) -> Config:
+def budget_width(config: Config, plan: Plan, train_cases: int | None, log, timer=None) -> Config:
     """``config`` with ``model_args.base_features`` set to the widest width (halving from the model's default) whose
-    measured step (``timer``) lets ``STEP_SHARE`` of ``train.max_minutes`` hold ``train.min_steps`` steps; ``config``
+    measured step (``timer``, default :func:`step_seconds`) lets ``STEP_SHARE`` of ``train.max_minutes`` hold ``train.min_steps`` steps; ``config``
     itself when there is no time budget, ``min_steps`` is 0, the model takes no width or the user set one."""
     width = default_width(config.model)
     cfg = config.train
@@ -58,7 +58,7 @@ def budget_width(config: Config, plan: Plan, train_cases: int | None, log, timer
     trial = copy.deepcopy(config)
     while True:
         trial.model_args = {**config.model_args, "base_features": width}
-        step = timer(trial, plan, train_cases)
+        step = (timer or step_seconds)(trial, plan, train_cases)
         affords = int(seconds // step)
         log.info(f"time budget: base_features {width}: a training step takes {step:.2f} s, so {STEP_SHARE:.0%} of "
                  f"{cfg.max_minutes:g} min holds {affords} steps (train.min_steps {cfg.min_steps})")

@@ -123,7 +123,9 @@ def budget_text(plan: dict) -> str:
     if "minutes" in budget:
         return (f"{budget['minutes']:g} minutes of training per run (train.max_minutes: the {config.train.scheduler} learning-rate "
                 f"schedule anneals over the time, the run stops at it or after {config.train.epochs} epochs of "
-                f"{config.train.iters_per_epoch} steps); models differ in the steps they make in that time")
+                f"{config.train.iters_per_epoch} steps); models differ in the steps they make in that time"
+                + (f", and a model that takes base_features is narrowed until the time holds {config.train.min_steps} of its measured steps "
+                   f"(train.min_steps; the cost table lists the parameters trained)" if config.train.min_steps else ""))
     first = run_config(plan, plan["models"][0], plan["folds"][0]).train
     batch = f"batch {config.train.batch_size}" if config.train.batch_size else "the batch the data's plan gives"
     return (f"{budget['steps']} optimiser steps per run of {batch} ({first.epochs} epoch(s) of {first.iters_per_epoch}; "

@@ -16,7 +16,8 @@ per run (field-survey.md, ExperimentPlanner):
   4 x 256^2 (2D), about 3 s per ``unet`` step on two threads of this project's CPU in fp32 (README: a 3D ``unet``
   step trains ~37k voxels/s per thread, a 2D ``unet2d-slices`` one ~45k pixels/s), so a 20-30 minute budget gets
   several hundred steps (the previous CPU budget, 2 x 64^3 and 12 x 256^2, made one ACDC ``unet`` step 12 s). On a
-  GPU nnU-Net's references, 2 x 128^3 and 12 x 512^2.
+  GPU nnU-Net's references, 2 x 128^3 and 12 x 512^2. A time budget then sizes the network's width to the measured
+  step (:mod:`unetzoo.budget_width`).
 * **topology** (``strides``, ``kernel_sizes``): from the patch and spacing by :mod:`unetzoo.data.topology`.
 * **slice axis** (3D): the through-plane axis of the 2D configuration (``unet2d-slices``): the coarsest spacing,
   among axes within 10 % of it (all of them when the spacing is unknown or isotropic) the one with fewest voxels

@@ -489,7 +489,7 @@ def implicit_plan_defaults(plan, config, train_cases=None) -> dict:
     spatial_dims=(2, 3),
     plan_defaults=implicit_plan_defaults,
 )
-def implicit_unet(spatial_dims: int, in_channels: int, out_channels: int, **kwargs) -> ImplicitUNet:
+def implicit_unet(spatial_dims: int, in_channels: int, out_channels: int, base_features: int = 32, **kwargs) -> ImplicitUNet:
     """:class:`ImplicitUNet`; the pipeline fills only the strides (:func:`implicit_plan_defaults`), never the depth:
     the paper's 4 stages stay, not nnU-Net's patch-dependent depth (pass ``n_stages`` to change it)."""
-    return ImplicitUNet(spatial_dims, in_channels, out_channels, **kwargs)
+    return ImplicitUNet(spatial_dims, in_channels, out_channels, base_features=base_features, **kwargs)

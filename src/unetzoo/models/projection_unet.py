@@ -319,8 +319,9 @@ class RandomProjectionUNet(ProjectionUNet):
     ``forward`` (prediction) is path 2.
     """
 
-    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, directions: int = 12, all_directions: int = 60, **kwargs):
-        super().__init__(spatial_dims, in_channels, out_channels, directions=directions, **kwargs)
+    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, directions: int = 12, all_directions: int = 60,
+                 base_features: int = 32, **kwargs):
+        super().__init__(spatial_dims, in_channels, out_channels, directions=directions, base_features=base_features, **kwargs)
         if all_directions < 1:
             raise ValueError(f"all_directions must be >= 1, got {all_directions}")
         self.all_directions = all_directions

@@ -120,8 +120,9 @@ class Regularized(nn.Module):
 )
 def regularized_unet(
     spatial_dims: int, in_channels: int, out_channels: int, tv_iterations: int = 1, tv_lambda: float = 0.5,
-    tv_step: float = 2.0, **kwargs
+    tv_step: float = 2.0, base_features: int = 32, **kwargs
 ) -> nn.Module:
     """:class:`~unetzoo.models.attention_unet.AttentionUNet` (same arguments) whose outputs pass through
     :class:`TVSoftmax` (``tv_iterations``, initial ``tv_lambda``, ``tv_step`` = tau lambda)."""
-    return Regularized(AttentionUNet(spatial_dims, in_channels, out_channels, **kwargs), TVSoftmax(tv_iterations, tv_lambda, tv_step))
+    return Regularized(AttentionUNet(spatial_dims, in_channels, out_channels, base_features=base_features, **kwargs),
+                       TVSoftmax(tv_iterations, tv_lambda, tv_step))

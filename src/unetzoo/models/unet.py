@@ -176,9 +176,10 @@ def slices_plan_defaults(plan, config, train_cases=None) -> dict:
     plan_defaults=slices_plan_defaults,
 )
 def unet2d_slices(
-    spatial_dims: int, in_channels: int, out_channels: int, slice_axis: int = 0, n_stages: int | None = None, deep_supervision: bool = True, **kwargs
+    spatial_dims: int, in_channels: int, out_channels: int, slice_axis: int = 0, n_stages: int | None = None, deep_supervision: bool = True,
+    base_features: int = 32, **kwargs
 ) -> nn.Module:
     """A 2D :class:`UNet` (same defaults; ``strides``/``kernel_sizes`` are those of the slice plane, two axes) wrapped
     in :class:`SliceWise` for volumes; a plain 2D U-Net for 2D data."""
-    net2d = UNet(2, in_channels, out_channels, n_stages=n_stages, deep_supervision=deep_supervision, **kwargs)
+    net2d = UNet(2, in_channels, out_channels, n_stages=n_stages, deep_supervision=deep_supervision, base_features=base_features, **kwargs)
     return net2d if spatial_dims == 2 else SliceWise(net2d, slice_axis)
