@@ -41,7 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--patch", type=int, nargs="+", metavar="N", help="patch size (D H W, or H W in 2D); default from the data")
     p.add_argument("--lr", type=float)
     p.add_argument("--optimizer", choices=["adamw", "sgd", "adam"])
-    p.add_argument("--max-minutes", type=float, help="train for this many minutes, the poly learning rate annealing to 0 over them (then validate)")
+    p.add_argument("--max-minutes", type=float, help="train for this many minutes, the poly learning rate annealing to 0 over them (then validate); "
+                   "the network's base_features halve until the minutes hold train.min_steps measured steps")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="auto (default): CUDA when present, else CPU")
     p.add_argument("--devices", type=int, help="number of devices (DDP through Lightning; CPU processes over gloo)")
     p.add_argument("--precision", help="auto (default: bf16-mixed where the device runs it natively, 16-mixed on older CUDA GPUs, else 32-true), 32-true, bf16-mixed or 16-mixed")
