@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
@@ -77,6 +78,7 @@ def test_a_time_boxed_run_records_the_measured_width_and_a_resume_keeps_it(organ
     config.train.min_steps = 10**9
     run = train(organs, tmp_path / "run", config)
     assert Config.load(run / "config.json").model_args["base_features"] == MIN_WIDTH
+    assert json.loads((run / "budget_width.json").read_text()) == MIN_WIDTH  # what later DDP processes read
     log = next(run.glob("training_log_*.txt")).read_text()
     assert log.count("time budget: base_features") == 3 and "unet trains with base_features 8" in log
     again = budgeted(5)

@@ -10,8 +10,8 @@ than ``train.min_steps`` steps, halves ``base_features`` (not below ``MIN_WIDTH`
 
 Only for models that take ``base_features`` and only when the user did not set it: ``--set
 model_args.base_features=32`` (or ``train.min_steps=0``) keeps nnU-Net's width. The chosen width is logged with
-the step times and recorded in ``config.json`` (``model_args.base_features``), so a resumed run rebuilds the same
-network. On a GPU the full width passes at the first measurement. The measurement (a few seconds a width) runs
+the step times and recorded in the run folder (``budget_width.json``, written before Lightning starts the other DDP
+processes, which read it; and ``config.json``'s ``model_args.base_features``, which a resumed run rebuilds). On a GPU the full width passes at the first measurement. The measurement (a few seconds a width) runs
 before the budget's clock starts.
 """
 

@@ -1,7 +1,7 @@
 """Training on Lightning's Trainer: one run folder per (dataset, model, fold), resumable, DDP-ready.
 
 Run folder (nnU-Net's outputs, so its users find their way): ``config.json`` (resolved), ``plan.json``,
-``splits.json``, ``checkpoint_best.pt``, ``checkpoint_last.pt`` (both written to a temporary name and
+``splits.json``, ``budget_width.json`` (under ``--max-minutes``: the width the budget affords), ``checkpoint_best.pt``, ``checkpoint_last.pt`` (both written to a temporary name and
 renamed), ``training_log_<timestamp>.txt``, ``progress.png``, ``history.json``, Lightning's ``logs/`` (CSV, and
 TensorBoard when installed) and, after training,
 ``validation/`` with the held-out fold predicted by the full inference procedure and ``summary.json``, then
@@ -327,10 +327,13 @@ def _train(data_dir, run_dir: Path, config: Config, resume: bool) -> Path:
         plan.save(plan_path)
     log.info(plan.describe())
     saved = Config.load(run_dir / "config.json") if resume and (run_dir / "config.json").is_file() else None
-    if saved is None:
-        config = budget_width(config, plan, len(train_names), log)
-    elif "base_features" in saved.model_args:  # the width a time budget chose (budget_width.py) is the checkpoint's
-        config.model_args = {"base_features": saved.model_args["base_features"], **config.model_args}
+    if saved is None:  # rank 0 measures; the DDP processes Lightning starts later read its choice, as they read plan.json
+        width = _load_or_make(run_dir / "budget_width.json",
+                              lambda: budget_width(config, plan, len(train_names), log).model_args.get("base_features"))
+    else:  # the width a time budget chose is the checkpoint's
+        width = saved.model_args.get("base_features")
+    if width is not None:
+        config.model_args = {"base_features": width, **config.model_args}
     L.seed_everything(config.seed, workers=True, verbose=False)
     method, config = build_method(config, plan, train_cases=len(train_names))
     config.data.patch_size = plan.patch_size
