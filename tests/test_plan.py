@@ -14,7 +14,7 @@ from unetzoo.config import Config
 from unetzoo.data.datasets import load_dataset
 from unetzoo.data.phantoms import write_organs_phantom
 from unetzoo.data.plan import STEP_BUDGET, Plan, anisotropic_target_spacing, make_plan, plan_batch, plan_patch, through_plane_axis
-from unetzoo.data.topology import divisor, pool_and_conv
+from unetzoo.data.topology import divisor, pool_and_conv, shape_spacing
 from unetzoo.methods import build_method
 
 
@@ -47,6 +47,17 @@ def test_anisotropic_spacing_pools_the_thick_axis_late_with_in_plane_kernels_fir
     strides, kernels = pool_and_conv([20, 160, 160], [5.0, 1.0, 1.0])
     assert strides == [[1, 1, 1], [1, 2, 2], [1, 2, 2], [2, 2, 2], [2, 2, 2], [1, 2, 2]]
     assert kernels == [[1, 3, 3], [1, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3]]
+
+
+def test_unknown_spacing_reads_a_stack_of_thick_slices_from_the_shape():
+    """ACDC (identity affines), median 256x216x9: 9 * 3 < 216, so axis 2 is a stack counted 216 / 9 = 24x coarser.
+    Patch 160x128x5: kernel 1 across it while 24 / 2^k >= 2 (stages 0-3), 3 from stage 4 (24 / 16 < 2); never pooled
+    (5 // 2 < 4). Hippocampus-like 35x50x36 (35 * 3 >= 36) and 2D shapes stay on voxel counts."""
+    assert shape_spacing([256, 216, 9]) == [1.0, 1.0, 24.0]
+    assert shape_spacing([35, 50, 36]) is None and shape_spacing([1000, 200]) is None
+    strides, kernels = pool_and_conv([160, 128, 5], shape_spacing([256, 216, 9]))
+    assert strides == [[1, 1, 1]] + [[2, 2, 1]] * 5
+    assert kernels == [[3, 3, 1]] * 4 + [[3, 3, 3]] * 2
 
 
 def test_2d_topology_depth_cap():
@@ -114,7 +125,11 @@ def test_identity_affines_mean_unknown_spacing_and_the_plan_says_so(tmp_path):
     plan = make_plan(dataset, dataset.cases)
     assert plan.spacing_known is False and plan.slice_axis == 0  # the 9-voxel axis
     assert "spacing unknown" in plan.describe()
-    assert plan.strides == pool_and_conv(plan.patch_size)[0]
+    # 9x40x36 with one axis under 1/3 of the others: a stack of slices counted 36 / 9 = 4x coarser; patch 10x40x40:
+    # kernel 1 across the stack while it is >= 2x the in-plane spacing (1, 2), pooled with them once they reach 4
+    assert plan.strides == [[1, 1, 1], [1, 2, 2], [1, 2, 2], [2, 2, 2]]
+    assert plan.kernel_sizes == [[1, 3, 3], [1, 3, 3], [3, 3, 3], [3, 3, 3]]
+    assert "axis 0 a stack of slices (counted 4x coarser)" in plan.describe()
     saved = Plan.load(_saved(plan, tmp_path / "plan.json"))
     assert saved == plan  # every new field round-trips through plan.json
 
@@ -136,7 +151,7 @@ def test_known_spacing_dataset(tmp_path):
 def test_user_values_win(tmp_path):
     dataset = load_dataset(_identity_dataset(tmp_path / "id"))
     plan = make_plan(dataset, dataset.cases, patch_size=[8, 32, 32])
-    assert plan.patch_size == [8, 32, 32] and plan.strides == pool_and_conv([8, 32, 32])[0]
+    assert plan.patch_size == [8, 32, 32] and plan.strides == pool_and_conv([8, 32, 32], plan.topology_spacing)[0]
     config = Config(model="unet")
     method, resolved = build_method(config, plan)
     assert resolved.train.batch_size == plan.batch_size and resolved.model_args["strides"] == plan.strides  # None: the plan's

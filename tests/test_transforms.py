@@ -59,3 +59,20 @@ def test_augmentation_patch_shapes(organs, patch):
     for s in samples:
         assert list(s["image"].shape) == [1, *patch] and list(s["label"].shape) == [1, *patch]
         assert set(torch.unique(s["label"]).tolist()) <= {0, 1, 2, 3}
+
+
+def test_a_slab_of_thick_slices_is_rotated_and_zoomed_in_plane_only():
+    """nnU-Net's "dummy 2D" augmentation: a 3D patch whose shortest edge is under 1/3 of its longest (ACDC's
+    160x128x5) turns and zooms in its plane only. A label constant along the slab (a disk through every slice)
+    stays constant along it under certain rotation, zoom and flips; a cube patch is still turned about every axis."""
+    yy, xx = np.mgrid[:48, :40]
+    disk = ((yy - 20) ** 2 + (xx - 22) ** 2 < 100).astype(np.float32)
+    volume = np.repeat(disk[None, :, :, None], 4, axis=3)  # 1 x 48 x 40 x 4
+    data = {"image": MetaTensor(torch.as_tensor(volume)), "label": MetaTensor(torch.as_tensor(volume))}
+    aug = AugmentConfig(rotation_p=1.0, scaling_p=1.0, flip_p=1.0, noise_p=0.0, contrast_p=0.0)
+    for sample in augmentation([48, 40, 4], aug, [1, 2], samples=4)(data):
+        label = sample["label"][0]
+        assert all(torch.equal(label[..., z], label[..., 0]) for z in range(4))
+        assert not torch.equal(label[..., 0], torch.as_tensor(disk))  # it did turn, zoom or flip in the plane
+    rotation = [t for t in augmentation([16, 16, 16], aug, [1, 2], samples=1).transforms if type(t).__name__ == "RandRotated"][0]
+    assert rotation.rand_rotate.range_x == rotation.rand_rotate.range_z != (0.0, 0.0)

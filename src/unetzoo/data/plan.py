@@ -18,7 +18,9 @@ per run (field-survey.md, ExperimentPlanner):
   several hundred steps (the previous CPU budget, 2 x 64^3 and 12 x 256^2, made one ACDC ``unet`` step 12 s). On a
   GPU nnU-Net's references, 2 x 128^3 and 12 x 512^2. A time budget then sizes the network's width to the measured
   step (:mod:`unetzoo.budget_width`).
-* **topology** (``strides``, ``kernel_sizes``): from the patch and spacing by :mod:`unetzoo.data.topology`.
+* **topology** (``strides``, ``kernel_sizes``): from the patch and spacing by :mod:`unetzoo.data.topology`; with
+  unknown spacing, a 3D axis with under 1/3 of the others' voxels counts as a stack of thick slices
+  (:func:`~unetzoo.data.topology.shape_spacing`: in-plane kernels first, as nnU-Net's for known thick slices).
 * **slice axis** (3D): the through-plane axis of the 2D configuration (``unet2d-slices``): the coarsest spacing,
   among axes within 10 % of it (all of them when the spacing is unknown or isotropic) the one with fewest voxels
   (ties: the last). The in-plane stride of regularized-unet.md strides the two other axes.
@@ -42,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from unetzoo.data.datasets import Case, Dataset, dataset_warnings
-from unetzoo.data.topology import divisor, pool_and_conv
+from unetzoo.data.topology import ANISOTROPY, divisor, pool_and_conv, shape_spacing
 from unetzoo.data.transforms import RGB_NAMES
 from unetzoo.errors import file_error
 from unetzoo.io import AFFINE_TOLERANCE_MM, case_frames, read_image, read_label_frames
@@ -53,7 +55,6 @@ STEP_BUDGET = {"cpu": {3: 2 * 48**3, 2: 4 * 256**2}, "cuda": {3: 2 * 128**3, 2: 
 REFERENCE_EDGE = {3: 256, 2: 2048}  # nnU-Net's initial patch: this edge^d, shaped by 1/spacing
 MIN_BATCH = 2
 MAX_DATASET_SHARE = 0.05  # one batch covers at most this share of the dataset's voxels (nnU-Net)
-ANISOTROPY = 3.0  # nnU-Net's ANISO_THRESHOLD
 CT_SAMPLES_PER_CASE = 10_000
 NONZERO_MASK_FRACTION = 0.9  # a channel whose median nonzero fraction is below this has a zero background
 
@@ -98,8 +99,9 @@ class Plan:
 
     @property
     def topology_spacing(self) -> list[float] | None:
-        """The spacing the topology rules see: the target spacing when known, else None (voxel counts)."""
-        return self.target_spacing if self.spacing_known else None
+        """The spacing the topology rules see: the target spacing when known, else what the shape says
+        (:func:`unetzoo.data.topology.shape_spacing`: a stack of thin slices, or None: voxel counts)."""
+        return self.target_spacing if self.spacing_known else shape_spacing(self.median_shape)
 
     @property
     def in_channels(self) -> int:
@@ -117,8 +119,10 @@ class Plan:
 
     def describe(self) -> str:
         """One line for the training log: what the plan decided and why."""
+        stack = None if self.spacing_known else shape_spacing(self.median_shape)
         spacing = (f"spacing {_fmt(self.target_spacing)} mm" if self.spacing_known else
-                   "spacing unknown (identity affines or PNG): patch and topology from voxel counts")
+                   "spacing unknown (identity affines or PNG): patch and topology from voxel counts" +
+                   (f", axis {stack.index(max(stack))} a stack of slices (counted {max(stack):.3g}x coarser)" if stack else ""))
         slicing = f", slice axis {self.slice_axis}" if self.spatial_dims == 3 else ""
         return (f"plan: patch {_fmt(self.patch_size)} (median shape {_fmt(self.median_shape)}), batch {self.batch_size}, {spacing}, "
                 f"{len(self.strides)} stages, strides {self.strides}, kernel sizes {self.kernel_sizes}{slicing}")

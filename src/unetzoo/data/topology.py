@@ -12,7 +12,8 @@ The rule (nnU-Net's ``network_topology.py``, field-survey.md), one pooling step 
   its own. Departure from nnU-Net: its extra condition that a lone poolable axis needs >= 3 x ``MIN_EDGE`` voxels
   is dropped, so a 10x256x224 patch gets 6 in-plane poolings (256 -> 4), as a 256 edge does in 2D.
 
-Unknown spacing (identity affines, PNG) counts every axis as 1: the rule then works on voxel counts alone.
+Unknown spacing (identity affines, PNG) counts every axis as 1: the rule then works on voxel counts alone, except for
+a 3D stack of thick slices that the shape gives away (:func:`shape_spacing`).
 Depth is capped at ``MAX_STAGES``: 7 stages in 3D (6 poolings: a 256 edge reaches 4, as nnU-Net v2's 3D plans for
 such patches) and 8 in 2D (7 poolings: a 512 edge reaches 4, nnU-Net v2's 2D plans).
 """
@@ -23,6 +24,7 @@ import math
 
 MIN_EDGE = 4
 MAX_STAGES = {2: 8, 3: 7}
+ANISOTROPY = 3.0  # nnU-Net's ANISO_THRESHOLD: an axis this much coarser (or thinner) than the others is anisotropic
 
 
 def pool_and_conv(patch, spacing=None, max_stages: int | None = None) -> tuple[list[list[int]], list[list[int]]]:
@@ -47,6 +49,25 @@ def pool_and_conv(patch, spacing=None, max_stages: int | None = None) -> tuple[l
             size[a] = math.ceil(size[a] / 2)
     kernels.append([3] * dims)
     return strides, kernels
+
+
+def shape_spacing(median_shape) -> list[float] | None:
+    """The spacing the topology assumes for a 3D volume whose spacing is unknown: an axis with under 1/``ANISOTROPY``
+    of every other axis's voxels is a stack of slices (nnU-Net's test of a coarse axis, on voxel counts alone) and
+    counts as coarser by the others' smallest edge over its own (ACDC, 9 slices of 256x216: 216 / 9 = 24), the other
+    axes as 1; None (voxel counts) when no axis is that thin, and for 2D. With it, :func:`pool_and_conv` gives the
+    stack in-plane kernels (1 along it) until the in-plane maps have shrunk to within 2x of its size, as nnU-Net's
+    kernels for ACDC's known 10x1.5x1.5 mm (two stages of 1x3x3) do; 3x3x3 kernels from the first stage would mix
+    slices a centimetre apart at full resolution. The ratio is a guess where the spacing is lost: the user's
+    ``--target-spacing`` (or ``--set model_args.kernel_sizes``) says better."""
+    if len(median_shape) != 3:
+        return None
+    sizes = [max(float(s), 1.0) for s in median_shape]
+    thin = min(range(3), key=lambda a: sizes[a])
+    widest = min(sizes[a] for a in range(3) if a != thin)
+    if sizes[thin] * ANISOTROPY >= widest:
+        return None
+    return [widest / sizes[thin] if a == thin else 1.0 for a in range(3)]
 
 
 def divisor(strides) -> list[int]:

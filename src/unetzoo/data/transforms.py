@@ -31,6 +31,7 @@ from monai.transforms import (
 )
 
 from unetzoo.config import AugmentConfig
+from unetzoo.data.topology import ANISOTROPY
 from unetzoo.io import Image, read_image, read_label
 
 RGB_NAMES = {"R", "G", "B", "RGB"}
@@ -155,20 +156,24 @@ def augmentation(
     pad and no crop, the whole volume (every augmentation keeps its size); ``patch_size`` then only says which
     axes are thin.
 
-    An axis of patch size 1 (slice-by-slice 2D training) is neither rotated out of plane, zoomed nor flipped.
+    An axis of patch size 1 (slice-by-slice 2D training) is neither rotated out of plane, zoomed nor flipped. A 3D
+    patch whose shortest edge is under 1/``ANISOTROPY`` of its longest (ACDC's 160x128x5: a slab of thick slices) is
+    rotated and zoomed in its plane only, nnU-Net's "dummy 2D" augmentation: a 30-degree turn out of a 5-slice slab
+    would fill most of the patch with padding, and a zoom along it interpolates between slices a centimetre apart.
     """
     keys = ["image", "label"]
     dims = len(patch_size)
     thin = [s == 1 for s in patch_size]
+    flat = [t or (dims == 3 and s * ANISOTROPY < max(patch_size)) for s, t in zip(patch_size, thin)]
     in_plane = [i for i in range(dims) if not thin[i]]
     radians = math.radians(aug.rotation_degrees)
     if dims == 2:
         rotate = {"range_x": radians}
-    else:  # rotation about axis a turns the plane of the two other axes: allowed when both are full
-        ranges = [radians if all(not thin[j] for j in range(3) if j != a) else 0.0 for a in range(3)]
+    else:  # rotation about axis a turns the plane of the two other axes: allowed when neither is flat
+        ranges = [radians if all(not flat[j] for j in range(3) if j != a) else 0.0 for a in range(3)]
         rotate = {"range_x": ranges[0], "range_y": ranges[1], "range_z": ranges[2]}
-    zoom_lo = [aug.scaling_range[0] if not t else 1.0 for t in thin]
-    zoom_hi = [aug.scaling_range[1] if not t else 1.0 for t in thin]
+    zoom_lo = [aug.scaling_range[0] if not f else 1.0 for f in flat]
+    zoom_hi = [aug.scaling_range[1] if not f else 1.0 for f in flat]
     chain = [RandInPlaneStrided(keys, aug.in_plane_stride, stride_axes)] if aug.in_plane_stride > 1 else []
     if not whole:
         chain += [
