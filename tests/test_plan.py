@@ -129,7 +129,7 @@ def test_identity_affines_mean_unknown_spacing_and_the_plan_says_so(tmp_path):
     # kernel 1 across the stack while it is >= 2x the in-plane spacing (1, 2), pooled with them once they reach 4
     assert plan.strides == [[1, 1, 1], [1, 2, 2], [1, 2, 2], [2, 2, 2]]
     assert plan.kernel_sizes == [[1, 3, 3], [1, 3, 3], [3, 3, 3], [3, 3, 3]]
-    assert "axis 0 a stack of slices (counted 4x coarser)" in plan.describe()
+    assert "axis 0: a stack of thick slices, counted 4x coarser" in plan.describe()
     saved = Plan.load(_saved(plan, tmp_path / "plan.json"))
     assert saved == plan  # every new field round-trips through plan.json
 

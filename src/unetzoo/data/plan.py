@@ -122,7 +122,7 @@ class Plan:
         stack = None if self.spacing_known else shape_spacing(self.median_shape)
         spacing = (f"spacing {_fmt(self.target_spacing)} mm" if self.spacing_known else
                    "spacing unknown (identity affines or PNG): patch and topology from voxel counts" +
-                   (f", axis {stack.index(max(stack))} a stack of slices (counted {max(stack):.3g}x coarser)" if stack else ""))
+                   (f", except axis {stack.index(max(stack))}: a stack of thick slices, counted {max(stack):.3g}x coarser for the topology" if stack else ""))
         slicing = f", slice axis {self.slice_axis}" if self.spatial_dims == 3 else ""
         return (f"plan: patch {_fmt(self.patch_size)} (median shape {_fmt(self.median_shape)}), batch {self.batch_size}, {spacing}, "
                 f"{len(self.strides)} stages, strides {self.strides}, kernel sizes {self.kernel_sizes}{slicing}")
