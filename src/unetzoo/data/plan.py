@@ -119,7 +119,7 @@ class Plan:
 
     def describe(self) -> str:
         """One line for the training log: what the plan decided and why."""
-        stack = None if self.spacing_known else shape_spacing(self.median_shape)
+        stack = None if self.spacing_known else self.topology_spacing
         spacing = (f"spacing {_fmt(self.target_spacing)} mm" if self.spacing_known else
                    "spacing unknown (identity affines or PNG): patch and topology from voxel counts" +
                    (f", except axis {stack.index(max(stack))}: a stack of thick slices, counted {max(stack):.3g}x coarser for the topology" if stack else ""))
