@@ -6,7 +6,7 @@ method's training transform: 1:2 positive/negative crops and the augmentations, 
 batch size, loss (the method's ``training_loss``: Dice + CE with deep supervision), optimizer, gradient clipping
 and precision (``--precision``, default ``auto``, resolved once for both):
 
-* ``unetzoo``: :class:`unetzoo.training.SegmentationModule` under a Lightning ``Trainer`` with the settings of
+* ``unetzoo``: :class:`unetzoo.training.module.SegmentationModule` under a Lightning ``Trainer`` with the settings of
   ``unetzoo train`` (``trainer_settings``: precision, clipping; progress bar and ``log_every_n_steps=10`` as
   training); the module's own ``train_dataloader``. Validation and checkpoints are off: this compares training
   steps (their per-epoch cost is separate and configurable: ``--set train.val_cases=N``).
@@ -40,9 +40,10 @@ from unetzoo.config import Config
 from unetzoo.data.datasets import load_dataset
 from unetzoo.data.plan import make_plan
 from unetzoo.data.transforms import preprocessing
+from unetzoo.device import resolve_precision
 from unetzoo.methods import build_method
-from unetzoo.precision import resolve_precision
-from unetzoo.training import PatchDataset, SegmentationModule, _plain, make_optimizer, trainer_settings
+from unetzoo.training.module import PatchDataset, SegmentationModule, _plain, make_optimizer
+from unetzoo.training.trainer import trainer_settings
 
 
 def clock() -> tuple[float, float]:
@@ -164,7 +165,7 @@ def main(argv=None) -> dict:
         f"load average at the end {result['load_average']:.1f} (shared machine).\n\n"
         "steps per second of wall time (wall) and of the training process's CPU time (cpu):\n\n"
         f"| arm | clock | " + " | ".join(f"round {i + 1}" for i in range(args.rounds)) + " | median |\n"
-        f"|---|---|" + "---:|" * (args.rounds + 1) + "\n" + rows + "\n\n"
+        "|---|---|" + "---:|" * (args.rounds + 1) + "\n" + rows + "\n\n"
         f"unetzoo / plain: **{ratio['cpu']:.2f}x** in CPU time, {ratio['wall']:.2f}x in wall time\n"
     )
     print(table)

@@ -14,10 +14,10 @@ import time
 
 import torch
 
-from unetzoo.benchmark import synthetic_plan
 from unetzoo.config import Config
+from unetzoo.device import cpu_native_bf16
+from unetzoo.experiments.benchmark import synthetic_plan
 from unetzoo.methods import build_method
-from unetzoo.precision import cpu_native_bf16
 
 
 def main(argv=None) -> None:

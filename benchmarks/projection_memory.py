@@ -1,5 +1,5 @@
 """Memory at scale (issue 10): whole-volume random-2.5d-unet against whole-volume 3D unet, one phase per fresh
-worker process (``unetzoo.benchmark``), fp32, batch 1, one thread, 0 warm-up steps and 1 timed step.
+worker process (``unetzoo.experiments.benchmark``), fp32, batch 1, one thread, 0 warm-up steps and 1 timed step.
 
     python benchmarks/projection_memory.py JOB [JOB ...]      (JOB: a key of JOBS)
 
@@ -12,8 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-from unetzoo.benchmark import benchmark_models, format_table, synthetic_plan, write_outputs
 from unetzoo.config import Config
+from unetzoo.experiments.benchmark import benchmark_models, format_table, synthetic_plan, write_outputs
 
 OUT = Path(__file__).resolve().parent / "results" / "projection_memory"
 JOBS = {  # name: (models, volume, phases, timeout per phase in s)

@@ -68,6 +68,6 @@ def organs(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def trained_run(organs, tmp_path_factory) -> Path:
     """A unet run trained for one tiny epoch on the phantom (fold 0 of 5)."""
-    from unetzoo.training import train
+    from unetzoo.training.run import train
 
     return train(organs, tmp_path_factory.mktemp("run") / "unet", tiny_config())

@@ -63,7 +63,7 @@ def test_cli_train_bad_patch_in_a_fresh_interpreter(tmp_path):
 ])
 def test_api_train_and_predict_share_the_check(tmp_path, assignment, field):
     """The Python API: ``train`` stops before its first write, a ``Predictor`` before it loads anything."""
-    from unetzoo.training import train
+    from unetzoo.training.run import train
 
     config = tiny_config()
     config.set(assignment)
@@ -80,7 +80,7 @@ def test_api_train_and_predict_share_the_check(tmp_path, assignment, field):
 
 
 def test_benchmark_shares_the_check(tmp_path):
-    from unetzoo.benchmark import run_benchmark
+    from unetzoo.experiments.benchmark import run_benchmark
 
     with pytest.raises(UnetzooError, match=r"^train.batch_size \(--batch-size\): expected an integer >= 1 or None, got 0$"):
         run_benchmark(["unet"], tmp_path / "out", shape=[1, 16, 16, 16], batch_size=0)

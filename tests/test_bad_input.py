@@ -203,7 +203,7 @@ def test_label_with_another_affine_is_rejected(tmp_path):
 
 
 def test_training_draws_cases_at_random_and_reproducibly():
-    from unetzoo.training import PatchDataset
+    from unetzoo.training.module import PatchDataset
 
     dataset = PatchDataset(list(range(10)), lambda case: case, length=2)  # fewer draws per epoch than cases
     torch.manual_seed(3)
@@ -221,7 +221,7 @@ def ids_run(tmp_path_factory):
     """A tiny run on phantom organs labelled 0, 1, 3 (ids that are not consecutive), 2 folds: (data, run)."""
     from conftest import tiny_config
     from unetzoo.data.phantoms import write_organs_phantom
-    from unetzoo.training import train
+    from unetzoo.training.run import train
 
     root = tmp_path_factory.mktemp("ids")
     data = write_organs_phantom(root / "data", cases=4, seed=3, shape=(20, 20, 16), n_structures=2)
@@ -301,7 +301,7 @@ def test_nonzero_mask_decided_once_per_dataset(tmp_path, organs):
 def _write_into(command: str, out: Path, runs, tmp_path) -> None:
     from conftest import tiny_config
     from unetzoo.evaluation import evaluate_folder
-    from unetzoo.training import train
+    from unetzoo.training.run import train
 
     labels = tmp_path / "labels"
     write_array(np.zeros((4, 4, 4), np.uint8), labels / "a.nii.gz")
@@ -342,7 +342,7 @@ def test_cli_evaluate_into_a_file(organs, tmp_path):
 
 def test_resume_verifies_again_and_cleans_leftovers(ids_run):
     from conftest import tiny_config
-    from unetzoo.training import train
+    from unetzoo.training.run import train
 
     data, run = ids_run
     saved = (run / "config.json").read_bytes()

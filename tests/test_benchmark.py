@@ -7,14 +7,14 @@ import json
 
 import pytest
 
-from unetzoo.benchmark import FIGURES, benchmark_models, format_table, synthetic_plan
-from unetzoo.benchmark_worker import measure_infer, measure_train
-from unetzoo.data.phantoms import synthetic_case
+from conftest import run_cli
 from unetzoo.config import Config
+from unetzoo.data.phantoms import synthetic_case
 from unetzoo.data.topology import divisor
 from unetzoo.errors import UnetzooError
-
-from conftest import run_cli
+from unetzoo.experiments.benchmark import FIGURES, benchmark_models, format_table, synthetic_plan
+from unetzoo.experiments.benchmark_worker import measure_infer
+from unetzoo.training.step_timer import measure_train
 
 
 def tiny(model: str = "unet") -> Config:
@@ -121,7 +121,7 @@ def test_table_gives_ratios_to_the_first_model():
 
 
 def test_data_plan_takes_patch_and_median_shape_from_the_dataset(organs):
-    from unetzoo.benchmark import data_plan
+    from unetzoo.experiments.benchmark import data_plan
 
     plan = data_plan(organs, patch=[16, 16, 16])
     assert plan.patch_size == [16, 16, 16] and plan.spatial_dims == 3 and len(plan.median_shape) == 3

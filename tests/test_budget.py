@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from conftest import tiny_config
-from unetzoo.budget import TimeBudget, poly_factor, poly_lr
+from unetzoo.training.budget import TimeBudget, poly_factor, poly_lr
 
 
 class FakeClock:
@@ -58,9 +58,9 @@ def test_time_budget_spends_stops_and_resumes():
 def test_time_boxed_training_anneals_to_zero_and_stops_at_the_budget(organs, tmp_path, monkeypatch):
     """--max-minutes 1 with a clock that advances 6 s per step: training stops after 10 steps (epoch 3 of a 100-epoch
     schedule), with the learning rate at 0; each epoch starts at lr * (1 - time spent / budget)^0.9."""
-    from unetzoo.training import train
+    from unetzoo.training.run import train
 
-    monkeypatch.setattr("unetzoo.budget.monotonic", FakeClock(6.0))
+    monkeypatch.setattr("unetzoo.training.budget.monotonic", FakeClock(6.0))
     config = tiny_config(epochs=100)
     config.train.max_minutes = 1.0
     config.train.min_steps = 0  # the width the budget affords is test_budget_width's

@@ -8,8 +8,8 @@ import logging
 import pytest
 
 from conftest import tiny_config
-from unetzoo.budget_width import MIN_WIDTH, STEP_SHARE, budget_width, default_width
 from unetzoo.data.plan import Plan
+from unetzoo.training.width import MIN_WIDTH, STEP_SHARE, budget_width, default_width
 
 PLAN = Plan.synthetic([16, 16, 16])
 LOG = logging.getLogger("test")
@@ -72,7 +72,7 @@ def test_a_time_boxed_run_records_the_measured_width_and_a_resume_keeps_it(organ
     """The real measurement on the phantom (a min_steps no width reaches: the floor), recorded in config.json; a
     --resume rebuilds that network from the checkpoint without measuring again."""
     from unetzoo.config import Config
-    from unetzoo.training import train
+    from unetzoo.training.run import train
 
     config = budgeted(5)
     config.train.min_steps = 10**9

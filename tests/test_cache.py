@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 
-import pytest
 import torch
 
 from unetzoo.data.cache import plan_folder, preprocessed_cases

@@ -9,7 +9,6 @@ import contextlib
 import io
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -21,11 +20,23 @@ import pytest
 from scipy.stats import wilcoxon
 
 from unetzoo.cli import main
-from unetzoo.compare import Job, compare, finished, make_plan, record_plan, run_config, run_folder
 from unetzoo.config import Config
 from unetzoo.errors import UnetzooError
-from unetzoo.executors import LocalExecutor, SubmititExecutor
-from unetzoo.leaderboard import BOOTSTRAP, cost_axes, figure, holm, interval, leaderboard, pareto_front, wilcoxon_p, write_leaderboard
+from unetzoo.experiments.compare import compare
+from unetzoo.experiments.executors import LocalExecutor, SubmititExecutor
+from unetzoo.experiments.experiment import finished, make_plan, record_plan, run_config, run_folder
+from unetzoo.experiments.jobs import Job
+from unetzoo.experiments.leaderboard import (
+    BOOTSTRAP,
+    cost_axes,
+    figure,
+    holm,
+    interval,
+    leaderboard,
+    pareto_front,
+    wilcoxon_p,
+    write_leaderboard,
+)
 
 MODELS = ["unet", "unet2d-slices", "attention-unet"]
 SETS = ["data.folds=3", "train.iters_per_epoch=1", "data.patch_size=[16,16,16]", "data.num_workers=0", "data.cache_workers=0",

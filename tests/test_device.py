@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from unetzoo.config import Config
+from unetzoo.device import device_line, resolve_device
 from unetzoo.errors import UnetzooError
-from unetzoo.inference import device_line, resolve_device
 
 
 def test_auto_is_the_default_and_resolves_to_cuda_only_when_present(monkeypatch):

@@ -13,8 +13,8 @@ from conftest import run_cli
 from unetzoo.config import Config
 from unetzoo.data.plan import Plan
 from unetzoo.errors import UnetzooError
-from unetzoo.export import export_method, export_run
 from unetzoo.inference import Predictor
+from unetzoo.inference.export import export_method, export_run
 from unetzoo.methods import build_method
 from unetzoo.models import list_models, model_info
 

@@ -11,8 +11,8 @@ import torch
 
 from conftest import assert_eval_map, assert_gradients
 from unetzoo.config import Config
-from unetzoo.errors import UnetzooError
 from unetzoo.data.plan import Plan
+from unetzoo.errors import UnetzooError
 from unetzoo.methods import METHODS, Grid, build_method
 from unetzoo.methods.grid import refined_affine
 from unetzoo.methods.implicit import ImplicitMethod, boundary_mask, sample_points
@@ -439,7 +439,7 @@ def test_upsample_writes_finer_grid_of_the_same_extent(tmp_path):
 
 def test_direct_resampling_matches_invertd(tmp_path):
     """The input's own grid as a target Grid (affine-to-affine resampling) = the usual Invertd route."""
-    from unetzoo.inference import Predictor, file_geometry
+    from unetzoo.inference.predictor import Predictor, file_geometry
 
     dataset, run = _tiny_run(tmp_path, "implicit-unet")
     predictor = Predictor(run)

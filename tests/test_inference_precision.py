@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from unetzoo import precision
+from unetzoo import device
+from unetzoo.device import inference_precision
 from unetzoo.errors import UnetzooError
 from unetzoo.inference import Predictor
-from unetzoo.precision import CHECK_FILE, check_inference_precision, decide, inference_precision, label_agreement
+from unetzoo.inference.precision_check import CHECK_FILE, check_inference_precision, decide, label_agreement
 
 CPU = torch.device("cpu")
 
@@ -40,15 +41,15 @@ def test_inference_is_fp32_unless_the_run_chose_bf16_on_a_native_device(tmp_path
     with pytest.raises(UnetzooError, match=r"unknown inference precision 'fp8' \(auto, 32-true, bf16-mixed\)"):
         inference_precision("fp8", CPU)
     (tmp_path / CHECK_FILE).write_text(json.dumps({"choice": "bf16-mixed", "reason": "agreed"}))
-    monkeypatch.setattr(precision, "cpu_native_bf16", lambda: False)
+    monkeypatch.setattr(device, "cpu_native_bf16", lambda: False)
     assert inference_precision("auto", CPU, tmp_path)[0] == "32-true"  # chosen elsewhere, emulated here
-    monkeypatch.setattr(precision, "cpu_native_bf16", lambda: True)
+    monkeypatch.setattr(device, "cpu_native_bf16", lambda: True)
     assert inference_precision("auto", CPU, tmp_path) == ("bf16-mixed", "inference precision auto: bf16-mixed (agreed)")
     assert inference_precision("32-true", CPU, tmp_path)[0] == "32-true"
 
 
 def test_training_records_the_check_and_predicts_in_fp32_on_this_cpu(trained_run):
-    if precision.cpu_native_bf16():
+    if device.cpu_native_bf16():
         pytest.skip("this CPU runs bf16 natively: the check measured it")
     record = json.loads((trained_run / CHECK_FILE).read_text())
     assert record["choice"] == "32-true" and record["native_bf16"] is False and record["reason"] == "no native bf16 on this CPU: bf16 not measured"
@@ -61,7 +62,7 @@ def test_check_on_a_native_device_measures_agreement_and_speed(trained_run, orga
     one of the 4 foreground voxels, so the agreement is 0.75 and fp32 stays."""
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
-    monkeypatch.setattr(precision, "cpu_native_bf16", lambda: True)
+    monkeypatch.setattr(device, "cpu_native_bf16", lambda: True)
 
     def fake(self, files):
         probs = torch.zeros(4, 6, 6, 6)

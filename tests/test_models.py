@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from conftest import assert_eval_map, assert_gradients
-from unetzoo import UnetzooError, create_model, list_models, model_info
+from unetzoo import UnetzooError, create_model
+
 
 def test_unet_deep_supervision_levels():
     model = create_model("unet", spatial_dims=3, in_channels=1, out_channels=2, n_stages=4).train()

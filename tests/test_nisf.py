@@ -142,7 +142,7 @@ def test_train_calibrate_and_predict_on_grid(tmp_path):
     from unetzoo.data.phantoms import write_organs_phantom
     from unetzoo.inference import Predictor
     from unetzoo.methods.grid import refined_affine
-    from unetzoo.training import train
+    from unetzoo.training.run import train
 
     data = write_organs_phantom(tmp_path / "data", cases=4, seed=0, shape=(16, 18, 12))
     config = Config(model="nisf")
@@ -179,7 +179,7 @@ def test_calibration_subjects_are_kept_out_of_training_and_of_the_reported_fold(
     the step count are neither trained on nor reported. Here they are ``calibrate_cases`` training cases, drawn with
     the seed (the same ones in any order, so a resumed run keeps them), and removed from the prior training."""
     from unetzoo.errors import UnetzooError
-    from unetzoo.training import _calibration_split
+    from unetzoo.training.run import _calibration_split
 
     names = [f"case{i}" for i in range(10)]
     config = Config(model="nisf")
@@ -224,7 +224,7 @@ def test_cardiac_sequence_trains_and_predicts_4d_in_the_input_geometry(tmp_path)
 
     from unetzoo.data.phantoms import write_cardiac_phantom
     from unetzoo.inference import Predictor
-    from unetzoo.training import train
+    from unetzoo.training.run import train
 
     hearts = write_cardiac_phantom(tmp_path / "hearts", cases=3, frames=3, seed=3, shape=(16, 16, 6))
     config = Config(model="nisf")

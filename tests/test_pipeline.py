@@ -19,7 +19,7 @@ import torch
 
 from conftest import SHARED_DATA, run_cli, tiny_config
 from unetzoo.inference import predict
-from unetzoo.training import train
+from unetzoo.training.run import train
 
 
 def test_run_folder_holds_nnunet_outputs(trained_run):
@@ -45,7 +45,7 @@ def test_run_folder_holds_nnunet_outputs(trained_run):
     plan = json.loads((trained_run / "plan.json").read_text())
     assert config["model_args"]["strides"] == plan["strides"] == [[1, 1, 1], [2, 2, 2], [2, 2, 2]]  # 16^3: 16 -> 8 -> 4, recorded
     assert config["model_args"]["kernel_sizes"] == plan["kernel_sizes"] and config["train"]["batch_size"] == plan["batch_size"] >= 2
-    from unetzoo.precision import resolve_precision
+    from unetzoo.device import resolve_precision
 
     # what ran, not "auto": the precision auto chose on this CPU, and the device
     assert config["train"]["precision"] == resolve_precision("auto", torch.device("cpu"))[0] and config["train"]["device"] == "cpu"

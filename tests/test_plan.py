@@ -13,7 +13,15 @@ import pytest
 from unetzoo.config import Config
 from unetzoo.data.datasets import load_dataset
 from unetzoo.data.phantoms import write_organs_phantom
-from unetzoo.data.plan import STEP_BUDGET, Plan, anisotropic_target_spacing, make_plan, plan_batch, plan_patch, through_plane_axis
+from unetzoo.data.plan import (
+    STEP_BUDGET,
+    Plan,
+    anisotropic_target_spacing,
+    make_plan,
+    plan_batch,
+    plan_patch,
+    through_plane_axis,
+)
 from unetzoo.data.topology import divisor, pool_and_conv, shape_spacing
 from unetzoo.methods import build_method
 

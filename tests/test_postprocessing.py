@@ -10,8 +10,8 @@ from scipy import ndimage
 
 from conftest import run_cli
 from unetzoo.errors import UnetzooError
+from unetzoo.inference.postprocessing import decide, keep_largest, parse_rules
 from unetzoo.io import read_label
-from unetzoo.postprocessing import decide, keep_largest, parse_rules
 
 
 def _mask() -> np.ndarray:
@@ -99,7 +99,7 @@ def test_training_records_the_decision_and_predict_applies_it(trained_run, organ
 
 
 def test_report_shows_the_fold_with_post_processing(trained_run, tmp_path):
-    from unetzoo.report import make_report
+    from unetzoo.experiments.report import make_report
 
     page = make_report([trained_run], tmp_path / "report", n_cases=1).read_text()
     section = page.split("## Held-out fold with connected-component post-processing")[1].split("## Paired")[0]

@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from unetzoo import cli, precision
+from unetzoo import cli, device
+from unetzoo.device import resolve_precision
 from unetzoo.errors import UnetzooError
-from unetzoo.precision import resolve_precision
-from unetzoo.training import trainer_settings
+from unetzoo.experiments.benchmark import synthetic_plan
 from unetzoo.methods import build_method
-from unetzoo.benchmark import synthetic_plan
+from unetzoo.training.trainer import trainer_settings
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
@@ -19,8 +19,8 @@ CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 @pytest.fixture
 def cpu_bf16(monkeypatch):
     def set_native(native: bool):
-        monkeypatch.setattr(precision, "cpu_native_bf16", lambda: native)
-        monkeypatch.setattr(precision, "cpu_native_fp16", lambda: False)
+        monkeypatch.setattr(device, "cpu_native_bf16", lambda: native)
+        monkeypatch.setattr(device, "cpu_native_fp16", lambda: False)
 
     return set_native
 
@@ -33,9 +33,9 @@ def test_auto_is_fp32_on_a_cpu_without_native_bf16_and_bf16_where_it_is_native(c
 
 
 def test_auto_on_cuda_is_bf16_where_supported_else_fp16_with_scaler(monkeypatch):
-    monkeypatch.setattr(precision, "cuda_bf16", lambda: True)
+    monkeypatch.setattr(device, "cuda_bf16", lambda: True)
     assert resolve_precision("auto", CUDA)[0] == "bf16-mixed"
-    monkeypatch.setattr(precision, "cuda_bf16", lambda: False)
+    monkeypatch.setattr(device, "cuda_bf16", lambda: False)
     assert resolve_precision("auto", CUDA) == ("16-mixed", "precision auto: 16-mixed (this CUDA GPU has no bf16; fp16 with a gradient scaler)")
 
 
@@ -48,7 +48,7 @@ def test_explicit_choices_are_kept_and_only_emulated_ones_warn(cpu_bf16, monkeyp
     assert resolve_precision("32-true", CPU) == ("32-true", "precision 32-true")
     cpu_bf16(True)
     assert resolve_precision("bf16-mixed", CPU) == ("bf16-mixed", "precision bf16-mixed")
-    monkeypatch.setattr(precision, "cuda_bf16", lambda: False)
+    monkeypatch.setattr(device, "cuda_bf16", lambda: False)
     assert resolve_precision("16-mixed", CUDA) == ("16-mixed", "precision 16-mixed")
     assert resolve_precision("bf16-mixed", CUDA)[1].startswith("warning: precision bf16-mixed is emulated on this CUDA GPU")
     with pytest.raises(UnetzooError, match="unknown precision '64-true'"):

@@ -193,7 +193,8 @@ def test_paper_optimiser_settings(tmp_path):
     improvement for 5 epochs, the training process gets stopped": the rate is halved at the 3rd flat epoch."""
     from lightning.pytorch.callbacks import EarlyStopping
 
-    from unetzoo.training import SegmentationModule, _trainer
+    from unetzoo.training.module import SegmentationModule
+    from unetzoo.training.trainer import build_trainer
 
     config = Config(model="projection-2.5d-unet", model_args={"directions": 2, "n_stages": 2, "base_features": 4})
     for assignment in ("train.optimizer=adam", "train.lr=1e-3", "train.scheduler=plateau", "train.early_stop=5"):
@@ -208,7 +209,7 @@ def test_paper_optimiser_settings(tmp_path):
         scheduler["scheduler"].step(val_dice)
         rates.append(optimizer.param_groups[0]["lr"])
     assert rates == pytest.approx([1e-3, 1e-3, 1e-3, 5e-4, 5e-4, 5e-4, 5e-4, 2.5e-4])
-    stops = [c for c in _trainer(resolved, tmp_path, method).callbacks if isinstance(c, EarlyStopping)]
+    stops = [c for c in build_trainer(resolved, tmp_path, method).callbacks if isinstance(c, EarlyStopping)]
     assert len(stops) == 1 and stops[0].patience == 5 and stops[0].monitor == "val_dice"
 
 

@@ -6,10 +6,10 @@ import json
 
 import nibabel as nib
 import numpy as np
-from unetzoo.config import Config
-from unetzoo.report import best_slice, error_overlay, make_report, slice_axis, take_slice, write_overlay
 
 from conftest import run_cli
+from unetzoo.config import Config
+from unetzoo.experiments.report import best_slice, error_overlay, make_report, slice_axis, take_slice, write_overlay
 
 WHITE, RED, BLUE = [1.0, 1.0, 1.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]
 

@@ -104,7 +104,7 @@ def test_splits_keep_a_subjects_frames_together(hearts):
 
 def test_per_epoch_validation_limit_counts_subjects(hearts):
     from unetzoo.methods import build_method
-    from unetzoo.training import SegmentationModule
+    from unetzoo.training.module import SegmentationModule
 
     dataset = load_dataset(hearts)
     plan = make_plan(dataset, dataset.cases)
@@ -160,7 +160,7 @@ def test_evaluation_is_per_frame(tmp_path):
 
 
 def test_keep_largest_component_is_per_frame():
-    from unetzoo.postprocessing import keep_largest
+    from unetzoo.inference.postprocessing import keep_largest
 
     label = np.zeros((6, 6, 6, 2), np.uint8)
     label[:2, :2, :2, 0] = 1  # frame 0: a block of 8 and one voxel that touches frame 1's block in time
@@ -175,7 +175,7 @@ def test_keep_largest_component_is_per_frame():
 
 def test_unet_trains_on_frames_and_predicts_sequences_in_the_input_geometry(hearts, tmp_path):
     from unetzoo.inference import Predictor
-    from unetzoo.training import train
+    from unetzoo.training.run import train
 
     config = tiny_config()
     config.data.folds, config.train.iters_per_epoch = 2, 2
@@ -190,7 +190,7 @@ def test_unet_trains_on_frames_and_predicts_sequences_in_the_input_geometry(hear
     summary = json.loads((run / "validation" / "summary.json").read_text())
     assert sorted((c["case"], c["frame"]) for c in summary["cases"]) == [(n, t) for n in sorted(split["val"]) for t in range(FRAMES)]
 
-    from unetzoo.report import Slice, make_report
+    from unetzoo.experiments.report import Slice, make_report
 
     assert make_report([run], tmp_path / "report").is_file()  # overlays of 3D+t cases show frame 0
     name = split["val"][0]

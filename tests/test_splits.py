@@ -120,7 +120,7 @@ def test_train_uses_a_splits_file_and_records_it(organs, tmp_path):
     """``data.splits_file`` with fold 1: the run trains on that fold and saves the file as its splits.json; on the
     command line (``--splits FILE``) a fold the file does not have ends with one line and exit status 2."""
     from conftest import tiny_config
-    from unetzoo.training import train
+    from unetzoo.training.run import train
 
     names = [f"organs_{i:03d}" for i in range(6)]
     splits = [{"train": names[2:], "val": names[:2]}, {"train": names[:4], "val": names[4:]}]

@@ -45,7 +45,7 @@ def test_patches_are_fixed_bounded_and_of_the_patch_size():
 def test_per_epoch_validation_touches_at_most_n_cases_and_the_end_covers_the_fold(organs, tmp_path, monkeypatch):
     """2 epochs with train.val_patches=1: the method's per-epoch prediction runs once per epoch on one patch of one
     case, then the held-out fold is predicted whole (every case in validation/summary.json)."""
-    from unetzoo.training import train
+    from unetzoo.training.run import train
 
     seen = []
     original = Method.validation_predict
@@ -65,7 +65,7 @@ def test_per_epoch_validation_touches_at_most_n_cases_and_the_end_covers_the_fol
 
 def test_fold_all_validates_a_bounded_number_of_patches(organs):
     """--fold all: the per-epoch validation items are every training case, but only val_patches patches are scored."""
-    from unetzoo.training import SegmentationModule
+    from unetzoo.training.module import SegmentationModule
 
     dataset = load_dataset(organs)
     plan = make_plan(dataset, dataset.cases, [16, 16, 16])

@@ -17,12 +17,12 @@ import torch
 
 from conftest import tiny_config
 from test_bad_input import untrained_run
-from unetzoo.cli import main, user_error
+from unetzoo.cli import main
 from unetzoo.data.phantoms import write_organs_phantom
 from unetzoo.data.plan import Plan
-from unetzoo.errors import UnetzooError
+from unetzoo.errors import UnetzooError, user_error
 from unetzoo.io import write_array
-from unetzoo.training import train
+from unetzoo.training.run import train
 
 DISK_FULL = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 

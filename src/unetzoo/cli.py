@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from unetzoo.errors import DISK_FULL, UnetzooError, write_error
+from unetzoo.errors import UnetzooError, exit_status
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -193,7 +193,7 @@ def _keep_largest(run_dir: Path, text: str | None) -> dict[int, int] | None:
         return None
     from unetzoo.data.plan import Plan
     from unetzoo.errors import file_error
-    from unetzoo.postprocessing import parse_rules
+    from unetzoo.inference.postprocessing import parse_rules
 
     if not (run_dir / "plan.json").is_file():
         raise file_error(run_dir / "plan.json", "missing: not a unetzoo run folder (train one with `unetzoo train`)")
@@ -211,7 +211,12 @@ def _models() -> None:
 
 
 def _phantom(args) -> None:
-    from unetzoo.data.phantoms import write_cardiac_phantom, write_nuclei_phantom, write_organs_phantom, write_vessels_phantom
+    from unetzoo.data.phantoms import (
+        write_cardiac_phantom,
+        write_nuclei_phantom,
+        write_organs_phantom,
+        write_vessels_phantom,
+    )
 
     writer = {"organs": write_organs_phantom, "nuclei": write_nuclei_phantom, "vessels": write_vessels_phantom, "cardiac": write_cardiac_phantom}[args.kind]
     dims = 2 if args.kind == "nuclei" else 3
@@ -227,9 +232,9 @@ def _demo(args) -> None:
     from unetzoo.config import Config
     from unetzoo.data.phantoms import write_organs_phantom
     from unetzoo.evaluation import evaluate_folder
+    from unetzoo.experiments.report import make_report
     from unetzoo.inference import predict
-    from unetzoo.report import make_report
-    from unetzoo.training import train
+    from unetzoo.training.run import train
 
     data = write_organs_phantom(args.out / "data", cases=10, seed=0)
     config = Config(model=args.model)
@@ -249,9 +254,9 @@ def _demo(args) -> None:
 
 
 def _compare(args) -> None:
-    from unetzoo.compare import compare
     from unetzoo.config import Config
-    from unetzoo.executors import LocalExecutor, SubmititExecutor
+    from unetzoo.experiments.compare import compare
+    from unetzoo.experiments.executors import LocalExecutor, SubmititExecutor
 
     config, slurm = Config(), {}
     for assignment in args.set:
@@ -291,7 +296,7 @@ def run(argv=None) -> None:
     elif args.command == "phantom":
         _phantom(args)
     elif args.command == "train":
-        from unetzoo.training import train
+        from unetzoo.training.run import train
 
         train(args.data, args.out, _config_from_args(args), resume=args.resume)
     elif args.command == "predict":
@@ -303,7 +308,7 @@ def run(argv=None) -> None:
                           keep_largest={} if args.no_postprocess else _keep_largest(args.run[0], args.keep_largest))
         print(f"{len(written)} prediction(s) in {args.output}")
     elif args.command == "export":
-        from unetzoo.export import export_run
+        from unetzoo.inference.export import export_run
 
         print(export_run(args.run, args.out, fmt=args.format, checkpoint=args.checkpoint))
     elif args.command == "evaluate":
@@ -317,7 +322,7 @@ def run(argv=None) -> None:
     elif args.command == "demo":
         _demo(args)
     elif args.command == "benchmark":
-        from unetzoo.benchmark import run_benchmark
+        from unetzoo.experiments.benchmark import run_benchmark
 
         if (args.models is None) == (args.run is None):
             raise UnetzooError("give --models A,B,... or --run RUN [RUN ...]")
@@ -329,32 +334,18 @@ def run(argv=None) -> None:
     elif args.command == "compare":
         _compare(args)
     elif args.command == "report":
-        from unetzoo.report import make_report
+        from unetzoo.experiments.report import make_report
 
         page = make_report(args.runs, args.out, cases=args.cases, n_cases=args.n_cases, axis=args.axis, benchmark=args.benchmark,
                            data=args.data, label_id=args.label)
         print(f"report: {page}")
     elif args.command == "overlay":
-        from unetzoo.report import write_overlay
+        from unetzoo.experiments.report import write_overlay
 
         if len(args.image) < 3:
             raise UnetzooError("overlay expects IMAGE [IMAGE ...] LABEL PRED")
         *images, label, pred = args.image
         print(write_overlay(images, label, pred, args.out, axis=args.axis, index=args.slice, label_id=args.label, alpha=args.alpha))
-
-
-def user_error(exc: BaseException) -> UnetzooError | None:
-    """The UnetzooError behind ``exc`` (MONAI and Lightning wrap exceptions raised inside transforms), or a full disk
-    met by a writer that is not unetzoo's own (a logger)."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, UnetzooError):
-            return exc
-        if isinstance(exc, OSError) and exc.errno in DISK_FULL:
-            return write_error(exc.filename, exc)
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return None
 
 
 def _quiet_library_warnings() -> None:
@@ -365,19 +356,6 @@ def _quiet_library_warnings() -> None:
     warnings.filterwarnings("ignore", message="Setting affine, but the applied meta contains an affine")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
-
-
-def exit_status(action) -> int:
-    """Run ``action()``: 0, or 2 after printing a user error as one line (a bug keeps its traceback)."""
-    try:
-        action()
-    except Exception as exc:
-        error = user_error(exc)
-        if error is None:
-            raise
-        print(f"unetzoo: error: {error}", file=sys.stderr)
-        return 2
-    return 0
 
 
 def main(argv=None) -> int:

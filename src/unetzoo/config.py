@@ -20,8 +20,8 @@ import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from unetzoo.device import INFERENCE_PRECISIONS, PRECISIONS
 from unetzoo.errors import UnetzooError, file_error
-from unetzoo.precision import INFERENCE_PRECISIONS, PRECISIONS
 
 
 @dataclass

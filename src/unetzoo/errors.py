@@ -5,6 +5,7 @@ and keeps its traceback.
 """
 
 import errno
+import sys
 
 
 class UnetzooError(Exception):
@@ -27,3 +28,30 @@ def write_error(path, exc: OSError) -> UnetzooError:
     else:
         problem = exc.strerror or type(exc).__name__
     return UnetzooError(f"{path}: cannot write the file: {problem}" if path else f"cannot write a file: {problem}")
+
+
+def user_error(exc: BaseException) -> UnetzooError | None:
+    """The UnetzooError behind ``exc`` (MONAI and Lightning wrap exceptions raised inside transforms), or a full disk
+    met by a writer that is not unetzoo's own (a logger)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, UnetzooError):
+            return exc
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+            return write_error(exc.filename, exc)
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def exit_status(action) -> int:
+    """Run ``action()``: 0, or 2 after printing a user error as one line (a bug keeps its traceback)."""
+    try:
+        action()
+    except Exception as exc:
+        error = user_error(exc)
+        if error is None:
+            raise
+        print(f"unetzoo: error: {error}", file=sys.stderr)
+        return 2
+    return 0

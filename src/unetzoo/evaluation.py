@@ -37,7 +37,17 @@ from pathlib import Path
 import numpy as np
 
 from unetzoo.errors import file_error
-from unetzoo.io import AFFINE_TOLERANCE_MM, PNG_ENDINGS, SUPPORTED_ENDINGS, Image, file_ending, output_folder, read_label_frames, strip_ending, write_text
+from unetzoo.io import (
+    AFFINE_TOLERANCE_MM,
+    PNG_ENDINGS,
+    SUPPORTED_ENDINGS,
+    Image,
+    file_ending,
+    output_folder,
+    read_label_frames,
+    strip_ending,
+    write_text,
+)
 
 log = logging.getLogger(__name__)
 

@@ -12,6 +12,7 @@ that fails (a full disk) removes its temporary file and is one line naming the f
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -366,3 +367,14 @@ def write_bytes(path: str | os.PathLike, data: bytes | memoryview) -> Path:
 def write_text(path: str | os.PathLike, text: str) -> Path:
     """Write a text file (JSON, CSV, Markdown) atomically."""
     return write_bytes(path, text.encode())
+
+
+def read_json(path: str | os.PathLike, default=None):
+    """The JSON in ``path``; ``default`` when there is no such file; a file that is not JSON is one line naming it."""
+    path = Path(path)
+    if not path.is_file():
+        return default
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise file_error(path, f"invalid JSON ({exc})") from None

@@ -17,7 +17,7 @@ per run (field-survey.md, ExperimentPlanner):
   step trains ~37k voxels/s per thread, a 2D ``unet2d-slices`` one ~45k pixels/s), so a 20-30 minute budget gets
   several hundred steps (the previous CPU budget, 2 x 64^3 and 12 x 256^2, made one ACDC ``unet`` step 12 s). On a
   GPU nnU-Net's references, 2 x 128^3 and 12 x 512^2. A time budget then sizes the network's width to the measured
-  step (:mod:`unetzoo.budget_width`).
+  step (:mod:`unetzoo.training.width`).
 * **topology** (``strides``, ``kernel_sizes``): from the patch and spacing by :mod:`unetzoo.data.topology`; with
   unknown spacing, a 3D axis with under 1/3 of the others' voxels counts as a stack of thick slices
   (:func:`~unetzoo.data.topology.shape_spacing`: in-plane kernels first, as nnU-Net's for known thick slices).

@@ -23,9 +23,9 @@ from monai.transforms import (
     RandCropByPosNegLabeld,
     RandFlipd,
     RandGaussianNoised,
+    Randomizable,
     RandRotated,
     RandZoomd,
-    Randomizable,
     Spacingd,
     SpatialPadd,
 )

@@ -1,6 +1,6 @@
 """Where the jobs of ``unetzoo compare`` run: child processes of this machine, or SLURM jobs through submitit.
 
-Every executor runs the same function, :func:`unetzoo.compare.run_job`, so a run folder does not depend on the
+Every executor runs the same function, :func:`unetzoo.experiments.jobs.run_job`, so a run folder does not depend on the
 executor that made it (an experiment started with one can be finished with the other), and training code does not
 know which executor started it. ``run(out, jobs, log)`` runs every job, waits, and returns the failed ones
 (``{job name: message with its log path}``): a failed job does not stop the others.
@@ -16,11 +16,7 @@ import time
 from pathlib import Path
 
 from unetzoo.errors import UnetzooError
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+from unetzoo.formatting import duration
 
 
 def _last_line(path: Path) -> str:
@@ -51,7 +47,7 @@ def available_cpus() -> int:
 
 
 class LocalExecutor:
-    """``jobs`` jobs at a time as child processes (``python -m unetzoo.compare OUT JOB``), output in ``OUT/logs/JOB.log``.
+    """``jobs`` jobs at a time as child processes (``python -m unetzoo.experiments.jobs OUT JOB``), output in ``OUT/logs/JOB.log``.
 
     With ``gpus`` > 0 each job gets one GPU (``CUDA_VISIBLE_DEVICES``; at most one job per GPU); the CPU threads of
     this machine (its affinity mask) are divided equally between the jobs (``OMP_NUM_THREADS``). An ``exclusive``
@@ -91,7 +87,7 @@ class LocalExecutor:
                     with open(path, "a") as stream:  # appended: a resumed job keeps the output of the killed one
                         stream.write(f"---- {time.strftime('%Y-%m-%d %H:%M:%S')}: {job.name}\n")
                         stream.flush()
-                        process = subprocess.Popen([sys.executable, "-m", "unetzoo.compare", str(out), *job.args], stdout=stream,
+                        process = subprocess.Popen([sys.executable, "-m", "unetzoo.experiments.jobs", str(out), *job.args], stdout=stream,
                                                    stderr=subprocess.STDOUT, env=self._environment(slot), preexec_fn=_die_with_parent)
                     running[slot] = (job, process, path, time.time(), started)
                     log(f"compare [{started}/{total}] {job.name}: started (log {path})")
@@ -101,7 +97,7 @@ class LocalExecutor:
                         continue
                     del running[slot]
                     free.append(slot)
-                    took = _duration(time.time() - start)
+                    took = duration(time.time() - start)
                     if process.returncode == 0:
                         log(f"compare [{number}/{total}] {job.name}: done in {took}")
                     else:
@@ -152,7 +148,7 @@ class SubmititExecutor:
     def run(self, out, jobs, log=print, exclusive: bool = False) -> dict[str, str]:
         import submitit
 
-        from unetzoo.compare import run_job
+        from unetzoo.experiments.jobs import run_job
 
         jobs = list(jobs)
         if not jobs:
@@ -170,7 +166,7 @@ class SubmititExecutor:
                     continue
                 del submitted[name]
                 error = handle.exception()
-                took = _duration(time.time() - start)
+                took = duration(time.time() - start)
                 if error is None:
                     log(f"compare: {name} (job {handle.job_id}) done after {took}")
                 else:

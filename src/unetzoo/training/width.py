@@ -4,7 +4,7 @@ nnU-Net fixes the width (32 features, doubled per stage, capped at 320) and trai
 minutes on a CPU holds a few hundred steps of that network, and there the number of steps, not the width, limits
 the Dice (README, issue 18: the hippocampus ``unet`` reached 0.840 at 500 steps and 0.861 at 1,000; the ACDC 3D
 ``unet`` 0.394 after 271 steps of 6 s). So under ``--max-minutes`` the run times training steps of the planned
-network on its own device and precision (:func:`unetzoo.benchmark_worker.measure_train`: the ``unetzoo train``
+network on its own device and precision (:func:`unetzoo.training.step_timer.measure_train`: the ``unetzoo train``
 step on a synthetic batch of the plan's patch and batch) and, while ``STEP_SHARE`` of the budget affords fewer
 than ``train.min_steps`` steps, halves ``base_features`` (not below ``MIN_WIDTH``) and times again.
 
@@ -38,7 +38,7 @@ def default_width(model: str) -> int | None:
 
 def step_seconds(config: Config, plan: Plan, train_cases: int | None) -> float:
     """Median time of a training step of ``config``'s model on the plan's patch and batch, on its device."""
-    from unetzoo.benchmark_worker import measure_train
+    from unetzoo.training.step_timer import measure_train
 
     spec = {"config": config.to_dict(), "plan": plan.to_dict(), "warmup": WARMUP_STEPS, "steps": TIMED_STEPS,
             "device": config.train.device, "train_cases": train_cases, "seed": config.seed}

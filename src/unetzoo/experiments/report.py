@@ -29,14 +29,24 @@ spacing (the last axis when isotropic); the same slice for every run. The case's
 from __future__ import annotations
 
 import io as _io
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 
 from unetzoo.errors import UnetzooError, file_error
-from unetzoo.io import SUPPORTED_ENDINGS, label_frames, output_folder, read_image, read_label, strip_ending, write_bytes, write_text
+from unetzoo.formatting import duration, human, shape
+from unetzoo.io import (
+    SUPPORTED_ENDINGS,
+    label_frames,
+    output_folder,
+    read_image,
+    read_json,
+    read_label,
+    strip_ending,
+    write_bytes,
+    write_text,
+)
 
 TP_COLOR = (1.0, 1.0, 1.0)
 FP_COLOR = (1.0, 0.0, 0.0)
@@ -219,16 +229,6 @@ def write_overlay(image, label, prediction, out_png, axis: int | None = None, in
     return write_bytes(out_png, _plot_png(fig))
 
 
-# ---- runs -----------------------------------------------------------------------------------------------
-def _json(path: Path, default=None):
-    if not path.is_file():
-        return default
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise file_error(path, f"invalid JSON ({exc})") from None
-
-
 def _case_files(folder: Path) -> dict[str, Path]:
     if not folder.is_dir():
         return {}
@@ -243,14 +243,14 @@ def load_run(run_dir: str | Path) -> dict:
     validation = run / "validation"
     return {
         "dir": run,
-        "config": _json(run / "config.json"),
-        "plan": _json(run / "plan.json", {}),
-        "history": _json(run / "history.json", []),
-        "summary": _json(validation / "summary.json"),
-        "postprocessed": _json(validation / "postprocessed" / "summary.json"),
-        "postprocessing": _json(run / "postprocessing.json"),
-        "benchmark": _json(run / "benchmark.json"),
-        "cases": _json(validation / "cases.json", {}),
+        "config": read_json(run / "config.json"),
+        "plan": read_json(run / "plan.json", {}),
+        "history": read_json(run / "history.json", []),
+        "summary": read_json(validation / "summary.json"),
+        "postprocessed": read_json(validation / "postprocessed" / "summary.json"),
+        "postprocessing": read_json(run / "postprocessing.json"),
+        "benchmark": read_json(run / "benchmark.json"),
+        "cases": read_json(validation / "cases.json", {}),
         "predictions": _case_files(validation),
         "references": _case_files(validation / "labels"),
     }
@@ -275,13 +275,6 @@ def _parameters(run: dict) -> int | None:
         return sum(p.numel() for p in method.model.parameters() if p.requires_grad)
     except Exception:  # an old or foreign run folder: the report still shows the rest
         return None
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "n/a"
-    seconds = int(round(seconds))
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -401,7 +394,7 @@ def _training_table(runs: list[dict], names: list[str]) -> list[str]:
         n_val = len({c["case"] for c in run["summary"]["cases"]}) if run["summary"] else 0  # 3D+t: cases, not frames
         lines.append(
             f"| {name} | {run['config'].get('model')} | {'n/a' if params is None else f'{params:,}'} | {len(history)} | "
-            f"{_duration(sum(times) if times else None)} | {_fmt(float(np.median(times)) if times else None, 1)} | {_fmt(best)} | "
+            f"{duration(sum(times) if times else None)} | {_fmt(float(np.median(times)) if times else None, 1)} | {_fmt(best)} | "
             f"{_fmt(last)} | {n_val} |"
         )
     return lines + [""]
@@ -422,7 +415,7 @@ def _benchmark_rows(runs: list[dict], benchmark: dict | None) -> list[tuple[dict
 
 
 def _benchmark_table(runs: list[dict], names: list[str], benchmark: dict | None) -> list[str]:
-    from unetzoo.benchmark import FIGURES, LABELS, _human, _shape
+    from unetzoo.experiments.benchmark import FIGURES, LABELS
 
     rows = _benchmark_rows(runs, benchmark)
     if not any(rows):
@@ -433,9 +426,9 @@ def _benchmark_table(runs: list[dict], names: list[str], benchmark: dict | None)
             lines.append(f"| {name} | " + " | ".join("n/a" for _ in FIGURES) + " | |")
             continue
         result, row = found
-        where = (f"{result['device']}, {result['threads']} threads, torch {result['torch']}, patch {_shape(row.get('patch') or result['patch'])}, "
-                 f"batch {row.get('batch_size', result['batch_size'])}, volume {_shape(row.get('infer_shape') or result['infer_shape'])}")
-        lines.append(f"| {name} | " + " | ".join(_human(f, row.get(f)) for f in FIGURES) + f" | {where} |")
+        where = (f"{result['device']}, {result['threads']} threads, torch {result['torch']}, patch {shape(row.get('patch') or result['patch'])}, "
+                 f"batch {row.get('batch_size', result['batch_size'])}, volume {shape(row.get('infer_shape') or result['infer_shape'])}")
+        lines.append(f"| {name} | " + " | ".join(human(f, row.get(f)) for f in FIGURES) + f" | {where} |")
     return lines + [""]
 
 
@@ -543,7 +536,7 @@ def make_report(runs, out_dir, cases: list[str] | None = None, n_cases: int = 3,
     names = _run_names(loaded)
     bench = None
     if benchmark is not None:
-        bench = _json(Path(benchmark))
+        bench = read_json(Path(benchmark))
         if bench is None:
             raise file_error(benchmark, "file not found")
     out = output_folder(out_dir)

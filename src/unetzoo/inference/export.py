@@ -27,7 +27,7 @@ ONNX_OPSET = 17
 def export_run(run_dir: str | Path, out_dir: str | Path, fmt: str = "torchscript", checkpoint: str = "best") -> Path:
     """Export the network of ``run_dir`` (its ``checkpoint``: "best" falls back to the last one with a warning, and
     ``export.json`` names the file used) into ``out_dir``; returns the network file."""
-    from unetzoo.inference import Predictor
+    from unetzoo.inference.predictor import Predictor
 
     predictor = Predictor(run_dir, checkpoint=checkpoint)
     out_dir = Path(out_dir)

@@ -33,8 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
-from unetzoo.compare import budget_text, finished, load_plan, run_folder, test_folder
-from unetzoo.io import write_bytes, write_text
+from unetzoo.experiments.experiment import budget_text, finished, load_plan, run_folder, test_folder
+from unetzoo.formatting import duration, human
+from unetzoo.io import read_json, write_bytes, write_text
 
 METRICS = ("Dice", "NSD", "HD95")
 COST = ("params", "macs", "train_step_s", "train_peak_mem_mb", "infer_s", "infer_peak_mem_mb")
@@ -113,27 +114,22 @@ def holm(pvalues: list[float | None]) -> list[float | None]:
     return adjusted
 
 
-# ---- the experiment's files -----------------------------------------------------------------------------
-def _json(path: Path):
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
 def _model_entry(out: Path, plan: dict, model: str) -> dict:
     runs = [run_folder(out, model, f) for f in plan["folds"]]
     done = [r for r in runs if finished(r)]
     entry = {"model": model, "runs": [str(r) for r in runs], "finished_runs": len(done), "complete": len(done) == len(runs)}
-    histories = [_json(r / "history.json") or [] for r in done]
+    histories = [read_json(r / "history.json") or [] for r in done]
     entry["training_time_s"] = sum(h.get("epoch_time_s") or 0.0 for history in histories for h in history) if entry["complete"] else None
     entry["epochs"] = [len(history) for history in histories]
     entry["steps"] = [history[-1].get("steps") if history else None for history in histories]  # None: written before steps were
-    config = _json(runs[0] / "config.json") if done else None  # resolved by training: what one step saw
+    config = read_json(runs[0] / "config.json") if done else None  # resolved by training: what one step saw
     entry["step"] = {"batch_size": config["train"]["batch_size"], "patch": config["data"]["patch_size"]} if config else None
-    bench = _json(runs[0] / "benchmark.json")
+    bench = read_json(runs[0] / "benchmark.json")
     entry["cost"] = {k: bench["models"][0].get(k) for k in COST} if bench else None
     entry["benchmark"] = {k: bench.get(k) for k in ("device", "device_name", "threads", "precision", "torch", "infer_shape")} if bench else None
     if entry["complete"]:
-        entry["_cases"] = case_table([_json(r / "validation" / "postprocessed" / "summary.json") for r in runs])
-    test = _json(test_folder(out, model) / "evaluation" / "summary.json")
+        entry["_cases"] = case_table([read_json(r / "validation" / "postprocessed" / "summary.json") for r in runs])
+    test = read_json(test_folder(out, model) / "evaluation" / "summary.json")
     if test:
         keys, _, values = case_table([test])
         entry["test"] = {"cases": len(keys), "Dice": {"mean": _finite(figure(values["Dice"])), "ci": interval(values["Dice"])}}
@@ -219,13 +215,6 @@ def _ci(stat: dict | None, digits: int = 3) -> str:
     return f"{stat['mean']:.{digits}f} [{_num(lo, digits)}, {_num(hi, digits)}]"
 
 
-def _duration(seconds) -> str:
-    if seconds is None:
-        return "n/a"
-    seconds = int(round(seconds))
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-
-
 def _steps(entry: dict) -> str:
     """Each run's optimiser steps and epochs, "? (4)" for a run whose history predates step counts."""
     return ", ".join(f"{'?' if s is None else s} ({n})" for s, n in zip(entry["steps"], entry["epochs"]))
@@ -253,12 +242,11 @@ def _headline(board: dict) -> list[str]:
 
 def _hd_unit(out: Path, board: dict) -> str:
     first = next((e for e in board["models"] if e["complete"]), None)
-    plan = _json(Path(first["runs"][0]) / "plan.json") if first else None
+    plan = read_json(Path(first["runs"][0]) / "plan.json") if first else None
     return "mm" if plan and plan.get("target_spacing") else "px"
 
 
 def _markdown(out: Path, board: dict) -> str:
-    from unetzoo.benchmark import _human
 
     ranked = [e for e in board["models"] if e["complete"]]
     unit = _hd_unit(out, board)
@@ -289,8 +277,8 @@ def _markdown(out: Path, board: dict) -> str:
               "infer peak mem (MB) | training time, all folds (h:mm:ss) | steps (epochs) per run | a step: batch x patch |", "|---" * 10 + "|"]
     for e in ranked + [x for x in board["models"] if not x["complete"]]:
         cost, step = e["cost"] or {}, e["step"]
-        lines.append(f"| `{e['model']}` | " + " | ".join(_human(k, cost.get(k)) if e["cost"] else "n/a" for k in COST)
-                     + f" | {_duration(e['training_time_s'])} | {_steps(e) or 'n/a'} | "
+        lines.append(f"| `{e['model']}` | " + " | ".join(human(k, cost.get(k)) if e["cost"] else "n/a" for k in COST)
+                     + f" | {duration(e['training_time_s'])} | {_steps(e) or 'n/a'} | "
                      + (f"{step['batch_size']} x {'x'.join(map(str, step['patch']))}" if step else "n/a") + " |")
     bench = next((e["benchmark"] for e in ranked if e["benchmark"]), None)
     if bench:

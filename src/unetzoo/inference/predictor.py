@@ -8,7 +8,7 @@ another grid: ``--upsample``, ``--grid``; see :class:`unetzoo.methods.Grid`). A 
 1-channel model) is preprocessed frame by frame, predicted as one sequence and saved 4D (X, Y, Z, T). The run's
 connected-component post-processing (``postprocessing.json``, chosen by training on the validation fold) is applied
 to the labels (of each frame) unless turned off or replaced (``--no-postprocess``, ``--keep-largest``; see
-:mod:`unetzoo.postprocessing`). A case already predicted (every output written) is skipped unless ``overwrite``;
+:mod:`unetzoo.inference.postprocessing`). A case already predicted (every output written) is skipped unless ``overwrite``;
 files are written under a temporary name and renamed, and the temporary files a killed run left are removed when
 the next one starts.
 """
@@ -28,38 +28,25 @@ from unetzoo.config import Config
 from unetzoo.data.datasets import prediction_inputs
 from unetzoo.data.plan import Plan
 from unetzoo.data.transforms import preprocessing
+from unetzoo.device import inference_precision, resolve_device
 from unetzoo.errors import UnetzooError, file_error
-from unetzoo.io import NIFTI_ENDINGS, PNG_ENDINGS, Image, case_frames, check_affine, file_ending, output_folder, remove_leftovers, write_array, write_bytes
+from unetzoo.inference.postprocessing import keep_largest, run_rules
+from unetzoo.io import (
+    NIFTI_ENDINGS,
+    PNG_ENDINGS,
+    Image,
+    case_frames,
+    check_affine,
+    file_ending,
+    output_folder,
+    remove_leftovers,
+    write_array,
+    write_bytes,
+)
 from unetzoo.methods import Grid, build_method, inference_context, method_class
 from unetzoo.methods.grid import refined_affine
-from unetzoo.postprocessing import keep_largest, run_rules
-from unetzoo.precision import inference_precision
 
 log = logging.getLogger(__name__)
-
-
-DEVICES = ("auto", "cpu", "cuda")
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` (the default): CUDA when a CUDA device is present, else the CPU; ``cpu``; ``cuda`` (an error without one)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name in ("cuda", "gpu"):
-        if not torch.cuda.is_available():
-            raise UnetzooError("--device cuda requested but no CUDA device is available")
-        return torch.device("cuda")
-    if name != "cpu":
-        raise UnetzooError(f"unknown device {name!r} ({', '.join(DEVICES)})")
-    return torch.device("cpu")
-
-
-def device_line(name: str) -> str:
-    """One log line: the device ``name`` resolves to, and why when it was ``auto``."""
-    device = resolve_device(name)
-    if name != "auto":
-        return f"device {device.type}"
-    return f"device auto: {device.type} ({torch.cuda.get_device_name(0) if device.type == 'cuda' else 'no CUDA device'})"
 
 
 def load_weights(model: torch.nn.Module, checkpoint_path: Path) -> dict:
@@ -89,7 +76,7 @@ class Predictor:
     ``keep_largest`` ``{class: K}`` keeps the K largest connected components of each listed class in the label maps;
     ``None`` takes the run's own choice (``postprocessing.json``), ``{}`` turns post-processing off.
     ``precision`` (default the run's ``inference.precision``, ``auto``): fp32 unless bf16 was checked to give the same
-    labels on this kind of device (:func:`unetzoo.precision.inference_precision`).
+    labels on this kind of device (:func:`unetzoo.inference.precision_check.inference_precision`).
     """
 
     def __init__(self, run_dir: str | Path, device: str = "auto", checkpoint: str = "best", overlap: float | None = None,

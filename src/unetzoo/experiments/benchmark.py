@@ -1,6 +1,6 @@
 """Cost benchmark of any set of registered models, measured the same way for each (the papers' cost tables).
 
-For every model, two fresh subprocesses (:mod:`unetzoo.benchmark_worker`), one per phase, so that nothing
+For every model, two fresh subprocesses (:mod:`unetzoo.experiments.benchmark_worker`), one per phase, so that nothing
 (allocations, caches, memory peaks, compiled kernels) carries from one model or phase to the next:
 
 * training: ``params`` (trainable parameters), ``macs`` (multiply-accumulates of one inference forward on
@@ -16,7 +16,7 @@ The model's own method decides what a step and a forward are: a slice method tra
 ``batch_size * patch[axis]`` one-slice patches (what its loader gives), a point-sampling method samples its
 points, and so on; MACs are those of ``Method.predict_window`` on one volume patch (for a dense model, its
 forward). Inputs are synthetic (random ellipsoid labels with foreground in every patch, noisy image),
-the same for every model. Memory: see :mod:`unetzoo.benchmark_worker`.
+the same for every model. Memory: see :mod:`unetzoo.experiments.benchmark_worker`.
 
 Outputs: ``benchmark.json``, ``benchmark.csv``, ``benchmark.png``, and the table on stdout (each figure
 with its ratio to the first model).
@@ -35,8 +35,9 @@ import tempfile
 from pathlib import Path
 
 from unetzoo.config import Config
-from unetzoo.errors import UnetzooError
 from unetzoo.data.plan import Plan
+from unetzoo.errors import UnetzooError
+from unetzoo.formatting import human, shape
 from unetzoo.io import output_folder, write_bytes, write_text
 
 FIGURES = ("params", "macs", "train_step_s", "train_peak_mem_mb", "infer_s", "infer_peak_mem_mb")
@@ -79,7 +80,7 @@ def _check_patch(patch, dims: int):
 
 
 def _run_worker(spec: dict, timeout: float | None = None) -> dict:
-    """Run one phase in a fresh ``python -m unetzoo.benchmark_worker`` process; returns its JSON result."""
+    """Run one phase in a fresh ``python -m unetzoo.experiments.benchmark_worker`` process; returns its JSON result."""
     with tempfile.TemporaryDirectory(prefix="unetzoo_bench_") as tmp:
         spec_path, out_path = Path(tmp) / "spec.json", Path(tmp) / "result.json"
         spec_path.write_text(json.dumps(spec))
@@ -88,7 +89,7 @@ def _run_worker(spec: dict, timeout: float | None = None) -> dict:
             env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(spec["threads"])
         try:
             proc = subprocess.run(
-                [sys.executable, "-m", "unetzoo.benchmark_worker", str(spec_path), str(out_path)],
+                [sys.executable, "-m", "unetzoo.experiments.benchmark_worker", str(spec_path), str(out_path)],
                 capture_output=True, text=True, env=env, timeout=timeout,
             )
         except subprocess.TimeoutExpired:
@@ -142,9 +143,8 @@ def benchmark_models(
     """
     import torch
 
-    from unetzoo.inference import resolve_device
+    from unetzoo.device import resolve_device, resolve_precision
     from unetzoo.models import model_info
-    from unetzoo.precision import resolve_precision
 
     if not models:
         raise UnetzooError("no models to benchmark")
@@ -235,23 +235,6 @@ def _device_name(device: str) -> str:
     return f"{name}, {os.cpu_count()} logical cores"
 
 
-def _shape(value) -> str:
-    return "x".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
-
-
-def _human(figure: str, value) -> str:
-    if value is None:
-        return "failed"
-    if figure in ("params", "macs"):
-        for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-            if abs(value) >= scale:
-                return f"{value / scale:.2f}{unit}"
-        return f"{value:.0f}"
-    if figure.endswith("_s"):
-        return f"{value:.3f}" if value < 10 else f"{value:.1f}"
-    return f"{value:.1f}"
-
-
 def ratios(result: dict) -> list[dict]:
     """Per model, each figure divided by the first model's (None where either is missing or zero)."""
     first = result["models"][0]
@@ -266,8 +249,8 @@ def format_table(result: dict) -> str:
     ratio to the first model."""
     header = (
         f"device {result['device']} ({result['device_name']}), {result['threads']} threads, torch {result['torch']}, "
-        f"{result['precision']}\npatch {_shape(result['patch'])}, batch {result['batch_size']}, "
-        f"inference volume {_shape(result['infer_shape'])} ({result['channels']} channel(s), {result['num_classes']} classes); "
+        f"{result['precision']}\npatch {shape(result['patch'])}, batch {result['batch_size']}, "
+        f"inference volume {shape(result['infer_shape'])} ({result['channels']} channel(s), {result['num_classes']} classes); "
         f"median of {result['timed_steps']} training steps after {result['warmup_steps']} warm-up steps; "
         f"memory: {result['memory_method']}"
     )
@@ -276,7 +259,7 @@ def format_table(result: dict) -> str:
     for row, ratio in zip(result["models"], ratios(result)):
         cells = [row["model"]]
         for f in FIGURES:
-            text = _human(f, row.get(f))
+            text = human(f, row.get(f))
             if ratio[f] is not None:
                 text += f" (x{ratio[f]:.2f})"
             cells.append(text)
@@ -288,7 +271,7 @@ def format_table(result: dict) -> str:
     for row in result["models"]:
         slices = row.get("train_patch") and row["train_patch"] != row.get("patch")
         if slices:
-            notes.append(f"{row['model']}: a training step is {row['train_batch']} patches of {_shape(row['train_patch'])}")
+            notes.append(f"{row['model']}: a training step is {row['train_batch']} patches of {shape(row['train_patch'])}")
         for phase, error in (row.get("errors") or {}).items():
             notes.append(f"{row['model']}: {phase} failed: {error}")
     load, cores = result.get("load_average"), result.get("cpu_count")
@@ -310,7 +293,7 @@ def write_outputs(result: dict, out_dir: str | Path) -> dict[str, Path]:
         writer.writerow(
             [row["model"], *["" if row.get(f) is None else row[f] for f in FIGURES],
              *["" if ratio[f] is None else f"{ratio[f]:.4f}" for f in FIGURES],
-             _shape(row.get("patch") or result["patch"]), _shape(row.get("train_patch") or []), row.get("train_batch", ""),
+             shape(row.get("patch") or result["patch"]), shape(row.get("train_patch") or []), row.get("train_batch", ""),
              *[result[c] for c in context]]
         )
     write_text(paths["csv"], buffer.getvalue())
@@ -333,16 +316,16 @@ def _bar_chart(result: dict) -> bytes:
         heights = [v if v is not None else 0 for v in values]
         bars = ax.bar(range(len(names)), heights, color=[colors[i % 10] for i in range(len(names))])
         for bar, value in zip(bars, values):
-            ax.annotate(_human(figure, value), (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+            ax.annotate(human(figure, value), (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                         ha="center", va="bottom", fontsize=8, xytext=(0, 2), textcoords="offset points")
         ax.set_title(LABELS[figure])
         ax.set_xticks(range(len(names)), names, rotation=30 if len(names) > 3 else 0, ha="right" if len(names) > 3 else "center", fontsize=8)
         ax.set_ylim(0, max([h for h in heights if h] or [1]) * 1.18)
-        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _pos, f=figure: _human(f, v) if v else "0"))
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _pos, f=figure: human(f, v) if v else "0"))
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle(
-        f"{result['device']} ({result['threads']} threads), torch {result['torch']}, patch {_shape(result['patch'])}, "
-        f"batch {result['batch_size']}, volume {_shape(result['infer_shape'])}",
+        f"{result['device']} ({result['threads']} threads), torch {result['torch']}, patch {shape(result['patch'])}, "
+        f"batch {result['batch_size']}, volume {shape(result['infer_shape'])}",
         fontsize=10,
     )
     fig.tight_layout()

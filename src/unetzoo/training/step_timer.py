@@ -1,14 +1,6 @@
-"""One measurement of ``unetzoo benchmark`` in a fresh process: ``python -m unetzoo.benchmark_worker SPEC OUT``.
-
-``SPEC`` is a JSON file ``{"phase": "train" | "infer", "config": {...}, "plan": {...}, "device": "cpu",
-"threads": null, "warmup": 2, "steps": 5, "infer_shape": [D, H, W], "infer_repeats": 1, "seed": 0}``;
-the result is written as JSON to ``OUT``. Each phase runs in its own process so that no allocation, cache
-or memory peak of a previous model or phase is seen by the next one.
-
-Everything goes through the :class:`~unetzoo.methods.base.Method` contract (``build_method``, ``example_batch``,
-``training_loss`` and ``parameter_groups`` inside the training's own Lightning module and Trainer settings,
-``predict``), so a model registered later is measured with its own training and inference procedure without code
-here.
+"""The training step as ``unetzoo train`` runs it, timed: median wall time and peak memory of a few steps on a
+synthetic batch, then parameters and MACs. The benchmark (:mod:`unetzoo.experiments.benchmark_worker`) and the
+width a time budget affords (:mod:`unetzoo.training.width`) both measure through it.
 
 Memory
 ------
@@ -24,12 +16,9 @@ Memory
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import resource
 import statistics
-import sys
 import time
 
 
@@ -84,12 +73,12 @@ class MemoryProbe:
         return peak - self.baseline
 
 
-def _setup(spec: dict):
+def setup(spec: dict):
     import torch
 
     from unetzoo.config import Config
     from unetzoo.data.plan import Plan
-    from unetzoo.inference import resolve_device
+    from unetzoo.device import resolve_device
 
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))
@@ -100,7 +89,7 @@ def _setup(spec: dict):
     return torch, Config.from_dict(spec["config"]), Plan.from_dict(spec["plan"]), device
 
 
-def _sync(torch, device) -> None:
+def sync(torch, device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -111,12 +100,13 @@ def measure_train(spec: dict) -> dict:
     The steps are those of ``unetzoo train``: the same Lightning module (the method's loss and parameter groups)
     and the same Trainer settings (precision, gradient clipping), fed the method's ``example_batch``; only
     checkpoints, validation and logging are off. A step is timed from the Trainer's batch start to its batch end."""
-    torch, config, plan, device = _setup(spec)
+    torch, config, plan, device = setup(spec)
     import lightning as L
     from torch.utils.flop_counter import FlopCounterMode
 
     from unetzoo.methods import build_method
-    from unetzoo.training import SegmentationModule, trainer_settings
+    from unetzoo.training.module import SegmentationModule
+    from unetzoo.training.trainer import trainer_settings
 
     warmup, steps = int(spec["warmup"]), int(spec["steps"])
     generator = torch.Generator().manual_seed(int(spec.get("seed", 0)))
@@ -127,13 +117,13 @@ def measure_train(spec: dict) -> dict:
 
     class StepTimer(L.Callback):
         def on_train_batch_start(self, trainer, module, batch, batch_idx):
-            _sync(torch, device)
+            sync(torch, device)
             if batch_idx == warmup:
                 probe.reset_peak()
             self.start = time.perf_counter()
 
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-            _sync(torch, device)
+            sync(torch, device)
             if batch_idx >= warmup:
                 times.append(time.perf_counter() - self.start)
                 losses.append(float(outputs["loss"].detach()))
@@ -167,67 +157,3 @@ def measure_train(spec: dict) -> dict:
         "model_args": config.model_args,
     }
 
-
-def measure_infer(spec: dict) -> dict:
-    """Wall time and peak memory of ``method.predict`` (its full procedure: sliding windows and mirroring as
-    configured, or whatever the method does) on one whole synthetic volume, after one warm-up prediction of a
-    patch-sized volume."""
-    torch, config, plan, device = _setup(spec)
-    from unetzoo.data.phantoms import synthetic_case
-    from unetzoo.methods import build_method, inference_context
-
-    generator = torch.Generator().manual_seed(int(spec.get("seed", 0)) + 1)
-    probe = MemoryProbe(device)
-    method, config = build_method(config, plan, train_cases=spec.get("train_cases"))
-    method.model.to(device).eval()
-    shape = [int(s) for s in spec["infer_shape"]]
-    image, _ = synthetic_case(shape, plan.in_channels, plan.num_classes, generator)
-    image = image[None].to(device)
-    warm = [min(p, s) for p, s in zip(method.patch_size, shape)]
-    with inference_context(method):
-        for _ in range(max(1, int(spec["warmup"]))):
-            method.predict(image[(..., *[slice(0, w) for w in warm])])
-    _sync(torch, device)
-    probe.reset_peak()
-    times = []
-    for _ in range(max(1, int(spec.get("infer_repeats", 1)))):
-        start = time.perf_counter()
-        with inference_context(method):
-            probs = method.predict(image)
-        _sync(torch, device)
-        times.append(time.perf_counter() - start)
-        if tuple(probs.shape[2:]) != tuple(shape):
-            raise RuntimeError(f"predict returned shape {tuple(probs.shape)} for a volume of {tuple(shape)}")
-        del probs
-    return {
-        "infer_s": statistics.median(times),
-        "infer_times_s": times,
-        "infer_peak_mem_mb": probe.peak_mb(),
-        "infer_shape": shape,
-        "memory_method": probe.method,
-    }
-
-
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    spec_path, out_path = argv
-    with open(spec_path) as f:
-        spec = json.load(f)
-    import torch
-
-    try:
-        result = {"train": measure_train, "infer": measure_infer}[spec["phase"]](spec)
-        result["threads"] = torch.get_num_threads()
-    except Exception as exc:  # reported to the parent, which names the model and phase
-        import traceback
-
-        result = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
-    tmp = f"{out_path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(result, f)
-    os.replace(tmp, out_path)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
