@@ -74,13 +74,23 @@ def unetzoo_arm(config: Config, plan, items: list[dict], initial: dict, warmup: 
     method.model.load_state_dict(initial)
     module = SegmentationModule(method, config, plan, items, [])
     clock = StepClock(warmup)
-    trainer = L.Trainer(**trainer_settings(config, method), max_steps=warmup + steps, callbacks=[clock], logger=False,
-                        enable_checkpointing=False, limit_val_batches=0, num_sanity_val_steps=0, log_every_n_steps=10)
+    trainer = L.Trainer(
+        **trainer_settings(config, method),
+        max_steps=warmup + steps,
+        callbacks=[clock],
+        logger=False,
+        enable_checkpointing=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        log_every_n_steps=10,
+    )
     trainer.fit(module)
     return rates(clock.start, clock.end, steps)
 
 
-def plain_arm(config: Config, plan, items: list[dict], initial: dict, warmup: int, steps: int, precision: str) -> tuple[float, float]:
+def plain_arm(
+    config: Config, plan, items: list[dict], initial: dict, warmup: int, steps: int, precision: str
+) -> tuple[float, float]:
     method, config = build_method(config, plan, train_cases=len(items))
     model = method.model
     model.load_state_dict(initial)
@@ -88,8 +98,14 @@ def plain_arm(config: Config, plan, items: list[dict], initial: dict, warmup: in
     cfg = config.train
     cases = CacheDataset(items, preprocessing(plan), num_workers=config.data.cache_workers, progress=False)
     dataset = PatchDataset(cases, method.train_transform(), (warmup + steps) * cfg.batch_size)
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, num_workers=config.data.num_workers,
-                        collate_fn=list_data_collate, drop_last=True)
+    loader = DataLoader(
+        dataset,
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        num_workers=config.data.num_workers,
+        collate_fn=list_data_collate,
+        drop_last=True,
+    )
     optimizer = make_optimizer(method.parameter_groups(), cfg)
     parameters = [p for p in model.parameters() if p.requires_grad]
     start = None
@@ -131,7 +147,9 @@ def main(argv=None) -> dict:
     config.train.iters_per_epoch = args.warmup + args.steps
     plan = make_plan(dataset, cases, seed=config.seed)
     L.seed_everything(config.seed, verbose=False)
-    initial = {k: v.clone() for k, v in build_method(config, plan, train_cases=len(cases))[0].model.state_dict().items()}
+    initial = {
+        k: v.clone() for k, v in build_method(config, plan, train_cases=len(cases))[0].model.state_dict().items()
+    }
     items = [{**c.as_dict(), "case_index": i} for i, c in enumerate(cases)]
     measured: dict[str, list[tuple[float, float]]] = {"unetzoo": [], "plain": []}
     for round_ in range(args.rounds):
@@ -146,17 +164,34 @@ def main(argv=None) -> dict:
             print(f"round {round_ + 1} {arm}: {rate[0]:.3f} steps/s wall, {rate[1]:.3f} steps per CPU s", flush=True)
     wall = {arm: [r[0] for r in m] for arm, m in measured.items()}
     cpu = {arm: [r[1] for r in m] for arm, m in measured.items()}
-    median = {kind: {arm: statistics.median(r) for arm, r in values.items()} for kind, values in (("wall", wall), ("cpu", cpu))}
+    median = {
+        kind: {arm: statistics.median(r) for arm, r in values.items()}
+        for kind, values in (("wall", wall), ("cpu", cpu))
+    }
     ratio = {kind: m["unetzoo"] / m["plain"] for kind, m in median.items()}
     result = {
-        "model": "unet", "patch": list(plan.patch_size), "batch_size": args.batch_size, "precision": precision,
-        "cases": len(cases), "steps": args.steps, "warmup": args.warmup, "rounds": args.rounds, "num_workers": args.num_workers,
-        "threads": args.threads, "torch": torch.__version__, "cpu": _cpu_name(), "load_average": os.getloadavg()[0],
-        "steps_per_wall_s": wall, "steps_per_cpu_s": cpu, "median": median, "ratio": ratio,
+        "model": "unet",
+        "patch": list(plan.patch_size),
+        "batch_size": args.batch_size,
+        "precision": precision,
+        "cases": len(cases),
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "rounds": args.rounds,
+        "num_workers": args.num_workers,
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "cpu": _cpu_name(),
+        "load_average": os.getloadavg()[0],
+        "steps_per_wall_s": wall,
+        "steps_per_cpu_s": cpu,
+        "median": median,
+        "ratio": ratio,
     }
     rows = "\n".join(
         f"| {arm} | {kind} | " + " | ".join(f"{r:.3f}" for r in values[arm]) + f" | **{median[kind][arm]:.3f}** |"
-        for kind, values in (("wall", wall), ("cpu", cpu)) for arm in values
+        for kind, values in (("wall", wall), ("cpu", cpu))
+        for arm in values
     )
     table = (
         f"# Framework overhead: `unet`, hippocampus plan (patch {'x'.join(map(str, plan.patch_size))}, batch {args.batch_size}, {precision})\n\n"

@@ -1,4 +1,5 @@
-"""Held-out slices (nisf.md, section 4, Figure 5): predict every slice of a volume from every K-th slice only.
+"""Held-out slices (Stolt-Ansó et al. 2023, arXiv:2309.08643, section 4, Figure 5): predict every slice of a
+volume from every K-th slice only.
 
 For each validation case of each run: the image is cut down to slices 0, K, 2K ... along ``--axis`` (a NIfTI with
 the same world geometry for the slices it keeps: affine column scaled by K), the run predicts that cut image, and
@@ -83,7 +84,11 @@ def main(argv=None) -> int:
     parser.add_argument("--data", type=Path, required=True, help="the dataset the runs were trained on")
     parser.add_argument("--every", type=int, default=2, help="keep every K-th slice (default 2)")
     parser.add_argument("--axis", type=int, default=2, help="slice axis of the NIfTI array (default 2)")
-    parser.add_argument("--fit-slices", action="store_true", help="models that fit at test time fit on the seen slices of the whole image")
+    parser.add_argument(
+        "--fit-slices",
+        action="store_true",
+        help="models that fit at test time fit on the seen slices of the whole image",
+    )
     parser.add_argument("--cases", type=int, default=0, help="first N validation cases only (default all)")
     parser.add_argument("--out", type=Path, required=True, help="output stem: writes OUT.md and OUT.json")
     args = parser.parse_args(argv)
@@ -112,7 +117,9 @@ def main(argv=None) -> int:
         f"{' '.join(str(r) for r in args.runs)} --data {args.data} --every {args.every} --axis {args.axis}"
         f"{' --fit-slices' if args.fit_slices else ''}{f' --cases {args.cases}' if args.cases else ''}`",
         "",
-        "| run | model | cases | " + " | ".join(f"{n} unseen" for n in names) + " | mean unseen | mean seen | s / case |",
+        "| run | model | cases | "
+        + " | ".join(f"{n} unseen" for n in names)
+        + " | mean unseen | mean seen | s / case |",
         "|---|---|---|" + "---|" * (len(names) + 3),
     ]
     for run, result in results.items():
@@ -120,8 +127,11 @@ def main(argv=None) -> int:
         unseen = [np.nanmean([r["unseen"][c] for r in rows]) for c in labels]
         seen = np.nanmean([np.nanmean([r["seen"][c] for c in labels]) for r in rows])
         seconds = np.mean([r["seconds"] for r in rows])
-        lines.append(f"| {run} | {result['model']} | {len(rows)} | " + " | ".join(f"{u:.3f}" for u in unseen)
-                     + f" | {np.mean(unseen):.3f} | {seen:.3f} | {seconds:.1f} |")
+        lines.append(
+            f"| {run} | {result['model']} | {len(rows)} | "
+            + " | ".join(f"{u:.3f}" for u in unseen)
+            + f" | {np.mean(unseen):.3f} | {seen:.3f} | {seconds:.1f} |"
+        )
     table = "\n".join(lines) + "\n"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".md").write_text(table)

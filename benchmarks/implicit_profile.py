@@ -72,7 +72,7 @@ def child(args) -> dict:
         batch = _batch(args.shape, args.batch)
         base = _rss_mb()
         times = []
-        for i in range(1 + args.repeats):
+        for _ in range(1 + args.repeats):
             start = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
             loss = method.training_loss(batch)
@@ -172,16 +172,36 @@ def main(argv=None) -> None:
     for model in args.models.split(","):
         results[model] = {}
         for what in args.what.split(","):
-            cmd = [sys.executable, __file__, "--child", "--model", model, "--what", what, "--shape", *map(str, args.shape),
-                   "--batch", str(args.batch), "--unet-stages", str(args.unet_stages), "--repeats", str(args.repeats),
-                   "--threads", str(args.threads), "--method-args", args.method_args]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--child",
+                "--model",
+                model,
+                "--what",
+                what,
+                "--shape",
+                *map(str, args.shape),
+                "--batch",
+                str(args.batch),
+                "--unet-stages",
+                str(args.unet_stages),
+                "--repeats",
+                str(args.repeats),
+                "--threads",
+                str(args.threads),
+                "--method-args",
+                args.method_args,
+            ]
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
             results[model].update(json.loads(out))
             print(model, what, results[model], flush=True)
     names = args.models.split(",")
     if len(names) == 2:
         a, b = results[names[1]], results[names[0]]
-        ratios = {k: a[k] / b[k] for k in ("params", "train_step_s", "train_peak_mem_mb", "infer_s") if k in a and k in b}
+        ratios = {
+            k: a[k] / b[k] for k in ("params", "train_step_s", "train_peak_mem_mb", "infer_s") if k in a and k in b
+        }
         results["ratios"] = ratios
         print("ratios", names[1], "/", names[0], {k: round(v, 3) for k, v in ratios.items()})
     if args.out:

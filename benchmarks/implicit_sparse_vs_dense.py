@@ -9,7 +9,7 @@ then the means and the speed-up (total dense time / total sparse time).
 
     PYTHONPATH=src python3 benchmarks/implicit_sparse_vs_dense.py RUN DATA [--cases N] [--out FILE.md]
 
-The acceptance bar of issue 4 is a mean Dice between the two of at least 0.99 on hippocampus validation cases.
+The acceptance bar is a mean Dice between the two of at least 0.99 on hippocampus validation cases.
 """
 
 from __future__ import annotations
@@ -59,7 +59,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--cases", type=int, default=0, help="first N validation cases only (0: all)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0)
-    parser.add_argument("--out", type=Path, help="write the table (Markdown) here, and the numbers to the same name .json")
+    parser.add_argument(
+        "--out", type=Path, help="write the table (Markdown) here, and the numbers to the same name .json"
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -71,7 +73,9 @@ def main(argv=None) -> dict:
 
     predictor = Predictor(args.run, device=args.device)
     if not hasattr(predictor.method, "dense_window"):
-        raise UnetzooError(f"{args.run}: model {predictor.config.model!r} has no sparse/dense inference (implicit-unet only)")
+        raise UnetzooError(
+            f"{args.run}: model {predictor.config.model!r} has no sparse/dense inference (implicit-unet only)"
+        )
     split = json.loads((args.run / "splits.json").read_text())[predictor.config.fold]
     names = split["val"][: args.cases or None]
     dataset = load_dataset(args.data)
@@ -94,8 +98,11 @@ def main(argv=None) -> dict:
         }
         row["dice_mean"] = float(np.mean(list(row["dice_sparse_vs_dense"].values())))
         rows.append(row)
-        print(f"{name}: Dice sparse vs dense {row['dice_mean']:.4f} ({row['voxels_differing']} voxels differ), "
-              f"sparse {t_sparse:.2f} s (decoded {row['decoded_share_sparse']:.1%} of voxels), dense {t_dense:.2f} s", flush=True)
+        print(
+            f"{name}: Dice sparse vs dense {row['dice_mean']:.4f} ({row['voxels_differing']} voxels differ), "
+            f"sparse {t_sparse:.2f} s (decoded {row['decoded_share_sparse']:.1%} of voxels), dense {t_dense:.2f} s",
+            flush=True,
+        )
     summary = {
         "run": str(args.run),
         "model": predictor.config.model,
@@ -126,7 +133,10 @@ def main(argv=None) -> dict:
         "| case | Dice sparse vs dense | voxels differing | sparse s | dense s | decoded share |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    lines += [f"| {r['case']} | {r['dice_mean']:.4f} | {r['voxels_differing']} | {r['sparse_s']:.2f} | {r['dense_s']:.2f} | {r['decoded_share_sparse']:.1%} |" for r in rows]
+    lines += [
+        f"| {r['case']} | {r['dice_mean']:.4f} | {r['voxels_differing']} | {r['sparse_s']:.2f} | {r['dense_s']:.2f} | {r['decoded_share_sparse']:.1%} |"
+        for r in rows
+    ]
     table = "\n".join(lines) + "\n"
     print("\n" + table)
     if args.out:

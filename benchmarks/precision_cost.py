@@ -26,7 +26,9 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    print(f"native bf16 (torch.ops.mkldnn._is_mkldnn_bf16_supported, which follows ONEDNN_MAX_CPU_ISA): {cpu_native_bf16()}")
+    print(
+        f"native bf16 (torch.ops.mkldnn._is_mkldnn_bf16_supported, which follows ONEDNN_MAX_CPU_ISA): {cpu_native_bf16()}"
+    )
     plan = synthetic_plan([1, 40, 56, 40], patch=[40, 56, 40])
     method, _ = build_method(Config(model="unet"), plan)
     batch = method.example_batch(torch.Generator().manual_seed(0))
@@ -39,7 +41,10 @@ def main(argv=None) -> None:
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            print(f"{precision} step {step}: wall {time.perf_counter() - wall:.2f} s, CPU {time.process_time() - cpu:.2f} s", flush=True)
+            print(
+                f"{precision} step {step}: wall {time.perf_counter() - wall:.2f} s, CPU {time.process_time() - cpu:.2f} s",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

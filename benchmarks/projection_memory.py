@@ -1,4 +1,4 @@
-"""Memory at scale (issue 10): whole-volume random-2.5d-unet against whole-volume 3D unet, one phase per fresh
+"""Memory at scale: whole-volume random-2.5d-unet against whole-volume 3D unet, one phase per fresh
 worker process (``unetzoo.experiments.benchmark``), fp32, batch 1, one thread, 0 warm-up steps and 1 timed step.
 
     python benchmarks/projection_memory.py JOB [JOB ...]      (JOB: a key of JOBS)
@@ -35,7 +35,18 @@ def run(name: str) -> None:
     config.train.precision = "32-true"
     config.train.batch_size = 1
     start = time.time()
-    result = benchmark_models(models, plan, config, device="cpu", warmup=0, steps=1, threads=1, timeout=timeout, patch_given=True, phases=phases)
+    result = benchmark_models(
+        models,
+        plan,
+        config,
+        device="cpu",
+        warmup=0,
+        steps=1,
+        threads=1,
+        timeout=timeout,
+        patch_given=True,
+        phases=phases,
+    )
     write_outputs(result, OUT / name)
     print(f"== {name} ({time.time() - start:.0f} s)\n" + format_table(result), flush=True)
 

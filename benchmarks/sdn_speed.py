@@ -121,7 +121,11 @@ def time_rounds(fns: dict, repeats: dict, warmup: int, device: torch.device) -> 
             elapsed = once(fn)
             if round_ >= warmup:
                 times[name].append(elapsed)
-        print(f"  round {round_ + 1} (wall/CPU ms): " + ", ".join(f"{t[-1][0] * 1e3:.0f}/{t[-1][1] * 1e3:.0f}" for t in times.values() if t), flush=True)
+        print(
+            f"  round {round_ + 1} (wall/CPU ms): "
+            + ", ".join(f"{t[-1][0] * 1e3:.0f}/{t[-1][1] * 1e3:.0f}" for t in times.values() if t),
+            flush=True,
+        )
     return {name: (statistics.median(w for w, _ in t), statistics.median(c for _, c in t)) for name, t in times.items()}
 
 
@@ -167,7 +171,10 @@ def main(argv=None) -> str:
     errors = {}
     for name, fn in [("line", per_line_sweep), ("position", per_position_sweep)]:
         out, grads = gradients(lambda: layer_forward(layer, x, fn), x)
-        errors[name] = (out - out_ref).abs().max().item(), max(((g - r).abs().max() / r.abs().max()).item() for g, r in zip(grads, grads_ref))
+        errors[name] = (
+            (out - out_ref).abs().max().item(),
+            max(((g - r).abs().max() / r.abs().max()).item() for g, r in zip(grads, grads_ref)),
+        )
 
     def run(forward, inputs):
         def fn():
@@ -183,7 +190,9 @@ def main(argv=None) -> str:
         "SDN layer, per-line loop (authors' style)": run(lambda: layer_forward(layer, x, per_line_sweep), x),
         "SDN layer, per-position loop": run(lambda: layer_forward(layer, x, per_position_sweep), x),
         "correction stage (2 sweeps), unetzoo": run(lambda: correction_forward(layer, state, None), state),
-        "correction stage (2 sweeps), per-line loop": run(lambda: correction_forward(layer, state, per_line_sweep), state),
+        "correction stage (2 sweeps), per-line loop": run(
+            lambda: correction_forward(layer, state, per_line_sweep), state
+        ),
         "3x3 conv it replaces": run(lambda: conv(x), x),
     }
     repeats = {name: args.slow_repeats if "per-position" in name else args.repeats for name in rows}
@@ -191,7 +200,11 @@ def main(argv=None) -> str:
     times = {name: cpu if device.type == "cpu" else wall for name, (wall, cpu) in timed.items()}
 
     shape = f"{args.batch}x{c}x{args.size[0]}x{args.size[1]}"
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({_cpu_name()}, {torch.get_num_threads()} threads)"
+    device_name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"CPU ({_cpu_name()}, {torch.get_num_threads()} threads)"
+    )
     load = f"; load average before the run {_load:.1f}" if (_load := _load_average()) is not None else ""
     lines = [
         f"# SDN layer speed: forward + backward on {shape}",
@@ -207,7 +220,11 @@ def main(argv=None) -> str:
     ]
     conv_time = times["3x3 conv it replaces"]
     for name, t in times.items():
-        baseline = times["correction stage (2 sweeps), per-line loop" if name.startswith("correction") else "SDN layer, per-line loop (authors' style)"]
+        baseline = times[
+            "correction stage (2 sweeps), per-line loop"
+            if name.startswith("correction")
+            else "SDN layer, per-line loop (authors' style)"
+        ]
         speedup = f"{baseline / t:.2f}x" if name != "3x3 conv it replaces" else ""
         lines.append(f"| {name} | {t * 1e3:.1f} | {speedup} | {t / conv_time:.2f}x | {timed[name][0] * 1e3:.1f} |")
     table = "\n".join(lines) + "\n"

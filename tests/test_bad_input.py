@@ -1,4 +1,4 @@
-"""Bad input (issue 12): each gives one line naming the file and the problem, or a warning naming the file
+"""Bad input: each gives one line naming the file and the problem, or a warning naming the file
 where accepting it is right; never a traceback or a silently wrong result."""
 
 from __future__ import annotations
@@ -34,7 +34,9 @@ def untrained_run(run_dir: Path, plan: Plan, model: str = "unet") -> Path:
     method, config = build_method(config, plan)
     config.save(run_dir / "config.json")
     plan.save(run_dir / "plan.json")
-    torch.save({"state_dict": {f"model.{k}": v for k, v in method.model.state_dict().items()}}, run_dir / "checkpoint_last.pt")
+    torch.save(
+        {"state_dict": {f"model.{k}": v for k, v in method.model.state_dict().items()}}, run_dir / "checkpoint_last.pt"
+    )
     return run_dir
 
 
@@ -60,12 +62,15 @@ def _msd_json(root: Path, **changes) -> Path:
     return root
 
 
-@pytest.mark.parametrize("changes, expected", [
-    ({"training": [{"image": "./imagesTr/a.nii.gz"}]}, "training entry 0 must have an 'image' and a 'label'"),
-    ({"labels": ["background", "x"]}, "'labels' must be an object"),
-    ({"training": "imagesTr"}, "'training' must be a list"),
-    ({"modality": ["MRI"]}, "'modality' must map channel indices to names"),
-])
+@pytest.mark.parametrize(
+    "changes, expected",
+    [
+        ({"training": [{"image": "./imagesTr/a.nii.gz"}]}, "training entry 0 must have an 'image' and a 'label'"),
+        ({"labels": ["background", "x"]}, "'labels' must be an object"),
+        ({"training": "imagesTr"}, "'training' must be a list"),
+        ({"modality": ["MRI"]}, "'modality' must map channel indices to names"),
+    ],
+)
 def test_malformed_msd_dataset_json(tmp_path, changes, expected):
     root = _msd_json(tmp_path / "msd", **changes)
     with pytest.raises(UnetzooError, match=expected) as error:
@@ -79,7 +84,9 @@ def test_malformed_msd_dataset_json(tmp_path, changes, expected):
 def test_one_channel_file_of_a_two_channel_case(tmp_path):
     folder = tmp_path / "in"
     write_array(np.ones((4, 4, 4), np.float32), folder / "c_0000.nii.gz")
-    with pytest.raises(UnetzooError, match=r"c_0000.nii.gz: case 'c' has 1 channel file\(s\) in .*, the model expects 2"):
+    with pytest.raises(
+        UnetzooError, match=r"c_0000.nii.gz: case 'c' has 1 channel file\(s\) in .*, the model expects 2"
+    ):
         prediction_inputs(folder / "c_0000.nii.gz", 2)
     write_array(np.ones((4, 4, 4), np.float32), folder / "c_0001.nii.gz")
     assert [p.name for p in prediction_inputs(folder / "c_0000.nii.gz", 2)["c"]] == ["c_0000.nii.gz", "c_0001.nii.gz"]
@@ -93,18 +100,28 @@ def runs(tmp_path_factory):
     return {
         "3d": untrained_run(root / "3d", Plan.synthetic([16, 16, 16])),
         "3d2": untrained_run(root / "3d2", Plan.synthetic([16, 16, 16], channels=2)),
-        "msd2": untrained_run(root / "msd2", dataclasses.replace(Plan.synthetic([16, 16, 16], channels=2), n_channel_files=1)),
+        "msd2": untrained_run(
+            root / "msd2", dataclasses.replace(Plan.synthetic([16, 16, 16], channels=2), n_channel_files=1)
+        ),
         "rgb": untrained_run(root / "rgb", rgb),
     }
 
 
-@pytest.mark.parametrize("run, files, expected", [
-    ("rgb", [("x.nii.gz", (16, 16, 16))], "x.nii.gz: a 3D NIfTI image, but the run was trained on 2D PNG images"),
-    ("3d", [("x.png", (16, 16, 3))], "x.png: a 2D PNG image, but the run was trained on 3D NIfTI images"),
-    ("msd2", [("x.nii.gz", (16, 16, 16, 3))], r"x.nii.gz: has 3 channel\(s\), the model expects 2"),
-    ("3d2", [("x_0000.nii.gz", (16, 16, 16))], r"x_0000.nii.gz: 1 channel file\(s\) for this case, the run expects 2"),
-    ("rgb", [("x.png", (16, 16))], r"x.png: has 1 channel\(s\), the model expects 3"),
-])
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "run, files, expected",
+    [
+        ("rgb", [("x.nii.gz", (16, 16, 16))], "x.nii.gz: a 3D NIfTI image, but the run was trained on 2D PNG images"),
+        ("3d", [("x.png", (16, 16, 3))], "x.png: a 2D PNG image, but the run was trained on 3D NIfTI images"),
+        ("msd2", [("x.nii.gz", (16, 16, 16, 3))], r"x.nii.gz: has 3 channel\(s\), the model expects 2"),
+        (
+            "3d2",
+            [("x_0000.nii.gz", (16, 16, 16))],
+            r"x_0000.nii.gz: 1 channel file\(s\) for this case, the run expects 2",
+        ),
+        ("rgb", [("x.png", (16, 16))], r"x.png: has 1 channel\(s\), the model expects 3"),
+    ],
+)
 def test_input_checked_against_the_run_before_inference(runs, tmp_path, run, files, expected):
     paths = []
     for name, shape in files:
@@ -116,11 +133,16 @@ def test_input_checked_against_the_run_before_inference(runs, tmp_path, run, fil
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
 
 
+@pytest.mark.slow
 def test_cli_predict_two_channel_run_on_one_channel_file(runs, tmp_path):
     write_array(np.ones((16, 16, 16), np.float32), tmp_path / "in" / "c_0000.nii.gz")
     result = run_cli("predict", runs["3d2"], tmp_path / "in" / "c_0000.nii.gz", tmp_path / "out")
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith(f"unetzoo: error: {tmp_path / 'in' / 'c_0000.nii.gz'}: case 'c' has 1 channel file(s)")
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"unetzoo: error: {tmp_path / 'in' / 'c_0000.nii.gz'}: case 'c' has 1 channel file(s)")
+    )
 
 
 # ---- 4. unreadable files ----------------------------------------------------------------------------------------
@@ -141,8 +163,14 @@ def test_unreadable_dataset_json_and_image(tmp_path, monkeypatch):
     monkeypatch.undo()
     real_open = open
     image = root / "imagesTr" / "a.nii.gz"
-    monkeypatch.setattr("builtins.open", lambda f, *a, **k: (_ for _ in ()).throw(PermissionError(13, "Permission denied", str(f)))
-                        if str(f) == str(image) else real_open(f, *a, **k))
+    monkeypatch.setattr(
+        "builtins.open",
+        lambda f, *a, **k: (
+            (_ for _ in ()).throw(PermissionError(13, "Permission denied", str(f)))
+            if str(f) == str(image)
+            else real_open(f, *a, **k)
+        ),
+    )
     with pytest.raises(UnetzooError, match=r"a.nii.gz: cannot open the file \(Permission denied\)$"):
         read_image(image)
 
@@ -165,17 +193,22 @@ def _nifti_with_header(path: Path, pixdim=(1.0, 1.0, 1.0), sform=None) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_zero_spacing_in_the_affine_is_an_error_everywhere(runs, tmp_path):
     flat = np.diag([1.0, 0.0, 1.0, 1.0])
     path = _nifti_with_header(tmp_path / "z.nii", sform=flat)
     for read in (read_image, read_label):
-        with pytest.raises(UnetzooError, match=r"z.nii: the affine \(sform/qform\) has zero or invalid voxel spacing \[1.0, 0.0, 1.0\]"):
+        with pytest.raises(
+            UnetzooError, match=r"z.nii: the affine \(sform/qform\) has zero or invalid voxel spacing \[1.0, 0.0, 1.0\]"
+        ):
             read(path)
     with pytest.raises(UnetzooError, match=r"array: the affine \(sform/qform\) has zero or invalid voxel spacing"):
         Predictor(runs["3d"]).predict_array(np.ones((16, 16, 16)), flat)
 
 
-@pytest.mark.parametrize("pixdim, message", [((1.0, 0.0, 1.0), "should be non-zero"), ((1.0, -2.0, 1.0), "should be positive")])
+@pytest.mark.parametrize(
+    "pixdim, message", [((1.0, 0.0, 1.0), "should be non-zero"), ((1.0, -2.0, 1.0), "should be positive")]
+)
 def test_zero_or_negative_pixdim_warns_naming_the_file(tmp_path, caplog, pixdim, message):
     path = _nifti_with_header(tmp_path / "p.nii", pixdim=pixdim)
     with caplog.at_level(logging.WARNING, logger="unetzoo.io"):
@@ -195,7 +228,9 @@ def test_label_with_another_affine_is_rejected(tmp_path):
     flipped = np.diag([-1.0, 1.0, 1.0, 1.0])
     write_array(np.zeros((4, 4, 4), np.uint8), root / "labelsTr" / "a.nii.gz", flipped)
     dataset = load_dataset(root)
-    with pytest.raises(UnetzooError, match=r"labelsTr/a.nii.gz: label affine differs from the image's \(a.nii.gz\) by up to 2 mm"):
+    with pytest.raises(
+        UnetzooError, match=r"labelsTr/a.nii.gz: label affine differs from the image's \(a.nii.gz\) by up to 2 mm"
+    ):
         make_plan(dataset, dataset.cases)
 
 
@@ -227,7 +262,9 @@ def ids_run(tmp_path_factory):
     data = write_organs_phantom(root / "data", cases=4, seed=3, shape=(20, 20, 16), n_structures=2)
     for path in (data / "labelsTr").iterdir():
         label = nib.load(str(path))
-        write_array(np.where(np.asarray(label.dataobj) == 2, 3, np.asarray(label.dataobj)).astype(np.uint8), path, label.affine)
+        write_array(
+            np.where(np.asarray(label.dataobj) == 2, 3, np.asarray(label.dataobj)).astype(np.uint8), path, label.affine
+        )
     meta = json.loads((data / "dataset.json").read_text())
     meta["labels"] = {"background": 0, "organ1": 1, "organ3": 3}
     (data / "dataset.json").write_text(json.dumps(meta))
@@ -236,6 +273,7 @@ def ids_run(tmp_path_factory):
     return data, train(data, root / "run", config)
 
 
+@pytest.mark.slow
 def test_non_consecutive_label_ids_train_classes_and_save_ids(ids_run):
     """Ids 0, 1, 3 are classes 0, 1, 2: the network has 3 outputs, validation is evaluated and saved as ids, and
     the history names each class's Dice by its id."""
@@ -260,7 +298,11 @@ def test_label_ids_become_classes_in_preprocessing(tmp_path):
 
     label = np.zeros((6, 6, 6))
     label[:2], label[4:] = 1, 5
-    root = _msd(tmp_path / "msd", [(np.random.default_rng(0).random((6, 6, 6)) + 1, label)], {"0": "background", "1": "a", "5": "b"})
+    root = _msd(
+        tmp_path / "msd",
+        [(np.random.default_rng(0).random((6, 6, 6)) + 1, label)],
+        {"0": "background", "1": "a", "5": "b"},
+    )
     dataset = load_dataset(root)
     plan = make_plan(dataset, dataset.cases)
     classes = preprocessing(plan)(dataset.cases[0].as_dict())["label"]
@@ -290,7 +332,10 @@ def test_nonzero_mask_decided_once_per_dataset(tmp_path, organs):
     assert normalised.mean() == pytest.approx(0.0, abs=1e-5)
     image[0, 0, 0] = 0  # one zero voxel in a 0.998-full image: stays zero under the dataset's mask
     write_array(image.astype(np.float32), tmp_path / "test.nii.gz")
-    assert float(preprocessing(plan, with_label=False)({"image": [str(tmp_path / "test.nii.gz")]})["image"][0, 0, 0, 0]) == 0.0
+    assert (
+        float(preprocessing(plan, with_label=False)({"image": [str(tmp_path / "test.nii.gz")]})["image"][0, 0, 0, 0])
+        == 0.0
+    )
     organs_dataset = load_dataset(organs)
     assert make_plan(organs_dataset, organs_dataset.cases[:2]).nonzero_mask == [False]
 
@@ -308,11 +353,14 @@ def _write_into(command: str, out: Path, runs, tmp_path) -> None:
     if command == "train":
         train(_msd_json(tmp_path / "msd"), out, tiny_config())
     elif command == "predict":
-        Predictor(runs["3d"]).predict_cases({"a": [write_array(np.ones((16, 16, 16), np.float32), tmp_path / "a_0000.nii.gz")]}, out)
+        Predictor(runs["3d"]).predict_cases(
+            {"a": [write_array(np.ones((16, 16, 16), np.float32), tmp_path / "a_0000.nii.gz")]}, out
+        )
     else:
         evaluate_folder(labels, labels, out)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["train", "predict", "evaluate"])
 def test_output_into_a_file_or_a_read_only_folder(runs, tmp_path, monkeypatch, command):
     taken = tmp_path / "taken"
@@ -329,17 +377,21 @@ def test_output_into_a_file_or_a_read_only_folder(runs, tmp_path, monkeypatch, c
         _write_into(command, read_only, runs, tmp_path)
 
 
+@pytest.mark.slow
 def test_cli_evaluate_into_a_file(organs, tmp_path):
     taken = tmp_path / "taken.json"
     taken.write_text("{}")
     result = run_cli("evaluate", organs / "labelsTr", organs / "labelsTr", "--out", taken)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines() == [f"unetzoo: error: {taken}: exists and is not a folder: give a folder for the outputs"]
+    assert result.stderr.strip().splitlines() == [
+        f"unetzoo: error: {taken}: exists and is not a folder: give a folder for the outputs"
+    ]
 
 
 # ---- 9, 10. resume: cases verified again, the network kept, config.json untouched by a failed resume, leftovers ---
 
 
+@pytest.mark.slow
 def test_resume_verifies_again_and_cleans_leftovers(ids_run):
     from conftest import tiny_config
     from unetzoo.training.run import train
@@ -368,9 +420,13 @@ def test_resume_verifies_again_and_cleans_leftovers(ids_run):
     assert json.loads((run / "config.json").read_text())["train"]["epochs"] == 2
     assert torch.load(run / "checkpoint_last.pt", weights_only=False)["epoch"] == 1  # every epoch, best or not
     log = max(run.glob("training_log_*.txt")).read_text()
-    assert f"removed .tmp_{dead}_checkpoint_last.pt" in log and "poly learning-rate schedule is recomputed over 2 epochs" in log
+    assert (
+        f"removed .tmp_{dead}_checkpoint_last.pt" in log
+        and "poly learning-rate schedule is recomputed over 2 epochs" in log
+    )
 
 
+@pytest.mark.slow
 def test_prediction_done_only_when_every_output_exists(runs, tmp_path):
     image = write_array(np.ones((16, 16, 16), np.float32), tmp_path / "in" / "a_0000.nii.gz")
     out = tmp_path / "out"
@@ -389,7 +445,7 @@ def _dead_pid() -> int:
     return process.pid
 
 
-# ---- issue 20, 1. evaluate compares on one grid: a flipped or shifted prediction is refused or resampled ----------
+# ---- evaluate compares on one grid: a flipped or shifted prediction is refused or resampled -----------------------
 
 
 def _grid_pair(tmp_path: Path, pred_array: np.ndarray, pred_affine: np.ndarray) -> tuple[Path, Path]:
@@ -412,7 +468,10 @@ def test_evaluate_flipped_prediction_refused_or_resampled(tmp_path):
 
     flip = np.array([[-1, 0, 0, 7], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])  # voxel i -> 7 - i
     pred, ref = _grid_pair(tmp_path, _REFERENCE[::-1].copy(), _REF_AFFINE @ flip)
-    with pytest.raises(UnetzooError, match=rf"^{pred / 'a.nii.gz'}: not on the grid of the reference {ref / 'a.nii.gz'}: affine differs .* pass --resample"):
+    with pytest.raises(
+        UnetzooError,
+        match=rf"^{pred / 'a.nii.gz'}: not on the grid of the reference {ref / 'a.nii.gz'}: affine differs .* pass --resample",
+    ):
         evaluate_folder(pred, ref, tmp_path / "out")
     assert not (tmp_path / "out" / "summary.json").exists()
     summary = evaluate_folder(pred, ref, tmp_path / "out", resample=True)
@@ -434,19 +493,23 @@ def test_evaluate_shifted_prediction_is_not_scored_as_perfect(tmp_path):
         evaluate_folder(pred, ref, tmp_path / "out")
 
 
+@pytest.mark.slow
 def test_cli_evaluate_resample(tmp_path):
     flip = np.array([[-1, 0, 0, 7], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
     pred, ref = _grid_pair(tmp_path, _REFERENCE[::-1].copy(), _REF_AFFINE @ flip)
     refused = run_cli("evaluate", pred, ref, "--out", tmp_path / "out")
-    assert refused.returncode == 2 and refused.stderr.strip().splitlines()[-1].startswith(f"unetzoo: error: {pred / 'a.nii.gz'}: not on the grid")
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines()[-1].startswith(
+        f"unetzoo: error: {pred / 'a.nii.gz'}: not on the grid"
+    )
     resampled = run_cli("evaluate", pred, ref, "--out", tmp_path / "out", "--resample")
     assert resampled.returncode == 0, resampled.stderr
     assert "label 1: Dice 1.0000" in resampled.stdout and "label 2: Dice 1.0000" in resampled.stdout
 
 
-# ---- issue 20, 3. predictions keep the input's header: qform and sform, codes included ----------------------------
+# ---- predictions keep the input's header: qform and sform, codes included -----------------------------------------
 
 
+@pytest.mark.slow
 def test_prediction_keeps_distinct_qform_and_sform(runs, tmp_path):
     """An input whose qform (scanner, code 1) and sform (aligned, code 2) differ: the prediction's header holds both,
     with their codes, as the input's did (the sform, nibabel's best affine, is the grid it is predicted on)."""
@@ -463,7 +526,7 @@ def test_prediction_keeps_distinct_qform_and_sform(runs, tmp_path):
     assert np.allclose(header.get_qform(), qform) and np.allclose(header.get_sform(), sform)
 
 
-# ---- issue 20, 2. a label among CASE_0000 inputs is skipped; predicting into the input folder is refused ----------
+# ---- a label among CASE_0000 inputs is skipped; predicting into the input folder is refused -----------------------
 
 
 def test_label_beside_channel_files_is_skipped_with_a_warning(tmp_path, caplog):
@@ -475,9 +538,12 @@ def test_label_beside_channel_files_is_skipped_with_a_warning(tmp_path, caplog):
         cases = prediction_inputs(folder, 1)
     assert cases == {"a": [folder / "a_0000.nii.gz"], "b": [folder / "b_0000.nii.gz"]}
     [warning] = [r.getMessage() for r in caplog.records if r.name == "unetzoo.data.datasets"]
-    assert warning.startswith(f"{folder}: skipping 1 file(s) not named like the images") and warning.endswith(": a.nii.gz")
+    assert warning.startswith(f"{folder}: skipping 1 file(s) not named like the images") and warning.endswith(
+        ": a.nii.gz"
+    )
 
 
+@pytest.mark.slow
 def test_predicting_into_the_input_folder_is_refused(runs, tmp_path):
     from unetzoo.inference import predict
 
@@ -490,23 +556,28 @@ def test_predicting_into_the_input_folder_is_refused(runs, tmp_path):
     assert [p.name for p in folder.iterdir()] == ["a.nii.gz"] and (folder / "a.nii.gz").read_bytes() == before
 
 
-# ---- issue 20, 4. --checkpoint best without checkpoint_best.pt: a warning, and export.json names the file used ----
+# ---- --checkpoint best without checkpoint_best.pt: a warning, and export.json names the file used -----------------
 
 
+@pytest.mark.slow
 def test_missing_best_checkpoint_warns_and_export_records_the_file(runs, tmp_path, caplog):
     run = runs["3d"]  # an untrained run: checkpoint_last.pt only
-    with caplog.at_level(logging.WARNING, logger="unetzoo.inference"):
+    with caplog.at_level(logging.WARNING, logger="unetzoo.runfolder"):
         predictor = Predictor(run, checkpoint="best")
-    [warning] = [r.getMessage() for r in caplog.records if r.name == "unetzoo.inference"]
-    assert warning == f"{run / 'checkpoint_best.pt'}: missing (the run never validated?): using checkpoint_last.pt instead"
+    [warning] = [r.getMessage() for r in caplog.records if r.name == "unetzoo.runfolder"]
+    assert (
+        warning == f"{run / 'checkpoint_best.pt'}: missing (the run never validated?): using checkpoint_last.pt instead"
+    )
     assert predictor.checkpoint_path == run / "checkpoint_last.pt"
     result = run_cli("export", run, tmp_path / "export")
     assert result.returncode == 0, result.stderr
     assert [line for line in result.stderr.splitlines() if "checkpoint" in line] == [warning]
-    assert json.loads((tmp_path / "export" / "export.json").read_text())["checkpoint"] == str((run / "checkpoint_last.pt").resolve())
+    assert json.loads((tmp_path / "export" / "export.json").read_text())["checkpoint"] == str(
+        (run / "checkpoint_last.pt").resolve()
+    )
 
 
-# ---- issue 20, 5. warnings where the dataset is verified: duplicates, labels without an image, absent classes -----
+# ---- warnings where the dataset is verified: duplicates, labels without an image, absent classes ------------------
 
 
 def test_dataset_warnings_duplicates_orphan_labels_and_absent_classes(tmp_path, caplog):
@@ -519,7 +590,11 @@ def test_dataset_warnings_duplicates_orphan_labels_and_absent_classes(tmp_path, 
     rng = np.random.default_rng(0)
     label = np.zeros((6, 6, 6))
     label[1:3] = 1
-    root = _msd(tmp_path / "msd", [(rng.random((6, 6, 6)) + 1, label) for _ in range(3)], {"0": "background", "1": "a", "2": "b"})
+    root = _msd(
+        tmp_path / "msd",
+        [(rng.random((6, 6, 6)) + 1, label) for _ in range(3)],
+        {"0": "background", "1": "a", "2": "b"},
+    )
     meta = json.loads((root / "dataset.json").read_text())
     with caplog.at_level(logging.WARNING, logger="unetzoo.data.plan"):
         meta["labels"] = {"0": "background", "1": "a"}

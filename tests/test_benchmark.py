@@ -23,12 +23,15 @@ def tiny(model: str = "unet") -> Config:
     return config
 
 
+@pytest.mark.slow
 def test_doubling_the_patch_grows_memory_and_macs_but_not_parameters():
     """Acceptance: patch 16^3 -> 32^3 (8x the voxels) in fresh subprocesses."""
     rows = {}
     for edge in (16, 32):
         plan = synthetic_plan([1, 32, 32, 32], patch=[edge] * 3)
-        result = benchmark_models(["unet"], plan, config=tiny(), warmup=1, steps=1, phases=("train",), log=lambda _m: None)
+        result = benchmark_models(
+            ["unet"], plan, config=tiny(), warmup=1, steps=1, phases=("train",), log=lambda _m: None
+        )
         rows[edge] = result["models"][0]
         assert "errors" not in rows[edge], rows[edge].get("errors")
     small, large = rows[16], rows[32]
@@ -38,10 +41,29 @@ def test_doubling_the_patch_grows_memory_and_macs_but_not_parameters():
     assert large["train_patch"] == [32, 32, 32] and large["train_batch"] == 2
 
 
+@pytest.mark.slow
 def test_cli_writes_json_csv_png_with_positive_figures(tmp_path):
     out = tmp_path / "bench"
-    proc = run_cli("benchmark", "--models", "unet,unet2d-slices", "--shape", "1", "16", "16", "16", "--warmup", "1", "--steps", "1",
-                   "--set", "model_args.n_stages=2", "--set", "model_args.base_features=8", "--out", out)
+    proc = run_cli(
+        "benchmark",
+        "--models",
+        "unet,unet2d-slices",
+        "--shape",
+        "1",
+        "16",
+        "16",
+        "16",
+        "--warmup",
+        "1",
+        "--steps",
+        "1",
+        "--set",
+        "model_args.n_stages=2",
+        "--set",
+        "model_args.base_features=8",
+        "--out",
+        out,
+    )
     assert proc.returncode == 0, proc.stderr
     result = json.loads((out / "benchmark.json").read_text())
     assert [m["model"] for m in result["models"]] == ["unet", "unet2d-slices"]
@@ -65,7 +87,14 @@ def test_2d_shape_in_process():
     """A 2D synthetic plan (the SDN models are benchmarked at 96x96): both phases run, shapes as asked."""
     plan = synthetic_plan([3, 24, 24], classes=3)
     assert plan.spatial_dims == 2 and plan.patch_size == [24, 24] and plan.in_channels == 3
-    spec = {"config": tiny("unet").to_dict(), "plan": plan.to_dict(), "device": "cpu", "warmup": 1, "steps": 1, "infer_shape": [24, 30]}
+    spec = {
+        "config": tiny("unet").to_dict(),
+        "plan": plan.to_dict(),
+        "device": "cpu",
+        "warmup": 1,
+        "steps": 1,
+        "infer_shape": [24, 30],
+    }
     train = measure_train(spec)
     assert train["params"] > 0 and train["macs"] > 0 and train["train_step_s"] > 0 and train["train_patch"] == [24, 24]
     infer = measure_infer(spec)
@@ -109,12 +138,30 @@ def test_plan_and_model_errors():
 
 
 def test_table_gives_ratios_to_the_first_model():
-    base = {"params": 100, "macs": 1e9, "train_step_s": 2.0, "train_peak_mem_mb": 100.0, "infer_s": 1.0, "infer_peak_mem_mb": 50.0}
+    base = {
+        "params": 100,
+        "macs": 1e9,
+        "train_step_s": 2.0,
+        "train_peak_mem_mb": 100.0,
+        "infer_s": 1.0,
+        "infer_peak_mem_mb": 50.0,
+    }
     other = {k: v / 2 for k, v in base.items()}
     result = {
-        "models": [{"model": "a", **base}, {"model": "b", **other, "errors": {}}], "device": "cpu", "device_name": "x", "threads": 2,
-        "torch": "2", "precision": "fp32", "patch": [8, 8, 8], "batch_size": 2, "infer_shape": [8, 8, 8], "channels": 1,
-        "num_classes": 2, "timed_steps": 5, "warmup_steps": 2, "memory_method": "m",
+        "models": [{"model": "a", **base}, {"model": "b", **other, "errors": {}}],
+        "device": "cpu",
+        "device_name": "x",
+        "threads": 2,
+        "torch": "2",
+        "precision": "fp32",
+        "patch": [8, 8, 8],
+        "batch_size": 2,
+        "infer_shape": [8, 8, 8],
+        "channels": 1,
+        "num_classes": 2,
+        "timed_steps": 5,
+        "warmup_steps": 2,
+        "memory_method": "m",
     }
     table = format_table(result)
     assert "2.000 (x1.00)" in table and "1.000 (x0.50)" in table and "1.00G (x1.00)" in table
@@ -125,5 +172,9 @@ def test_data_plan_takes_patch_and_median_shape_from_the_dataset(organs):
 
     plan = data_plan(organs, patch=[16, 16, 16])
     assert plan.patch_size == [16, 16, 16] and plan.spatial_dims == 3 and len(plan.median_shape) == 3
-    default = data_plan(organs)  # from the data: the median shape (it fits the budget) rounded up to the strides' multiple
-    assert all(p % m == 0 and p >= round(s) for p, m, s in zip(default.patch_size, divisor(default.strides), plan.median_shape))
+    default = data_plan(
+        organs
+    )  # from the data: the median shape (it fits the budget) rounded up to the strides' multiple
+    assert all(
+        p % m == 0 and p >= round(s) for p, m, s in zip(default.patch_size, divisor(default.strides), plan.median_shape)
+    )

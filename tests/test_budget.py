@@ -55,6 +55,7 @@ def test_time_budget_spends_stops_and_resumes():
     assert TimeBudget(minutes=1).progress(epoch=5, epochs=10) == 0.5
 
 
+@pytest.mark.slow
 def test_time_boxed_training_anneals_to_zero_and_stops_at_the_budget(organs, tmp_path, monkeypatch):
     """--max-minutes 1 with a clock that advances 6 s per step: training stops after 10 steps (epoch 3 of a 100-epoch
     schedule), with the learning rate at 0; each epoch starts at lr * (1 - time spent / budget)^0.9."""

@@ -68,6 +68,7 @@ def test_default_width_reads_the_builders_signature():
     assert {m: default_width(m) for m in list_models()} == {m: None if m == "nisf" else 32 for m in list_models()}
 
 
+@pytest.mark.slow
 def test_a_time_boxed_run_records_the_measured_width_and_a_resume_keeps_it(organs, tmp_path):
     """The real measurement on the phantom (a min_steps no width reaches: the floor), recorded in config.json; a
     --resume rebuilds that network from the checkpoint without measuring again."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import torch
 
 from unetzoo.data.cache import plan_folder, preprocessed_cases
@@ -34,7 +35,9 @@ def test_second_read_comes_from_the_cache_and_changed_files_are_redone(tmp_path,
     assert reads == []  # nothing was read or resampled again
     assert [c["case_index"] for c in second] == [0, 1, 2] and [c["name"] for c in second] == [c.name for c in cases]
     for a, b in zip(first, second):
-        assert torch.equal(a["image"].as_tensor(), b["image"].as_tensor()) and torch.equal(a["label"].as_tensor(), b["label"].as_tensor())
+        assert torch.equal(a["image"].as_tensor(), b["image"].as_tensor()) and torch.equal(
+            a["label"].as_tensor(), b["label"].as_tensor()
+        )
 
     path = cases[2].images[0]  # a changed file (new modification time) is preprocessed again
     os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1_000_000_000))
@@ -44,6 +47,7 @@ def test_second_read_comes_from_the_cache_and_changed_files_are_redone(tmp_path,
     assert plan_folder(other_plan, tmp_path / "cache") != folder
 
 
+@pytest.mark.slow
 def test_training_fills_the_cache_of_its_plan(trained_run):
     from unetzoo.data.cache import cache_root
     from unetzoo.data.plan import Plan
@@ -63,5 +67,7 @@ def test_each_frame_of_a_3d_t_case_has_its_own_entry(tmp_path):
     again = preprocessed_cases(items, plan, tmp_path / "cache")
     for item, a, b in zip(items, cached, again):
         direct = preprocessing(plan)(item)
-        assert torch.equal(a["label"].as_tensor(), direct["label"].as_tensor()) and torch.equal(b["label"].as_tensor(), direct["label"].as_tensor())
+        assert torch.equal(a["label"].as_tensor(), direct["label"].as_tensor()) and torch.equal(
+            b["label"].as_tensor(), direct["label"].as_tensor()
+        )
     assert not torch.equal(cached[0]["label"].as_tensor(), cached[1]["label"].as_tensor())  # the heart beats

@@ -1,7 +1,7 @@
-"""`unetzoo compare`: the plan and its budget, the executors, the leaderboard's statistics, and one experiment end to end
-(three models, two folds of a tiny phantom, 2 steps per run): killed mid-way and restarted, a second invocation that
-does nothing, a changed plan refused, the leaderboard against a computation by hand, the SLURM path through submitit's
-local executor."""
+"""`unetzoo compare`: the experiment and its budget, the executors, the leaderboard's statistics, and one experiment end
+to end (three models, two folds of a tiny phantom, 2 steps per run): killed mid-way and restarted, a second invocation
+that does nothing, a changed experiment refused, the leaderboard against a computation by hand, the SLURM path through
+submitit's local executor."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from unetzoo.config import Config
 from unetzoo.errors import UnetzooError
 from unetzoo.experiments.compare import compare
 from unetzoo.experiments.executors import LocalExecutor, SubmititExecutor
-from unetzoo.experiments.experiment import finished, make_plan, record_plan, run_config, run_folder
+from unetzoo.experiments.experiment import Experiment, run_folder
 from unetzoo.experiments.jobs import Job
 from unetzoo.experiments.leaderboard import (
     BOOTSTRAP,
@@ -39,8 +39,16 @@ from unetzoo.experiments.leaderboard import (
 )
 
 MODELS = ["unet", "unet2d-slices", "attention-unet"]
-SETS = ["data.folds=3", "train.iters_per_epoch=1", "data.patch_size=[16,16,16]", "data.num_workers=0", "data.cache_workers=0",
-        "train.lr=1e-3", "train.val_cases=1", "train.precision=32-true"]
+SETS = [
+    "data.folds=3",
+    "train.iters_per_epoch=1",
+    "data.patch_size=[16,16,16]",
+    "data.num_workers=0",
+    "data.cache_workers=0",
+    "train.lr=1e-3",
+    "train.val_cases=1",
+    "train.precision=32-true",
+]
 
 
 def tiny(config: Config | None = None) -> Config:
@@ -61,31 +69,49 @@ def in_process(*args: str) -> tuple[int, str, str]:
 
 def cli_args(data, out, budget: int = 2) -> list[str]:
     sets = [word for s in SETS for word in ("--set", s)]
-    return ["compare", str(data), "--models", ",".join(MODELS), "--folds", "0,1", "--budget", str(budget), "--out", str(out), "--jobs", "2", *sets]
+    return [
+        "compare",
+        str(data),
+        "--models",
+        ",".join(MODELS),
+        "--folds",
+        "0,1",
+        "--budget",
+        str(budget),
+        "--out",
+        str(out),
+        "--jobs",
+        "2",
+        *sets,
+    ]
 
 
-# ---- the plan and the budget ------------------------------------------------------------------------------
+# ---- the experiment and the budget ------------------------------------------------------------------------
 def test_step_budget_becomes_whole_epochs_of_the_same_steps(organs):
     config = tiny()
     config.train.iters_per_epoch = 250
-    plan = make_plan(organs, ["unet", "unet2d-slices"], [0, 1], config, steps=500)
-    runs = [run_config(plan, m, f).train for m in plan["models"] for f in plan["folds"]]
+    experiment = Experiment.make(organs, ["unet", "unet2d-slices"], [0, 1], config, steps=500)
+    runs = [experiment.run_config(m, f).train for m in experiment.models for f in experiment.folds]
     assert {(t.epochs, t.iters_per_epoch, t.max_minutes) for t in runs} == {(2, 250, 0.0)}
     assert len({t.batch_size for t in runs}) == 1  # every run the same batch setting (None: the data's plan decides it)
-    assert run_config(make_plan(organs, ["unet"], [0], config, steps=6), "unet", 0).train.epochs == 1  # 6 < 250: one epoch of 6
+    # 6 < 250: one epoch of 6
+    assert Experiment.make(organs, ["unet"], [0], config, steps=6).run_config("unet", 0).train.epochs == 1
     with pytest.raises(UnetzooError, match="not a whole number of epochs of train.iters_per_epoch = 250"):
-        make_plan(organs, ["unet"], [0], config, steps=300)
-    minutes = run_config(make_plan(organs, ["unet"], [0], config, minutes=2.5), "unet", 0)
+        Experiment.make(organs, ["unet"], [0], config, steps=300)
+    minutes = Experiment.make(organs, ["unet"], [0], config, minutes=2.5).run_config("unet", 0)
     assert minutes.train.max_minutes == 2.5
 
 
-@pytest.mark.parametrize("models, folds, message", [
-    (["unet", "nope"], [0], "nope"),
-    (["unet", "unet"], [0], "listed twice"),
-    (["unet"], [3], r"--folds 3: give distinct folds among 0..2 \(the splits have 3 folds\)"),
-    (["unet"], [0], r"train.lr \(--lr\): expected"),
-])
-def test_bad_plan_is_one_line_before_any_work(organs, tmp_path, models, folds, message):
+@pytest.mark.parametrize(
+    "models, folds, message",
+    [
+        (["unet", "nope"], [0], "nope"),
+        (["unet", "unet"], [0], "listed twice"),
+        (["unet"], [3], r"--folds 3: give distinct folds among 0..2 \(the splits have 3 folds\)"),
+        (["unet"], [0], r"train.lr \(--lr\): expected"),
+    ],
+)
+def test_bad_experiment_is_one_line_before_any_work(organs, tmp_path, models, folds, message):
     config = tiny()
     if "lr" in message:
         config.set("train.lr=-1")
@@ -96,24 +122,54 @@ def test_bad_plan_is_one_line_before_any_work(organs, tmp_path, models, folds, m
 
 def test_folds_come_from_the_splits_file_recorded_by_its_full_path(organs, tmp_path, monkeypatch):
     names = sorted(p.name[: -len("_0000.nii.gz")] for p in (organs / "imagesTr").iterdir())
-    (tmp_path / "splits_final.json").write_text(json.dumps([{"train": names[2:], "val": names[:2]}, {"train": names[:2], "val": names[2:]}]))
+    (tmp_path / "splits_final.json").write_text(
+        json.dumps([{"train": names[2:], "val": names[:2]}, {"train": names[:2], "val": names[2:]}])
+    )
     monkeypatch.chdir(tmp_path)
     config = tiny()
     config.data.splits_file = "splits_final.json"
-    plan = make_plan(organs, ["unet"], [0, 1], config, steps=2)
-    assert plan["config"]["data"]["splits_file"] == str(tmp_path / "splits_final.json")
+    experiment = Experiment.make(organs, ["unet"], [0, 1], config, steps=2)
+    assert experiment.config["data"]["splits_file"] == str(tmp_path / "splits_final.json")
     with pytest.raises(UnetzooError, match=r"--folds 2: give distinct folds among 0..1 \(the splits have 2 folds\)"):
-        make_plan(organs, ["unet"], [2], config, steps=2)
+        Experiment.make(organs, ["unet"], [2], config, steps=2)
 
 
-def test_changed_plan_is_refused_and_the_recorded_one_kept(organs, tmp_path):
-    plan = make_plan(organs, ["unet"], [0], tiny(), steps=2)
-    record_plan(tmp_path, plan, None)
+def test_changed_experiment_is_refused_and_the_recorded_one_kept(organs, tmp_path):
+    experiment = Experiment.make(organs, ["unet"], [0], tiny(), steps=2)
+    experiment.record(tmp_path, None)
     saved = (tmp_path / "compare.json").read_text()
-    other = make_plan(organs, ["unet"], [0], tiny(Config(seed=3)), steps=2)
+    other = Experiment.make(organs, ["unet"], [0], tiny(Config(seed=3)), steps=2)
     with pytest.raises(UnetzooError, match=r"compare.json: this experiment was planned otherwise: config.seed 0 -> 3"):
-        record_plan(tmp_path, other, None)
+        other.record(tmp_path, None)
     assert (tmp_path / "compare.json").read_text() == saved
+
+
+def test_experiment_round_trips_and_the_committed_results_load(organs, tmp_path):
+    experiment = Experiment.make(organs, ["unet", "unet2d-slices"], [0, 1], tiny(), steps=2)
+    assert Experiment.from_dict(experiment.to_dict()) == experiment
+    recorded = experiment.record(tmp_path, None)
+    assert recorded == Experiment(**{**experiment.to_dict(), "test": None, "executions": []})
+    recorded.executions.append({"started": "now", "executor": "local"})
+    recorded.save(tmp_path)
+    assert Experiment.load(tmp_path) == recorded and Experiment.from_dict(recorded.to_dict()) == recorded
+    assert list(json.loads((tmp_path / "compare.json").read_text())) == [
+        "data",
+        "models",
+        "folds",
+        "budget",
+        "config",
+        "test",
+        "executions",
+    ]
+    committed = Path(__file__).parents[1] / "benchmarks" / "results" / "compare_hippocampus_600steps"
+    text = (committed / "compare.json").read_text()
+    loaded = Experiment.load(committed)
+    assert loaded.to_dict() == json.loads(text)  # the layout of compare.json, nothing lost
+    assert loaded.budget == {"steps": 600} and loaded.models and loaded.executions
+    assert loaded.budget_text().startswith("600 optimiser steps per run of ")
+    assert (committed / "compare.json").read_text() == text  # read-only
+    with pytest.raises(UnetzooError, match="compare.json: missing: not a unetzoo compare folder"):
+        Experiment.load(tmp_path / "elsewhere")
 
 
 # ---- statistics -------------------------------------------------------------------------------------------
@@ -151,48 +207,82 @@ def test_pareto_front():
 
 def _fake_run(run: Path, case_dice: dict[str, list[float]], infer_s: float, params: int) -> None:
     """A finished run folder as training and the benchmark leave it (only the files the leaderboard reads)."""
-    cases = [{"case": c, "metrics": {str(k + 1): {"Dice": d, "NSD": d, "HD95": 1 - d} for k, d in enumerate(dice)}} for c, dice in case_dice.items()]
+    cases = [
+        {"case": c, "metrics": {str(k + 1): {"Dice": d, "NSD": d, "HD95": 1 - d} for k, d in enumerate(dice)}}
+        for c, dice in case_dice.items()
+    ]
     summary = {"label_ids": [1, 2], "cases": cases}
     (run / "validation" / "postprocessed").mkdir(parents=True)
     (run / "validation" / "postprocessed" / "summary.json").write_text(json.dumps(summary))
-    (run / "history.json").write_text(json.dumps([{"epoch": 0, "epoch_time_s": 10.0}, {"epoch": 1, "epoch_time_s": 12.5}]))
+    (run / "history.json").write_text(
+        json.dumps([{"epoch": 0, "epoch_time_s": 10.0}, {"epoch": 1, "epoch_time_s": 12.5}])
+    )
     (run / "plan.json").write_text(json.dumps({"target_spacing": [1, 1, 1]}))
-    bench = {"models": [{"model": "m", "params": params, "macs": 1, "train_step_s": 1, "train_peak_mem_mb": 1, "infer_s": infer_s, "infer_peak_mem_mb": 1}],
-             "device": "cpu", "device_name": "cpu", "threads": 1, "precision": "32-true", "torch": "x", "infer_shape": [8, 8, 8]}
+    bench = {
+        "models": [
+            {
+                "model": "m",
+                "params": params,
+                "macs": 1,
+                "train_step_s": 1,
+                "train_peak_mem_mb": 1,
+                "infer_s": infer_s,
+                "infer_peak_mem_mb": 1,
+            }
+        ],
+        "device": "cpu",
+        "device_name": "cpu",
+        "threads": 1,
+        "precision": "32-true",
+        "torch": "x",
+        "infer_shape": [8, 8, 8],
+    }
     (run / "benchmark.json").write_text(json.dumps(bench))
 
 
 def test_leaderboard_names_the_best_and_the_cheapest_not_significantly_below_it(organs, tmp_path):
     """Eight hand-made cases: `unet` best; `unet2d-slices` 0.01 below on 4 cases and 0.01 above on 4 (not significant),
     cheaper; `attention-unet` 0.2 below on all 8 (Wilcoxon p = 2/2^8, x2 by Holm = 0.0156 < 0.05) and cheapest."""
-    plan = make_plan(organs, ["unet", "unet2d-slices", "attention-unet"], [0], tiny(), steps=2)
-    record_plan(tmp_path, plan, None)
+    Experiment.make(organs, ["unet", "unet2d-slices", "attention-unet"], [0], tiny(), steps=2).record(tmp_path, None)
     base = {f"case{i}": [0.8 + 0.01 * i, 0.7] for i in range(8)}
     shift = {"unet": 0.0, "unet2d-slices": None, "attention-unet": -0.2}
     costs = {"unet": (2.0, 100), "unet2d-slices": (1.0, 50), "attention-unet": (0.5, 10)}
     for model, delta in shift.items():
-        dice = {c: [v[0] + (delta if delta is not None else (0.01 if i % 2 else -0.01)), v[1]] for i, (c, v) in enumerate(base.items())}
-        _fake_run(run_folder(tmp_path, model, 0), dice, *costs[model])
+        dice = {
+            c: [v[0] + (delta if delta is not None else (0.01 if i % 2 else -0.01)), v[1]]
+            for i, (c, v) in enumerate(base.items())
+        }
+        _fake_run(run_folder(tmp_path, model, 0).path, dice, *costs[model])
     board = leaderboard(tmp_path)
     assert [e["model"] for e in board["models"]] == ["unet", "unet2d-slices", "attention-unet"]
     below = {e["model"]: e["significantly_below_best"] for e in board["models"]}
     assert below == {"unet": False, "unet2d-slices": False, "attention-unet": True}
     assert board["models"][2]["to_best"]["p_holm"] == pytest.approx(2 * 2 / 2**8)
     assert board["most_accurate"] == "unet" and board["cheapest_not_significantly_below"] == "unet2d-slices"
-    assert board["models"][0]["training_time_s"] == 22.5 and board["models"][0]["steps"] == [None]  # a history without step counts
+    assert board["models"][0]["training_time_s"] == 22.5 and board["models"][0]["steps"] == [
+        None
+    ]  # a history without step counts
     page = write_leaderboard(tmp_path).read_text()
     assert "**Most accurate:** `unet`" in page and "**Cheapest not significantly below it:** `unet2d-slices`" in page
-    assert "| 0:00:22 | ? (2) | n/a |" in page  # training time, steps (epochs) of the one fold, no config: no step shape
+    assert (
+        "| 0:00:22 | ? (2) | n/a |" in page
+    )  # training time, steps (epochs) of the one fold, no config: no step shape
     assert (tmp_path / "pareto.png").read_bytes()[:4] == b"\x89PNG"
     entry = board["models"][0]
-    assert [(label, cost(entry)) for label, cost in cost_axes(board)] == [("inference time per case (s)", entry["cost"]["infer_s"]),
-                                                                       ("training time, all folds (min)", 22.5 / 60)]
+    assert [(label, cost(entry)) for label, cost in cost_axes(board)] == [
+        ("inference time per case (s)", entry["cost"]["infer_s"]),
+        ("training time, all folds (min)", 22.5 / 60),
+    ]
     minutes = {**board, "budget": {"minutes": 15.0}}  # every run took the same time: the step time is the training cost
-    assert cost_axes(minutes)[1][0] == "training step time (s)" and cost_axes(minutes)[1][1](entry) == entry["cost"]["train_step_s"]
+    assert (
+        cost_axes(minutes)[1][0] == "training step time (s)"
+        and cost_axes(minutes)[1][1](entry) == entry["cost"]["train_step_s"]
+    )
     header = (tmp_path / "leaderboard.csv").read_text().splitlines()[0].split(",")
     assert header[:4] == ["model", "complete", "cases", "Dice"] and "p_holm" in header
 
 
+@pytest.mark.slow
 def test_local_executor_reports_a_failed_job_with_its_last_line_and_log(tmp_path):
     (tmp_path / "compare.json").write_text("{not json")
     lines = []
@@ -211,7 +301,11 @@ def test_slurm_settings_are_checked():
         SubmititExecutor({"time": "2h"})
     with pytest.raises(UnetzooError, match="--executor slurm needs --set compare.slurm.time=MINUTES"):
         SubmititExecutor({"partition": "gpu"})
-    assert SubmititExecutor({"partition": "gpu", "time": "120", "gpus": "1"}).settings == {"partition": "gpu", "time": 120, "gpus": 1}
+    assert SubmititExecutor({"partition": "gpu", "time": "120", "gpus": "1"}).settings == {
+        "partition": "gpu",
+        "time": 120,
+        "gpus": 1,
+    }
 
 
 # ---- end to end -------------------------------------------------------------------------------------------
@@ -241,13 +335,17 @@ def experiment(organs, tmp_path_factory):
     checkpoint written, its history one epoch long), then run the same command again. Returns the folder, what the
     killed process left and the second process."""
     out = tmp_path_factory.mktemp("compare") / "exp"
-    process = subprocess.Popen([sys.executable, "-m", "unetzoo.cli", *cli_args(organs, out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "unetzoo.cli", *cli_args(organs, out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     runs = [run_folder(out, m, f) for m in MODELS for f in (0, 1)]
     try:
         deadline = time.time() + 400
         while time.time() < deadline and process.poll() is None:
-            done = [r for r in runs if finished(r)]
-            between = [r for r in runs if (r / "checkpoint_last.pt").is_file() and len(_history(r)) == 1]
+            done = [r for r in runs if r.is_finished()]
+            between = [r for r in runs if (r.path / "checkpoint_last.pt").is_file() and len(_history(r.path)) == 1]
             if done and between:
                 break
             time.sleep(0.05)
@@ -260,24 +358,32 @@ def experiment(organs, tmp_path_factory):
     deadline = time.time() + 10
     while _children_of(out) and time.time() < deadline:
         time.sleep(0.1)
-    left = {"children": _children_of(out), "finished": {r: (r / "validation" / "postprocessed" / "summary.json").stat().st_mtime_ns for r in runs if finished(r)},
-            "resumable": [r for r in runs if (r / "checkpoint_last.pt").is_file() and not finished(r)]}
+    left = {
+        "children": _children_of(out),
+        "finished": {
+            r: (r.path / "validation" / "postprocessed" / "summary.json").stat().st_mtime_ns
+            for r in runs
+            if r.is_finished()
+        },
+        "resumable": [r for r in runs if (r.path / "checkpoint_last.pt").is_file() and not r.is_finished()],
+    }
     return out, left, in_process(*cli_args(organs, out))
 
 
+@pytest.mark.slow
 def test_killed_compare_restarts_and_finishes_every_run(experiment):
     out, left, restart = experiment
     assert left["children"] == [], "a training outlived the killed compare"
     assert restart[0] == 0, restart[2][-3000:]
     runs = [run_folder(out, m, f) for m in MODELS for f in (0, 1)]
-    assert all(finished(r) for r in runs)
+    assert all(r.is_finished() for r in runs)
     for run, mtime in left["finished"].items():  # no finished run was trained or validated again
-        assert (run / "validation" / "postprocessed" / "summary.json").stat().st_mtime_ns == mtime
+        assert (run.path / "validation" / "postprocessed" / "summary.json").stat().st_mtime_ns == mtime
     assert left["resumable"], "no run was killed after its first checkpoint"
     for run in left["resumable"]:  # resumed from checkpoint_last.pt: epoch 0 not trained again
-        logs = sorted(run.glob("training_log_*.txt"))
+        logs = sorted(run.path.glob("training_log_*.txt"))
         assert len(logs) == 2 and "epoch 0:" not in logs[-1].read_text()
-        assert [h["epoch"] for h in _history(run)] == [0, 1]
+        assert [h["epoch"] for h in _history(run.path)] == [0, 1]
     for run in runs:  # the same code as `unetzoo train`: a normal run folder with the budget in its config
         config = json.loads((run / "config.json").read_text())
         assert (config["train"]["epochs"], config["train"]["iters_per_epoch"]) == (2, 1)
@@ -287,9 +393,14 @@ def test_killed_compare_restarts_and_finishes_every_run(experiment):
     assert (out / "benchmark" / "benchmark.json").is_file()
 
 
+@pytest.mark.slow
 def test_second_invocation_does_nothing(experiment):
     out, _, _ = experiment
-    watched = [p for p in out.rglob("*") if p.is_file() and p.suffix in (".pt", ".log", ".json", ".txt", ".png", ".md", ".csv", ".gz")]
+    watched = [
+        p
+        for p in out.rglob("*")
+        if p.is_file() and p.suffix in (".pt", ".log", ".json", ".txt", ".png", ".md", ".csv", ".gz")
+    ]
     before = {p: p.stat().st_mtime_ns for p in watched if p.parent != out}
     board = (out / "leaderboard.json").read_bytes()
     status, stdout, stderr = in_process(*cli_args(_data(out), out))
@@ -303,35 +414,56 @@ def _data(out: Path) -> Path:
     return Path(json.loads((out / "compare.json").read_text())["data"])
 
 
-def test_changed_plan_is_refused_in_one_line(experiment):
+@pytest.mark.slow
+def test_changed_experiment_is_refused_in_one_line(experiment):
     out, _, _ = experiment
     saved = (out / "compare.json").read_text()
     status, _, stderr = in_process(*cli_args(_data(out), out, budget=3))
     assert status == 2
-    assert stderr.strip().splitlines() == [f"unetzoo: error: {out / 'compare.json'}: this experiment was planned otherwise: "
-                                                   "budget.steps 2 -> 3; run it with its own options, or give another --out"]
+    assert stderr.strip().splitlines() == [
+        f"unetzoo: error: {out / 'compare.json'}: this experiment was planned otherwise: "
+        "budget.steps 2 -> 3; run it with its own options, or give another --out"
+    ]
     assert (out / "compare.json").read_text() == saved
 
 
+@pytest.mark.slow
 def test_leaderboard_equals_a_computation_by_hand_from_the_runs_summaries(experiment):
     out, _, _ = experiment
     board = json.loads((out / "leaderboard.json").read_text())
     dice, per_case = {}, {}
     for model in MODELS:
-        cases = [c for f in (0, 1) for c in json.loads((run_folder(out, model, f) / "validation" / "postprocessed" / "summary.json").read_text())["cases"]]
+        cases = [
+            c
+            for f in (0, 1)
+            for c in json.loads(
+                (run_folder(out, model, f).path / "validation" / "postprocessed" / "summary.json").read_text()
+            )["cases"]
+        ]
         classes = list(cases[0]["metrics"])
-        class_means = [np.nanmean([np.nan if c["metrics"][k]["Dice"] is None else c["metrics"][k]["Dice"] for c in cases]) for k in classes]
+        class_means = [
+            np.nanmean([np.nan if c["metrics"][k]["Dice"] is None else c["metrics"][k]["Dice"] for c in cases])
+            for k in classes
+        ]
         dice[model] = float(np.mean(class_means))
         per_case[model] = {c["case"]: np.nanmean([c["metrics"][k]["Dice"] for k in classes]) for c in cases}
         assert len(cases) == 4  # folds 0 and 1 of 3 over 6 cases: 2 held out each
     entries = {e["model"]: e for e in board["models"]}
     for model in MODELS:
         assert entries[model]["Dice"]["mean"] == pytest.approx(dice[model], abs=1e-12)
-        history = [h for f in (0, 1) for h in json.loads((run_folder(out, model, f) / "history.json").read_text())]
+        history = [h for f in (0, 1) for h in json.loads((run_folder(out, model, f).path / "history.json").read_text())]
         assert entries[model]["training_time_s"] == pytest.approx(sum(h["epoch_time_s"] for h in history))
-        assert entries[model]["steps"] == [2, 2] and [h["steps"] for h in history] == [1, 2, 1, 2]  # 2 epochs of 1 step per fold
-        bench = json.loads((run_folder(out, model, 0) / "benchmark.json").read_text())["models"][0]
-        assert entries[model]["cost"]["params"] == bench["params"] and entries[model]["cost"]["infer_s"] == bench["infer_s"]
+        assert entries[model]["steps"] == [2, 2] and [h["steps"] for h in history] == [
+            1,
+            2,
+            1,
+            2,
+        ]  # 2 epochs of 1 step per fold
+        bench = json.loads((run_folder(out, model, 0).path / "benchmark.json").read_text())["models"][0]
+        assert (
+            entries[model]["cost"]["params"] == bench["params"]
+            and entries[model]["cost"]["infer_s"] == bench["infer_s"]
+        )
     best = max(dice, key=dice.get)
     assert board["most_accurate"] == best and [e["model"] for e in board["models"]][0] == best
     others = [m for m in MODELS if m != best]
@@ -347,26 +479,44 @@ def test_leaderboard_equals_a_computation_by_hand_from_the_runs_summaries(experi
     assert entries[others[order[0]]]["to_best"]["p_holm"] == pytest.approx(smaller)
     assert entries[others[order[1]]]["to_best"]["p_holm"] == pytest.approx(larger)
     # the best model's 95 % interval: 2000 resamples of its 4 cases from numpy's default_rng(0), percentiles 2.5 and 97.5
-    cases = [c for f in (0, 1) for c in json.loads((run_folder(out, best, f) / "validation" / "postprocessed" / "summary.json").read_text())["cases"]]
+    cases = [
+        c
+        for f in (0, 1)
+        for c in json.loads(
+            (run_folder(out, best, f).path / "validation" / "postprocessed" / "summary.json").read_text()
+        )["cases"]
+    ]
     table = np.array([[c["metrics"][k]["Dice"] for k in cases[0]["metrics"]] for c in cases], dtype=float)
     index = np.random.default_rng(0).integers(0, len(table), size=(BOOTSTRAP, len(table)))
     samples = [np.mean(np.nanmean(table[i], axis=0)) for i in index]
     assert entries[best]["Dice"]["ci"] == pytest.approx(list(np.percentile(samples, [2.5, 97.5])))
     candidates = [e for e in board["models"] if not e["significantly_below_best"]]
-    assert board["cheapest_not_significantly_below"] == min(candidates, key=lambda e: (e["cost"]["infer_s"], e["cost"]["params"]))["model"]
+    assert (
+        board["cheapest_not_significantly_below"]
+        == min(candidates, key=lambda e: (e["cost"]["infer_s"], e["cost"]["params"]))["model"]
+    )
 
 
+@pytest.mark.slow
 def test_slurm_path_through_submitit_local_executor(organs, tmp_path):
     """Each run a submitit job (its local executor stands in for SLURM); a failing job is reported with its log and does
     not stop the other, and the experiment can then be finished."""
     out = tmp_path / "exp"
     broken = run_folder(out, "unet2d-slices", 0)
-    broken.mkdir(parents=True)
-    (broken / "splits.json").write_text("{broken")  # this run's training fails when it reads its splits
+    broken.path.mkdir(parents=True)
+    (broken.path / "splits.json").write_text("{broken")  # this run's training fails when it reads its splits
     failed = r"1 job\(s\) failed \(train_unet2d-slices_fold0: job \d+: json.decoder.JSONDecodeError: .* \(log .*/slurm/\d+/\d+_0_log.err\)\)"
     with pytest.raises(UnetzooError, match=failed):
-        compare(organs, ["unet", "unet2d-slices"], out, folds=[0], config=tiny(), steps=1, executor=SubmititExecutor({"time": 30}, cluster="local"))
-    assert finished(run_folder(out, "unet", 0)) and (run_folder(out, "unet", 0) / "benchmark.json").is_file()
+        compare(
+            organs,
+            ["unet", "unet2d-slices"],
+            out,
+            folds=[0],
+            config=tiny(),
+            steps=1,
+            executor=SubmititExecutor({"time": 30}, cluster="local"),
+        )
+    assert run_folder(out, "unet", 0).is_finished() and (run_folder(out, "unet", 0).path / "benchmark.json").is_file()
     board = json.loads((out / "leaderboard.json").read_text())
     assert board["most_accurate"] == "unet" and [e["complete"] for e in board["models"]] == [True, False]
     assert json.loads((out / "compare.json").read_text())["executions"][0]["executor"] == "submitit-local"

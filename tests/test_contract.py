@@ -33,6 +33,7 @@ def _predict(method, image, grid=None):
         return method.predict(image, grid)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,dims", CASES)
 def test_every_model_trains_and_predicts_through_its_method(name, dims, tmp_path):
     method, resolved = _method(name, dims, seed=0)
@@ -43,7 +44,9 @@ def test_every_model_trains_and_predicts_through_its_method(name, dims, tmp_path
     assert loss.dim() == 0 and torch.isfinite(loss)
     loss.backward()
     params = [p for group in method.parameter_groups() for p in group["params"]]
-    assert params and all(p.grad is not None and torch.isfinite(p.grad).all() for p in params), "every trained tensor gets a gradient"
+    assert params and all(p.grad is not None and torch.isfinite(p.grad).all() for p in params), (
+        "every trained tensor gets a gradient"
+    )
 
     image = torch.randn(1, 2, *ODD[dims], generator=torch.Generator().manual_seed(1))
     probs = _predict(method, image)
@@ -73,11 +76,16 @@ def test_build_method_resolves_a_copy():
     config = Config(model="unet")
     method, resolved = build_method(config, Plan.synthetic([32, 32, 32]))
     assert config.model_args == {} and resolved.model_args["deep_supervision"] is True
-    assert resolved.model_args["strides"] == [[1, 1, 1]] + [[2, 2, 2]] * 3 and len(resolved.model_args["kernel_sizes"]) == 4  # 32 -> 4
+    assert (
+        resolved.model_args["strides"] == [[1, 1, 1]] + [[2, 2, 2]] * 3
+        and len(resolved.model_args["kernel_sizes"]) == 4
+    )  # 32 -> 4
     assert resolved.method_args == {}  # unet needs no method argument beyond the dense defaults
     config.model_args["n_stages"] = 2
     _, explicit = build_method(config, Plan.synthetic([32, 32, 32]))
-    assert explicit.model_args["n_stages"] == 2 and "strides" not in explicit.model_args  # the user's value wins over the plan's
+    assert (
+        explicit.model_args["n_stages"] == 2 and "strides" not in explicit.model_args
+    )  # the user's value wins over the plan's
 
 
 def test_grid_maps_and_resamples():
@@ -88,7 +96,9 @@ def test_grid_maps_and_resamples():
     assert torch.allclose(points[0, :, 1], torch.tensor([-0.25, 0.25, 0.75, 1.25, 1.75, 2.25, 2.75, 3.25]))
     ramp = torch.arange(4.0).reshape(1, 1, 1, 4)  # value = index
     resampled = grid.resample(ramp)
-    assert torch.allclose(resampled[0, 0, 0], torch.tensor([0.0, 0.25, 0.75, 1.25, 1.75, 2.25, 2.75, 3.0]))  # border outside
+    assert torch.allclose(
+        resampled[0, 0, 0], torch.tensor([0.0, 0.25, 0.75, 1.25, 1.75, 2.25, 2.75, 3.0])
+    )  # border outside
     assert grid.step() == pytest.approx(0.5)
     own = Grid.between(torch.eye(3).numpy(), torch.eye(3).numpy(), (1, 4))
     assert own.is_identity((1, 4)) and own.resample(ramp) is ramp

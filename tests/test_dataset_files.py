@@ -1,4 +1,4 @@
-"""Dataset files that are fine but easy to misdescribe (issue 20, items 8 and 9): a ``file_ending`` that matches no
+"""Dataset files that are fine but easy to misdescribe: a ``file_ending`` that matches no
 file says what the folder holds; a palette label PNG is read by its indices."""
 
 from __future__ import annotations
@@ -21,19 +21,27 @@ def _nnunet(root, image_name: str, label_name: str, ending: str):
     return root
 
 
-@pytest.mark.parametrize("ending, files, found", [(".nii", ".nii.gz", ".nii.gz"), (".nii.gz", ".nii", ".nii"), (".png", ".nii.gz", ".nii.gz")])
+@pytest.mark.parametrize(
+    "ending, files, found",
+    [(".nii", ".nii.gz", ".nii.gz"), (".nii.gz", ".nii", ".nii"), (".png", ".nii.gz", ".nii.gz")],
+)
 def test_file_ending_that_matches_no_image(tmp_path, ending, files, found):
     root = _nnunet(tmp_path / "d", f"a_0000{files}", f"a{files}", ending)
     with pytest.raises(UnetzooError) as error:
         load_dataset(root)
-    assert str(error.value) == (f"{root / 'dataset.json'}: file_ending {ending!r} does not match the image files: {root / 'imagesTr'} "
-                                f"holds 1 {found!r} file(s) (e.g. a_0000{files})")
+    assert str(error.value) == (
+        f"{root / 'dataset.json'}: file_ending {ending!r} does not match the image files: {root / 'imagesTr'} "
+        f"holds 1 {found!r} file(s) (e.g. a_0000{files})"
+    )
 
 
 def test_label_ending_that_differs_from_file_ending(tmp_path):
     root = _nnunet(tmp_path / "d", "a_0000.nii", "a.nii.gz", ".nii")
-    with pytest.raises(UnetzooError, match=r"labelsTr/a.nii: label file missing for this training case: found a.nii.gz, whose ending "
-                                           r"differs from file_ending '.nii' in dataset.json$"):
+    with pytest.raises(
+        UnetzooError,
+        match=r"labelsTr/a.nii: label file missing for this training case: found a.nii.gz, whose ending "
+        r"differs from file_ending '.nii' in dataset.json$",
+    ):
         load_dataset(root)
 
 

@@ -22,10 +22,16 @@ def _msd(root, n=3, shape=(6, 7, 8)):
         label = np.zeros(shape, np.uint8)
         label[1:3, 1:3, 1:3] = 1
         label[3:5, 3:5, 3:5] = 2
-        nib.save(nib.Nifti1Image(np.random.rand(*shape).astype(np.float32) + 1, np.eye(4)), str(root / "imagesTr" / name))
+        nib.save(
+            nib.Nifti1Image(np.random.rand(*shape).astype(np.float32) + 1, np.eye(4)), str(root / "imagesTr" / name)
+        )
         nib.save(nib.Nifti1Image(label, np.eye(4)), str(root / "labelsTr" / name))
         training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
-    meta = {"modality": {"0": "MRI"}, "labels": {"0": "background", "1": "Anterior", "2": "Posterior"}, "training": training}
+    meta = {
+        "modality": {"0": "MRI"},
+        "labels": {"0": "background", "1": "Anterior", "2": "Posterior"},
+        "training": training,
+    }
     (root / "dataset.json").write_text(json.dumps(meta))
     return root
 
@@ -52,7 +58,15 @@ def test_png_layout_rgb_in_one_file(tmp_path):
     for i in range(2):
         write_array(np.zeros((8, 9, 3), np.uint8), root / "imagesTr" / f"c{i}_0000.png")
         write_array(np.zeros((8, 9), np.uint8), root / "labelsTr" / f"c{i}.png")
-    (root / "dataset.json").write_text(json.dumps({"channel_names": {"0": "R", "1": "G", "2": "B"}, "labels": {"background": 0, "n": 1}, "file_ending": ".png"}))
+    (root / "dataset.json").write_text(
+        json.dumps(
+            {
+                "channel_names": {"0": "R", "1": "G", "2": "B"},
+                "labels": {"background": 0, "n": 1},
+                "file_ending": ".png",
+            }
+        )
+    )
     dataset = load_dataset(root)
     assert dataset.spatial_dims == 2 and len(dataset.cases) == 2
 
@@ -122,7 +136,9 @@ def test_plan_rejects_shape_mismatch(tmp_path):
     root = _msd(tmp_path / "msd")
     nib.save(nib.Nifti1Image(np.zeros((5, 5, 5), np.uint8), np.eye(4)), str(root / "labelsTr" / "hip_002.nii.gz"))
     dataset = load_dataset(root)
-    with pytest.raises(UnetzooError, match=r"hip_002.nii.gz: label shape \(5, 5, 5\) differs from image shape \(6, 7, 8\)"):
+    with pytest.raises(
+        UnetzooError, match=r"hip_002.nii.gz: label shape \(5, 5, 5\) differs from image shape \(6, 7, 8\)"
+    ):
         make_plan(dataset, dataset.cases)
 
 

@@ -30,6 +30,7 @@ def altered_run(trained_run, tmp_path_factory):
     return run
 
 
+@pytest.mark.slow
 def test_ensemble_averages_the_runs_probabilities(trained_run, altered_run, organs, tmp_path):
     paths = [organs / "imagesTr" / "organs_002_0000.nii.gz"]
     best = Predictor(trained_run).predict_probabilities(paths)
@@ -40,7 +41,17 @@ def test_ensemble_averages_the_runs_probabilities(trained_run, altered_run, orga
     other_last = Predictor(trained_run, checkpoint="last").predict_probabilities(paths)
     torch.testing.assert_close(mean, (other_last + last) / 2)
 
-    result = run_cli("predict", trained_run, altered_run, paths[0], tmp_path / "out", "--checkpoint", "last", "--save-probabilities", "--no-postprocess")
+    result = run_cli(
+        "predict",
+        trained_run,
+        altered_run,
+        paths[0],
+        tmp_path / "out",
+        "--checkpoint",
+        "last",
+        "--save-probabilities",
+        "--no-postprocess",
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     saved = np.load(tmp_path / "out" / "organs_002.npz")["probabilities"]
     np.testing.assert_allclose(saved, mean.numpy(), atol=1e-3)
@@ -49,6 +60,7 @@ def test_ensemble_averages_the_runs_probabilities(trained_run, altered_run, orga
     assert np.array_equal(label.affine, nib.load(str(paths[0])).affine)
 
 
+@pytest.mark.slow
 def test_ensemble_refuses_runs_with_other_labels_or_channels(trained_run, organs, tmp_path):
     other = tmp_path / "other"
     shutil.copytree(trained_run, other, ignore=shutil.ignore_patterns("validation"))
@@ -57,12 +69,15 @@ def test_ensemble_refuses_runs_with_other_labels_or_channels(trained_run, organs
     (other / "plan.json").write_text(json.dumps(plan))
     result = run_cli("predict", trained_run, other, organs / "imagesTr", tmp_path / "out")
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert str(other / "plan.json") in result.stderr and "cannot ensemble" in result.stderr and "labels" in result.stderr
+    assert (
+        str(other / "plan.json") in result.stderr and "cannot ensemble" in result.stderr and "labels" in result.stderr
+    )
     assert not (tmp_path / "out").exists()
     with pytest.raises(UnetzooError, match="--checkpoint must be one of best, last"):
         Predictor(trained_run, checkpoint="final")
 
 
+@pytest.mark.slow
 def test_predict_array_equals_the_file_prediction(trained_run, organs, tmp_path):
     predictor = Predictor(trained_run)
     path = organs / "imagesTr" / "organs_003_0000.nii.gz"

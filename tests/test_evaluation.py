@@ -146,9 +146,19 @@ def test_evaluate_folder_nifti(tmp_path):
         raise AssertionError(f"invalid JSON constant {name}")
 
     summary = json.loads((tmp_path / "out" / "summary.json").read_text(), parse_constant=no_nan)
-    assert set(summary) == {"mean", "std", "foreground_mean", "cases", "metric_per_case", "nsd_tolerance_mm", "label_ids"}
+    assert set(summary) == {
+        "mean",
+        "std",
+        "foreground_mean",
+        "cases",
+        "metric_per_case",
+        "nsd_tolerance_mm",
+        "label_ids",
+    }
     # nnU-Net's per-case key: the same files and metrics as "cases"
-    assert summary["metric_per_case"] == [{k: c[k] for k in ("prediction_file", "reference_file", "metrics")} for c in summary["cases"]]
+    assert summary["metric_per_case"] == [
+        {k: c[k] for k in ("prediction_file", "reference_file", "metrics")} for c in summary["cases"]
+    ]
     assert summary["label_ids"] == [1, 2]
     assert set(summary["foreground_mean"]) == {"Dice", "IoU", "NSD", "HD95", "MA", "mean_IU"}
     case_b = next(c for c in summary["cases"] if c["case"] == "case_b")
@@ -166,7 +176,12 @@ def test_evaluate_folder_nifti(tmp_path):
     with open(tmp_path / "out" / "cases.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["case", "label", "Dice", "IoU", "NSD", "HD95", "TP", "FP", "FN", "n_pred", "n_ref"]
-    assert [(r["case"], r["label"]) for r in rows] == [("case_a", "1"), ("case_a", "2"), ("case_b", "1"), ("case_b", "2")]
+    assert [(r["case"], r["label"]) for r in rows] == [
+        ("case_a", "1"),
+        ("case_a", "2"),
+        ("case_b", "1"),
+        ("case_b", "2"),
+    ]
     assert float(rows[2]["Dice"]) == pytest.approx(0.75)
     assert rows[3]["Dice"] == ""
     assert not list((tmp_path / "out").glob(".tmp_*"))
@@ -204,7 +219,10 @@ def test_prediction_without_reference_is_ignored_with_warning(tmp_path, caplog):
 def test_shape_mismatch_names_the_file(tmp_path):
     pred_dir, label_dir = nifti_folders(tmp_path)
     write_nifti(pred_dir / "case_b.nii.gz", np.zeros((12, 12, 11), np.uint8))
-    with pytest.raises(UnetzooError, match=r"case_b\.nii\.gz: not on the grid of the reference .*case_b\.nii\.gz: shape \(12, 12, 11\) differs from the reference's"):
+    with pytest.raises(
+        UnetzooError,
+        match=r"case_b\.nii\.gz: not on the grid of the reference .*case_b\.nii\.gz: shape \(12, 12, 11\) differs from the reference's",
+    ):
         evaluate_folder(pred_dir, label_dir, tmp_path / "out")
 
 

@@ -43,15 +43,20 @@ def test_registry_and_paper_encoder():
 
 
 def test_deepest_cell_is_16_voxels_per_axis_and_32_with_5_blocks():
-    """implicit-unet.md: "each of the deepest feature vectors is used in the predictions of smaller areas
-    (16x16x16 voxels) compared to the architecture with 5 blocks (32x32x32 voxels)": every block halves the
-    resolution, the first included (the earlier encoder's first stage did not: its deepest map was 1/8)."""
+    """Naval Marimont & Tarroni 2022 (arXiv:2206.15217): "each of the deepest feature vectors is used in the
+    predictions of smaller areas (16x16x16 voxels) compared to the architecture with 5 blocks (32x32x32 voxels)":
+    every block halves the resolution, the first included (the earlier encoder's first stage did not: its deepest
+    map was 1/8)."""
     net = _tiny()
     assert net.cells == [[2, 2, 2], [4, 4, 4], [8, 8, 8], [16, 16, 16]]
     shapes = [tuple(f.shape[2:]) for f in net.encode(torch.zeros(1, 1, 32, 48, 17))]
     assert shapes == [(16, 24, 9), (8, 12, 5), (4, 6, 3), (2, 3, 2)]  # ceil(S / cell)
     five = _tiny(n_stages=5)
-    assert five.cells[-1] == [32, 32, 32] and tuple(five.encode(torch.zeros(1, 1, 64, 64, 32))[-1].shape[2:]) == (2, 2, 1)
+    assert five.cells[-1] == [32, 32, 32] and tuple(five.encode(torch.zeros(1, 1, 64, 64, 32))[-1].shape[2:]) == (
+        2,
+        2,
+        1,
+    )
 
 
 @pytest.mark.parametrize("spatial_dims,shape", [(2, (45, 37)), (3, (19, 21, 17))])
@@ -73,7 +78,9 @@ def _coded_features(batch, net, shape):
     for s, width in enumerate(net.widths):
         size = [-(-n // c) for n, c in zip(shape, net.cells[s])]
         index = torch.arange(math.prod(size), dtype=torch.float64).reshape(size)
-        f = torch.stack([torch.stack([1e6 * s + 1e5 * b + 1e3 * c + index for c in range(width)]) for b in range(batch)])
+        f = torch.stack(
+            [torch.stack([1e6 * s + 1e5 * b + 1e3 * c + index for c in range(width)]) for b in range(batch)]
+        )
         features.append(f)
     return features
 
@@ -83,7 +90,9 @@ def test_floor_gather_hand_placed_points_every_stage():
     shape = (20, 18, 13)
     features = _coded_features(2, net, shape)
     # hand-placed points (patch, z, y, x) and the voxel each stage must read: p // 2^(s+1) of the nearest voxel
-    points = torch.tensor([[8, 16, 5], [19, 17, 12], [0, 0, 0], [7.4, 3.6, 12.49], [3.0, 9.0, 1.0]], dtype=torch.float64)
+    points = torch.tensor(
+        [[8, 16, 5], [19, 17, 12], [0, 0, 0], [7.4, 3.6, 12.49], [3.0, 9.0, 1.0]], dtype=torch.float64
+    )
     nearest = torch.tensor([[8, 16, 5], [19, 17, 12], [0, 0, 0], [7, 4, 12], [3, 9, 1]])
     batch_index = torch.tensor([0, 1, 1, 0, 1])
     gathered = net.gather_features(features, batch_index, points)
@@ -124,8 +133,12 @@ def test_trilinear_gather_interpolates_between_stage_voxels():
         j = torch.tensor([1, 2, 1])
         at_voxel = net.gather_features(features, torch.tensor([0]), (j * 2 ** (s + 1)).double()[None], [s])[0][0]
         assert torch.allclose(at_voxel, features[s][0, :, j[0], j[1], j[2]])
-        between = net.gather_features(features, torch.tensor([0]), ((j + torch.tensor([0.5, 0, 0])) * 2 ** (s + 1)).double()[None], [s])[0][0]
-        assert torch.allclose(between, (features[s][0, :, j[0], j[1], j[2]] + features[s][0, :, j[0] + 1, j[1], j[2]]) / 2)
+        between = net.gather_features(
+            features, torch.tensor([0]), ((j + torch.tensor([0.5, 0, 0])) * 2 ** (s + 1)).double()[None], [s]
+        )[0][0]
+        assert torch.allclose(
+            between, (features[s][0, :, j[0], j[1], j[2]] + features[s][0, :, j[0] + 1, j[1], j[2]]) / 2
+        )
 
 
 def test_plan_strides_keep_16_voxel_cells_and_stop_an_axis_before_one_voxel():
@@ -141,26 +154,42 @@ def test_plan_strides_keep_16_voxel_cells_and_stop_an_axis_before_one_voxel():
     assert resolved.model_args["strides"] == [[2, 2, 2], [2, 2, 2], [2, 2, 2], [1, 1, 1], [1, 1, 1]]
     assert method.model.cells[-1] == [8, 8, 8] and len(method.model.encoder.stages) == 5
     config = Config(model="implicit-unet", model_args={"strides": [2, 2, [1, 2, 2], 2]})
-    assert build_method(config, Plan.synthetic([16, 16, 16]))[1].model_args["strides"] == [2, 2, [1, 2, 2], 2]  # the user's win
+    assert build_method(config, Plan.synthetic([16, 16, 16]))[1].model_args["strides"] == [
+        2,
+        2,
+        [1, 2, 2],
+        2,
+    ]  # the user's win
 
 
 @pytest.mark.parametrize("gather", ["floor", "trilinear"])
 def test_gather_follows_per_axis_strides(gather):
-    """Anisotropic strides (issue 18: a coarse first axis pooled later): stage s's cell is the product of the
+    """Anisotropic strides (a coarse first axis pooled later): stage s's cell is the product of the
     strides of stages 0..s per axis, and the gather divides by it per axis. Strides (1,2,2), (2,2,2), (2,2,2),
     (1,2,2) give cells (1,2,2), (2,4,4), (4,8,8), (4,16,16); hand-computed below."""
     net = _tiny(strides=[[1, 2, 2], 2, 2, [1, 2, 2]], gather=gather).double()
     assert net.cells == [[1, 2, 2], [2, 4, 4], [4, 8, 8], [4, 16, 16]]
     shape = (9, 40, 36)
-    assert [tuple(f.shape[2:]) for f in net.encode(torch.zeros(1, 1, *shape, dtype=torch.float64))] == [(9, 20, 18), (5, 10, 9), (3, 5, 5), (3, 3, 3)]
+    assert [tuple(f.shape[2:]) for f in net.encode(torch.zeros(1, 1, *shape, dtype=torch.float64))] == [
+        (9, 20, 18),
+        (5, 10, 9),
+        (3, 5, 5),
+        (3, 3, 3),
+    ]
     features = _coded_features(1, net, shape)
-    if gather == "floor":  # point (6.4, 37.2, 17.6) -> nearest voxel (6, 37, 18) -> (6, 18, 9), (3, 9, 4), (1, 4, 2), (1, 2, 1)
+    if (
+        gather == "floor"
+    ):  # point (6.4, 37.2, 17.6) -> nearest voxel (6, 37, 18) -> (6, 18, 9), (3, 9, 4), (1, 4, 2), (1, 2, 1)
         got = net.gather_features(features, torch.tensor([0]), torch.tensor([[6.4, 37.2, 17.6]], dtype=torch.float64))
         for s, v in enumerate([(6, 18, 9), (3, 9, 4), (1, 4, 2), (1, 2, 1)]):
             assert torch.equal(got[s][0], features[s][0, :, v[0], v[1], v[2]]), s
     else:  # stage-3 vector (1, 1, 1) sits at voxel (4, 16, 16); half a cell further along axis 1 is voxel (4, 24, 16)
-        at = net.gather_features(features, torch.tensor([0]), torch.tensor([[4.0, 16.0, 16.0]], dtype=torch.float64), [3])[0][0]
-        mid = net.gather_features(features, torch.tensor([0]), torch.tensor([[4.0, 24.0, 16.0]], dtype=torch.float64), [3])[0][0]
+        at = net.gather_features(
+            features, torch.tensor([0]), torch.tensor([[4.0, 16.0, 16.0]], dtype=torch.float64), [3]
+        )[0][0]
+        mid = net.gather_features(
+            features, torch.tensor([0]), torch.tensor([[4.0, 24.0, 16.0]], dtype=torch.float64), [3]
+        )[0][0]
         assert torch.allclose(at, features[3][0, :, 1, 1, 1])
         assert torch.allclose(mid, (features[3][0, :, 1, 1, 1] + features[3][0, :, 1, 2, 1]) / 2)
     with pytest.raises(UnetzooError, match="model_args .*4 stages but 3 strides"):  # create_model: a one-line error
@@ -197,12 +226,16 @@ def test_sampler_boundary_fraction_and_spread():
     k, alpha, sigma = 20000, 0.5, 5.0
     points, targets = sample_points(label, k, alpha, sigma)
     assert points.shape == (2, k, 3) and targets.shape == (2, k)
-    assert (points >= -0.5).all() and (points[..., 0] < shape[0] - 0.5).all() and (points[..., 2] < shape[2] - 0.5).all()
+    assert (
+        (points >= -0.5).all() and (points[..., 0] < shape[0] - 0.5).all() and (points[..., 2] < shape[2] - 0.5).all()
+    )
     n_boundary = int(k * alpha)
     for b, plane in [(0, 31.5), (1, 15.5)]:
         near, far = points[b, :n_boundary, 0], points[b, n_boundary:, 0]
         assert abs(near.mean().item() - plane) < 0.3 and abs(near.std().item() - math.sqrt(sigma**2 + 0.25)) < 0.3
-        assert abs(far.mean().item() - (shape[0] - 1) / 2) < 1.0 and abs(far.std().item() - shape[0] / math.sqrt(12)) < 0.6
+        assert (
+            abs(far.mean().item() - (shape[0] - 1) / 2) < 1.0 and abs(far.std().item() - shape[0] / math.sqrt(12)) < 0.6
+        )
         within = ((points[b, :, 0] - plane).abs() < 2 * sigma).float().mean().item()
         expected = alpha * 0.9545 + (1 - alpha) * (4 * sigma / shape[0])
         assert abs(within - expected) < 0.02
@@ -259,9 +292,10 @@ def test_build_method_passes_method_args():
 
 
 def test_declared_departures_fine_band_and_elastic_augmentation():
-    """implicit-unet.md: "the points near the broad boundary are predicted by the Implicit decoder" (no width given):
-    the band is broad_stride // 2 = 2 voxels by default. "Training augmentations included elastic transforms, ...":
-    elastic deformation is off by default (augment.elastic_p 0). Both are declared departures (README models table)."""
+    """Naval Marimont & Tarroni 2022: "the points near the broad boundary are predicted by the Implicit decoder" (no
+    width given): the band is broad_stride // 2 = 2 voxels by default. "Training augmentations included elastic
+    transforms, ...": elastic deformation is off by default (augment.elastic_p 0). Both are declared departures
+    (README models table)."""
     assert _method().band == 2 and _method(broad_stride=8).band == 4 and _method(band=1).band == 1
     assert Config(model="implicit-unet").augment.elastic_p == 0.0
 
@@ -364,6 +398,7 @@ def _ball_labels(shape, centre, radii, upsample=1):
     return torch.nn.functional.avg_pool3d(one_hot, 3, 1, 1, count_include_pad=False).argmax(1)[0]
 
 
+@pytest.mark.slow
 def test_sliding_window_predict_sparse_equals_dense_and_upsamples():
     """The whole procedure (windows, Gaussian blend, 3^3 smoothing): sparse and dense agree, and both find the
     known balls, on the input grid and on the 2x finer grid."""
@@ -413,10 +448,13 @@ def _tiny_run(root, model, dims=3):
     method, resolved = build_method(config, plan)
     resolved.save(run / "config.json")
     plan.save(run / "plan.json")
-    torch.save({"state_dict": {f"model.{k}": v for k, v in method.model.state_dict().items()}}, run / "checkpoint_last.pt")
+    torch.save(
+        {"state_dict": {f"model.{k}": v for k, v in method.model.state_dict().items()}}, run / "checkpoint_last.pt"
+    )
     return dataset, run
 
 
+@pytest.mark.slow
 def test_upsample_writes_finer_grid_of_the_same_extent(tmp_path):
     import nibabel as nib
 
@@ -437,6 +475,7 @@ def test_upsample_writes_finer_grid_of_the_same_extent(tmp_path):
     assert np.allclose(refined_affine(np.diag([2.0, 3.0, 1.0, 1.0]), 2)[:3, 3], [-0.5, -0.75, -0.25])
 
 
+@pytest.mark.slow
 def test_direct_resampling_matches_invertd(tmp_path):
     """The input's own grid as a target Grid (affine-to-affine resampling) = the usual Invertd route."""
     from unetzoo.inference.predictor import Predictor, file_geometry
@@ -454,6 +493,7 @@ def test_direct_resampling_matches_invertd(tmp_path):
     assert (direct - via_invertd).abs().max() < 1e-5  # (a one-voxel shift of the target grid changes it by ~2e-3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["unet", "implicit-unet"])
 def test_grid_reference_gives_that_images_geometry(tmp_path, model):
     """--grid REF: the output has REF's shape and affine; REF = the input itself reproduces the plain prediction.
@@ -474,11 +514,17 @@ def test_grid_reference_gives_that_images_geometry(tmp_path, model):
     reference = nib.load(str(other.images[0]))
     fine = nib.Nifti1Image(np.zeros([2 * s for s in reference.shape], np.float32), refined_affine(reference.affine, 2))
     nib.save(fine, str(tmp_path / "ref.nii.gz"))
-    assert main(["predict", str(run), str(case.images[0]), str(tmp_path / "other"), "--grid", str(tmp_path / "ref.nii.gz")]) == 0
+    assert (
+        main(
+            ["predict", str(run), str(case.images[0]), str(tmp_path / "other"), "--grid", str(tmp_path / "ref.nii.gz")]
+        )
+        == 0
+    )
     out = nib.load(str(tmp_path / "other" / name))
     assert out.shape == fine.shape and np.allclose(out.affine, fine.affine, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_upsample_resamples_voxel_grid_models_and_grid_errors_are_one_line(tmp_path, capsys):
     import nibabel as nib
 
@@ -489,7 +535,9 @@ def test_upsample_resamples_voxel_grid_models_and_grid_errors_are_one_line(tmp_p
     case = dataset.cases[0]
     written = Predictor(run, upsample=2).predict_cases({case.name: case.images}, tmp_path / "out")
     assert nib.load(str(written[0])).shape == tuple(2 * s for s in nib.load(str(case.images[0])).shape)
-    status = main(["predict", str(run), str(case.images[0]), str(tmp_path / "out2"), "--grid", str(tmp_path / "nope.nii.gz")])
+    status = main(
+        ["predict", str(run), str(case.images[0]), str(tmp_path / "out2"), "--grid", str(tmp_path / "nope.nii.gz")]
+    )
     err = capsys.readouterr().err.strip()
     assert status == 2 and len(err.splitlines()) == 1 and "nope.nii.gz" in err
 
@@ -520,7 +568,9 @@ def test_training_loss_under_bf16_autocast(monkeypatch):
 def test_checkpointed_decoder_gives_the_same_gradients(train_chunk):
     grads, losses = [], []
     for checkpoint in (False, True):
-        net = _tiny(checkpoint=checkpoint, train_chunk=train_chunk, dropout=0.0).double().train()  # (chunks draw other masks)
+        net = (
+            _tiny(checkpoint=checkpoint, train_chunk=train_chunk, dropout=0.0).double().train()
+        )  # (chunks draw other masks)
         torch.manual_seed(5)
         x = torch.randn(2, 1, 18, 20, 17, dtype=torch.float64)  # deepest map 2x2x2
         points = torch.rand(2, 1000, 3, dtype=torch.float64) * 8

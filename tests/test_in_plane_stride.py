@@ -1,4 +1,5 @@
-"""regularized-unet.md's in-plane strided sub-sampling (Table 3): the training transform and interleaved prediction."""
+"""The in-plane strided sub-sampling of Ding et al. 2021 (FLARE 2021, Table 3): the training transform and
+interleaved prediction."""
 
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ def test_in_plane_axes_are_the_two_other_than_the_slice_axis():
 
 
 def test_axial_nifti_keeps_its_slices_in_training_and_prediction(tmp_path):
-    """regularized-unet.md Table 3: "for a image I with size C x 512 x 512, the patch with size 128 x 128 x 128 is
+    """Ding et al. 2021, Table 3: "for a image I with size C x 512 x 512, the patch with size 128 x 128 x 128 is
     generated as I[k:k+128, i::4, j::4]" (C slices): on an axial NIfTI volume of 64 x 64 x 20 voxels (0.8 x 0.8 x 3
     mm, a scanner-like rotated affine) the stride takes every 4th voxel of the 64 x 64 slices and keeps all 20
     slices, at training and at prediction."""
@@ -66,7 +67,10 @@ def test_axial_nifti_keeps_its_slices_in_training_and_prediction(tmp_path):
     assert tuple(sample["image"].shape) == (1, 16, 16, 20)
     assert torch.equal(torch.as_tensor(sample["image"]), case["image"][:, offsets[0] :: 4, offsets[1] :: 4, :])
     seen = []
-    method.predict_window = lambda w: (seen.append(tuple(w.shape[2:])), torch.cat([torch.sigmoid(w), 1 - torch.sigmoid(w)], dim=1))[1]
+    method.predict_window = lambda w: (
+        seen.append(tuple(w.shape[2:])),
+        torch.cat([torch.sigmoid(w), 1 - torch.sigmoid(w)], dim=1),
+    )[1]
     with inference_context(method):
         probs = method.predict(case["image"][None])
     assert probs.shape == (1, 2, 64, 64, 20) and seen and all(shape == (16, 16, 20) for shape in seen)

@@ -15,7 +15,8 @@ from unetzoo import device
 from unetzoo.device import inference_precision
 from unetzoo.errors import UnetzooError
 from unetzoo.inference import Predictor
-from unetzoo.inference.precision_check import CHECK_FILE, check_inference_precision, decide, label_agreement
+from unetzoo.inference.precision_check import check_inference_precision, decide, label_agreement
+from unetzoo.runfolder import INFERENCE_PRECISION as CHECK_FILE
 
 CPU = torch.device("cpu")
 
@@ -30,13 +31,19 @@ def test_label_agreement_counts_foreground_voxels_only():
 
 def test_bf16_is_chosen_only_when_labels_agree_and_it_is_faster():
     assert decide(0.9995, 2.0, 1.0, 0.999)[0] == "bf16-mixed"
-    assert decide(0.99, 2.0, 1.0, 0.999) == ("32-true", "bf16 labels agree with fp32 on 0.9900 of foreground voxels (worst case), "
-                                              "2.00 s -> 1.00 s per case: below 0.999")
+    assert decide(0.99, 2.0, 1.0, 0.999) == (
+        "32-true",
+        "bf16 labels agree with fp32 on 0.9900 of foreground voxels (worst case), "
+        "2.00 s -> 1.00 s per case: below 0.999",
+    )
     assert decide(1.0, 1.0, 1.5, 0.999)[1].endswith("not faster")
 
 
 def test_inference_is_fp32_unless_the_run_chose_bf16_on_a_native_device(tmp_path, monkeypatch):
-    assert inference_precision("auto", CPU, tmp_path) == ("32-true", "inference precision auto: 32-true (the run has no bf16 check)")
+    assert inference_precision("auto", CPU, tmp_path) == (
+        "32-true",
+        "inference precision auto: 32-true (the run has no bf16 check)",
+    )
     assert inference_precision("bf16-mixed", CPU, tmp_path)[0] == "bf16-mixed"  # asked for: as asked
     with pytest.raises(UnetzooError, match=r"unknown inference precision 'fp8' \(auto, 32-true, bf16-mixed\)"):
         inference_precision("fp8", CPU)
@@ -48,14 +55,20 @@ def test_inference_is_fp32_unless_the_run_chose_bf16_on_a_native_device(tmp_path
     assert inference_precision("32-true", CPU, tmp_path)[0] == "32-true"
 
 
+@pytest.mark.slow
 def test_training_records_the_check_and_predicts_in_fp32_on_this_cpu(trained_run):
     if device.cpu_native_bf16():
         pytest.skip("this CPU runs bf16 natively: the check measured it")
     record = json.loads((trained_run / CHECK_FILE).read_text())
-    assert record["choice"] == "32-true" and record["native_bf16"] is False and record["reason"] == "no native bf16 on this CPU: bf16 not measured"
+    assert (
+        record["choice"] == "32-true"
+        and record["native_bf16"] is False
+        and record["reason"] == "no native bf16 on this CPU: bf16 not measured"
+    )
     assert Predictor(trained_run).precision == "32-true"
 
 
+@pytest.mark.slow
 def test_check_on_a_native_device_measures_agreement_and_speed(trained_run, organs, tmp_path, monkeypatch):
     """With native bf16 (faked: bf16 is emulated on this CPU, minutes per case) the check predicts the cases in both
     precisions and records their label agreement and seconds per case; here the bf16 prediction (faked too) loses

@@ -46,7 +46,7 @@ def test_rgb_png_is_three_channels(tmp_path):
 def test_truncated_nifti_names_file(tmp_path):
     path = _nifti(tmp_path / "t.nii.gz", np.random.rand(20, 20, 20).astype(np.float32))
     raw = gzip.open(path).read()
-    path.write_bytes(gzip.compress(raw)[: 300])
+    path.write_bytes(gzip.compress(raw)[:300])
     with pytest.raises(UnetzooError, match="t.nii.gz.*(corrupt|truncated)"):
         read_image(path)
 

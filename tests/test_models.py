@@ -55,9 +55,13 @@ def test_topology_resolves_per_axis_lists():
     assert topology.output_shape((5, 13, 11), 2) == [3, 4, 3]  # ceil(5/2), ceil(13/4), ceil(11/4)
     assert Topology(2, n_stages=4).strides == [(1, 1), (2, 2), (2, 2), (2, 2)]  # n_stages alone: isotropic, as before
     assert Topology(2, n_stages=4).kernel_sizes == [(3, 3)] * 4
-    for bad, message in [({"n_stages": 4, "strides": [1, 2]}, "disagrees"), ({"strides": [2, 2]}, "first stage"),
-                         ({"strides": [1, 2], "kernel_sizes": [3]}, "1 kernel sizes for 2 stages"),
-                         ({"strides": [1, 2], "kernel_sizes": [3, 2]}, "odd"), ({"strides": [1, [2, 2, 2]]}, "one positive integer per axis")]:
+    for bad, message in [
+        ({"n_stages": 4, "strides": [1, 2]}, "disagrees"),
+        ({"strides": [2, 2]}, "first stage"),
+        ({"strides": [1, 2], "kernel_sizes": [3]}, "1 kernel sizes for 2 stages"),
+        ({"strides": [1, 2], "kernel_sizes": [3, 2]}, "odd"),
+        ({"strides": [1, [2, 2, 2]]}, "one positive integer per axis"),
+    ]:
         with pytest.raises(ValueError, match=message):
             Topology(2, **bad)
 
@@ -76,7 +80,9 @@ def test_models_build_the_planned_anisotropic_topology(name):
     assert_eval_map(model, torch.randn(1, 1, 5, 13, 11), 2)
     model.train()
     outputs = model(torch.randn(2, 1, 5, 13, 11))
-    expected = [(5, 13, 11)] * 2 if name in ("unetpp", "sdn-unetpp") else [(5, 13, 11), (5, 7, 6)]  # U-Net++ heads: full size
+    expected = (
+        [(5, 13, 11)] * 2 if name in ("unetpp", "sdn-unetpp") else [(5, 13, 11), (5, 7, 6)]
+    )  # U-Net++ heads: full size
     assert [tuple(o.shape[2:]) for o in outputs] == expected
     sum(o.float().mean() for o in outputs).backward()
     assert_gradients(model)
@@ -93,7 +99,9 @@ def test_deep_supervision_targets_follow_per_axis_strides():
     label = torch.zeros(2, 1, 5, 13, 11)
     label[:, :, :, 4:10, 2:8] = 1
     seen, loss_fn = [], method.loss
-    method.loss = lambda logits, target: seen.append((tuple(logits.shape[2:]), tuple(target.shape[2:]), target.sum().item())) or loss_fn(logits, target)
+    method.loss = lambda logits, target: (
+        seen.append((tuple(logits.shape[2:]), tuple(target.shape[2:]), target.sum().item())) or loss_fn(logits, target)
+    )
     loss = method.training_loss({"image": torch.randn(2, 1, 5, 13, 11), "label": label})
     assert loss.dim() == 0 and torch.isfinite(loss)
     assert [(out, target) for out, target, _ in seen] == [((5, 13, 11), (5, 13, 11)), ((5, 7, 6), (5, 7, 6))]
@@ -102,7 +110,15 @@ def test_deep_supervision_targets_follow_per_axis_strides():
 
 def test_unet2d_slices_takes_the_plane_topology():
     """unet2d-slices: a 2D topology of the slice plane (the two axes other than slice_axis)."""
-    model = create_model("unet2d-slices", spatial_dims=3, in_channels=1, out_channels=2, slice_axis=2,
-                         strides=[1, [2, 1], 2], kernel_sizes=[3, 3, 3], **SMALL)
+    model = create_model(
+        "unet2d-slices",
+        spatial_dims=3,
+        in_channels=1,
+        out_channels=2,
+        slice_axis=2,
+        strides=[1, [2, 1], 2],
+        kernel_sizes=[3, 3, 3],
+        **SMALL,
+    )
     assert model.axis == 2 and {m.kernel_size for m in _convs(model, torch.nn.ConvTranspose2d)} == {(2, 1), (2, 2)}
     assert_eval_map(model, torch.randn(1, 1, 13, 6, 3), 2)

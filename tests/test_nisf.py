@@ -1,5 +1,6 @@
-"""NISF (nisf.md): the WIRE layer, the residual/latent wiring, the latent table, the coordinate frame, latent
-fitting (only the latent moves; held-out slices are never read), training + calibration end to end, --grid, --fit-slices, 3D+t sequences."""
+"""NISF (Stolt-Ansó et al. 2023, arXiv:2309.08643): the WIRE layer, the residual/latent wiring, the latent table,
+the coordinate frame, latent fitting (only the latent moves; held-out slices are never read), training +
+calibration end to end, --grid, --fit-slices, 3D+t sequences."""
 
 from __future__ import annotations
 
@@ -42,7 +43,15 @@ def test_wire_layer_matches_hand_computed_value():
 @pytest.mark.parametrize("coords_to_all_layers", [False, True])
 def test_resmlp_latent_is_the_first_skip(coords_to_all_layers):
     """With zero weights every WIRE layer outputs cos(0) exp(0) = 1, so out_0 = 1 + h and out_1 = 1 + out_0."""
-    mlp = ResMLP(coord_features=4, latent_size=8, width=8, depth=2, omega0=10, scale0=10, coords_to_all_layers=coords_to_all_layers)
+    mlp = ResMLP(
+        coord_features=4,
+        latent_size=8,
+        width=8,
+        depth=2,
+        omega0=10,
+        scale0=10,
+        coords_to_all_layers=coords_to_all_layers,
+    )
     for p in mlp.parameters():
         torch.nn.init.zeros_(p)
     h = torch.randn(1, 5, 8)
@@ -56,7 +65,9 @@ def test_latent_table_has_one_row_per_training_subject():
         method, resolved = _method(train_cases=n)
         assert method.model.latents.num_embeddings == n and resolved.model_args["num_subjects"] == n
     with pytest.raises(Exception, match="latent_size"):
-        build_method(Config(model="nisf", model_args={"latent_size": 8, "width": 16}), Plan.synthetic([6, 6, 6]), train_cases=2)
+        build_method(
+            Config(model="nisf", model_args={"latent_size": 8, "width": 16}), Plan.synthetic([6, 6, 6]), train_cases=2
+        )
 
 
 def test_coordinates_are_the_same_anatomy_at_any_resolution():
@@ -72,12 +83,17 @@ def test_coordinates_are_the_same_anatomy_at_any_resolution():
 
 def test_training_loss_is_the_papers_sum():
     """Eq. 3: rec BCE x rec_weight + seg (BCE + Dice per class, summed) + latent L2 (mean) + backbone L2 (sum).
-    nisf.md Sec. 3: "adding a weighting factor ... to the image reconstruction loss component yielded inference-time
-    improvements": the default weight is 10, the authors' configs' value (not their code's unweighted 1)."""
+    Stolt-Ansó et al. 2023, Sec. 3: "adding a weighting factor ... to the image reconstruction loss component
+    yielded inference-time improvements": the default weight is 10, the authors' configs' value (not their code's
+    unweighted 1)."""
     method, _ = _method(points=64)
     assert method.rec_weight == 10.0
     batch = method.example_batch(torch.Generator().manual_seed(0))
-    assert batch["coords"].shape == (2, 64, 4) and batch["label"].shape == (2, 64) and batch["case_index"].tolist() == [0, 1]
+    assert (
+        batch["coords"].shape == (2, 64, 4)
+        and batch["label"].shape == (2, 64)
+        and batch["case_index"].tolist() == [0, 1]
+    )
     latent = method.model.latents(batch["case_index"])
     seg, img = method.model(batch["coords"], latent)
     rec = 10.0 * torch.nn.functional.binary_cross_entropy(torch.sigmoid(img), batch["intensity"])
@@ -98,8 +114,14 @@ def test_frames_of_a_sequence_carry_their_time():
     """Training items of frame f of T have t = f / T as the last coordinate (3D cases: 0)."""
     method, _ = _method(points=32)
     image, label = torch.rand(1, 6, 7, 5), torch.zeros(1, 6, 7, 5)
-    sample = method.train_transform()({"image": image, "label": label, "case_index": 1, "frame_index": 2, "num_frames": 4})
-    assert torch.all(sample["coords"][:, -1] == 0.5) and sample["coords"].shape == (32, 4) and int(sample["case_index"]) == 1
+    sample = method.train_transform()(
+        {"image": image, "label": label, "case_index": 1, "frame_index": 2, "num_frames": 4}
+    )
+    assert (
+        torch.all(sample["coords"][:, -1] == 0.5)
+        and sample["coords"].shape == (32, 4)
+        and int(sample["case_index"]) == 1
+    )
     assert torch.all(method.train_transform()({"image": image, "label": label, "case_index": 0})["coords"][:, -1] == 0)
 
 
@@ -111,7 +133,9 @@ def test_fit_changes_only_the_latent(tune_backbone):
     model, latent = method.fit_latent([image], 5)
     start = torch.randn(1, 16, generator=torch.Generator().manual_seed(0)) * 1e-4
     assert not torch.allclose(latent, start), "the latent moved"
-    assert all(torch.equal(before[k], v) for k, v in method.model.state_dict().items()), "the trained model is untouched"
+    assert all(torch.equal(before[k], v) for k, v in method.model.state_dict().items()), (
+        "the trained model is untouched"
+    )
     assert all(p.grad is None for p in method.model.parameters())
     tuned = any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert tuned == tune_backbone  # only the option tunes (a copy of) the backbone
@@ -119,9 +143,9 @@ def test_fit_changes_only_the_latent(tune_backbone):
 
 
 def test_fit_slices_never_reads_the_other_slices():
-    """nisf.md Sec. 4: "producing segmentations for held-out sections of the image volume ... despite not having
-    access to the image information". Fitting on every 2nd slice (last axis): the odd slices, which here hold
-    the image's minimum and maximum, change nothing, not even through the min-max normalisation."""
+    """Stolt-Ansó et al. 2023, Sec. 4: "producing segmentations for held-out sections of the image volume ...
+    despite not having access to the image information". Fitting on every 2nd slice (last axis): the odd slices,
+    which here hold the image's minimum and maximum, change nothing, not even through the min-max normalisation."""
     method, _ = _method(fit_steps=4, fit_lr=1e-2, fit_slices=2)
     image = torch.rand(1, 6, 7, 5)
     image[0, 2, 3, 1], image[0, 4, 0, 3] = -5.0, 7.0  # the extremes lie in unseen slices
@@ -133,6 +157,7 @@ def test_fit_slices_never_reads_the_other_slices():
     assert method.fit_index((2, 2, 5)).tolist() == [0, 2, 4, 5, 7, 9, 10, 12, 14, 15, 17, 19]
 
 
+@pytest.mark.slow
 def test_train_calibrate_and_predict_on_grid(tmp_path):
     """End to end on the organs phantom: training, calibration (Dice-vs-steps curve in the run folder, fit_steps
     recorded), validation; then ``predict --grid REF`` gives REF's exact geometry and ``--fit-slices`` runs."""
@@ -150,12 +175,28 @@ def test_train_calibrate_and_predict_on_grid(tmp_path):
     config.train.epochs, config.train.iters_per_epoch, config.train.batch_size = 1, 3, 1
     config.data.folds = 4
     config.model_args.update(SMALL)
-    config.method_args.update({"points": 256, "fit_steps": 2, "calibrate_steps": 4, "calibrate_every": 2, "calibrate_cases": 1, "calibrate_voxels": 500})
+    config.method_args.update(
+        {
+            "points": 256,
+            "fit_steps": 2,
+            "calibrate_steps": 4,
+            "calibrate_every": 2,
+            "calibrate_cases": 1,
+            "calibrate_voxels": 500,
+        }
+    )
     run = train(data, tmp_path / "run", config)
     saved = Config.load(run / "config.json")
-    assert saved.model_args["num_subjects"] == 2 and saved.method_args["fit_steps"] in (0, 2, 4)  # 3 training cases, 1 kept out
+    assert saved.model_args["num_subjects"] == 2 and saved.method_args["fit_steps"] in (
+        0,
+        2,
+        4,
+    )  # 3 training cases, 1 kept out
     assert (run / "fit_curve.png").is_file() and (run / "validation" / "summary.json").is_file()
-    split, calibrated = json.loads((run / "splits.json").read_text())[0], json.loads((run / "fit_curve.json").read_text())["cases"]
+    split, calibrated = (
+        json.loads((run / "splits.json").read_text())[0],
+        json.loads((run / "fit_curve.json").read_text())["cases"],
+    )
     assert len(calibrated) == 1 and calibrated[0] in split["train"] and calibrated[0] not in split["val"]
 
     case = sorted((data / "imagesTr").glob("*_0000.nii.gz"))[0]
@@ -174,10 +215,11 @@ def test_train_calibrate_and_predict_on_grid(tmp_path):
 
 
 def test_calibration_subjects_are_kept_out_of_training_and_of_the_reported_fold():
-    """nisf.md Sec. 4: "The dataset split included 1000 subjects for the prior training, 50 for validation, and 100
-    for testing" and fit_steps was chosen "based on the Dice score of the best validation run": the cases that choose
-    the step count are neither trained on nor reported. Here they are ``calibrate_cases`` training cases, drawn with
-    the seed (the same ones in any order, so a resumed run keeps them), and removed from the prior training."""
+    """Stolt-Ansó et al. 2023, Sec. 4: "The dataset split included 1000 subjects for the prior training, 50 for
+    validation, and 100 for testing" and fit_steps was chosen "based on the Dice score of the best validation run":
+    the cases that choose the step count are neither trained on nor reported. Here they are ``calibrate_cases``
+    training cases, drawn with the seed (the same ones in any order, so a resumed run keeps them), and removed from
+    the prior training."""
     from unetzoo.errors import UnetzooError
     from unetzoo.training.run import _calibration_split
 
@@ -194,6 +236,7 @@ def test_calibration_subjects_are_kept_out_of_training_and_of_the_reported_fold(
         _calibration_split(names, config)
 
 
+@pytest.mark.slow
 def test_fit_slices_is_refused_for_models_that_fit_nothing(trained_run, organs, capsys):
     from unetzoo.cli import main
 
@@ -209,7 +252,9 @@ def test_predict_sequence_fits_one_latent_over_all_frames():
     method, _ = _method(fit_steps=5, fit_lr=5e-2)
     frame = torch.rand(1, 1, 6, 7, 5)
     same = method.predict_sequence([frame, frame.clone()])
-    assert len(same) == 2 and same[0].shape == (1, 3, 6, 7, 5) and torch.allclose(same[0].sum(1), torch.ones(1), atol=1e-5)
+    assert (
+        len(same) == 2 and same[0].shape == (1, 3, 6, 7, 5) and torch.allclose(same[0].sum(1), torch.ones(1), atol=1e-5)
+    )
     assert not torch.allclose(same[0], same[1])
     changed = method.predict_sequence([frame, torch.rand(1, 1, 6, 7, 5)])
     assert not torch.allclose(changed[0], same[0])
@@ -217,6 +262,7 @@ def test_predict_sequence_fits_one_latent_over_all_frames():
     assert method.predict_sequence([frame, frame], grid)[1].shape == (1, 3, 12, 14, 10)
 
 
+@pytest.mark.slow
 def test_cardiac_sequence_trains_and_predicts_4d_in_the_input_geometry(tmp_path):
     """`phantom cardiac` 3D+t end to end: nisf trains on frames, the Predictor hands a case's frames to
     predict_sequence together (one latent per subject), and the 4D prediction has the input's exact shape and affine."""
@@ -232,11 +278,18 @@ def test_cardiac_sequence_trains_and_predicts_4d_in_the_input_geometry(tmp_path)
     config.data.folds = 3
     config.train.epochs, config.train.iters_per_epoch, config.train.batch_size = 1, 3, 1
     config.model_args.update(SMALL)
-    config.method_args.update({"points": 256, "fit_steps": 2, "calibrate_steps": 2, "calibrate_every": 1, "calibrate_cases": 1})
+    config.method_args.update(
+        {"points": 256, "fit_steps": 2, "calibrate_steps": 2, "calibrate_every": 1, "calibrate_cases": 1}
+    )
     run = train(hearts, tmp_path / "run", config)
-    assert Config.load(run / "config.json").model_args["num_subjects"] == 1  # 2 training subjects, 1 kept out to calibrate; not 1 per frame
+    assert (
+        Config.load(run / "config.json").model_args["num_subjects"] == 1
+    )  # 2 training subjects, 1 kept out to calibrate; not 1 per frame
     name = json.loads((run / "splits.json").read_text())[0]["val"][0]
-    source, result = nib.load(str(hearts / "imagesTr" / f"{name}.nii.gz")), nib.load(str(run / "validation" / f"{name}.nii.gz"))
+    source, result = (
+        nib.load(str(hearts / "imagesTr" / f"{name}.nii.gz")),
+        nib.load(str(run / "validation" / f"{name}.nii.gz")),
+    )
     assert result.shape == source.shape == (16, 16, 6, 3) and np.array_equal(result.affine, source.affine)
 
     predictor = Predictor(run)

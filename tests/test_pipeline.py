@@ -22,8 +22,17 @@ from unetzoo.inference import predict
 from unetzoo.training.run import train
 
 
+@pytest.mark.slow
 def test_run_folder_holds_nnunet_outputs(trained_run):
-    for name in ("config.json", "plan.json", "splits.json", "checkpoint_best.pt", "checkpoint_last.pt", "progress.png", "history.json"):
+    for name in (
+        "config.json",
+        "plan.json",
+        "splits.json",
+        "checkpoint_best.pt",
+        "checkpoint_last.pt",
+        "progress.png",
+        "history.json",
+    ):
         assert (trained_run / name).is_file(), name
     assert list(trained_run.glob("training_log_*.txt"))
     with open(trained_run / "logs" / "csv" / "version_0" / "metrics.csv", newline="") as f:  # Lightning's CSVLogger
@@ -43,22 +52,49 @@ def test_run_folder_holds_nnunet_outputs(trained_run):
     assert validation == sorted(f"{n}.nii.gz" for n in splits[0]["val"])
     config = json.loads((trained_run / "config.json").read_text())
     plan = json.loads((trained_run / "plan.json").read_text())
-    assert config["model_args"]["strides"] == plan["strides"] == [[1, 1, 1], [2, 2, 2], [2, 2, 2]]  # 16^3: 16 -> 8 -> 4, recorded
-    assert config["model_args"]["kernel_sizes"] == plan["kernel_sizes"] and config["train"]["batch_size"] == plan["batch_size"] >= 2
+    assert (
+        config["model_args"]["strides"] == plan["strides"] == [[1, 1, 1], [2, 2, 2], [2, 2, 2]]
+    )  # 16^3: 16 -> 8 -> 4, recorded
+    assert (
+        config["model_args"]["kernel_sizes"] == plan["kernel_sizes"]
+        and config["train"]["batch_size"] == plan["batch_size"] >= 2
+    )
     from unetzoo.device import resolve_precision
 
     # what ran, not "auto": the precision auto chose on this CPU, and the device
-    assert config["train"]["precision"] == resolve_precision("auto", torch.device("cpu"))[0] and config["train"]["device"] == "cpu"
+    assert (
+        config["train"]["precision"] == resolve_precision("auto", torch.device("cpu"))[0]
+        and config["train"]["device"] == "cpu"
+    )
 
 
+@pytest.mark.slow
 def test_fold_all_trains_on_every_case_without_held_out_validation(tmp_path):
     """nnU-Net's fold "all", even on a dataset with fewer cases than cross-validation folds."""
     from unetzoo.data.phantoms import write_organs_phantom
 
     data = write_organs_phantom(tmp_path / "data", cases=3, seed=2, shape=(20, 20, 16))
     run = tmp_path / "run"
-    result = run_cli("train", data, "--out", run, "--fold", "all", "--epochs", "1", "--iters-per-epoch", "2", "--patch", "16", "16", "16",
-                     "--num-workers", "0", "--set", "data.cache_workers=0")
+    result = run_cli(
+        "train",
+        data,
+        "--out",
+        run,
+        "--fold",
+        "all",
+        "--epochs",
+        "1",
+        "--iters-per-epoch",
+        "2",
+        "--patch",
+        "16",
+        "16",
+        "16",
+        "--num-workers",
+        "0",
+        "--set",
+        "data.cache_workers=0",
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert (run / "checkpoint_last.pt").is_file() and json.loads((run / "config.json").read_text())["fold"] == "all"
     assert not (run / "splits.json").exists() and not (run / "validation").exists()
@@ -68,6 +104,7 @@ def test_fold_all_trains_on_every_case_without_held_out_validation(tmp_path):
     assert bad.returncode == 2 and "a fold number or 'all'" in bad.stderr
 
 
+@pytest.mark.slow
 def test_predictions_keep_input_geometry_and_skip_done_cases(trained_run, organs, tmp_path):
     out = tmp_path / "pred"
     written = predict(trained_run, organs / "imagesTr", out)
@@ -85,8 +122,11 @@ def test_predictions_keep_input_geometry_and_skip_done_cases(trained_run, organs
     assert written[0].stat().st_mtime_ns != stamp
 
 
+@pytest.mark.slow
 def test_cli_predict_one_file_then_evaluate(trained_run, organs, tmp_path):
-    result = run_cli("predict", trained_run, organs / "imagesTr" / "organs_001_0000.nii.gz", tmp_path / "p", "--save-probabilities")
+    result = run_cli(
+        "predict", trained_run, organs / "imagesTr" / "organs_001_0000.nii.gz", tmp_path / "p", "--save-probabilities"
+    )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "p" / "organs_001.nii.gz").is_file()
     probabilities = np.load(tmp_path / "p" / "organs_001.npz")["probabilities"]
@@ -101,6 +141,7 @@ def test_cli_predict_one_file_then_evaluate(trained_run, organs, tmp_path):
     assert (tmp_path / "eval" / "cases.csv").read_text().startswith("case,label,Dice")
 
 
+@pytest.mark.slow
 def test_resume_continues_from_last_checkpoint(organs, tmp_path):
     run = tmp_path / "run"
     train(organs, run, tiny_config(epochs=1))
@@ -112,10 +153,32 @@ def test_resume_continues_from_last_checkpoint(organs, tmp_path):
     assert [h["epoch"] for h in json.loads((run / "history.json").read_text())] == [0, 1]
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume(organs, tmp_path):
     run = tmp_path / "run"
-    args = [sys.executable, "-m", "unetzoo.cli", "train", str(organs), "--model", "unet", "--out", str(run), "--epochs", "3",
-            "--iters-per-epoch", "40", "--patch", "16", "16", "16", "--num-workers", "0", "--set", "data.cache_workers=0"]
+    args = [
+        sys.executable,
+        "-m",
+        "unetzoo.cli",
+        "train",
+        str(organs),
+        "--model",
+        "unet",
+        "--out",
+        str(run),
+        "--epochs",
+        "3",
+        "--iters-per-epoch",
+        "40",
+        "--patch",
+        "16",
+        "16",
+        "16",
+        "--num-workers",
+        "0",
+        "--set",
+        "data.cache_workers=0",
+    ]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 240
@@ -140,10 +203,32 @@ def test_sigkill_mid_epoch_then_resume(organs, tmp_path):
     assert torch.load(run / "checkpoint_last.pt", weights_only=False)["epoch"] == 2
 
 
+@pytest.mark.slow
 def test_ddp_over_two_cpu_processes(organs, tmp_path):
     run = tmp_path / "ddp"
-    result = run_cli("train", organs, "--model", "unet", "--out", run, "--epochs", "1", "--iters-per-epoch", "2", "--patch", "16", "16", "16",
-                     "--devices", "2", "--num-workers", "0", "--set", "data.cache_workers=0", timeout=600)
+    result = run_cli(
+        "train",
+        organs,
+        "--model",
+        "unet",
+        "--out",
+        run,
+        "--epochs",
+        "1",
+        "--iters-per-epoch",
+        "2",
+        "--patch",
+        "16",
+        "16",
+        "16",
+        "--devices",
+        "2",
+        "--num-workers",
+        "0",
+        "--set",
+        "data.cache_workers=0",
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert (run / "checkpoint_last.pt").is_file() and (run / "validation" / "summary.json").is_file()
     logs = list(run.glob("training_log_*.txt"))
@@ -201,13 +286,30 @@ def _assert_one_line_error(result, expected):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("breaker", [_truncate, _shape_mismatch, _unknown_label, _no_dataset_json, _nan_voxels])
 def test_train_rejects_bad_dataset(organs, tmp_path, breaker):
     data, expected = _broken_copy(organs, tmp_path, breaker)
-    result = run_cli("train", data, "--model", "unet", "--out", tmp_path / "run", "--epochs", "1", "--iters-per-epoch", "1", "--patch", "16", "16", "16")
+    result = run_cli(
+        "train",
+        data,
+        "--model",
+        "unet",
+        "--out",
+        tmp_path / "run",
+        "--epochs",
+        "1",
+        "--iters-per-epoch",
+        "1",
+        "--patch",
+        "16",
+        "16",
+        "16",
+    )
     _assert_one_line_error(result, expected)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("breaker", [_truncate, _nan_voxels])
 def test_predict_rejects_bad_input_and_keeps_earlier_predictions(trained_run, organs, tmp_path, breaker):
     data, expected = _broken_copy(organs, tmp_path, breaker)
@@ -221,12 +323,16 @@ def test_predict_rejects_bad_input_and_keeps_earlier_predictions(trained_run, or
     assert not list(out.glob(".tmp_*"))
 
 
+@pytest.mark.slow
 def test_evaluate_rejects_unlisted_label_values(organs, tmp_path):
     data, expected = _broken_copy(organs, tmp_path, _unknown_label)
-    result = run_cli("evaluate", data / "labelsTr", organs / "labelsTr", "--out", tmp_path / "eval", "--labels-ids", "1", "2", "3")
+    result = run_cli(
+        "evaluate", data / "labelsTr", organs / "labelsTr", "--out", tmp_path / "eval", "--labels-ids", "1", "2", "3"
+    )
     assert result.returncode == 2 and "organs_004.nii.gz" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_evaluate_rejects_truncated_prediction(organs, tmp_path):
     pred = tmp_path / "pred"
     shutil.copytree(organs / "labelsTr", pred)
@@ -239,13 +345,16 @@ def test_evaluate_rejects_truncated_prediction(organs, tmp_path):
 # ---- real data: predictions in the input's exact geometry ----------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (SHARED_DATA / "ct-example").is_dir(), reason="shared data not present")
 def test_real_ct_and_hippocampus_predictions_keep_geometry(organs, tmp_path):
     config = tiny_config()
     config.data.target_spacing = [3.0, 3.0, 3.0]  # coarse, so the CT predicts in seconds
     run = train(organs, tmp_path / "coarse", config)
-    inputs = [SHARED_DATA / "ct-example" / "imagesTr" / "abdomen_001_0000.nii.gz",
-              SHARED_DATA / "hippocampus" / "imagesTr" / "hippocampus_001.nii.gz"]
+    inputs = [
+        SHARED_DATA / "ct-example" / "imagesTr" / "abdomen_001_0000.nii.gz",
+        SHARED_DATA / "hippocampus" / "imagesTr" / "hippocampus_001.nii.gz",
+    ]
     for source in inputs:
         [written] = predict(run, source, tmp_path / "pred")
         expected, result = nib.load(str(source)), nib.load(str(written))
@@ -254,12 +363,17 @@ def test_real_ct_and_hippocampus_predictions_keep_geometry(organs, tmp_path):
         assert np.array_equal(result.header.get_zooms()[:3], expected.header.get_zooms()[:3])
 
 
+@pytest.mark.slow
 def test_phantom_command(tmp_path):
     result = run_cli("phantom", "organs", tmp_path / "ph", "--cases", "2", "--seed", "4")
     assert result.returncode == 0, result.stderr
-    assert sorted(p.name for p in (tmp_path / "ph" / "labelsTr").iterdir()) == ["organs_000.nii.gz", "organs_001.nii.gz"]
+    assert sorted(p.name for p in (tmp_path / "ph" / "labelsTr").iterdir()) == [
+        "organs_000.nii.gz",
+        "organs_001.nii.gz",
+    ]
 
 
+@pytest.mark.slow
 def test_models_command_lists_every_model():
     from unetzoo import list_models
 
@@ -269,6 +383,7 @@ def test_models_command_lists_every_model():
     assert listed == list_models()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("UNETZOO_SKIP_2D") == "1", reason="2D pipeline skipped")
 def test_2d_png_pipeline_writes_masks_of_input_size(tmp_path):
     from unetzoo.data.phantoms import write_nuclei_phantom

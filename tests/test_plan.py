@@ -31,7 +31,7 @@ def _poolings(strides) -> list[int]:
 
 
 def test_anisotropic_patch_pools_in_plane_six_times_and_through_plane_once():
-    """Issue 18: "10x256x224 gives 6 in-plane poolings and 1 through-plane" (unknown spacing: voxel counts).
+    """A 10x256x224 volume gives 6 in-plane poolings and 1 through-plane (unknown spacing: voxel counts).
     10 -> 5 stops (5 // 2 < 4); 256 -> 4 after 6; 224 -> 7 after 5 (7 // 2 < 4): depth from the largest axis."""
     strides, kernels = pool_and_conv([10, 256, 224])
     assert _poolings(strides) == [1, 6, 5]
@@ -121,9 +121,17 @@ def _identity_dataset(root, shape=(9, 40, 36), n=4):
     for i in range(n):
         label = np.zeros(shape, np.uint8)
         label[2:5, 10:20, 10:20] = 1
-        nib.save(nib.Nifti1Image(np.random.rand(*shape).astype(np.float32), np.eye(4)), str(root / "imagesTr" / f"c_{i:03d}_0000.nii.gz"))
+        nib.save(
+            nib.Nifti1Image(np.random.rand(*shape).astype(np.float32), np.eye(4)),
+            str(root / "imagesTr" / f"c_{i:03d}_0000.nii.gz"),
+        )
         nib.save(nib.Nifti1Image(label, np.eye(4)), str(root / "labelsTr" / f"c_{i:03d}.nii.gz"))
-    meta = {"channel_names": {"0": "MRI"}, "labels": {"background": 0, "fg": 1}, "numTraining": n, "file_ending": ".nii.gz"}
+    meta = {
+        "channel_names": {"0": "MRI"},
+        "labels": {"background": 0, "fg": 1},
+        "numTraining": n,
+        "file_ending": ".nii.gz",
+    }
     (root / "dataset.json").write_text(json.dumps(meta))
     return root
 
@@ -162,7 +170,9 @@ def test_user_values_win(tmp_path):
     assert plan.patch_size == [8, 32, 32] and plan.strides == pool_and_conv([8, 32, 32], plan.topology_spacing)[0]
     config = Config(model="unet")
     method, resolved = build_method(config, plan)
-    assert resolved.train.batch_size == plan.batch_size and resolved.model_args["strides"] == plan.strides  # None: the plan's
+    assert (
+        resolved.train.batch_size == plan.batch_size and resolved.model_args["strides"] == plan.strides
+    )  # None: the plan's
     config.train.batch_size = 3
     config.set("model_args.strides=[1, [1, 2, 2]]")
     method, resolved = build_method(config, plan)
@@ -182,16 +192,24 @@ def test_unet2d_slices_slices_along_the_planned_axis_with_the_plane_topology():
     assert _poolings(resolved.model_args["strides"]) == [4, 3]
     user = Config(model="unet2d-slices", model_args={"slice_axis": 0})
     _, resolved = build_method(user, plan)
-    assert resolved.model_args["slice_axis"] == 0 and resolved.model_args["strides"] == pool_and_conv([48, 12], [1.0, 4.0])[0]
+    assert (
+        resolved.model_args["slice_axis"] == 0
+        and resolved.model_args["strides"] == pool_and_conv([48, 12], [1.0, 4.0])[0]
+    )
 
 
 def test_an_old_plan_and_config_still_load():
     """plan.json written before the topology fields: they are computed from its patch (batch 2, the old default);
     a config.json with n_stages builds the old isotropic network."""
-    old = {k: v for k, v in Plan.synthetic([40, 56, 40]).to_dict().items()
-           if k not in ("spacing_known", "batch_size", "strides", "kernel_sizes", "slice_axis")}
+    old = {
+        k: v
+        for k, v in Plan.synthetic([40, 56, 40]).to_dict().items()
+        if k not in ("spacing_known", "batch_size", "strides", "kernel_sizes", "slice_axis")
+    }
     plan = Plan.from_dict(old)
-    assert plan.batch_size == 2 and plan.spacing_known and plan.strides == pool_and_conv([40, 56, 40], [1.0, 1.0, 1.0])[0]
+    assert (
+        plan.batch_size == 2 and plan.spacing_known and plan.strides == pool_and_conv([40, 56, 40], [1.0, 1.0, 1.0])[0]
+    )
     config = Config(model="unet", model_args={"n_stages": 3, "deep_supervision": True})
     method, resolved = build_method(config, plan)
     assert "strides" not in resolved.model_args and method.model.topology.strides == [(1, 1, 1), (2, 2, 2), (2, 2, 2)]

@@ -75,6 +75,7 @@ def test_decision_on_a_synthetic_case():
     assert decision["dice"][2]["without"] == 1.0 and decision["dice"][2]["with"] == pytest.approx(8 / 12)
 
 
+@pytest.mark.slow
 def test_training_records_the_decision_and_predict_applies_it(trained_run, organs, tmp_path):
     """The tiny run chose per class and evaluated the fold with the choice; predict applies it by default,
     ``--no-postprocess`` writes the raw argmax, ``--keep-largest 1`` keeps one component of every class."""
@@ -98,6 +99,7 @@ def test_training_records_the_decision_and_predict_applies_it(trained_run, organ
     assert np.array_equal(ensemble, default)  # two copies of a run agree on its choice
 
 
+@pytest.mark.slow
 def test_report_shows_the_fold_with_post_processing(trained_run, tmp_path):
     from unetzoo.experiments.report import make_report
 
@@ -106,6 +108,7 @@ def test_report_shows_the_fold_with_post_processing(trained_run, tmp_path):
     assert "classes kept to their largest component" in section and "### Dice" in section and "### HD95" in section
 
 
+@pytest.mark.slow
 def test_cli_keep_largest_errors_are_one_line(trained_run, organs, tmp_path):
     result = run_cli("predict", trained_run, organs / "imagesTr", tmp_path / "out", "--keep-largest", "1:0")
     assert result.returncode == 2 and result.stderr.strip().count("\n") == 0 and "--keep-largest" in result.stderr

@@ -36,13 +36,20 @@ def test_auto_on_cuda_is_bf16_where_supported_else_fp16_with_scaler(monkeypatch)
     monkeypatch.setattr(device, "cuda_bf16", lambda: True)
     assert resolve_precision("auto", CUDA)[0] == "bf16-mixed"
     monkeypatch.setattr(device, "cuda_bf16", lambda: False)
-    assert resolve_precision("auto", CUDA) == ("16-mixed", "precision auto: 16-mixed (this CUDA GPU has no bf16; fp16 with a gradient scaler)")
+    assert resolve_precision("auto", CUDA) == (
+        "16-mixed",
+        "precision auto: 16-mixed (this CUDA GPU has no bf16; fp16 with a gradient scaler)",
+    )
 
 
 def test_explicit_choices_are_kept_and_only_emulated_ones_warn(cpu_bf16, monkeypatch):
     cpu_bf16(False)
     chosen, line = resolve_precision("bf16-mixed", CPU)
-    assert chosen == "bf16-mixed" and line.startswith("warning: precision bf16-mixed is emulated on this CPU") and "slower" in line
+    assert (
+        chosen == "bf16-mixed"
+        and line.startswith("warning: precision bf16-mixed is emulated on this CPU")
+        and "slower" in line
+    )
     assert "\n" not in line
     assert resolve_precision("16-mixed", CPU)[1].startswith("warning: precision 16-mixed is emulated")
     assert resolve_precision("32-true", CPU) == ("32-true", "precision 32-true")
@@ -50,7 +57,9 @@ def test_explicit_choices_are_kept_and_only_emulated_ones_warn(cpu_bf16, monkeyp
     assert resolve_precision("bf16-mixed", CPU) == ("bf16-mixed", "precision bf16-mixed")
     monkeypatch.setattr(device, "cuda_bf16", lambda: False)
     assert resolve_precision("16-mixed", CUDA) == ("16-mixed", "precision 16-mixed")
-    assert resolve_precision("bf16-mixed", CUDA)[1].startswith("warning: precision bf16-mixed is emulated on this CUDA GPU")
+    assert resolve_precision("bf16-mixed", CUDA)[1].startswith(
+        "warning: precision bf16-mixed is emulated on this CUDA GPU"
+    )
     with pytest.raises(UnetzooError, match="unknown precision '64-true'"):
         resolve_precision("64-true", CPU)
 
@@ -65,10 +74,29 @@ def test_the_trainer_gets_the_resolved_precision(cpu_bf16):
     assert trainer_settings(config, method)["precision"] == "bf16-mixed"
 
 
+@pytest.mark.slow
 def test_train_command_warns_in_one_line_for_emulated_bf16_and_logs_auto_choice(organs, tmp_path, cpu_bf16, capsys):
     cpu_bf16(False)
-    args = ["train", str(organs), "--patch", "16", "16", "16", "--epochs", "1", "--iters-per-epoch", "1", "--num-workers", "0",
-            "--set", "train.val_cases=1", "--set", "model_args.n_stages=2", "--set", "model_args.base_features=4"]
+    args = [
+        "train",
+        str(organs),
+        "--patch",
+        "16",
+        "16",
+        "16",
+        "--epochs",
+        "1",
+        "--iters-per-epoch",
+        "1",
+        "--num-workers",
+        "0",
+        "--set",
+        "train.val_cases=1",
+        "--set",
+        "model_args.n_stages=2",
+        "--set",
+        "model_args.base_features=4",
+    ]
 
     def training(err: str) -> list[str]:  # the training-precision lines (not the inference-precision check's)
         return [line for line in err.splitlines() if "precision" in line and "inference precision" not in line]

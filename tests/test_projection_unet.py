@@ -1,5 +1,5 @@
-"""Projection U-Nets (random-2.5d-unet.md): projection geometry, backprojection, adjointness, the two training
-paths, shapes, the loss mix schedule."""
+"""Projection U-Nets (Angermann & Haltmeier 2019, arXiv:1910.10398): projection geometry, backprojection,
+adjointness, the two training paths, shapes, the loss mix schedule."""
 
 from __future__ import annotations
 
@@ -62,7 +62,9 @@ def test_one_voxel_keeps_its_value_at_0_and_90_degrees_for_every_parity(shape):
         for theta in (0.0, 90.0):
             image = mip(x, theta, axis=1)
             assert image.shape == (1, 1, shape[1], detector_size(shape, 1))
-            assert float(image.max()) == pytest.approx(2.0, abs=1e-5) and float(image.sum()) == pytest.approx(2.0, abs=1e-4)
+            assert float(image.max()) == pytest.approx(2.0, abs=1e-5) and float(image.sum()) == pytest.approx(
+                2.0, abs=1e-4
+            )
             pixel = int(image[0, 0, 1].argmax())  # the voxel's detector pixel: u = q' at 0 degrees, -p' at 90
             centre = (detector_size(shape, 1) - 1) // 2
             assert pixel == centre + (q - (size_q - 1) // 2 if theta == 0 else (size_p - 1) // 2 - p)
@@ -129,10 +131,14 @@ def test_path_two_trains_only_its_filtration_and_tuning():
     x = torch.rand(1, 1, 9, 8, 10)
     label = (x > 0.7).long()
     dice_loss(net.path2(x), label).backward()
-    assert all(p.grad is None for p in net.net2d.parameters()) and all(p.grad is None for p in net.reconstruction.parameters())
+    assert all(p.grad is None for p in net.net2d.parameters()) and all(
+        p.grad is None for p in net.reconstruction.parameters()
+    )
     optimizer.step()
     after = net.state_dict()
-    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("net2d.") or k.startswith("reconstruction."))
+    assert all(
+        torch.equal(before[k], after[k]) for k in before if k.startswith("net2d.") or k.startswith("reconstruction.")
+    )
     assert not torch.equal(before["full_reconstruction.filters"], after["full_reconstruction.filters"])
     net.zero_grad()
     dice_loss(net.path1(x), label).backward()  # path 1 trains the 2D U-Net
@@ -142,7 +148,10 @@ def test_path_two_trains_only_its_filtration_and_tuning():
 @pytest.mark.parametrize("axis", [0, 1, 2])
 def test_odd_sizes_keep_their_shape(axis):
     x = torch.rand(1, 1, 13, 17, 11)
-    for net in (_small(ProjectionUNet, directions=3, axis=axis), _small(RandomProjectionUNet, directions=3, all_directions=5, axis=axis)):
+    for net in (
+        _small(ProjectionUNet, directions=3, axis=axis),
+        _small(RandomProjectionUNet, directions=3, all_directions=5, axis=axis),
+    ):
         assert net.eval()(x).shape == (1, 3, 13, 17, 11)
 
 
@@ -156,7 +165,9 @@ def test_random_angles_one_whole_degree_per_bin():
 
 
 def test_loss_mix_schedule_and_whole_volume_prediction():
-    config = Config(model="random-2.5d-unet", model_args={"directions": 2, "all_directions": 3, "n_stages": 2, "base_features": 4})
+    config = Config(
+        model="random-2.5d-unet", model_args={"directions": 2, "all_directions": 3, "n_stages": 2, "base_features": 4}
+    )
     method, resolved = build_method(config, Plan.synthetic([12, 10, 9]), train_cases=2)
     assert resolved.method_args == {} and method.whole_volumes
     weights = []
@@ -203,7 +214,10 @@ def test_paper_optimiser_settings(tmp_path):
     setup = SegmentationModule(method, resolved, method.plan).configure_optimizers()
     optimizer, scheduler = setup["optimizer"], setup["lr_scheduler"]
     assert type(optimizer) is torch.optim.Adam and optimizer.param_groups[0]["lr"] == 1e-3
-    assert isinstance(scheduler["scheduler"], torch.optim.lr_scheduler.ReduceLROnPlateau) and scheduler["monitor"] == "val_dice"
+    assert (
+        isinstance(scheduler["scheduler"], torch.optim.lr_scheduler.ReduceLROnPlateau)
+        and scheduler["monitor"] == "val_dice"
+    )
     rates = []
     for val_dice in [0.5, 0.5, 0.5, 0.5, 0.6, 0.6, 0.6, 0.6]:  # a best epoch, 3 flat ones; a better one, 3 flat ones
         scheduler["scheduler"].step(val_dice)
@@ -214,10 +228,10 @@ def test_paper_optimiser_settings(tmp_path):
 
 
 def test_training_takes_whole_volumes_of_any_size():
-    """random-2.5d-unet.md abstract: "The proposed architecture can be applied end-to-end to very large data volumes
-    without cropping or sliding-window techniques": a training volume larger than the plan's patch is not cropped, a
-    smaller one not padded alone; a batch of both is padded to the larger (image: each volume's minimum; label: -1)
-    and the Dice loss counts only the volumes' own voxels."""
+    """Angermann & Haltmeier 2019, abstract: "The proposed architecture can be applied end-to-end to very large data
+    volumes without cropping or sliding-window techniques": a training volume larger than the plan's patch is not
+    cropped, a smaller one not padded alone; a batch of both is padded to the larger (image: each volume's minimum;
+    label: -1) and the Dice loss counts only the volumes' own voxels."""
     config = Config(model="projection-2.5d-unet", model_args={"directions": 2, "n_stages": 2, "base_features": 4})
     method, _ = build_method(config, Plan.synthetic([12, 10, 9]))
     transform = method.train_transform()
@@ -228,7 +242,11 @@ def test_training_takes_whole_volumes_of_any_size():
         image = torch.randn(1, *shape, generator=g) - 3.0
         label = (torch.rand(1, *shape, generator=g) > 0.8).float()
         out = transform({"image": image, "label": label})
-        assert not isinstance(out, list) and tuple(out["image"].shape) == (1, *shape) and tuple(out["label"].shape) == (1, *shape)
+        assert (
+            not isinstance(out, list)
+            and tuple(out["image"].shape) == (1, *shape)
+            and tuple(out["label"].shape) == (1, *shape)
+        )
         cases.append({"image": image, "label": label})
     batch = method.collate(cases)
     assert batch["image"].shape == (2, 1, 20, 14, 9) and batch["label"].shape == (2, 1, 20, 14, 9)

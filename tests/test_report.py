@@ -6,6 +6,7 @@ import json
 
 import nibabel as nib
 import numpy as np
+import pytest
 
 from conftest import run_cli
 from unetzoo.config import Config
@@ -30,7 +31,11 @@ def test_overlay_colours_exact():
     assert rgb[0, 0].tolist() == WHITE  # TP: both class 1
     assert rgb[0, 1].tolist() == RED  # FP: predicted 1 on background
     assert rgb[0, 2].tolist() == BLUE  # FN: class 1 predicted background
-    assert rgb[0, 3].tolist() == [1.0, 1.0, 1.0] and rgb[1, 3].tolist() == [1.0, 1.0, 1.0]  # TN: the grey image (1 here)
+    assert rgb[0, 3].tolist() == [1.0, 1.0, 1.0] and rgb[1, 3].tolist() == [
+        1.0,
+        1.0,
+        1.0,
+    ]  # TN: the grey image (1 here)
     assert rgb[1, 0].tolist() == RED  # wrong class (ref 2, pred 1): a false positive
     assert rgb[1, 1].tolist() == WHITE
     assert rgb[1, 2].tolist() == RED  # predicted 2 on background
@@ -72,7 +77,9 @@ def _case(tmp_path, name, seed):
     label[3:9, 4:10, 2:8] = 1
     label[5:7, 6:8, 3:6] = 2
     image = label * 50.0 + rng.normal(0, 10, label.shape)
-    return _nifti(tmp_path / "data" / f"{name}_0000.nii.gz", image.astype(np.float32)), _nifti(tmp_path / "data" / f"{name}.nii.gz", label)
+    return _nifti(tmp_path / "data" / f"{name}_0000.nii.gz", image.astype(np.float32)), _nifti(
+        tmp_path / "data" / f"{name}.nii.gz", label
+    )
 
 
 def _fake_run(root, model, cases, shift, dice, benchmark=None):
@@ -81,10 +88,29 @@ def _fake_run(root, model, cases, shift, dice, benchmark=None):
     config.model_args = {"n_stages": 2}
     root.mkdir(parents=True)
     config.save(root / "config.json")
-    plan = {"spatial_dims": 3, "channel_names": ["MRI"], "labels": {"0": "background", "1": "anterior", "2": "posterior"}, "num_classes": 3,
-            "patch_size": [8, 8, 8], "target_spacing": [1, 1, 1], "ct_stats": {}, "n_channel_files": 1, "file_ending": ".nii.gz", "median_shape": [12, 14, 10]}
+    plan = {
+        "spatial_dims": 3,
+        "channel_names": ["MRI"],
+        "labels": {"0": "background", "1": "anterior", "2": "posterior"},
+        "num_classes": 3,
+        "patch_size": [8, 8, 8],
+        "target_spacing": [1, 1, 1],
+        "ct_stats": {},
+        "n_channel_files": 1,
+        "file_ending": ".nii.gz",
+        "median_shape": [12, 14, 10],
+    }
     (root / "plan.json").write_text(json.dumps(plan))
-    history = [{"epoch": e, "train_loss": 1.0 / (e + 1) + shift, "val_dice": dice * e / 3, "epoch_time_s": 10.0 + shift, "lr": 1e-3} for e in range(4)]
+    history = [
+        {
+            "epoch": e,
+            "train_loss": 1.0 / (e + 1) + shift,
+            "val_dice": dice * e / 3,
+            "epoch_time_s": 10.0 + shift,
+            "lr": 1e-3,
+        }
+        for e in range(4)
+    ]
     (root / "history.json").write_text(json.dumps(history))
     validation = root / "validation"
     sources = {}
@@ -98,31 +124,74 @@ def _fake_run(root, model, cases, shift, dice, benchmark=None):
         sources[name] = {"image": [str(image)], "label": str(label)}
         summary_cases.append({"case": name, "metrics": {"1": {"Dice": dice}, "2": {"Dice": dice - 0.1}}})
     (validation / "cases.json").write_text(json.dumps(sources))
-    metric = {"1": {"Dice": dice, "IoU": dice - 0.1, "NSD": dice + 0.05, "HD95": 3.0 - dice}, "2": {"Dice": dice - 0.2, "IoU": 0.4, "NSD": 0.7, "HD95": 4.0}}
-    summary = {"mean": metric, "std": {k: {m: 0.01 for m in v} for k, v in metric.items()},
-               "foreground_mean": {"Dice": dice - 0.1, "IoU": 0.5, "NSD": 0.8, "HD95": 3.5}, "cases": summary_cases}
+    metric = {
+        "1": {"Dice": dice, "IoU": dice - 0.1, "NSD": dice + 0.05, "HD95": 3.0 - dice},
+        "2": {"Dice": dice - 0.2, "IoU": 0.4, "NSD": 0.7, "HD95": 4.0},
+    }
+    summary = {
+        "mean": metric,
+        "std": {k: {m: 0.01 for m in v} for k, v in metric.items()},
+        "foreground_mean": {"Dice": dice - 0.1, "IoU": 0.5, "NSD": 0.8, "HD95": 3.5},
+        "cases": summary_cases,
+    }
     (validation / "summary.json").write_text(json.dumps(summary))
     if benchmark:
         (root / "benchmark.json").write_text(json.dumps(benchmark))
     return root
 
 
+@pytest.mark.slow
 def test_report_from_two_runs(tmp_path):
     cases = {name: _case(tmp_path, name, i) for i, name in enumerate(["hippo_001", "hippo_002"])}
-    bench = {"models": [{"model": "unet", "params": 1000, "macs": 2e9, "train_step_s": 0.5, "train_peak_mem_mb": 300.0, "infer_s": 1.5,
-                         "infer_peak_mem_mb": 120.0, "patch": [8, 8, 8], "batch_size": 2, "infer_shape": [12, 14, 10]}],
-             "device": "cpu", "threads": 2, "torch": "2.x", "patch": [8, 8, 8], "batch_size": 2, "infer_shape": [12, 14, 10]}
+    bench = {
+        "models": [
+            {
+                "model": "unet",
+                "params": 1000,
+                "macs": 2e9,
+                "train_step_s": 0.5,
+                "train_peak_mem_mb": 300.0,
+                "infer_s": 1.5,
+                "infer_peak_mem_mb": 120.0,
+                "patch": [8, 8, 8],
+                "batch_size": 2,
+                "infer_shape": [12, 14, 10],
+            }
+        ],
+        "device": "cpu",
+        "threads": 2,
+        "torch": "2.x",
+        "patch": [8, 8, 8],
+        "batch_size": 2,
+        "infer_shape": [12, 14, 10],
+    }
     run_a = _fake_run(tmp_path / "runs" / "unet", "unet", cases, shift=0, dice=0.9, benchmark=bench)
     run_b = _fake_run(tmp_path / "runs" / "slices", "unet2d-slices", cases, shift=1, dice=0.8)
     out = tmp_path / "report"
     proc = run_cli("report", run_a, run_b, "--out", out)
     assert proc.returncode == 0, proc.stderr
     page = (out / "report.md").read_text()
-    for text in ("### Dice", "### NSD", "### HD95 (mm)", "anterior (1)", "posterior (2)", "**0.900 ± 0.010**", "0.800 ± 0.010",
-                 "| unet | unet |", "unet2d-slices", "0:00:40", "300.0", "2.00G", "![training curves](curves.png)", "![overlays](overlays.png)"):
+    for text in (
+        "### Dice",
+        "### NSD",
+        "### HD95 (mm)",
+        "anterior (1)",
+        "posterior (2)",
+        "**0.900 ± 0.010**",
+        "0.800 ± 0.010",
+        "| unet | unet |",
+        "unet2d-slices",
+        "0:00:40",
+        "300.0",
+        "2.00G",
+        "![training curves](curves.png)",
+        "![overlays](overlays.png)",
+    ):
         assert text in page, text
     assert "**2.100 ± 0.010**" in page  # HD95: lower is better
-    assert "### IoU (Jaccard)" in page and "**0.800 ± 0.010**" in page  # IoU of run a's class 1 (Dice - 0.1) beats run b's
+    assert (
+        "### IoU (Jaccard)" in page and "**0.800 ± 0.010**" in page
+    )  # IoU of run a's class 1 (Dice - 0.1) beats run b's
     # per case, run b's Dice is 0.1 below run a's in both classes: a constant paired difference, worse on both cases
     assert "| slices | 2 | -0.1000 [-0.1000, -0.1000] | 0 / 2 | n/a | n/a |" in page
     for png in ("curves.png", "overlays.png"):
@@ -136,6 +205,7 @@ def test_report_without_common_cases_still_writes_the_page(tmp_path):
     assert "no overlays" in page and "a" in page and not (tmp_path / "out" / "overlays.png").exists()
 
 
+@pytest.mark.slow
 def test_overlay_command(tmp_path):
     image, label = _case(tmp_path, "one", 0)
     ref = nib.load(str(label)).get_fdata().astype(np.int16)

@@ -19,8 +19,15 @@ INPUTS = {2: (45, 37), 3: (19, 21, 17)}
 def _build(name, spatial_dims, n_stages, **kwargs):
     torch.manual_seed(0)
     return create_model(
-        name, spatial_dims=spatial_dims, in_channels=2, out_channels=3, n_stages=n_stages, base_features=4, max_features=16,
-        **SMALL[name], **kwargs,
+        name,
+        spatial_dims=spatial_dims,
+        in_channels=2,
+        out_channels=3,
+        n_stages=n_stages,
+        base_features=4,
+        max_features=16,
+        **SMALL[name],
+        **kwargs,
     )
 
 
@@ -90,11 +97,11 @@ def test_unetpp_structure_matches_unet_widths():
 
 
 def test_sd_unet_default_placement_follows_the_authors_code_for_table5_nuclei():
-    """sd-unet.md Table 5 (nuclei): "SDN layers per encoder/decoder 2". Source of the placement: the authors' code
-    (joaocarv/holistic-seg@4ebbd01 lib/models.py, UNet: encoder Down i and decoder Up i get an SDN when
-    i <= sdn_n_layers), so k = 2 gives k + 1 = 3 SDN stages per encoder and per decoder, not the 2 of the table
-    read literally (a declared departure from the text, README models table); the encoder's SDN stages are the
-    highest-resolution downsampled ones, the decoder's the deepest, as that code has it."""
+    """Carvalho et al. 2021 (arXiv:2103.11713), Table 5 (nuclei): "SDN layers per encoder/decoder 2". Source of the
+    placement: the authors' code (joaocarv/holistic-seg@4ebbd01 lib/models.py, UNet: encoder Down i and decoder
+    Up i get an SDN when i <= sdn_n_layers), so k = 2 gives k + 1 = 3 SDN stages per encoder and per decoder, not
+    the 2 of the table read literally (a declared departure from the text, README models table); the encoder's SDN
+    stages are the highest-resolution downsampled ones, the decoder's the deepest, as that code has it."""
     net = SDUNet(2, 1, 2, n_stages=5, sdn_state_size=4)
     assert net.sdn_encoder_stages == [1, 2, 3] and net.sdn_decoder_stages == [1, 2, 3]
     assert [isinstance(s, SDNStage) for s in net.encoder.stages] == [False, True, True, True, False]
@@ -106,18 +113,28 @@ def test_sd_unet_default_placement_follows_the_authors_code_for_table5_nuclei():
     net = SDUNet(2, 1, 2, n_stages=5, sdn_layers=1, sdn_residual=True, sdn_state_size=4)
     assert net.sdn_encoder_stages == [1, 2] and net.sdn_decoder_stages == [2, 3]
     assert isinstance(net.decoder.stages[0][1], ResSDN)
-    net = SDUNet(3, 1, 2, n_stages=4, sdn_encoder_stages=[3], sdn_decoder_stages=[], sdn_state_size=4, sdn_directions=["back_front"])
+    net = SDUNet(
+        3,
+        1,
+        2,
+        n_stages=4,
+        sdn_encoder_stages=[3],
+        sdn_decoder_stages=[],
+        sdn_state_size=4,
+        sdn_directions=["back_front"],
+    )
     assert [isinstance(s, SDNStage) for s in net.encoder.stages] == [False, False, False, True]
     with pytest.raises(ValueError):
         SDUNet(2, 1, 2, n_stages=4, sdn_decoder_stages=[3])
 
 
 def test_sdn_unetpp_default_placement_follows_the_authors_code():
-    """sd-unet.md Fig. 2: "SDNU-Net integrates a mix of convolutional and spatial dependency layers into the deeper
-    scales of U-Net++". Source of the default placement: the authors' code instead (joaocarv/holistic-seg@4ebbd01
-    lib/models.py, NestedUnet: X0,0 and X1,0 always, X2,0 when sdn_n_layers >= 2; decoder X0,1 always, X0,2 when
-    >= 2), i.e. the outer nodes including the full-resolution top row X^{0,j}: a declared departure from the text
-    (README models table); ``sdn_nodes`` places them at any nodes, the deeper scales included."""
+    """Carvalho et al. 2021, Fig. 2: "SDNU-Net integrates a mix of convolutional and spatial dependency layers into
+    the deeper scales of U-Net++". Source of the default placement: the authors' code instead
+    (joaocarv/holistic-seg@4ebbd01 lib/models.py, NestedUnet: X0,0 and X1,0 always, X2,0 when sdn_n_layers >= 2;
+    decoder X0,1 always, X0,2 when >= 2), i.e. the outer nodes including the full-resolution top row X^{0,j}: a
+    declared departure from the text (README models table); ``sdn_nodes`` places them at any nodes, the deeper
+    scales included."""
     net = SDNUNetPlusPlus(2, 1, 2, n_stages=5, sdn_state_size=4)
     assert net.sdn_nodes == [(0, 0), (0, 1), (0, 2), (1, 0), (2, 0)]
     sdn_keys = sorted(k for k, node in net.nodes.items() if isinstance(node, SDNStage))

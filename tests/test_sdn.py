@@ -121,7 +121,9 @@ def test_sweep_gradients_match_autograd_through_the_reference(spatial_dims, dire
     weights = torch.randn(state.shape, dtype=torch.float64)
     grads = []
     with torch.no_grad():
-        assert (autograd_sweep(cell, state, axis, reverse) - reference_sweep(cell, state, axis, reverse)).abs().max() < 1e-10
+        assert (
+            autograd_sweep(cell, state, axis, reverse) - reference_sweep(cell, state, axis, reverse)
+        ).abs().max() < 1e-10
     outputs = []
     for sweep in (cell, lambda *a: autograd_sweep(cell, *a)):
         outputs.append(sweep(state, axis, reverse))
@@ -147,7 +149,10 @@ def test_sweep_passes_gradcheck_and_runs_under_bf16_autocast():
         y = layer(x)
     y.float().square().mean().backward()
     assert y.dtype == torch.bfloat16 and x.grad.dtype == torch.float32
-    assert all(p.grad is not None and p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all() for p in layer.parameters())
+    assert all(
+        p.grad is not None and p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all()
+        for p in layer.parameters()
+    )
 
 
 def test_layer_matches_reference_with_several_sweeps():

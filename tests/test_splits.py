@@ -56,7 +56,10 @@ def test_unequal_subjects_are_dealt_to_the_emptiest_fold():
     [
         (r"subject\d+", r"--group-by 'subject\\d\+' matches no case name \(e.g. 'patient001_frame01'\)"),
         (r"patient(\d+", r"--group-by 'patient\(\\d\+': not a regular expression"),
-        (r"frame", r"the dataset has 1 subject\(s\) \(--group-by 'frame'\), fewer than the 5 folds requested; use --folds 2"),
+        (
+            r"frame",
+            r"the dataset has 1 subject\(s\) \(--group-by 'frame'\), fewer than the 5 folds requested; use --folds 2",
+        ),
     ],
 )
 def test_bad_grouping_is_a_one_line_error(group_by, message):
@@ -71,11 +74,15 @@ def test_splits_final_json_round_trip(tmp_path):
     path.write_text(json.dumps(splits))
     assert load_splits(path, ACDC, r"patient\d+") == splits
     # a file written by nnU-Net: unsorted lists, only some cases named (the others are unused)
-    nnunet = [{"train": ["patient002_frame01", "patient001_frame01"], "val": ["patient003_frame07"]},
-              {"train": ["patient003_frame07"], "val": ["patient002_frame01", "patient001_frame01"]}]
+    nnunet = [
+        {"train": ["patient002_frame01", "patient001_frame01"], "val": ["patient003_frame07"]},
+        {"train": ["patient003_frame07"], "val": ["patient002_frame01", "patient001_frame01"]},
+    ]
     path.write_text(json.dumps(nnunet))
-    assert load_splits(path, ACDC) == [{"train": ["patient001_frame01", "patient002_frame01"], "val": ["patient003_frame07"]},
-                                       {"train": ["patient003_frame07"], "val": ["patient001_frame01", "patient002_frame01"]}]
+    assert load_splits(path, ACDC) == [
+        {"train": ["patient001_frame01", "patient002_frame01"], "val": ["patient003_frame07"]},
+        {"train": ["patient003_frame07"], "val": ["patient001_frame01", "patient002_frame01"]},
+    ]
     config = DataConfig(splits_file=str(path), folds=3)
     assert splits_for(ACDC, config, seed=0) == load_splits(path, ACDC)  # the file wins over data.folds
     assert len(splits_for(ACDC, DataConfig(folds=3, group_by=r"patient\d+"), seed=0)) == 3
@@ -84,8 +91,14 @@ def test_splits_final_json_round_trip(tmp_path):
 @pytest.mark.parametrize(
     "content, message",
     [
-        ([{"train": ["patient001_frame01"], "val": ["patient999_frame01"]}], r"fold 0 names 1 case\(s\) not in the dataset, e.g. 'patient999_frame01'"),
-        ([{"train": ["patient001_frame01"], "val": ["patient001_frame01"]}], r"fold 0 has case 'patient001_frame01' in both train and val"),
+        (
+            [{"train": ["patient001_frame01"], "val": ["patient999_frame01"]}],
+            r"fold 0 names 1 case\(s\) not in the dataset, e.g. 'patient999_frame01'",
+        ),
+        (
+            [{"train": ["patient001_frame01"], "val": ["patient001_frame01"]}],
+            r"fold 0 has case 'patient001_frame01' in both train and val",
+        ),
         ({"train": [], "val": []}, r"expected a list of \{\"train\""),
         ([{"train": ["patient001_frame01"]}], r"fold 0: expected a list"),
         ([{"train": ["patient001_frame01"], "val": []}], r"fold 0 has no validation case"),
@@ -102,7 +115,9 @@ def test_splits_file_that_separates_a_subject_is_refused_when_grouping(tmp_path)
     path = tmp_path / "splits_final.json"
     path.write_text(json.dumps([{"train": ["patient001_frame01"], "val": ["patient001_frame05"]}]))
     assert load_splits(path, ACDC)  # case-wise it is a valid split
-    with pytest.raises(UnetzooError, match=r"fold 0 has subject 'patient001' \(--group-by 'patient\\d\+'\) in both train and val"):
+    with pytest.raises(
+        UnetzooError, match=r"fold 0 has subject 'patient001' \(--group-by 'patient\\d\+'\) in both train and val"
+    ):
         load_splits(path, ACDC, r"patient\d+")
     with pytest.raises(UnetzooError, match=f"{tmp_path / 'missing.json'}: splits file not found"):
         load_splits(tmp_path / "missing.json", ACDC)
@@ -112,10 +127,13 @@ def test_fold_out_of_range_is_a_one_line_error():
     splits = make_splits(ACDC, folds=2)
     assert fold_split(splits, 1) == splits[1]
     for fold in (2, -1, "first"):
-        with pytest.raises(UnetzooError, match=r"fold .* does not exist: splits_final.json has folds 0..1 \(or use fold all\)"):
+        with pytest.raises(
+            UnetzooError, match=r"fold .* does not exist: splits_final.json has folds 0..1 \(or use fold all\)"
+        ):
             fold_split(splits, fold, "splits_final.json")
 
 
+@pytest.mark.slow
 def test_train_uses_a_splits_file_and_records_it(organs, tmp_path):
     """``data.splits_file`` with fold 1: the run trains on that fold and saves the file as its splits.json; on the
     command line (``--splits FILE``) a fold the file does not have ends with one line and exit status 2."""
@@ -131,6 +149,10 @@ def test_train_uses_a_splits_file_and_records_it(organs, tmp_path):
     run = train(organs, tmp_path / "run", config)
     assert json.loads((run / "splits.json").read_text()) == splits
     assert json.loads((run / "config.json").read_text())["data"]["splits_file"] == str(path)
-    assert sorted(c["case"] for c in json.loads((run / "validation" / "summary.json").read_text())["cases"]) == names[4:]
+    assert (
+        sorted(c["case"] for c in json.loads((run / "validation" / "summary.json").read_text())["cases"]) == names[4:]
+    )
     bad = run_cli("train", organs, "--out", tmp_path / "bad", "--splits", path, "--fold", "2")
-    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [f"unetzoo: error: fold 2 does not exist: {path} has folds 0..1 (or use fold all)"]
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        f"unetzoo: error: fold 2 does not exist: {path} has folds 0..1 (or use fold all)"
+    ]

@@ -10,7 +10,9 @@ from unetzoo.data.transforms import NormalizeByModalityd, augmentation, preproce
 
 
 def _norm(channel_names, image, ct_stats=None, nonzero_mask=()):
-    return NormalizeByModalityd(channel_names, ct_stats or {}, nonzero_mask)({"image": MetaTensor(torch.as_tensor(image))})["image"]
+    return NormalizeByModalityd(channel_names, ct_stats or {}, nonzero_mask)(
+        {"image": MetaTensor(torch.as_tensor(image))}
+    )["image"]
 
 
 def test_ct_clip_then_dataset_zscore():
@@ -74,5 +76,7 @@ def test_a_slab_of_thick_slices_is_rotated_and_zoomed_in_plane_only():
         label = sample["label"][0]
         assert all(torch.equal(label[..., z], label[..., 0]) for z in range(4))
         assert not torch.equal(label[..., 0], torch.as_tensor(disk))  # it did turn, zoom or flip in the plane
-    rotation = [t for t in augmentation([16, 16, 16], aug, [1, 2], samples=1).transforms if type(t).__name__ == "RandRotated"][0]
+    rotation = [
+        t for t in augmentation([16, 16, 16], aug, [1, 2], samples=1).transforms if type(t).__name__ == "RandRotated"
+    ][0]
     assert rotation.rand_rotate.range_x == rotation.rand_rotate.range_z != (0.0, 0.0)

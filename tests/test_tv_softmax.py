@@ -1,4 +1,4 @@
-"""TV-regularized softmax (regularized-unet.md section 2.1): the discrete operators, the head, the model."""
+"""TV-regularized softmax (Ding et al. 2021, FLARE 2021, section 2.1): the discrete operators, the head, the model."""
 
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ def test_noisy_two_regions_are_smoothed(dims):
 
 @pytest.mark.parametrize("dims", [2, 3])
 def test_projection_acts_on_a_sharp_boundary(dims):
-    """regularized-unet.md sec. 2.1: "V = -tau lambda grad S(o), eta = P_B(V), U = S(o - lambda div(eta))" with
+    """Ding et al. 2021, sec. 2.1: "V = -tau lambda grad S(o), eta = P_B(V), U = S(o - lambda div(eta))" with
     "P_B(V) = V / ||V||_2 if ||V||_2 > 1" and "tau lambda can be seen as step size which is fixed". On a sharp
     half-space boundary the step must be large enough that P_B acts: eta is the unit normal, so the two boundary
     layers' logits move by exactly -+lambda, not by the linear smoothing log_softmax(o + lambda s Laplacian S(o))."""
@@ -130,7 +130,7 @@ def test_attention_unet_parameters_over_unet_are_the_gates():
 
 
 def test_regularized_unet_loss_is_equation_five():
-    """regularized-unet.md Eq. 5: "L_Entropy(N(I), M) = -1/C sum_{c=1}^C <M_c, log(N(I))_c>" and
+    """Ding et al. 2021, Eq. 5: "L_Entropy(N(I), M) = -1/C sum_{c=1}^C <M_c, log(N(I))_c>" and
     "L_Dice(N(I), M) = sum_{c=1}^C (1 - 2 (sum M_c * (N(I))_c + eps) / (sum M_c + sum (N(I))_c + eps))", "the
     summation between Dice loss and cross entropy loss": every class (background too) summed, by hand on 4 voxels
     (<.,.> as the voxel mean, the declared reading; the batch averages per-image losses)."""
@@ -138,7 +138,10 @@ def test_regularized_unet_loss_is_equation_five():
     label = torch.tensor([0, 1, 1, 2])
     eps = 1e-5
     m = torch.eye(3)[label]
-    dice = sum(1 - 2 * (float((m[:, c] * u[:, c]).sum()) + eps) / (float(m[:, c].sum() + u[:, c].sum()) + eps) for c in range(3))
+    dice = sum(
+        1 - 2 * (float((m[:, c] * u[:, c]).sum()) + eps) / (float(m[:, c].sum() + u[:, c].sum()) + eps)
+        for c in range(3)
+    )
     entropy = -sum(float((m[:, c] * u[:, c].log()).mean()) for c in range(3)) / 3
     logits = u.log().T.reshape(1, 3, 2, 2)  # log-probabilities, as the TV head returns them
     target = label.reshape(1, 1, 2, 2)
@@ -160,7 +163,9 @@ def test_regularized_unet_trains_with_equation_five():
     method.model.eval()
     batch = method.example_batch(torch.Generator().manual_seed(0))
     with torch.no_grad():
-        assert float(method.training_loss(batch)) == pytest.approx(float(summed_dice_ce(method.model(batch["image"]), batch["label"])), rel=1e-6)
+        assert float(method.training_loss(batch)) == pytest.approx(
+            float(summed_dice_ce(method.model(batch["image"]), batch["label"])), rel=1e-6
+        )
     config.method_args = {"loss": "dice"}
     with pytest.raises(UnetzooError, match="method_args.loss"):
         build_method(config, Plan.synthetic([8, 8], classes=3))

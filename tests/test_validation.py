@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from conftest import tiny_config
@@ -18,7 +19,13 @@ def _item(case_index: int, frame: int = 0, shape=(10, 12, 8), foreground=True) -
     label = torch.zeros(1, *shape, dtype=torch.uint8)
     if foreground:
         label[0, 7:9, 8:11, 5:7] = 2
-    return {"image": torch.rand(1, *shape), "label": label, "name": f"case{case_index}", "case_index": case_index, "frame_index": frame}
+    return {
+        "image": torch.rand(1, *shape),
+        "label": label,
+        "name": f"case{case_index}",
+        "case_index": case_index,
+        "frame_index": frame,
+    }
 
 
 def test_spread_takes_every_subject_before_a_second_frame():
@@ -42,6 +49,7 @@ def test_patches_are_fixed_bounded_and_of_the_patch_size():
     assert len(whole) == 1 and whole[0]["image"].shape == (1, 10, 12, 8)
 
 
+@pytest.mark.slow
 def test_per_epoch_validation_touches_at_most_n_cases_and_the_end_covers_the_fold(organs, tmp_path, monkeypatch):
     """2 epochs with train.val_patches=1: the method's per-epoch prediction runs once per epoch on one patch of one
     case, then the held-out fold is predicted whole (every case in validation/summary.json)."""
@@ -90,7 +98,11 @@ def test_nisf_per_epoch_validation_fits_few_steps(monkeypatch):
     method, _ = build_method(config, Plan.synthetic([6, 6, 4]))
     steps = []
     fit = NISFMethod.fit_latent
-    monkeypatch.setattr(NISFMethod, "fit_latent", lambda self, frames, n, *a, **k: (steps.append((n, k.get("points"))), fit(self, frames, 0))[1])
+    monkeypatch.setattr(
+        NISFMethod,
+        "fit_latent",
+        lambda self, frames, n, *a, **k: (steps.append((n, k.get("points"))), fit(self, frames, 0))[1],
+    )
     method.validation_predict(torch.rand(1, 1, 6, 6, 4))
     method.predict(torch.rand(1, 1, 6, 6, 4))
     assert steps == [(10, 2000), (672, None)]

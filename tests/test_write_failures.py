@@ -1,4 +1,4 @@
-"""A full disk and a failed training (issue 20, item 7 and "Also"): one line naming the file that could not be
+"""A full disk and a failed training: one line naming the file that could not be
 written, no temporary file left, nothing already written lost, history.json never ahead of the checkpoints, and no
 half-made run folder for a later ``--resume`` or ``report`` to take for a run. The full disk is injected
 (``OSError(ENOSPC)`` after half the bytes, as a real one fails): a small filesystem needs root to mount."""
@@ -64,7 +64,8 @@ def test_disk_full_during_predict(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err  # the progress bar, then the error
     assert "Traceback" not in err and err.strip().splitlines()[-1] == (
         f"unetzoo: error: {out / 'b.nii.gz'}: cannot write the file: the disk is full (No space left on device): "
-        "free some space, then run the command again")
+        "free some space, then run the command again"
+    )
     assert sorted(p.name for p in out.iterdir()) == ["a.nii.gz"]
 
 
@@ -79,6 +80,7 @@ def test_disk_full_at_the_first_checkpoint_leaves_the_folder_as_it_was(organs, t
     assert sorted(p.name for p in run.iterdir()) == ["notes.txt"]
 
 
+@pytest.mark.slow
 def test_disk_full_in_a_later_epoch_keeps_a_consistent_resumable_run(organs, tmp_path, monkeypatch):
     """Epoch 1's checkpoint cannot be written: history.json lists epoch 0 only, as the checkpoint; no temporary file;
     the log says why it stopped, and --resume finishes the run."""
@@ -122,10 +124,16 @@ def test_a_full_disk_met_by_another_writer_is_one_line():
     assert user_error(OSError(errno.EIO, os.strerror(errno.EIO))) is None
 
 
-@pytest.mark.parametrize("error, reason", [
-    (RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"), r"torch's file writer failed, as on a full disk: \[enforce"),
-    (DISK_FULL, "the disk is full"),
-])
+@pytest.mark.parametrize(
+    "error, reason",
+    [
+        (
+            RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"),
+            r"torch's file writer failed, as on a full disk: \[enforce",
+        ),
+        (DISK_FULL, "the disk is full"),
+    ],
+)
 def test_disk_full_while_caching_the_preprocessed_cases(tmp_path, monkeypatch, error, reason):
     """torch.save into a full disk raises its own RuntimeError (inline_container.cc), as MONAI's cache write does."""
     from unetzoo.data.cache import plan_folder, preprocessed_cases
@@ -140,5 +148,8 @@ def test_disk_full_while_caching_the_preprocessed_cases(tmp_path, monkeypatch, e
         raise error
 
     monkeypatch.setattr(torch, "save", full)
-    with pytest.raises(UnetzooError, match=rf"^{plan_folder(plan, tmp_path / 'cache')}: cannot write the preprocessing cache \({reason}"):
+    with pytest.raises(
+        UnetzooError,
+        match=rf"^{plan_folder(plan, tmp_path / 'cache')}: cannot write the preprocessing cache \({reason}",
+    ):
         preprocessed_cases([dataset.cases[0].as_dict()], plan, tmp_path / "cache")

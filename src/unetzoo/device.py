@@ -44,7 +44,9 @@ def device_line(name: str) -> str:
     device = resolve_device(name)
     if name != "auto":
         return f"device {device.type}"
-    return f"device auto: {device.type} ({torch.cuda.get_device_name(0) if device.type == 'cuda' else 'no CUDA device'})"
+    return (
+        f"device auto: {device.type} ({torch.cuda.get_device_name(0) if device.type == 'cuda' else 'no CUDA device'})"
+    )
 
 
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")
@@ -107,4 +109,3 @@ def inference_precision(requested: str, device: torch.device, run_dir: str | Pat
     if not native("bf16-mixed", device):
         return "32-true", "inference precision auto: 32-true (the run chose bf16, but this device has no native bf16)"
     return "bf16-mixed", f"inference precision auto: bf16-mixed ({record['reason']})"
-

@@ -59,7 +59,9 @@ def _ratio(numerator: float, denominator: float) -> float:
     return numerator / denominator if denominator > 0 else math.nan
 
 
-def _surface_metrics(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...], tolerance_mm: float) -> tuple[np.ndarray, np.ndarray]:
+def _surface_metrics(
+    pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...], tolerance_mm: float
+) -> tuple[np.ndarray, np.ndarray]:
     """HD95 and NSD for each channel of the boolean stacks ``(n, *spatial)``, none of them empty."""
     import torch
     from monai.metrics import compute_hausdorff_distance, compute_surface_dice
@@ -69,7 +71,9 @@ def _surface_metrics(pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ..
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # MONAI warns about its own deprecated internals
         hd95 = compute_hausdorff_distance(y_pred, y, include_background=True, percentile=95, spacing=list(spacing))
-        nsd = compute_surface_dice(y_pred, y, [tolerance_mm] * len(pred), include_background=True, spacing=list(spacing))
+        nsd = compute_surface_dice(
+            y_pred, y, [tolerance_mm] * len(pred), include_background=True, spacing=list(spacing)
+        )
     return hd95[0].numpy().astype(float), nsd[0].numpy().astype(float)
 
 
@@ -97,8 +101,12 @@ def case_metrics(
             "IoU": _ratio(tp, tp + fp + fn),
             "NSD": math.nan,
             "HD95": math.nan,
-            "TP": tp, "FP": fp, "FN": fn, "TN": int(ref.size - tp - fp - fn),
-            "n_pred": n_pred, "n_ref": n_ref,
+            "TP": tp,
+            "FP": fp,
+            "FN": fn,
+            "TN": int(ref.size - tp - fp - fn),
+            "n_pred": n_pred,
+            "n_ref": n_ref,
         }
         if n_pred and n_ref:
             both_present.append(label)
@@ -109,7 +117,8 @@ def case_metrics(
         hd95, nsd = _surface_metrics(
             np.stack([pred == label for label in both_present]),
             np.stack([ref == label for label in both_present]),
-            spacing, nsd_tolerance_mm,
+            spacing,
+            nsd_tolerance_mm,
         )
         for label, hd, ns in zip(both_present, hd95, nsd):
             results[label].update(HD95=float(hd), NSD=float(ns))
@@ -168,16 +177,30 @@ def on_reference_grid(pred: Image, ref: Image, resample: bool = False) -> np.nda
     offset = float(np.abs(pred.affine - ref.affine).max())
     if same_shape and offset <= AFFINE_TOLERANCE_MM:
         return pred.array
-    problem = (f"shape {pred.array.shape} differs from the reference's {ref.array.shape}" if not same_shape else
-               f"affine differs from the reference's by up to {offset:.4g} mm (flipped, shifted or another spacing?)")
+    problem = (
+        f"shape {pred.array.shape} differs from the reference's {ref.array.shape}"
+        if not same_shape
+        else f"affine differs from the reference's by up to {offset:.4g} mm (flipped, shifted or another spacing?)"
+    )
     if not resample or file_ending(ref.path) in PNG_ENDINGS or file_ending(pred.path) in PNG_ENDINGS:
-        hint = "; pass --resample to take it onto the reference grid (nearest neighbour)" if file_ending(ref.path) not in PNG_ENDINGS else ""
+        hint = (
+            "; pass --resample to take it onto the reference grid (nearest neighbour)"
+            if file_ending(ref.path) not in PNG_ENDINGS
+            else ""
+        )
         raise file_error(pred.path, f"not on the grid of the reference {ref.path}: {problem}{hint}")
     from scipy.ndimage import affine_transform
 
     ref_to_pred = np.linalg.inv(pred.affine) @ ref.affine  # reference voxel -> world -> prediction voxel
-    return affine_transform(pred.array, ref_to_pred[:3, :3], ref_to_pred[:3, 3], output_shape=ref.array.shape, order=0,
-                            mode="constant", cval=0).astype(pred.array.dtype)
+    return affine_transform(
+        pred.array,
+        ref_to_pred[:3, :3],
+        ref_to_pred[:3, 3],
+        output_shape=ref.array.shape,
+        order=0,
+        mode="constant",
+        cval=0,
+    ).astype(pred.array.dtype)
 
 
 def _jsonable(value):
@@ -236,36 +259,42 @@ def evaluate_folder(
     for case in tqdm(list(refs), desc="evaluating", unit="case", disable=len(refs) <= 5):
         ref_frames, pred_frames = read_label_frames(refs[case]), read_label_frames(preds[case])
         if len(pred_frames) != len(ref_frames):
-            raise file_error(preds[case], f"has {len(pred_frames)} time frame(s), reference {refs[case]} has {len(ref_frames)}")
+            raise file_error(
+                preds[case], f"has {len(pred_frames)} time frame(s), reference {refs[case]} has {len(ref_frames)}"
+            )
         for t, (ref, pred) in enumerate(zip(ref_frames, pred_frames)):
             _check_values(refs[case], ref.array, label_ids)
             _check_values(preds[case], pred.array, label_ids)
             pred = Image(on_reference_grid(pred, ref, resample), ref.affine, pred.path)
             metrics = case_metrics(pred.array, ref.array, label_ids, ref.spacing, nsd_tolerance_mm)
-            cases.append({
-                "case": case,
-                **({"frame": t} if len(ref_frames) > 1 else {}),
-                "prediction_file": str(preds[case]),
-                "reference_file": str(refs[case]),
-                "metrics": metrics,
-                **class_means(pred.array, ref.array, label_ids),
-            })
+            cases.append(
+                {
+                    "case": case,
+                    **({"frame": t} if len(ref_frames) > 1 else {}),
+                    "prediction_file": str(preds[case]),
+                    "reference_file": str(refs[case]),
+                    "metrics": metrics,
+                    **class_means(pred.array, ref.array, label_ids),
+                }
+            )
 
     per_label = {label: {m: [c["metrics"][label][m] for c in cases] for m in SUMMARY_METRICS} for label in label_ids}
     mean = {label: {m: nanmean(v) for m, v in values.items()} for label, values in per_label.items()}
     std = {label: {m: _nanstd(v) for m, v in values.items()} for label, values in per_label.items()}
     foreground_mean = {m: nanmean([mean[label][m] for label in label_ids]) for m in SUMMARY_METRICS}
     foreground_mean.update({m: nanmean([c[m] for c in cases]) for m in ("MA", "mean_IU")})
-    summary = _jsonable({
-        "mean": mean,
-        "std": std,
-        "foreground_mean": foreground_mean,
-        "cases": cases,
-        # nnU-Net's own name for the per-case list, so that its scripts read this file
-        "metric_per_case": [{k: c[k] for k in ("prediction_file", "reference_file", "metrics")} for c in cases],
-        "nsd_tolerance_mm": float(nsd_tolerance_mm),
-        "label_ids": label_ids,
-    })
+    summary = _jsonable(
+        {
+            "mean": mean,
+            "std": std,
+            "foreground_mean": foreground_mean,
+            "cases": cases,
+            # nnU-Net's own name for the per-case list, so that its scripts read this file
+            "metric_per_case": [{k: c[k] for k in ("prediction_file", "reference_file", "metrics")} for c in cases],
+            "nsd_tolerance_mm": float(nsd_tolerance_mm),
+            "label_ids": label_ids,
+        }
+    )
 
     write_text(out_dir / "summary.json", json.dumps(summary, indent=2, allow_nan=False) + "\n")
     table = StringIO()
@@ -275,6 +304,8 @@ def evaluate_folder(
     for c in summary["cases"]:
         for label, m in c["metrics"].items():
             first = [c["case"]] + [c.get("frame", "")] * frames
-            writer.writerow(first + [label] + ["" if m[k] is None else m[k] for k in CSV_COLUMNS[2:]])  # NaN -> empty cell
+            writer.writerow(
+                first + [label] + ["" if m[k] is None else m[k] for k in CSV_COLUMNS[2:]]
+            )  # NaN -> empty cell
     write_text(out_dir / "cases.csv", table.getvalue())
     return summary

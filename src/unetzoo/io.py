@@ -62,7 +62,7 @@ class Image:
 
     @property
     def spatial_shape(self) -> tuple[int, ...]:
-        return tuple(self.array.shape[-self.spatial_dims:])
+        return tuple(self.array.shape[-self.spatial_dims :])
 
     @property
     def spatial_dims(self) -> int:
@@ -114,7 +114,10 @@ def check_affine(path, affine: np.ndarray, spatial_dims: int = 3) -> None:
     matrix = np.asarray(affine, dtype=np.float64)[:3, :3]
     spacing = np.linalg.norm(matrix[:, :spatial_dims], axis=0)
     if not np.all(np.isfinite(affine)) or np.any(spacing < 1e-6) or abs(np.linalg.det(matrix)) < 1e-12:
-        raise file_error(path, f"the affine (sform/qform) has zero or invalid voxel spacing {[round(float(s), 6) for s in spacing]}: fix the header")
+        raise file_error(
+            path,
+            f"the affine (sform/qform) has zero or invalid voxel spacing {[round(float(s), 6) for s in spacing]}: fix the header",
+        )
 
 
 def _read_nifti(path: Path, frame: int | None = None) -> tuple[np.ndarray, np.ndarray, object]:
@@ -128,7 +131,9 @@ def _read_nifti(path: Path, frame: int | None = None) -> tuple[np.ndarray, np.nd
     except FileNotFoundError:
         raise file_error(path, "file not found") from None
     except Exception as exc:  # nibabel raises many types for truncated/corrupt files
-        raise file_error(path, f"cannot read NIfTI file ({type(exc).__name__}: {exc}); the file is corrupt or truncated") from None
+        raise file_error(
+            path, f"cannot read NIfTI file ({type(exc).__name__}: {exc}); the file is corrupt or truncated"
+        ) from None
     affine = np.asarray(img.affine, dtype=np.float64)
     check_affine(path, affine)
     return data, affine, img.header
@@ -148,7 +153,9 @@ def _read_png(path: Path, label: bool = False) -> np.ndarray:
     except FileNotFoundError:
         raise file_error(path, "file not found") from None
     except Exception as exc:
-        raise file_error(path, f"cannot read PNG file ({type(exc).__name__}: {exc}); the file is corrupt or truncated") from None
+        raise file_error(
+            path, f"cannot read PNG file ({type(exc).__name__}: {exc}); the file is corrupt or truncated"
+        ) from None
     return data.astype(np.float32)
 
 
@@ -183,7 +190,9 @@ def _check_openable(path) -> None:
         raise file_error(path, f"cannot open the file ({exc.strerror or type(exc).__name__})") from None
 
 
-def read_array(path: str | os.PathLike, frame: int | None = None, label: bool = False) -> tuple[np.ndarray, np.ndarray, object]:
+def read_array(
+    path: str | os.PathLike, frame: int | None = None, label: bool = False
+) -> tuple[np.ndarray, np.ndarray, object]:
     """Read one file as ``(data, affine, header)``; data is spatial-first (channels, if any, last). ``frame`` t
     reads only frame t of a 4D NIfTI (X, Y, Z, T); ``label``: a palette PNG gives its indices, not its colours."""
     path = Path(path)
@@ -202,7 +211,9 @@ def read_array(path: str | os.PathLike, frame: int | None = None, label: bool = 
     return data, affine, header
 
 
-def read_image(paths: list[str | os.PathLike] | str | os.PathLike, spatial_dims: int | None = None, frame: int | None = None) -> Image:
+def read_image(
+    paths: list[str | os.PathLike] | str | os.PathLike, spatial_dims: int | None = None, frame: int | None = None
+) -> Image:
     """Read one case's image as channel-first ``(C, *spatial)``.
 
     ``paths`` is one file per channel (nnU-Net ``CASE_0000``, ``CASE_0001`` ...) or a single file whose
@@ -219,9 +230,13 @@ def read_image(paths: list[str | os.PathLike] | str | os.PathLike, spatial_dims:
         elif data.ndim == dims + 1:
             data = np.moveaxis(data, -1, 0)
         else:
-            raise file_error(path, f"expected a {dims}D image (optionally with channels), got an array of shape {data.shape}")
+            raise file_error(
+                path, f"expected a {dims}D image (optionally with channels), got an array of shape {data.shape}"
+            )
         if channels and data.shape[1:] != channels[0].shape[1:]:
-            raise file_error(path, f"shape {data.shape[1:]} differs from the first channel's shape {channels[0].shape[1:]}")
+            raise file_error(
+                path, f"shape {data.shape[1:]} differs from the first channel's shape {channels[0].shape[1:]}"
+            )
         channels.append(data)
         if affine is None:
             affine, header = file_affine, file_header
@@ -369,10 +384,13 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     return write_bytes(path, text.encode())
 
 
-def read_json(path: str | os.PathLike, default=None):
-    """The JSON in ``path``; ``default`` when there is no such file; a file that is not JSON is one line naming it."""
+def read_json(path: str | os.PathLike, default=None, missing: str | None = None):
+    """The JSON in ``path``. Without the file: ``default``, or, given ``missing``, the one-line error ``path: missing``.
+    A file that is not JSON is one line naming it."""
     path = Path(path)
     if not path.is_file():
+        if missing is not None:
+            raise file_error(path, missing)
         return default
     try:
         return json.loads(path.read_text())

@@ -1,7 +1,185 @@
-"""The run folder: one owner for the names of the files a run writes."""
+"""The run folder: the one owner of the files a run writes, of the choice of checkpoint, and of the answers to "is
+this a run?" and "is it finished?".
+
+A run folder (nnU-Net's outputs, so its users find their way) holds ``config.json`` (the resolved config: what
+ran), ``plan.json``, ``splits.json``, ``budget_width.json`` (under ``--max-minutes``: the width the budget affords),
+``checkpoint_best.pt`` and ``checkpoint_last.pt`` (both written to a temporary name and renamed),
+``training_log_<timestamp>.txt``, ``progress.png``, ``history.json``, Lightning's ``logs/`` and, after training,
+``validation/`` (the held-out fold predicted by the full inference procedure, ``summary.json``, ``cases.json``, the
+references linked under ``labels/``), ``postprocessing.json`` (the keep-largest-component choice on that fold),
+``validation/postprocessed/`` (the fold with it applied, and its ``summary.json``: the run's last file),
+``inference_precision.json`` (the bf16 check) and, once benchmarked, ``benchmark.json``.
+"""
 
 from __future__ import annotations
 
-BEST, LAST = "checkpoint_best", "checkpoint_last"
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from unetzoo.errors import UnetzooError, file_error
+from unetzoo.io import SUPPORTED_ENDINGS, read_json, strip_ending
+
+log = logging.getLogger(__name__)
+
+BEST, LAST = "checkpoint_best", "checkpoint_last"  # Lightning's checkpoint file names, without the extension
 CHECKPOINT_EXT = ".pt"
-INFERENCE_PRECISION = "inference_precision.json"  # the bf16 check after training (inference/precision_check.py)
+CHECKPOINTS = ("best", "last")
+INFERENCE_PRECISION = "inference_precision.json"
+NOT_A_RUN = "missing: not a unetzoo run folder (train one with `unetzoo train`)"
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """The files of the run in ``path``; nothing is read or written until asked."""
+
+    path: Path
+
+    def __init__(self, path: str | Path):
+        object.__setattr__(self, "path", Path(path))
+
+    def __fspath__(self) -> str:  # a RunFolder goes wherever a path to the run does
+        return str(self.path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    # ---- file names ---------------------------------------------------------------------------------
+    @property
+    def config(self) -> Path:
+        return self.path / "config.json"
+
+    @property
+    def plan(self) -> Path:
+        return self.path / "plan.json"
+
+    @property
+    def splits(self) -> Path:
+        return self.path / "splits.json"
+
+    @property
+    def budget_width(self) -> Path:
+        return self.path / "budget_width.json"
+
+    @property
+    def history(self) -> Path:
+        return self.path / "history.json"
+
+    @property
+    def progress_plot(self) -> Path:
+        return self.path / "progress.png"
+
+    @property
+    def postprocessing(self) -> Path:
+        return self.path / "postprocessing.json"
+
+    @property
+    def inference_precision(self) -> Path:
+        return self.path / INFERENCE_PRECISION
+
+    @property
+    def benchmark(self) -> Path:
+        return self.path / "benchmark.json"
+
+    @property
+    def validation(self) -> Path:
+        """The held-out fold's predictions and their ``summary.json``."""
+        return self.path / "validation"
+
+    @property
+    def validation_labels(self) -> Path:
+        """The held-out references, linked under the case names (evaluation pairs files by name)."""
+        return self.validation / "labels"
+
+    @property
+    def validation_cases(self) -> Path:
+        """The source files of every validation case, for the report's overlays."""
+        return self.validation / "cases.json"
+
+    @property
+    def summary(self) -> Path:
+        """The held-out fold's metrics."""
+        return self.validation / "summary.json"
+
+    @property
+    def postprocessed(self) -> Path:
+        """The held-out fold with the chosen post-processing applied, and its ``summary.json``."""
+        return self.validation / "postprocessed"
+
+    @property
+    def postprocessed_summary(self) -> Path:
+        """The held-out fold's metrics with the post-processing: the run's last file."""
+        return self.postprocessed / "summary.json"
+
+    def checkpoint_file(self, which: str) -> Path:
+        """``checkpoint_best.pt`` or ``checkpoint_last.pt``."""
+        if which not in CHECKPOINTS:
+            raise UnetzooError(f"--checkpoint must be one of {', '.join(CHECKPOINTS)}, got {which!r}")
+        return self.path / f"{BEST if which == 'best' else LAST}{CHECKPOINT_EXT}"
+
+    # ---- state --------------------------------------------------------------------------------------
+    def is_run(self) -> bool:
+        """Whether training has written the files prediction needs (the config and the data plan)."""
+        return self.config.is_file() and self.plan.is_file()
+
+    def require(self) -> RunFolder:
+        """This folder, or one line naming the file that makes it no run folder."""
+        for path in (self.config, self.plan):
+            if not path.is_file():
+                raise file_error(path, NOT_A_RUN)
+        return self
+
+    def has_checkpoint(self) -> bool:
+        """Whether an epoch has finished (a resumable run)."""
+        return any(self.path.glob(f"checkpoint_*{CHECKPOINT_EXT}"))
+
+    def is_finished(self) -> bool:
+        """Training wrote its last file: the post-processed held-out fold's summary."""
+        return self.postprocessed_summary.is_file()
+
+    def checkpoint(self, which: str = "best") -> Path:
+        """The weights to predict with: ``best`` falls back to ``last`` with a warning where the run never
+        validated; ``last`` must exist."""
+        path = self.checkpoint_file(which)
+        if path.is_file():
+            return path
+        if which == "last":
+            raise file_error(path, "missing: the run has not finished an epoch")
+        last = self.checkpoint_file("last")
+        if not last.is_file():
+            raise file_error(
+                self.path, "no checkpoint_best.pt or checkpoint_last.pt: the run has not finished an epoch"
+            )
+        log.warning(f"{path}: missing (the run never validated?): using {last.name} instead")
+        return last
+
+    # ---- reading ------------------------------------------------------------------------------------
+    def load(self) -> dict:
+        """What a report needs from the run: config, plan, history, validation summaries and files (JSON as read;
+        a file the run has not written yet is None, or empty)."""
+        if not self.config.is_file():
+            raise file_error(self.config, "missing: not a unetzoo run folder")
+        return {
+            "dir": self.path,
+            "config": read_json(self.config),
+            "plan": read_json(self.plan, {}),
+            "history": read_json(self.history, []),
+            "summary": read_json(self.summary),
+            "postprocessed": read_json(self.postprocessed_summary),
+            "postprocessing": read_json(self.postprocessing),
+            "benchmark": read_json(self.benchmark),
+            "cases": read_json(self.validation_cases, {}),
+            "predictions": _case_files(self.validation),
+            "references": _case_files(self.validation_labels),
+        }
+
+
+def _case_files(folder: Path) -> dict[str, Path]:
+    """The label files of a folder by case name."""
+    if not folder.is_dir():
+        return {}
+    return {
+        strip_ending(p): p
+        for p in sorted(folder.iterdir())
+        if p.is_file() and p.name.lower().endswith(SUPPORTED_ENDINGS)
+    }

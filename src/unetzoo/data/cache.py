@@ -46,7 +46,11 @@ def files_hash(item: dict) -> bytes:
     file, and the frame of a 3D+t case."""
     paths = [*item["image"], *([item["label"]] if "label" in item else [])]
     stats = [(str(Path(p).resolve()), st.st_size, st.st_mtime_ns) for p in paths for st in [os.stat(p)]]
-    return hashlib.sha256(json.dumps([stats, item.get("frame_index"), item.get("num_frames")]).encode()).hexdigest().encode()
+    return (
+        hashlib.sha256(json.dumps([stats, item.get("frame_index"), item.get("num_frames")]).encode())
+        .hexdigest()
+        .encode()
+    )
 
 
 def preprocessed_cases(items: list[dict], plan: Plan, root: Path, workers: int = 0) -> list[dict]:
@@ -56,9 +60,18 @@ def preprocessed_cases(items: list[dict], plan: Plan, root: Path, workers: int =
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise file_error(folder, f"cannot create the preprocessing cache ({exc.strerror}); choose another with --set data.cache_dir=DIR") from None
-    disk = PersistentDataset([{k: item[k] for k in LOADED_KEYS if k in item} for item in items], preprocessing(plan),
-                             cache_dir=folder, hash_func=files_hash, track_meta=True, weights_only=False)
+        raise file_error(
+            folder,
+            f"cannot create the preprocessing cache ({exc.strerror}); choose another with --set data.cache_dir=DIR",
+        ) from None
+    disk = PersistentDataset(
+        [{k: item[k] for k in LOADED_KEYS if k in item} for item in items],
+        preprocessing(plan),
+        cache_dir=folder,
+        hash_func=files_hash,
+        track_meta=True,
+        weights_only=False,
+    )
     try:
         if workers > 0:
             with ThreadPool(workers) as pool:
@@ -68,8 +81,11 @@ def preprocessed_cases(items: list[dict], plan: Plan, root: Path, workers: int =
     except (OSError, RuntimeError) as exc:
         if not _write_failed(exc):
             raise
-        raise file_error(folder, f"cannot write the preprocessing cache ({_reason(exc)}); MONAI writes each case to {tempfile.gettempdir()} "
-                                 "first: free some space there and here, or choose another cache with --set data.cache_dir=DIR") from None
+        raise file_error(
+            folder,
+            f"cannot write the preprocessing cache ({_reason(exc)}); MONAI writes each case to {tempfile.gettempdir()} "
+            "first: free some space there and here, or choose another cache with --set data.cache_dir=DIR",
+        ) from None
     return [{**item, **case} for item, case in zip(items, cases)]
 
 
@@ -80,4 +96,8 @@ def _write_failed(exc: BaseException) -> bool:
 
 
 def _reason(exc: BaseException) -> str:
-    return "the disk is full" if isinstance(exc, OSError) else f"torch's file writer failed, as on a full disk: {str(exc).strip()[:80]}"
+    return (
+        "the disk is full"
+        if isinstance(exc, OSError)
+        else f"torch's file writer failed, as on a full disk: {str(exc).strip()[:80]}"
+    )

@@ -63,7 +63,9 @@ class Dataset:
         for index, name in enumerate(names):
             case = self.case(name)
             frames = case_frames(case.images, len(self.channel_names))
-            items += [{**case.as_dict(), "case_index": index, "frame_index": t, "num_frames": frames} for t in range(frames)]
+            items += [
+                {**case.as_dict(), "case_index": index, "frame_index": t, "num_frames": frames} for t in range(frames)
+            ]
         return items
 
     def case(self, name: str) -> Case:
@@ -80,19 +82,28 @@ def dataset_warnings(dataset: Dataset, label_values: set[int]) -> list[str]:
     that ``label_values`` (the values found in the training cases' label maps) never holds."""
     lines = []
     for cases in _identical_images(dataset.cases):
-        lines.append(f"{' and '.join(str(c.images[0]) for c in cases)}: identical image files under {len(cases)} case names "
-                        f"({', '.join(c.name for c in cases)}): a duplicate that cross-validation may put on both sides of a split")
+        lines.append(
+            f"{' and '.join(str(c.images[0]) for c in cases)}: identical image files under {len(cases)} case names "
+            f"({', '.join(c.name for c in cases)}): a duplicate that cross-validation may put on both sides of a split"
+        )
     used = {case.label.resolve() for case in dataset.cases}
     for folder in sorted({case.label.parent for case in dataset.cases}):
-        unused = sorted(p.name for p in folder.iterdir() if p.name.endswith(dataset.file_ending) and not p.name.startswith(".")
-                        and p.resolve() not in used)
+        unused = sorted(
+            p.name
+            for p in folder.iterdir()
+            if p.name.endswith(dataset.file_ending) and not p.name.startswith(".") and p.resolve() not in used
+        )
         if unused:
-            lines.append(f"{folder}: {len(unused)} label file(s) without an image (not trained on): {', '.join(unused)}")
+            lines.append(
+                f"{folder}: {len(unused)} label file(s) without an image (not trained on): {', '.join(unused)}"
+            )
     absent = sorted(set(dataset.labels) - set(label_values))
     if absent:
         names = ", ".join(f"{label} ({dataset.labels[label]})" for label in absent)
-        lines.append(f"{dataset.root / 'dataset.json'}: label id(s) {names} appear in no training case's label map: "
-                        "the network gets no example of them")
+        lines.append(
+            f"{dataset.root / 'dataset.json'}: label id(s) {names} appear in no training case's label map: "
+            "the network gets no example of them"
+        )
     return lines
 
 
@@ -131,11 +142,16 @@ def load_dataset(root: str | Path) -> Dataset:
     except OSError as exc:
         raise file_error(meta_path, f"cannot read the file ({exc.strerror or type(exc).__name__})") from None
     if not isinstance(meta, dict):
-        raise file_error(meta_path, "expected a JSON object with 'labels' and 'training' (MSD) or 'channel_names' (nnU-Net)")
+        raise file_error(
+            meta_path, "expected a JSON object with 'labels' and 'training' (MSD) or 'channel_names' (nnU-Net)"
+        )
     if "labels" not in meta:
         raise file_error(meta_path, "no 'labels' entry")
     if not isinstance(meta["labels"], dict):
-        raise file_error(meta_path, "'labels' must be an object: {\"0\": \"background\", ...} (MSD) or {\"background\": 0, ...} (nnU-Net)")
+        raise file_error(
+            meta_path,
+            '\'labels\' must be an object: {"0": "background", ...} (MSD) or {"background": 0, ...} (nnU-Net)',
+        )
     if "training" in meta and "channel_names" not in meta:
         dataset = _load_msd(root, meta, meta_path)
     elif "channel_names" in meta:
@@ -161,18 +177,20 @@ def _int_labels(meta: dict, meta_path: Path, msd: bool) -> dict[int, str]:
 def _channel_names(meta: dict, key: str, default: dict, meta_path: Path) -> list[str]:
     names = meta.get(key, default)
     if not isinstance(names, dict) or not names or not all(str(k).isdigit() for k in names):
-        raise file_error(meta_path, f"'{key}' must map channel indices to names, e.g. {{\"0\": \"MRI\"}}")
+        raise file_error(meta_path, f'\'{key}\' must map channel indices to names, e.g. {{"0": "MRI"}}')
     return [str(names[k]) for k in sorted(names, key=int)]
 
 
 def _load_msd(root: Path, meta: dict, meta_path: Path) -> Dataset:
     channels = _channel_names(meta, "modality", {"0": "MRI"}, meta_path)
     if not isinstance(meta["training"], list):
-        raise file_error(meta_path, "'training' must be a list of {\"image\": ..., \"label\": ...} entries")
+        raise file_error(meta_path, '\'training\' must be a list of {"image": ..., "label": ...} entries')
     cases = []
     for i, entry in enumerate(meta["training"]):
         if not isinstance(entry, dict) or not all(isinstance(entry.get(k), str) for k in ("image", "label")):
-            raise file_error(meta_path, f"training entry {i} must have an 'image' and a 'label' path, got {json.dumps(entry)[:80]}")
+            raise file_error(
+                meta_path, f"training entry {i} must have an 'image' and a 'label' path, got {json.dumps(entry)[:80]}"
+            )
         image = (root / entry["image"]).resolve()
         label = (root / entry["label"]).resolve()
         for path in (image, label):
@@ -198,11 +216,18 @@ def _load_nnunet(root: Path, meta: dict, meta_path: Path) -> Dataset:
     cases = []
     for case_name, images in sorted(groups.items()):
         if len(images) != channels_in_files:
-            raise file_error(root / "imagesTr" / f"{case_name}_0000{ending}", f"case has {len(images)} channel file(s), dataset.json lists {len(channels)} channel(s)")
+            raise file_error(
+                root / "imagesTr" / f"{case_name}_0000{ending}",
+                f"case has {len(images)} channel file(s), dataset.json lists {len(channels)} channel(s)",
+            )
         label = root / "labelsTr" / f"{case_name}{ending}"
         if not label.is_file():
             other = [p.name for e in SUPPORTED_ENDINGS if (p := label.parent / f"{case_name}{e}").is_file()]
-            hint = f": found {other[0]}, whose ending differs from file_ending {ending!r} in {meta_path.name}" if other else ""
+            hint = (
+                f": found {other[0]}, whose ending differs from file_ending {ending!r} in {meta_path.name}"
+                if other
+                else ""
+            )
             raise file_error(label, f"label file missing for this training case{hint}")
         cases.append(Case(case_name, images, label))
     return Dataset(root, "nnunet", channels, _int_labels(meta, meta_path, msd=False), ending, cases)
@@ -256,16 +281,24 @@ def prediction_inputs(input_path: str | Path, n_channel_files: int) -> dict[str,
         numbered = channel_file(stem)
         if n_channel_files > 1 or numbered:
             if not numbered:
-                raise file_error(input_path, f"the model expects {n_channel_files} channel files per case, named CASE_0000{ending} ...")
+                raise file_error(
+                    input_path,
+                    f"the model expects {n_channel_files} channel files per case, named CASE_0000{ending} ...",
+                )
             case = numbered[0]
             files = group_channel_files(input_path.parent, ending)[case]
             if len(files) != n_channel_files:
-                raise file_error(input_path, f"case {case!r} has {len(files)} channel file(s) in {input_path.parent}, the model expects {n_channel_files}")
+                raise file_error(
+                    input_path,
+                    f"case {case!r} has {len(files)} channel file(s) in {input_path.parent}, the model expects {n_channel_files}",
+                )
             return {case: files}
         return {stem: [input_path]}
     if not input_path.is_dir():
         raise file_error(input_path, "input not found")
-    files = sorted(p for p in input_path.iterdir() if not p.name.startswith(".") and p.name.lower().endswith(SUPPORTED_ENDINGS))
+    files = sorted(
+        p for p in input_path.iterdir() if not p.name.startswith(".") and p.name.lower().endswith(SUPPORTED_ENDINGS)
+    )
     if not files:
         raise file_error(input_path, f"no image files ({', '.join(SUPPORTED_ENDINGS)}) in this folder")
     ending = file_ending(files[0])
@@ -274,14 +307,19 @@ def prediction_inputs(input_path: str | Path, n_channel_files: int) -> dict[str,
     if numbered:  # nnU-Net channel naming: a file without the suffix is no image of it (a label, most often)
         skipped = [p.name for p in files if p not in numbered]
         if skipped:
-            log.warning(f"{input_path}: skipping {len(skipped)} file(s) not named like the images (CASE_0000{ending}; "
-                        f"a label?): {', '.join(skipped)}")
+            log.warning(
+                f"{input_path}: skipping {len(skipped)} file(s) not named like the images (CASE_0000{ending}; "
+                f"a label?): {', '.join(skipped)}"
+            )
         groups = _by_case(numbered, ending)
         for case, paths in groups.items():
             if len(paths) != n_channel_files:
-                raise file_error(paths[0], f"case {case!r} has {len(paths)} channel file(s), the model expects {n_channel_files}")
+                raise file_error(
+                    paths[0], f"case {case!r} has {len(paths)} channel file(s), the model expects {n_channel_files}"
+                )
         return groups
     if n_channel_files > 1:
-        raise file_error(input_path, f"the model expects {n_channel_files} channel files per case, named CASE_0000{ending} ...")
+        raise file_error(
+            input_path, f"the model expects {n_channel_files} channel files per case, named CASE_0000{ending} ..."
+        )
     return {s: [p] for s, p in zip(stems, files)}
-

@@ -4,8 +4,9 @@
 ``write_nuclei_phantom`` writes 2D RGB images of bright nuclei on a dark background (both nnU-Net v2 layout);
 ``write_cardiac_phantom`` writes 3D+t beating hearts as 4D NIfTI files (MSD layout). These are easy
 enough for a small U-Net to learn in a few hundred iterations. ``write_vessels_phantom`` writes sparse
-MRA-like vessel trees among bright distractors (random-2.5d-unet.md's task), harder by design. All are
-reproducible: case ``i`` is drawn from ``(seed, i)`` only, so the same seed gives identical arrays.
+MRA-like vessel trees among bright distractors (the task of Angermann & Haltmeier 2019, arXiv:1910.10398), harder
+by design. All are reproducible: case ``i`` is drawn from ``(seed, i)`` only, so the same seed gives identical
+arrays.
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ def _rotation(rng: np.random.Generator, max_degrees: float) -> np.ndarray:
     return np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * k @ k
 
 
-def _ellipsoid(coords: np.ndarray, centre: np.ndarray, radii: np.ndarray, rotation: np.ndarray | None = None) -> np.ndarray:
+def _ellipsoid(
+    coords: np.ndarray, centre: np.ndarray, radii: np.ndarray, rotation: np.ndarray | None = None
+) -> np.ndarray:
     """Mask of the points of ``coords`` (3, *shape) inside the ellipsoid of ``radii`` about ``centre``, its axes
     turned by ``rotation`` (3x3)."""
     local = coords - centre[:, None, None, None]
@@ -46,7 +49,9 @@ def _ellipsoid(coords: np.ndarray, centre: np.ndarray, radii: np.ndarray, rotati
     return np.sum((local / radii[:, None, None, None]) ** 2, axis=0) <= 1.0
 
 
-def _write_dataset_json(out_dir: Path, name: str, description: str, channel_names: dict, labels: dict, cases: int, ending: str) -> None:
+def _write_dataset_json(
+    out_dir: Path, name: str, description: str, channel_names: dict, labels: dict, cases: int, ending: str
+) -> None:
     dataset = {
         "name": name,
         "description": description,
@@ -58,7 +63,9 @@ def _write_dataset_json(out_dir: Path, name: str, description: str, channel_name
     write_text(out_dir / "dataset.json", json.dumps(dataset, indent=2) + "\n")
 
 
-def _organ_labels(rng: np.random.Generator, grid_mm: np.ndarray, extent_mm: np.ndarray, n_structures: int) -> np.ndarray:
+def _organ_labels(
+    rng: np.random.Generator, grid_mm: np.ndarray, extent_mm: np.ndarray, n_structures: int
+) -> np.ndarray:
     """Label map of ``n_structures`` random rotated ellipsoids, later ones on top, each still big enough."""
     for _ in range(100):
         label = np.zeros(grid_mm.shape[1:], np.uint8)
@@ -111,8 +118,13 @@ def write_organs_phantom(
         write_array(label, out_dir / "labelsTr" / f"{case}.nii.gz", affine)
     labels = {"background": 0, **{f"organ{k}": k for k in range(1, n_structures + 1)}}
     _write_dataset_json(
-        out_dir, "OrgansPhantom", f"Synthetic MRI-like volumes with {n_structures} overlapping ellipsoid organs (seed {seed})",
-        {"0": "MRI"}, labels, cases, ".nii.gz",
+        out_dir,
+        "OrgansPhantom",
+        f"Synthetic MRI-like volumes with {n_structures} overlapping ellipsoid organs (seed {seed})",
+        {"0": "MRI"},
+        labels,
+        cases,
+        ".nii.gz",
     )
     return out_dir
 
@@ -143,8 +155,13 @@ def write_nuclei_phantom(out_dir: str | os.PathLike, cases: int, seed: int, shap
         write_array(np.rint(image).astype(np.uint8), out_dir / "imagesTr" / f"{case}_0000.png")
         write_array(label, out_dir / "labelsTr" / f"{case}.png")
     _write_dataset_json(
-        out_dir, "NucleiPhantom", f"Synthetic RGB images of bright nuclei on a dark noisy background (seed {seed})",
-        {"0": "R", "1": "G", "2": "B"}, {"background": 0, "nucleus": 1}, cases, ".png",
+        out_dir,
+        "NucleiPhantom",
+        f"Synthetic RGB images of bright nuclei on a dark noisy background (seed {seed})",
+        {"0": "R", "1": "G", "2": "B"},
+        {"background": 0, "nucleus": 1},
+        cases,
+        ".png",
     )
     return out_dir
 
@@ -197,7 +214,9 @@ def _vessel_tree(rng: np.random.Generator, shape: tuple[int, int, int], target: 
             if np.any(position < 0) or np.any(position > size - 1) or mask.sum() >= target:
                 break
             if rng.random() < 1 / 25 and radius * 0.6 >= 0.8:
-                branches.append((position.copy(), _turn(rng, heading, rng.uniform(30, 70)), radius * rng.uniform(0.6, 0.85)))
+                branches.append(
+                    (position.copy(), _turn(rng, heading, rng.uniform(30, 70)), radius * rng.uniform(0.6, 0.85))
+                )
     return mask
 
 
@@ -210,7 +229,7 @@ def write_vessels_phantom(
 ) -> Path:
     """Write ``cases`` MRA-like cases ``vessels_000`` ... (label 1: vessel); returns ``out_dir``.
 
-    random-2.5d-unet.md's problem in miniature, at its volume size by default: thin branching tortuous tubes
+    The problem of Angermann & Haltmeier 2019 in miniature, at its volume size by default: thin branching tortuous tubes
     (:func:`_vessel_tree`) making 0.2-0.3 % of the voxels (the paper: 99.76 % background), bright on a dim,
     unevenly lit tissue background, together with unlabelled bright distractors (3-6 ellipsoids of 2-8 voxel
     radii, as bright as the vessels or brighter) and Gaussian noise, so that no threshold separates the vessels.
@@ -236,8 +255,13 @@ def write_vessels_phantom(
         write_array(image.astype(np.float32), out_dir / "imagesTr" / f"{case}_0000.nii.gz", affine)
         write_array(vessels.astype(np.uint8), out_dir / "labelsTr" / f"{case}.nii.gz", affine)
     _write_dataset_json(
-        out_dir, "VesselsPhantom", f"Synthetic MRA-like volumes: thin branching vessels (0.2-0.3 % of the voxels), bright distractors, noise (seed {seed})",
-        {"0": "MRI"}, {"background": 0, "vessel": 1}, cases, ".nii.gz",
+        out_dir,
+        "VesselsPhantom",
+        f"Synthetic MRA-like volumes: thin branching vessels (0.2-0.3 % of the voxels), bright distractors, noise (seed {seed})",
+        {"0": "MRI"},
+        {"background": 0, "vessel": 1},
+        cases,
+        ".nii.gz",
     )
     return out_dir
 
@@ -289,10 +313,16 @@ def write_cardiac_phantom(
     """
     out_dir = Path(out_dir)
     if frames < 1 or cases < 1:
-        raise UnetzooError(f"the cardiac phantom needs at least one case and one frame, got --cases {cases} --frames {frames}")
+        raise UnetzooError(
+            f"the cardiac phantom needs at least one case and one frame, got --cases {cases} --frames {frames}"
+        )
     if min(shape) < 4:
-        raise UnetzooError(f"the cardiac phantom needs at least 4 voxels per axis, got --shape {' '.join(map(str, shape))}")
-    coords = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij"))  # relative to the field of view
+        raise UnetzooError(
+            f"the cardiac phantom needs at least 4 voxels per axis, got --shape {' '.join(map(str, shape))}"
+        )
+    coords = np.stack(
+        np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    )  # relative to the field of view
     body = _ellipsoid(coords, np.zeros(3), np.array([0.95, 0.85, 2.0]))
     entries = []
     for index in range(cases):

@@ -1,7 +1,7 @@
 """The dataset plan: verify every training case once, then fix spacing, patch, batch, topology and normalisation.
 
 Like nnU-Net's fingerprint + ExperimentPlanner, but one small JSON (``plan.json`` in the run folder) computed once
-per run (field-survey.md, ExperimentPlanner):
+per run:
 
 * **spacing**: the median spacing (in the canonical RAS frame); when it is anisotropic (the coarsest axis > 3x the
   others, and that axis has < 1/3 of their voxels) the coarse axis takes the 10th percentile instead, not finer
@@ -23,7 +23,7 @@ per run (field-survey.md, ExperimentPlanner):
   (:func:`~unetzoo.data.topology.shape_spacing`: in-plane kernels first, as nnU-Net's for known thick slices).
 * **slice axis** (3D): the through-plane axis of the 2D configuration (``unet2d-slices``): the coarsest spacing,
   among axes within 10 % of it (all of them when the spacing is unknown or isotropic) the one with fewest voxels
-  (ties: the last). The in-plane stride of regularized-unet.md strides the two other axes.
+  (ties: the last). The in-plane stride of Ding et al. 2021 (FLARE 2021) strides the two other axes.
 * CT statistics from foreground voxels (0.5/99.5 percentiles, mean, std).
 
 Explicit values (``--patch``, ``--target-spacing``, ``--batch-size``, ``--set model_args.strides=...``) win. A 3D+t
@@ -51,7 +51,10 @@ from unetzoo.io import AFFINE_TOLERANCE_MM, case_frames, read_image, read_label_
 
 log = logging.getLogger(__name__)
 PATCH_CAP = {2: 256, 3: 128}  # largest patch edge of a synthetic plan (benchmarks, tests) per spatial dims
-STEP_BUDGET = {"cpu": {3: 2 * 48**3, 2: 4 * 256**2}, "cuda": {3: 2 * 128**3, 2: 12 * 512**2}}  # voxels per step (module docstring)
+STEP_BUDGET = {
+    "cpu": {3: 2 * 48**3, 2: 4 * 256**2},
+    "cuda": {3: 2 * 128**3, 2: 12 * 512**2},
+}  # voxels per step (module docstring)
 REFERENCE_EDGE = {3: 256, 2: 2048}  # nnU-Net's initial patch: this edge^d, shaped by 1/spacing
 MIN_BATCH = 2
 MAX_DATASET_SHARE = 0.05  # one batch covers at most this share of the dataset's voxels (nnU-Net)
@@ -112,7 +115,7 @@ class Plan:
         """The label id of each class of the network, background (class 0) first."""
         return sorted(int(k) for k in self.labels)
 
-    def for_whole_volumes(self) -> "Plan":
+    def for_whole_volumes(self) -> Plan:
         """This plan with the uncapped median shape (rounded up to a multiple of 8) as its patch: what a method
         that trains and predicts on whole volumes takes."""
         return dataclasses.replace(self, patch_size=rounded_shape(self.median_shape), strides=None, kernel_sizes=None)
@@ -120,18 +123,27 @@ class Plan:
     def describe(self) -> str:
         """One line for the training log: what the plan decided and why."""
         stack = None if self.spacing_known else self.topology_spacing
-        spacing = (f"spacing {_fmt(self.target_spacing)} mm" if self.spacing_known else
-                   "spacing unknown (identity affines or PNG): patch and topology from voxel counts" +
-                   (f", except axis {stack.index(max(stack))}: a stack of thick slices, counted {max(stack):.3g}x coarser for the topology" if stack else ""))
+        spacing = (
+            f"spacing {_fmt(self.target_spacing)} mm"
+            if self.spacing_known
+            else "spacing unknown (identity affines or PNG): patch and topology from voxel counts"
+            + (
+                f", except axis {stack.index(max(stack))}: a stack of thick slices, counted {max(stack):.3g}x coarser for the topology"
+                if stack
+                else ""
+            )
+        )
         slicing = f", slice axis {self.slice_axis}" if self.spatial_dims == 3 else ""
-        return (f"plan: patch {_fmt(self.patch_size)} (median shape {_fmt(self.median_shape)}), batch {self.batch_size}, {spacing}, "
-                f"{len(self.strides)} stages, strides {self.strides}, kernel sizes {self.kernel_sizes}{slicing}")
+        return (
+            f"plan: patch {_fmt(self.patch_size)} (median shape {_fmt(self.median_shape)}), batch {self.batch_size}, {spacing}, "
+            f"{len(self.strides)} stages, strides {self.strides}, kernel sizes {self.kernel_sizes}{slicing}"
+        )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Plan":
+    def from_dict(cls, data: dict) -> Plan:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -141,7 +153,7 @@ class Plan:
         write_text(path, json.dumps(self.to_dict(), indent=2))
 
     @classmethod
-    def load(cls, path: str | Path) -> "Plan":
+    def load(cls, path: str | Path) -> Plan:
         path = Path(path)
         try:
             return cls.from_dict(json.loads(path.read_text()))
@@ -149,7 +161,9 @@ class Plan:
             raise file_error(path, f"unreadable plan ({type(exc).__name__}: {exc})") from None
 
     @classmethod
-    def synthetic(cls, spatial: list[int], channels: int = 1, classes: int = 2, patch: list[int] | None = None, cap: bool = True) -> "Plan":
+    def synthetic(
+        cls, spatial: list[int], channels: int = 1, classes: int = 2, patch: list[int] | None = None, cap: bool = True
+    ) -> Plan:
         """The plan of synthetic data of ``spatial`` shape (benchmarks, tests): 1-mm MRI-like channels (2D: unknown
         spacing, as PNG), batch 2, the patch the shape itself (capped per axis at ``PATCH_CAP`` unless ``cap`` is
         False); strides and slice axis planned from it."""
@@ -163,7 +177,9 @@ class Plan:
             n_channel_files=channels,
             target_spacing=[1.0] * dims if dims == 3 else None,
             median_shape=[float(s) for s in spatial],
-            patch_size=[int(p) for p in patch] if patch else [min(PATCH_CAP[dims], int(s)) if cap else int(s) for s in spatial],
+            patch_size=[int(p) for p in patch]
+            if patch
+            else [min(PATCH_CAP[dims], int(s)) if cap else int(s) for s in spatial],
             spacing_known=dims == 3,
         )
 
@@ -237,24 +253,40 @@ def verify_case(case: Case, dataset: Dataset):
     n_channels = len(dataset.channel_names)
     frames = case_frames(case.images, n_channels)
     image = read_image(case.images, dataset.spatial_dims)  # a 3D+t case: the file read once, its T frames as channels
-    images = [dataclasses.replace(image, array=image.array[t : t + 1]) for t in range(frames)] if frames > 1 else [image]
+    images = (
+        [dataclasses.replace(image, array=image.array[t : t + 1]) for t in range(frames)] if frames > 1 else [image]
+    )
     if images[0].array.shape[0] != n_channels:
-        hint = " (a 4D image is 3D+t only in a 1-channel dataset; in a C-channel one it holds the C channels)" if n_channels > 1 else ""
-        raise file_error(case.images[0], f"has {images[0].array.shape[0]} channel(s), dataset.json lists {n_channels}{hint}")
+        hint = (
+            " (a 4D image is 3D+t only in a 1-channel dataset; in a C-channel one it holds the C channels)"
+            if n_channels > 1
+            else ""
+        )
+        raise file_error(
+            case.images[0], f"has {images[0].array.shape[0]} channel(s), dataset.json lists {n_channels}{hint}"
+        )
     labels = read_label_frames(case.label, dataset.spatial_dims)
     if len(labels) != frames:
         raise file_error(case.label, f"has {len(labels)} time frame(s), the image {case.images[0].name} has {frames}")
     found: set[int] = set()
     for image, label in zip(images, labels):
         if label.array.shape != image.spatial_shape:
-            raise file_error(case.label, f"label shape {label.array.shape} differs from image shape {image.spatial_shape} ({case.images[0].name})")
+            raise file_error(
+                case.label,
+                f"label shape {label.array.shape} differs from image shape {image.spatial_shape} ({case.images[0].name})",
+            )
         if not np.allclose(label.affine, image.affine, rtol=0, atol=AFFINE_TOLERANCE_MM):
-            raise file_error(case.label, f"label affine differs from the image's ({case.images[0].name}) by up to "
-                                         f"{np.abs(label.affine - image.affine).max():.4g} mm: the label is not on the image's grid (flipped, shifted or rescaled?)")
+            raise file_error(
+                case.label,
+                f"label affine differs from the image's ({case.images[0].name}) by up to "
+                f"{np.abs(label.affine - image.affine).max():.4g} mm: the label is not on the image's grid (flipped, shifted or rescaled?)",
+            )
         values = set(np.unique(label.array).tolist())
         unknown = sorted(values - set(dataset.labels))
         if unknown:
-            raise file_error(case.label, f"label values {unknown} are not listed in dataset.json labels {sorted(dataset.labels)}")
+            raise file_error(
+                case.label, f"label values {unknown} are not listed in dataset.json labels {sorted(dataset.labels)}"
+            )
         found |= values
     return images[0], labels[0], found
 
@@ -269,17 +301,29 @@ def verify_against_plan(dataset: Dataset, plan: Plan, plan_path: Path) -> None:
     from tqdm import tqdm
 
     if plan.channel_names != dataset.channel_names or plan.labels != _labels(dataset):
-        raise file_error(plan_path, f"made for channels {plan.channel_names} and labels {plan.labels}, but {dataset.root / 'dataset.json'} "
-                                    f"now lists {dataset.channel_names} and {_labels(dataset)}: train into a new run folder")
+        raise file_error(
+            plan_path,
+            f"made for channels {plan.channel_names} and labels {plan.labels}, but {dataset.root / 'dataset.json'} "
+            f"now lists {dataset.channel_names} and {_labels(dataset)}: train into a new run folder",
+        )
     found: set[int] = set()
-    for case in tqdm(dataset.cases, desc="verifying dataset", unit="case", disable=len(dataset.cases) < 10, leave=False):
+    for case in tqdm(
+        dataset.cases, desc="verifying dataset", unit="case", disable=len(dataset.cases) < 10, leave=False
+    ):
         found |= verify_case(case, dataset)[2]
     for warning in dataset_warnings(dataset, found):
         log.warning(warning)
 
 
-def make_plan(dataset: Dataset, cases: list[Case], patch_size=None, target_spacing=None, seed: int = 0, cap_patch: bool = True,
-              device: str = "cpu") -> Plan:
+def make_plan(
+    dataset: Dataset,
+    cases: list[Case],
+    patch_size=None,
+    target_spacing=None,
+    seed: int = 0,
+    cap_patch: bool = True,
+    device: str = "cpu",
+) -> Plan:
     """Verify ``cases`` and compute the plan (see module docstring) for a ``device`` kind ("cuda" or anything else:
     the CPU budget); explicit arguments override the planned values. ``cap_patch`` False (methods that take whole
     volumes) keeps the whole median shape as the patch and batch ``MIN_BATCH``."""
@@ -288,8 +332,11 @@ def make_plan(dataset: Dataset, cases: list[Case], patch_size=None, target_spaci
     dims = dataset.spatial_dims
     rng = np.random.default_rng(seed)
     ct_channels = [i for i, name in enumerate(dataset.channel_names) if name.upper() == "CT"]
-    zscore_channels = [] if all(name.upper() in RGB_NAMES for name in dataset.channel_names) else \
-        [i for i, name in enumerate(dataset.channel_names) if name.upper() != "CT"]
+    zscore_channels = (
+        []
+        if all(name.upper() in RGB_NAMES for name in dataset.channel_names)
+        else [i for i, name in enumerate(dataset.channel_names) if name.upper() != "CT"]
+    )
     spacings, shapes, ct_values, identity = [], [], {c: [] for c in ct_channels}, []
     nonzero = {c: [] for c in zscore_channels}
     found: set[int] = set()
@@ -332,7 +379,12 @@ def make_plan(dataset: Dataset, cases: list[Case], patch_size=None, target_spaci
         values = np.concatenate(chunks) if chunks else np.zeros(1)
         lo, hi = np.percentile(values, [0.5, 99.5])
         clipped = np.clip(values, lo, hi)
-        ct_stats[str(c)] = {"p00_5": float(lo), "p99_5": float(hi), "mean": float(clipped.mean()), "std": float(clipped.std() or 1.0)}
+        ct_stats[str(c)] = {
+            "p00_5": float(lo),
+            "p99_5": float(hi),
+            "mean": float(clipped.mean()),
+            "std": float(clipped.std() or 1.0),
+        }
     return Plan(
         spatial_dims=dims,
         channel_names=list(dataset.channel_names),
@@ -344,7 +396,10 @@ def make_plan(dataset: Dataset, cases: list[Case], patch_size=None, target_spaci
         median_shape=[float(s) for s in median_shape],
         patch_size=patch,
         ct_stats=ct_stats,
-        nonzero_mask=[c in nonzero and bool(np.median(nonzero[c]) < NONZERO_MASK_FRACTION) for c in range(len(dataset.channel_names))],
+        nonzero_mask=[
+            c in nonzero and bool(np.median(nonzero[c]) < NONZERO_MASK_FRACTION)
+            for c in range(len(dataset.channel_names))
+        ],
         spacing_known=known,
         batch_size=batch,
     )

@@ -12,12 +12,12 @@ accepted as is), else :func:`make_splits` grouped by ``data.group_by``; :func:`f
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from pathlib import Path
 
 from unetzoo.errors import UnetzooError, file_error
+from unetzoo.io import read_json
 
 
 def subjects(case_names: list[str], group_by: str = "") -> dict[str, list[str]]:
@@ -36,7 +36,9 @@ def subjects(case_names: list[str], group_by: str = "") -> dict[str, list[str]]:
         matched |= match is not None
         groups.setdefault(match.group(0) if match else name, []).append(name)
     if not matched:
-        raise UnetzooError(f"--group-by '{group_by}' matches no case name (e.g. {sorted(case_names)[0]!r}); the subject is the part of the name it matches")
+        raise UnetzooError(
+            f"--group-by '{group_by}' matches no case name (e.g. {sorted(case_names)[0]!r}); the subject is the part of the name it matches"
+        )
     return groups
 
 
@@ -49,8 +51,10 @@ def make_splits(case_names: list[str], folds: int = 5, seed: int = 0, group_by: 
     groups = subjects(case_names, group_by)
     if len(groups) < folds:
         what = f"{len(groups)} subject(s) (--group-by '{group_by}')" if group_by else f"{len(groups)} case(s)"
-        raise UnetzooError(f"the dataset has {what}, fewer than the {folds} folds requested; "
-                           f"use --folds {max(2, len(groups))} or fewer (each fold needs a validation case)")
+        raise UnetzooError(
+            f"the dataset has {what}, fewer than the {folds} folds requested; "
+            f"use --folds {max(2, len(groups))} or fewer (each fold needs a validation case)"
+        )
     order = sorted(groups)
     random.Random(seed).shuffle(order)
     order.sort(key=lambda subject: -len(groups[subject]))  # stable: equal sizes keep the shuffled order
@@ -66,19 +70,16 @@ def load_splits(path: str | Path, case_names: list[str], group_by: str = "") -> 
     against the dataset: every named case exists, no case is on both sides of a fold and, with ``group_by``, no
     subject is either. One-line errors name the file."""
     path = Path(path)
-    try:
-        splits = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise file_error(path, "splits file not found") from None
-    except json.JSONDecodeError as exc:
-        raise file_error(path, f"invalid JSON ({exc})") from None
+    splits = read_json(path, missing="splits file not found")
     shape = 'a list of {"train": [case, ...], "val": [case, ...]} folds (nnU-Net\'s splits_final.json)'
     if not isinstance(splits, list) or not splits:
         raise file_error(path, f"expected {shape}")
     known = set(case_names)
     subject = {name: s for s, names in subjects(case_names, group_by).items() for name in names}
     for k, fold in enumerate(splits):
-        if not isinstance(fold, dict) or not all(isinstance(fold.get(key), list) and all(isinstance(n, str) for n in fold[key]) for key in ("train", "val")):
+        if not isinstance(fold, dict) or not all(
+            isinstance(fold.get(key), list) and all(isinstance(n, str) for n in fold[key]) for key in ("train", "val")
+        ):
             raise file_error(path, f"fold {k}: expected {shape}")
         unknown = sorted(set(fold["train"] + fold["val"]) - known)
         if unknown:

@@ -1,6 +1,6 @@
 """The network's shape from the patch and the spacing: nnU-Net's ``get_pool_and_conv_props``, per axis.
 
-The rule (nnU-Net's ``network_topology.py``, field-survey.md), one pooling step after the other:
+The rule (nnU-Net's ``network_topology.py``), one pooling step after the other:
 
 * an axis is pooled (stride 2) while its feature map stays >= ``MIN_EDGE`` (4) voxels after the pooling, and,
   with known spacing, while its current spacing is within 2x of the finest current spacing among the axes that can

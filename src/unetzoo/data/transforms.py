@@ -60,7 +60,9 @@ class LoadCased(MapTransform):
     def __call__(self, data: dict) -> dict:
         data = dict(data)
         frame = data["frame_index"] if data.get("num_frames", 1) > 1 else None
-        image = data["image"] if isinstance(data["image"], Image) else read_image(data["image"], self.spatial_dims, frame)
+        image = (
+            data["image"] if isinstance(data["image"], Image) else read_image(data["image"], self.spatial_dims, frame)
+        )
         data["image"] = _meta_tensor(image.array, image)
         if "label" in data:
             label = read_label(data["label"], self.spatial_dims, frame)
@@ -115,7 +117,10 @@ def preprocessing(plan, with_label: bool = True) -> Compose:
     """The deterministic chain for a :class:`~unetzoo.data.plan.Plan`: load, normalise, then (3D) orient to RAS and
     resample to the plan's spacing."""
     keys = ["image", "label"] if with_label else ["image"]
-    chain = [LoadCased(plan.spatial_dims, plan.label_ids), NormalizeByModalityd(plan.channel_names, plan.ct_stats, plan.nonzero_mask)]
+    chain = [
+        LoadCased(plan.spatial_dims, plan.label_ids),
+        NormalizeByModalityd(plan.channel_names, plan.ct_stats, plan.nonzero_mask),
+    ]
     if plan.spatial_dims == 3:
         modes = ["bilinear", "nearest"][: len(keys)]
         chain += [Orientationd(keys, axcodes="RAS"), Spacingd(keys, pixdim=plan.target_spacing, mode=modes)]
@@ -124,8 +129,8 @@ def preprocessing(plan, with_label: bool = True) -> Compose:
 
 class RandInPlaneStrided(Randomizable, MapTransform):
     """Every ``stride``-th voxel of the two in-plane spatial ``axes`` from random offsets ``i, j < stride``, the same
-    for every key: regularized-unet.md's training sub-sampling ``I[k:k+128, i::4, j::4]`` (Table 3) of a
-    ``C x 512 x 512`` CT, whose first axis is the slices (``methods.base.in_plane_axes`` finds them)."""
+    for every key: the training sub-sampling ``I[k:k+128, i::4, j::4]`` of Ding et al. 2021 (FLARE 2021, Table 3)
+    of a ``C x 512 x 512`` CT, whose first axis is the slices (``methods.base.in_plane_axes`` finds them)."""
 
     def __init__(self, keys, stride: int, axes: tuple[int, int]):
         MapTransform.__init__(self, keys)
@@ -147,8 +152,12 @@ class RandInPlaneStrided(Randomizable, MapTransform):
 
 
 def augmentation(
-    patch_size: list[int], aug: AugmentConfig, pos_neg: list[float], samples: int,
-    stride_axes: tuple[int, int] = (0, 1), whole: bool = False,
+    patch_size: list[int],
+    aug: AugmentConfig,
+    pos_neg: list[float],
+    samples: int,
+    stride_axes: tuple[int, int] = (0, 1),
+    whole: bool = False,
 ) -> Compose:
     """Pad, sample ``samples`` patches 1:2 positive:negative, then the papers' augmentations; with
     ``aug.in_plane_stride`` > 1 the case is first sub-sampled along its in-plane ``stride_axes``
@@ -178,15 +187,30 @@ def augmentation(
     if not whole:
         chain += [
             SpatialPadd(keys, spatial_size=patch_size),
-            RandCropByPosNegLabeld(keys, "label", spatial_size=patch_size, pos=pos_neg[0], neg=pos_neg[1], num_samples=samples),
+            RandCropByPosNegLabeld(
+                keys, "label", spatial_size=patch_size, pos=pos_neg[0], neg=pos_neg[1], num_samples=samples
+            ),
         ]
     chain += [
-        RandRotated(keys, prob=aug.rotation_p, mode=["bilinear", "nearest"], padding_mode="zeros", keep_size=True, **rotate),
-        RandZoomd(keys, prob=aug.scaling_p, min_zoom=zoom_lo, max_zoom=zoom_hi, mode=["trilinear" if dims == 3 else "bilinear", "nearest"], keep_size=True),
+        RandRotated(
+            keys, prob=aug.rotation_p, mode=["bilinear", "nearest"], padding_mode="zeros", keep_size=True, **rotate
+        ),
+        RandZoomd(
+            keys,
+            prob=aug.scaling_p,
+            min_zoom=zoom_lo,
+            max_zoom=zoom_hi,
+            mode=["trilinear" if dims == 3 else "bilinear", "nearest"],
+            keep_size=True,
+        ),
     ]
     if aug.elastic_p > 0 and len(in_plane) == dims:
         elastic = Rand3DElasticd if dims == 3 else Rand2DElasticd
-        spacing = {"sigma_range": (5, 8), "magnitude_range": (50, 150)} if dims == 3 else {"spacing": (20, 20), "magnitude_range": (1, 2)}
+        spacing = (
+            {"sigma_range": (5, 8), "magnitude_range": (50, 150)}
+            if dims == 3
+            else {"spacing": (20, 20), "magnitude_range": (1, 2)}
+        )
         chain.append(elastic(keys, prob=aug.elastic_p, mode=["bilinear", "nearest"], padding_mode="zeros", **spacing))
     chain += [RandFlipd(keys, prob=aug.flip_p, spatial_axis=axis) for axis in in_plane]
     chain += [

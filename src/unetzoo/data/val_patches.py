@@ -32,7 +32,9 @@ def _start(size: int, extent: int, centre: int | None, rng: np.random.Generator)
     return int(np.clip(centre - size // 2, 0, extent - size))
 
 
-def validation_patches(items: list[dict], patch_size: list[int], count: int, seed: int, positive: float = 1 / 3) -> list[dict]:
+def validation_patches(
+    items: list[dict], patch_size: list[int], count: int, seed: int, positive: float = 1 / 3
+) -> list[dict]:
     """Up to ``count`` crops ``{"image", "label", "name", "frame_index", "case_index"}`` (module docstring) of the
     preprocessed validation ``items`` (``image`` (C, *S), ``label`` (1, *S)), taken in turn (give them in
     :func:`spread`'s order)."""
@@ -47,12 +49,23 @@ def validation_patches(items: list[dict], patch_size: list[int], count: int, see
         shape = image.shape[1:]
         sizes = [min(int(p), int(s)) for p, s in zip(patch_size, shape)]
         foreground = torch.nonzero(label[0] > 0)
-        centre = foreground[int(rng.integers(len(foreground)))].tolist() if len(foreground) and rng.random() < positive else [None] * len(shape)
+        centre = (
+            foreground[int(rng.integers(len(foreground)))].tolist()
+            if len(foreground) and rng.random() < positive
+            else [None] * len(shape)
+        )
         start = tuple(_start(size, extent, c, rng) for size, extent, c in zip(sizes, shape, centre))
         if (index, start) in seen:
             continue
         seen.add((index, start))
         window = (slice(None),) + tuple(slice(s, s + size) for s, size in zip(start, sizes))
-        patches.append({"image": image[window].clone(), "label": label[window].clone(), "name": item.get("name", str(index)),
-                        "frame_index": int(item.get("frame_index", 0)), "case_index": int(item.get("case_index", index))})
+        patches.append(
+            {
+                "image": image[window].clone(),
+                "label": label[window].clone(),
+                "name": item.get("name", str(index)),
+                "frame_index": int(item.get("frame_index", 0)),
+                "case_index": int(item.get("case_index", index)),
+            }
+        )
     return patches

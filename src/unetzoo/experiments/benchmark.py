@@ -25,6 +25,7 @@ with its ratio to the first model).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io as _io
 import json
 import os
@@ -34,11 +35,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from unetzoo.config import Config
+from unetzoo.config import BenchmarkConfig, Config
 from unetzoo.data.plan import Plan
 from unetzoo.errors import UnetzooError
 from unetzoo.formatting import human, shape
 from unetzoo.io import output_folder, write_bytes, write_text
+from unetzoo.runfolder import RunFolder
 
 FIGURES = ("params", "macs", "train_step_s", "train_peak_mem_mb", "infer_s", "infer_peak_mem_mb")
 LABELS = {
@@ -90,7 +92,10 @@ def _run_worker(spec: dict, timeout: float | None = None) -> dict:
         try:
             proc = subprocess.run(
                 [sys.executable, "-m", "unetzoo.experiments.benchmark_worker", str(spec_path), str(out_path)],
-                capture_output=True, text=True, env=env, timeout=timeout,
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=timeout,
             )
         except subprocess.TimeoutExpired:
             return {"error": f"timed out after {timeout} s"}
@@ -157,7 +162,9 @@ def benchmark_models(
     for name in models:
         entry = model_info(name)  # unknown name: error listing the valid ones
         if plan.spatial_dims not in entry.spatial_dims:
-            raise UnetzooError(f"model {name!r} supports spatial_dims {entry.spatial_dims}, the benchmark data is {plan.spatial_dims}D")
+            raise UnetzooError(
+                f"model {name!r} supports spatial_dims {entry.spatial_dims}, the benchmark data is {plan.spatial_dims}D"
+            )
     infer_shape = [int(round(s)) for s in (infer_shape or plan.median_shape)]
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
     log(f"benchmark: {precision_line}")
@@ -167,8 +174,15 @@ def benchmark_models(
         model_plan = _model_plan(plan, name, fixed_patch=bool(configs.get(name) or patch_given))
         model_config = configs.get(name) or _model_config(base, name, model_plan)
         spec = {
-            "config": model_config.to_dict(), "plan": model_plan.to_dict(), "device": device, "threads": threads, "warmup": warmup,
-            "steps": steps, "infer_shape": infer_shape, "infer_repeats": infer_repeats, "seed": model_config.seed,
+            "config": model_config.to_dict(),
+            "plan": model_plan.to_dict(),
+            "device": device,
+            "threads": threads,
+            "warmup": warmup,
+            "steps": steps,
+            "infer_shape": infer_shape,
+            "infer_repeats": infer_repeats,
+            "seed": model_config.seed,
         }
         row = {"model": name}
         for phase in phases:
@@ -271,12 +285,16 @@ def format_table(result: dict) -> str:
     for row in result["models"]:
         slices = row.get("train_patch") and row["train_patch"] != row.get("patch")
         if slices:
-            notes.append(f"{row['model']}: a training step is {row['train_batch']} patches of {shape(row['train_patch'])}")
+            notes.append(
+                f"{row['model']}: a training step is {row['train_batch']} patches of {shape(row['train_patch'])}"
+            )
         for phase, error in (row.get("errors") or {}).items():
             notes.append(f"{row['model']}: {phase} failed: {error}")
     load, cores = result.get("load_average"), result.get("cpu_count")
     if load is not None and cores and result["device"] == "cpu" and load > 0.5 * cores:
-        notes.append(f"warning: the machine was busy before the benchmark (1-minute load {load} on {cores} cores): CPU times are unreliable")
+        notes.append(
+            f"warning: the machine was busy before the benchmark (1-minute load {load} on {cores} cores): CPU times are unreliable"
+        )
     return "\n".join([header, "", *lines, *(["", *notes] if notes else [])])
 
 
@@ -288,13 +306,20 @@ def write_outputs(result: dict, out_dir: str | Path) -> dict[str, Path]:
     buffer = _io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     context = ("device", "threads", "torch", "batch_size")
-    writer.writerow(["model", *FIGURES, *[f"{f}_ratio" for f in FIGURES], "patch", "train_patch", "train_batch", *context])
+    writer.writerow(
+        ["model", *FIGURES, *[f"{f}_ratio" for f in FIGURES], "patch", "train_patch", "train_batch", *context]
+    )
     for row, ratio in zip(result["models"], ratios(result)):
         writer.writerow(
-            [row["model"], *["" if row.get(f) is None else row[f] for f in FIGURES],
-             *["" if ratio[f] is None else f"{ratio[f]:.4f}" for f in FIGURES],
-             shape(row.get("patch") or result["patch"]), shape(row.get("train_patch") or []), row.get("train_batch", ""),
-             *[result[c] for c in context]]
+            [
+                row["model"],
+                *["" if row.get(f) is None else row[f] for f in FIGURES],
+                *["" if ratio[f] is None else f"{ratio[f]:.4f}" for f in FIGURES],
+                shape(row.get("patch") or result["patch"]),
+                shape(row.get("train_patch") or []),
+                row.get("train_batch", ""),
+                *[result[c] for c in context],
+            ]
         )
     write_text(paths["csv"], buffer.getvalue())
     write_bytes(paths["png"], _bar_chart(result))
@@ -316,12 +341,27 @@ def _bar_chart(result: dict) -> bytes:
         heights = [v if v is not None else 0 for v in values]
         bars = ax.bar(range(len(names)), heights, color=[colors[i % 10] for i in range(len(names))])
         for bar, value in zip(bars, values):
-            ax.annotate(human(figure, value), (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                        ha="center", va="bottom", fontsize=8, xytext=(0, 2), textcoords="offset points")
+            ax.annotate(
+                human(figure, value),
+                (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                ha="center",
+                va="bottom",
+                fontsize=8,
+                xytext=(0, 2),
+                textcoords="offset points",
+            )
         ax.set_title(LABELS[figure])
-        ax.set_xticks(range(len(names)), names, rotation=30 if len(names) > 3 else 0, ha="right" if len(names) > 3 else "center", fontsize=8)
+        ax.set_xticks(
+            range(len(names)),
+            names,
+            rotation=30 if len(names) > 3 else 0,
+            ha="right" if len(names) > 3 else "center",
+            fontsize=8,
+        )
         ax.set_ylim(0, max([h for h in heights if h] or [1]) * 1.18)
-        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _pos, f=figure: human(f, v) if v else "0"))
+        ax.yaxis.set_major_formatter(
+            matplotlib.ticker.FuncFormatter(lambda v, _pos, f=figure: human(f, v) if v else "0")
+        )
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle(
         f"{result['device']} ({result['threads']} threads), torch {result['torch']}, patch {shape(result['patch'])}, "
@@ -335,38 +375,65 @@ def _bar_chart(result: dict) -> bytes:
     return buffer.getvalue()
 
 
-def _with_options(config: Config, batch_size: int | None, sets) -> Config:
-    if batch_size is not None:
-        config.train.batch_size = batch_size
+def _with_options(config: Config, options: BenchmarkConfig, sets) -> Config:
+    """``config`` with the options' overrides (``--batch-size``, ``--precision``), then ``sets``, applied; checked."""
+    options.override(config)
     for assignment in sets or ():
         config.set(assignment)
     return config.validate()
 
 
-def run_benchmark(models, out_dir, data=None, shape=None, patch=None, classes: int = 2, config: Config | None = None,
-                  runs=None, batch_size: int | None = None, sets=(), **kwargs) -> dict:
-    """The ``unetzoo benchmark`` command: plan from ``data`` (a dataset folder) or ``shape`` (synthetic),
+def _measure(options: BenchmarkConfig) -> dict:
+    """The options :func:`benchmark_models` takes as keywords."""
+    return dict(
+        device=options.device,
+        warmup=options.warmup,
+        steps=options.steps,
+        infer_shape=options.infer_shape,
+        infer_repeats=options.infer_repeats,
+        threads=options.threads,
+    )
+
+
+def run_benchmark(
+    models,
+    out_dir,
+    options: BenchmarkConfig | None = None,
+    data=None,
+    config: Config | None = None,
+    runs=None,
+    sets=(),
+    **fields,
+) -> dict:
+    """The ``unetzoo benchmark`` command: plan from ``data`` (a dataset folder) or ``options.shape`` (synthetic),
     or each trained run's own config and plan (``runs``); measure, write the outputs, print the table.
 
-    ``batch_size`` and ``sets`` (``section.field=value``) override the config of every model (of every
-    run). With ``runs``, every run is measured with the configuration it was trained with, and a one-model
+    ``options`` (:class:`unetzoo.config.BenchmarkConfig`, checked first) or its fields as keywords
+    (``run_benchmark(["unet"], out, shape=[1, 32, 32, 32], steps=3)``, on top of ``options``). Its ``batch_size``
+    and ``precision``, then ``sets`` (``section.field=value``), override the config of every model (of every run).
+    With ``runs``, every run is measured with the configuration it was trained with, and a one-model
     ``benchmark.json`` is also written into the run folder (``unetzoo report`` shows it).
     """
+    options = dataclasses.replace(options or BenchmarkConfig(), **fields).validate()
+    shape, patch = options.shape, options.patch
     if runs:
         if models or data is not None or shape is not None or patch:
-            raise UnetzooError("--run takes the models, data plan and patch from the run folders: drop --models/--data/--shape/--patch")
-        return _benchmark_runs(runs, out_dir, batch_size, sets, **kwargs)
+            raise UnetzooError(
+                "--run takes the models, data plan and patch from the run folders: drop --models/--data/--shape/--patch"
+            )
+        return _benchmark_runs(runs, out_dir, options, sets)
     if (data is None) == (shape is None):
         raise UnetzooError("give exactly one of --data DIR or --shape C [D] H W")
-    config = _with_options(config or Config(), batch_size, sets)
-    plan = data_plan(data, patch) if data is not None else synthetic_plan(list(shape), classes, patch)
+    config = _with_options(config or Config(), options, sets)
+    plan = data_plan(data, patch) if data is not None else synthetic_plan(list(shape), options.classes, patch)
     if models in ("all", ["all"]):
         from unetzoo.models import list_models, model_info
 
         models = [m for m in list_models() if plan.spatial_dims in model_info(m).spatial_dims]
-    if kwargs.get("infer_shape") and len(kwargs["infer_shape"]) != plan.spatial_dims:
+    kwargs = _measure(options)
+    if kwargs["infer_shape"] and len(kwargs["infer_shape"]) != plan.spatial_dims:
         raise UnetzooError(f"--infer-shape needs {plan.spatial_dims} sizes for {plan.spatial_dims}D data")
-    if shape is not None and not kwargs.get("infer_shape"):
+    if shape is not None and not kwargs["infer_shape"]:
         kwargs["infer_shape"] = list(shape)[1:]
     result = benchmark_models(list(models), plan, config=config, patch_given=bool(patch), **kwargs)
     write_outputs(result, out_dir)
@@ -379,23 +446,23 @@ def run_benchmark(models, out_dir, data=None, shape=None, patch=None, classes: i
 def _raise_failures(result: dict, out_dir) -> None:
     failed = [f"{row['model']} ({', '.join(row['errors'])})" for row in result["models"] if row.get("errors")]
     if failed:
-        raise UnetzooError(f"benchmark failed for {', '.join(failed)}: the errors and tracebacks are in {Path(out_dir) / 'benchmark.json'}")
+        raise UnetzooError(
+            f"benchmark failed for {', '.join(failed)}: the errors and tracebacks are in {Path(out_dir) / 'benchmark.json'}"
+        )
 
 
-def _benchmark_runs(runs, out_dir, batch_size=None, sets=(), **kwargs) -> dict:
-    from unetzoo.errors import file_error
-
+def _benchmark_runs(runs, out_dir, options: BenchmarkConfig, sets=()) -> dict:
     results = []
     for run in runs:
-        run = Path(run)
-        for name in ("config.json", "plan.json"):
-            if not (run / name).is_file():
-                raise file_error(run / name, "missing: not a unetzoo run folder")
-        config = _with_options(Config.load(run / "config.json"), batch_size, sets)
-        plan = Plan.load(run / "plan.json")
-        result = benchmark_models([config.model], plan, config=config, configs={config.model: config}, **kwargs)
+        folder = RunFolder(run).require()
+        run = folder.path
+        config = _with_options(Config.load(folder.config), options, sets)
+        plan = Plan.load(folder.plan)
+        result = benchmark_models(
+            [config.model], plan, config=config, configs={config.model: config}, **_measure(options)
+        )
         result["models"][0]["run"] = str(run)
-        write_text(run / "benchmark.json", json.dumps(result, indent=2) + "\n")
+        write_text(folder.benchmark, json.dumps(result, indent=2) + "\n")
         results.append(result)
     combined = dict(results[0])
     combined["models"] = [r["models"][0] for r in results]
@@ -404,6 +471,8 @@ def _benchmark_runs(runs, out_dir, batch_size=None, sets=(), **kwargs) -> dict:
             combined[key] = "per run"
     write_outputs(combined, out_dir)
     print(format_table(combined))
-    print(f"\nwritten: {Path(out_dir) / 'benchmark.json'}, benchmark.csv, benchmark.png; and benchmark.json in each run folder")
+    print(
+        f"\nwritten: {Path(out_dir) / 'benchmark.json'}, benchmark.csv, benchmark.png; and benchmark.json in each run folder"
+    )
     _raise_failures(combined, out_dir)
     return combined

@@ -1,11 +1,12 @@
 """``unetzoo compare``: several models trained on the same folds of one dataset with equal budgets, then ranked.
 
 An experiment is a list of ordinary run folders plus one file that says which runs make it and with what budget
-(DESIGN.md, "One experiment, many runs"). The folder ``OUT`` holds:
+(the project's design: one experiment, many runs). The folder ``OUT`` holds:
 
-* ``compare.json``: the plan (dataset, models, folds, budget, base config), written by the first invocation; the
-  same command again finishes what is left (finished runs skipped, killed ones resumed from ``checkpoint_last.pt``),
-  another plan is refused with one line;
+* ``compare.json``: the experiment (dataset, models, folds, budget, base config; then the test folder and the
+  executions), :class:`unetzoo.experiments.experiment.Experiment`, written by the first invocation; the same command
+  again finishes what is left (finished runs skipped, killed ones resumed from ``checkpoint_last.pt``), another
+  experiment is refused with one line;
 * ``runs/MODEL/foldK/``: one run folder per (model, fold), made by :func:`unetzoo.training.train`, the code behind
   ``unetzoo train`` (resume, logs, validation predictions and post-processing choice included);
 * ``logs/JOB.log`` (local executor) or ``slurm/`` (submitit's scripts and logs): each job's output;
@@ -23,60 +24,65 @@ not know which executor started it.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 from unetzoo.config import Config
 from unetzoo.errors import UnetzooError, file_error
-from unetzoo.experiments.experiment import (
-    PLAN_FILE,
-    budget_text,
-    finished,
-    make_plan,
-    record_plan,
-    run_folder,
-    test_done,
-)
+from unetzoo.experiments.experiment import Experiment, run_folder, test_done
 from unetzoo.experiments.jobs import Job
-from unetzoo.io import output_folder, write_text
+from unetzoo.io import output_folder
 
 
 # ---- the command ----------------------------------------------------------------------------------------
-def compare(data, models, out, folds=(0,), config: Config | None = None, steps: int | None = None, minutes: float | None = None,
-            executor=None, test=None, log=print) -> Path:
-    """Plan (or check the plan of) the experiment in ``out``, run what is left with ``executor`` (default: local,
-    one job at a time), then write the leaderboard; returns its path. Failed jobs are listed with their logs after
-    every other job ran, and end the command with an error."""
+def compare(
+    data,
+    models,
+    out,
+    folds=(0,),
+    config: Config | None = None,
+    steps: int | None = None,
+    minutes: float | None = None,
+    executor=None,
+    test=None,
+    log=print,
+) -> Path:
+    """Make (or check against the one recorded) the experiment in ``out``, run what is left with ``executor``
+    (default: local, one job at a time), then write the leaderboard; returns its path. Failed jobs are listed with
+    their logs after every other job ran, and end the command with an error."""
     from unetzoo.experiments.executors import LocalExecutor
     from unetzoo.experiments.leaderboard import write_leaderboard
 
     out = output_folder(out)
-    plan = make_plan(data, models, list(folds), config or Config(), steps=steps, minutes=minutes)
+    experiment = Experiment.make(data, models, list(folds), config or Config(), steps=steps, minutes=minutes)
     if test is not None and not Path(test).exists():
         raise file_error(test, "test folder not found")
-    record = record_plan(out, plan, test)
+    recorded = experiment.record(out, test)
     executor = executor or LocalExecutor()
-    runs = {(m, f): run_folder(out, m, f) for m in plan["models"] for f in plan["folds"]}
-    todo = [Job("train", m, f) for (m, f), run in runs.items() if not finished(run)]
-    resumed = sum((run_folder(out, j.model, j.fold) / "checkpoint_last.pt").is_file() for j in todo)
-    log(f"compare: {len(runs)} runs ({', '.join(plan['models'])} x fold {', '.join(map(str, plan['folds']))}): "
-        f"{len(runs) - len(todo)} finished, {resumed} to resume, {len(todo) - resumed} to start; budget: {budget_text(plan)}")
+    runs = {(m, f): run_folder(out, m, f) for m in experiment.models for f in experiment.folds}
+    todo = [Job("train", m, f) for (m, f), run in runs.items() if not run.is_finished()]
+    resumed = sum(run_folder(out, j.model, j.fold).checkpoint_file("last").is_file() for j in todo)
+    log(
+        f"compare: {len(runs)} runs ({', '.join(experiment.models)} x fold {', '.join(map(str, experiment.folds))}): "
+        f"{len(runs) - len(todo)} finished, {resumed} to resume, {len(todo) - resumed} to start; "
+        f"budget: {experiment.budget_text()}"
+    )
     if todo:  # how the trainings ran (jobs at once, threads each) belongs to the answer; an invocation with nothing to train adds nothing
-        record["executions"].append({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **executor.describe()})
-        write_text(out / PLAN_FILE, json.dumps(record, indent=2) + "\n")
+        recorded.executions.append({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **executor.describe()})
+        recorded.save(out)
     failures = executor.run(out, todo, log) if todo else {}
-    complete = [m for m in plan["models"] if all(finished(runs[m, f]) for f in plan["folds"])]
-    if any(not (runs[m, plan["folds"][0]] / "benchmark.json").is_file() for m in complete):
+    complete = [m for m in experiment.models if all(runs[m, f].is_finished() for f in experiment.folds)]
+    if any(not runs[m, experiment.folds[0]].benchmark.is_file() for m in complete):
         failures.update(executor.run(out, [Job("benchmark")], log, exclusive=True))
-    if record.get("test"):
+    if recorded.test:
         failures.update(executor.run(out, [Job("test", m) for m in complete if not test_done(out, m)], log))
-    if not todo and not failures and len(complete) == len(plan["models"]):
+    if not todo and not failures and len(complete) == len(experiment.models):
         log("compare: every run is finished; nothing to train")
     page = write_leaderboard(out)
     log(f"compare: leaderboard {page}")
     if failures:
         lines = "; ".join(f"{name}: {message}" for name, message in failures.items())
-        raise UnetzooError(f"{len(failures)} job(s) failed ({lines}); the other runs are kept: run the same command again to finish")
+        raise UnetzooError(
+            f"{len(failures)} job(s) failed ({lines}); the other runs are kept: run the same command again to finish"
+        )
     return page
-

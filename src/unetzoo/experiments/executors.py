@@ -21,7 +21,9 @@ from unetzoo.formatting import duration
 
 def _last_line(path: Path) -> str:
     try:
-        lines = [line.strip() for line in path.read_text(errors="replace").replace("\r", "\n").splitlines() if line.strip()]
+        lines = [
+            line.strip() for line in path.read_text(errors="replace").replace("\r", "\n").splitlines() if line.strip()
+        ]
     except OSError:
         return ""
     return lines[-1] if lines else ""
@@ -63,8 +65,14 @@ class LocalExecutor:
         self.threads = max(1, available_cpus() // self.jobs)
 
     def describe(self) -> dict:
-        return {"executor": "local", "host": platform.node(), "jobs": self.jobs, "threads_per_job": self.threads,
-                "cpus": available_cpus(), "gpus": self.gpus}
+        return {
+            "executor": "local",
+            "host": platform.node(),
+            "jobs": self.jobs,
+            "threads_per_job": self.threads,
+            "cpus": available_cpus(),
+            "gpus": self.gpus,
+        }
 
     def _environment(self, slot: int) -> dict:
         env = dict(os.environ, OMP_NUM_THREADS=str(self.threads), MKL_NUM_THREADS=str(self.threads))
@@ -87,8 +95,13 @@ class LocalExecutor:
                     with open(path, "a") as stream:  # appended: a resumed job keeps the output of the killed one
                         stream.write(f"---- {time.strftime('%Y-%m-%d %H:%M:%S')}: {job.name}\n")
                         stream.flush()
-                        process = subprocess.Popen([sys.executable, "-m", "unetzoo.experiments.jobs", str(out), *job.args], stdout=stream,
-                                                   stderr=subprocess.STDOUT, env=self._environment(slot), preexec_fn=_die_with_parent)
+                        process = subprocess.Popen(
+                            [sys.executable, "-m", "unetzoo.experiments.jobs", str(out), *job.args],
+                            stdout=stream,
+                            stderr=subprocess.STDOUT,
+                            env=self._environment(slot),
+                            preexec_fn=_die_with_parent,
+                        )
                     running[slot] = (job, process, path, time.time(), started)
                     log(f"compare [{started}/{total}] {job.name}: started (log {path})")
                 time.sleep(0.2)
@@ -101,7 +114,9 @@ class LocalExecutor:
                     if process.returncode == 0:
                         log(f"compare [{number}/{total}] {job.name}: done in {took}")
                     else:
-                        failures[job.name] = f"exit status {process.returncode} after {took}: {_last_line(path)} (log {path})"
+                        failures[job.name] = (
+                            f"exit status {process.returncode} after {took}: {_last_line(path)} (log {path})"
+                        )
                         log(f"compare [{number}/{total}] {job.name}: failed, {failures[job.name]}")
         finally:  # interrupted (Ctrl-C): stop the children; their run folders resume at the next invocation
             for _, process, *_ in running.values():
@@ -130,7 +145,9 @@ class SubmititExecutor:
         settings = dict(settings or {})
         unknown = sorted(set(settings) - set(SLURM_SETTINGS))
         if unknown:
-            raise UnetzooError(f"--set compare.slurm.{unknown[0]}: unknown setting (known: {', '.join(SLURM_SETTINGS)})")
+            raise UnetzooError(
+                f"--set compare.slurm.{unknown[0]}: unknown setting (known: {', '.join(SLURM_SETTINGS)})"
+            )
         for name in ("time", "gpus", "cpus", "mem"):
             if name in settings:
                 value = str(settings[name])
@@ -138,8 +155,10 @@ class SubmititExecutor:
                     raise UnetzooError(f"--set compare.slurm.{name}: expects a whole number >= 0, got {value!r}")
                 settings[name] = int(value)
         if "time" not in settings:  # submitit's default is 5 minutes, which would kill every real training
-            raise UnetzooError("--executor slurm needs --set compare.slurm.time=MINUTES, the time limit of each job "
-                               "(a run killed by it resumes when you run the same command again)")
+            raise UnetzooError(
+                "--executor slurm needs --set compare.slurm.time=MINUTES, the time limit of each job "
+                "(a run killed by it resumes when you run the same command again)"
+            )
         self.settings, self.cluster = settings, cluster
 
     def describe(self) -> dict:

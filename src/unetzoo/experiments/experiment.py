@@ -4,141 +4,203 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from unetzoo.config import Config
 from unetzoo.errors import UnetzooError, file_error
-from unetzoo.io import write_text
+from unetzoo.io import read_json, write_text
+from unetzoo.runfolder import RunFolder
 
-PLAN_FILE = "compare.json"
-
-
-PLAN_KEYS = ("data", "models", "folds", "budget", "config")  # what makes the experiment; the rest is how it ran
+EXPERIMENT_FILE = "compare.json"
 
 
-# ---- the plan -------------------------------------------------------------------------------------------
-def make_plan(data, models: list[str] | str, folds: list[int], config: Config, steps: int | None = None, minutes: float | None = None) -> dict:
-    """The experiment's plan, checked before any work: every model exists for the data's dimensions, every fold exists,
-    the budget is positive and divides into epochs. ``models`` "all" means every registered model for the data."""
-    from unetzoo.data.datasets import load_dataset
-    from unetzoo.data.splits import splits_for
-    from unetzoo.models import list_models, model_info
-
-    config.validate()  # every field's type and range, the check train uses (a bad --set is one line before any work)
-    dataset = load_dataset(data)
-    if models in ("all", ["all"]):
-        models = [m for m in list_models() if dataset.spatial_dims in model_info(m).spatial_dims]
-    if not models:
-        raise UnetzooError("--models: give at least one model name, or 'all'")
-    if len(set(models)) < len(models):
-        raise UnetzooError(f"--models: a model is listed twice ({','.join(models)})")
-    for name in models:
-        if dataset.spatial_dims not in model_info(name).spatial_dims:  # an unknown name: the registry's error lists the valid ones
-            raise UnetzooError(f"--models: {name} supports spatial_dims {model_info(name).spatial_dims}, {dataset.root} is {dataset.spatial_dims}D")
-    n_folds = len(splits_for([c.name for c in dataset.cases], config.data, config.seed))  # a bad splits file or --group-by: its one line, now
-    if not folds or len(set(folds)) < len(folds) or any(not 0 <= f < n_folds for f in folds):
-        raise UnetzooError(f"--folds {','.join(map(str, folds))}: give distinct folds among 0..{n_folds - 1} (the splits have {n_folds} folds)")
-    if steps is not None and minutes is not None:
-        raise UnetzooError("give --budget STEPS or --budget-minutes M, not both")
-    if minutes is not None:
-        if not minutes > 0:
-            raise UnetzooError(f"--budget-minutes must be positive, got {minutes}")
-        budget = {"minutes": float(minutes)}
-    else:
-        steps = config.train.epochs * config.train.iters_per_epoch if steps is None else steps
-        if steps < 1:
-            raise UnetzooError(f"--budget must be a positive number of optimiser steps, got {steps}")
-        if config.train.max_minutes:
-            raise UnetzooError("--set train.max_minutes: a step budget gives every run the same steps; use --budget-minutes for a time budget")
-        budget = {"steps": int(steps)}
-    base = config.to_dict()
-    for key in ("model", "fold"):  # set per run
-        base.pop(key)
-    if config.data.splits_file:  # the jobs may start in another folder (a SLURM node)
-        base["data"]["splits_file"] = str(Path(config.data.splits_file).resolve())
-    plan = {"data": str(Path(data).resolve()), "models": list(models), "folds": list(folds), "budget": budget, "config": base}
-    run_config(plan, models[0], folds[0])  # the budget fits the config (raises otherwise)
-    return plan
+KEYS = ("data", "models", "folds", "budget", "config")  # what makes the experiment; the rest is how it ran
 
 
-def run_config(plan: dict, model: str, fold: int) -> Config:
-    """The config of one run: the plan's base config, the model, the fold and the budget."""
-    config = Config.from_dict(plan["config"])
-    config.model, config.fold = model, fold
-    budget, train = plan["budget"], config.train
-    if "minutes" in budget:
-        train.max_minutes = budget["minutes"]
-        return config
-    steps = budget["steps"]
-    per_epoch = min(train.iters_per_epoch, steps)
-    if per_epoch < 1 or steps % per_epoch:
-        raise UnetzooError(f"--budget {steps} is not a whole number of epochs of train.iters_per_epoch = {per_epoch} steps; "
-                           f"give a multiple of it, or --set train.iters_per_epoch=N with N dividing {steps}")
-    train.epochs, train.iters_per_epoch, train.max_minutes = steps // per_epoch, per_epoch, 0.0
-    return config
-
-
-def budget_text(plan: dict) -> str:
-    """The budget in words, for the log and the leaderboard."""
-    budget, config = plan["budget"], Config.from_dict(plan["config"])
-    if "minutes" in budget:
-        return (f"{budget['minutes']:g} minutes of training per run (train.max_minutes: the {config.train.scheduler} learning-rate "
-                f"schedule anneals over the time, the run stops at it or after {config.train.epochs} epochs of "
-                f"{config.train.iters_per_epoch} steps); models differ in the steps they make in that time"
-                + (f", and a model that takes base_features is narrowed until the time holds {config.train.min_steps} of its measured steps "
-                   f"(train.min_steps; the cost table lists the parameters trained)" if config.train.min_steps else ""))
-    first = run_config(plan, plan["models"][0], plan["folds"][0]).train
-    batch = f"batch {config.train.batch_size}" if config.train.batch_size else "the batch the data's plan gives"
-    return (f"{budget['steps']} optimiser steps per run of {batch} ({first.epochs} epoch(s) of {first.iters_per_epoch}; "
-            f"{config.train.scheduler} learning-rate schedule over them; the cost table lists each model's batch and patch)")
-
-
-def load_plan(out) -> dict:
-    path = Path(out) / PLAN_FILE
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise file_error(path, "missing: not a unetzoo compare folder") from None
-    except json.JSONDecodeError as exc:
-        raise file_error(path, f"invalid JSON ({exc})") from None
-
-
+# ---- the experiment -------------------------------------------------------------------------------------
 def _differences(saved, new, prefix: str) -> list[str]:
     if isinstance(saved, dict) and isinstance(new, dict):
-        return [d for key in sorted(set(saved) | set(new)) for d in _differences(saved.get(key), new.get(key), f"{prefix}.{key}")]
+        return [
+            d
+            for key in sorted(set(saved) | set(new))
+            for d in _differences(saved.get(key), new.get(key), f"{prefix}.{key}")
+        ]
     return [] if saved == new else [f"{prefix} {saved!r} -> {new!r}"]
 
 
-def record_plan(out: Path, plan: dict, test: Path | None) -> dict:
-    """Write ``compare.json``, or check that the one there holds the same plan (refused with one line if not). The
-    test folder may be added to an experiment later, not changed."""
-    path = out / PLAN_FILE
-    test = str(Path(test).resolve()) if test is not None else None
-    if not path.is_file():
-        record = {**plan, "test": test, "executions": []}
-        write_text(path, json.dumps(record, indent=2) + "\n")
-    else:
-        record = load_plan(out)
-        changed = [d for key in PLAN_KEYS for d in _differences(record.get(key), plan[key], key)]
+@dataclass
+class Experiment:
+    """What ``unetzoo compare`` runs, as ``compare.json`` holds it: the dataset, the models, the folds, the budget
+    (``{"steps": N}`` or ``{"minutes": M}``) and the base config (without model and fold), which make the experiment
+    (:data:`KEYS`); then the test folder and the executions (how it ran)."""
+
+    data: str
+    models: list[str]
+    folds: list[int]
+    budget: dict
+    config: dict
+    test: str | None = None
+    executions: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        """The layout of ``compare.json``."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Experiment:
+        return cls(**{key: d[key] for key in KEYS}, test=d.get("test"), executions=list(d.get("executions", [])))
+
+    @classmethod
+    def make(
+        cls,
+        data,
+        models: list[str] | str,
+        folds: list[int],
+        config: Config,
+        steps: int | None = None,
+        minutes: float | None = None,
+    ) -> Experiment:
+        """The experiment, checked before any work: every model exists for the data's dimensions, every fold exists,
+        the budget is positive and divides into epochs. ``models`` "all" means every registered model for the data."""
+        from unetzoo.data.datasets import load_dataset
+        from unetzoo.data.splits import splits_for
+        from unetzoo.models import list_models, model_info
+
+        # every field's type and range, the check train uses (a bad --set is one line before any work)
+        config.validate()
+        dataset = load_dataset(data)
+        if models in ("all", ["all"]):
+            models = [m for m in list_models() if dataset.spatial_dims in model_info(m).spatial_dims]
+        if not models:
+            raise UnetzooError("--models: give at least one model name, or 'all'")
+        if len(set(models)) < len(models):
+            raise UnetzooError(f"--models: a model is listed twice ({','.join(models)})")
+        for name in models:
+            dims = model_info(name).spatial_dims  # an unknown name: the registry's error lists the valid ones
+            if dataset.spatial_dims not in dims:
+                raise UnetzooError(
+                    f"--models: {name} supports spatial_dims {dims}, {dataset.root} is {dataset.spatial_dims}D"
+                )
+        # a bad splits file or --group-by: its one line, now
+        n_folds = len(splits_for([c.name for c in dataset.cases], config.data, config.seed))
+        if not folds or len(set(folds)) < len(folds) or any(not 0 <= f < n_folds for f in folds):
+            raise UnetzooError(
+                f"--folds {','.join(map(str, folds))}: give distinct folds among 0..{n_folds - 1} "
+                f"(the splits have {n_folds} folds)"
+            )
+        if steps is not None and minutes is not None:
+            raise UnetzooError("give --budget STEPS or --budget-minutes M, not both")
+        if minutes is not None:
+            if not minutes > 0:
+                raise UnetzooError(f"--budget-minutes must be positive, got {minutes}")
+            budget = {"minutes": float(minutes)}
+        else:
+            steps = config.train.epochs * config.train.iters_per_epoch if steps is None else steps
+            if steps < 1:
+                raise UnetzooError(f"--budget must be a positive number of optimiser steps, got {steps}")
+            if config.train.max_minutes:
+                raise UnetzooError(
+                    "--set train.max_minutes: a step budget gives every run the same steps; "
+                    "use --budget-minutes for a time budget"
+                )
+            budget = {"steps": int(steps)}
+        base = config.to_dict()
+        for key in ("model", "fold"):  # set per run
+            base.pop(key)
+        if config.data.splits_file:  # the jobs may start in another folder (a SLURM node)
+            base["data"]["splits_file"] = str(Path(config.data.splits_file).resolve())
+        experiment = cls(
+            data=str(Path(data).resolve()), models=list(models), folds=list(folds), budget=budget, config=base
+        )
+        experiment.run_config(models[0], folds[0])  # the budget fits the config (raises otherwise)
+        return experiment
+
+    def run_config(self, model: str, fold: int) -> Config:
+        """The config of one run: the experiment's base config, the model, the fold and the budget."""
+        config = Config.from_dict(self.config)
+        config.model, config.fold = model, fold
+        budget, train = self.budget, config.train
+        if "minutes" in budget:
+            train.max_minutes = budget["minutes"]
+            return config
+        steps = budget["steps"]
+        per_epoch = min(train.iters_per_epoch, steps)
+        if per_epoch < 1 or steps % per_epoch:
+            raise UnetzooError(
+                f"--budget {steps} is not a whole number of epochs of train.iters_per_epoch = "
+                f"{per_epoch} steps; give a multiple of it, or --set train.iters_per_epoch=N with N "
+                f"dividing {steps}"
+            )
+        train.epochs, train.iters_per_epoch, train.max_minutes = steps // per_epoch, per_epoch, 0.0
+        return config
+
+    def budget_text(self) -> str:
+        """The budget in words, for the log and the leaderboard."""
+        budget, train = self.budget, Config.from_dict(self.config).train
+        if "minutes" in budget:
+            narrowed = (
+                f", and a model that takes base_features is narrowed until the time holds {train.min_steps} "
+                f"of its measured steps (train.min_steps; the cost table lists the parameters trained)"
+            )
+            return (
+                f"{budget['minutes']:g} minutes of training per run (train.max_minutes: the {train.scheduler} "
+                f"learning-rate schedule anneals over the time, the run stops at it or after {train.epochs} "
+                f"epochs of {train.iters_per_epoch} steps); models differ in the steps they make in that time"
+                + (narrowed if train.min_steps else "")
+            )
+        first = self.run_config(self.models[0], self.folds[0]).train
+        batch = f"batch {train.batch_size}" if train.batch_size else "the batch the data's plan gives"
+        return (
+            f"{budget['steps']} optimiser steps per run of {batch} ({first.epochs} epoch(s) of "
+            f"{first.iters_per_epoch}; {train.scheduler} learning-rate schedule over them; the cost table lists "
+            f"each model's batch and patch)"
+        )
+
+    @classmethod
+    def load(cls, out) -> Experiment:
+        """The experiment recorded in the folder ``out`` (its ``compare.json``)."""
+        path = Path(out) / EXPERIMENT_FILE
+        record = read_json(path, missing="missing: not a unetzoo compare folder")
+        if not isinstance(record, dict) or any(key not in record for key in KEYS):
+            raise file_error(path, f"not a unetzoo compare file: it needs the keys {', '.join(KEYS)}")
+        return cls.from_dict(record)
+
+    def save(self, out) -> None:
+        """Write ``compare.json`` into the folder ``out``."""
+        write_text(Path(out) / EXPERIMENT_FILE, json.dumps(self.to_dict(), indent=2) + "\n")
+
+    def record(self, out: Path, test: Path | None) -> Experiment:
+        """Write ``compare.json``, or check that the one there holds the same experiment (refused with one line if
+        not); returns the experiment as recorded (its test folder and executions). The test folder may be added to an
+        experiment later, not changed."""
+        path = Path(out) / EXPERIMENT_FILE
+        test = str(Path(test).resolve()) if test is not None else None
+        if not path.is_file():
+            recorded = replace(self, test=test, executions=[])
+            recorded.save(out)
+            return recorded
+        recorded = Experiment.load(out)
+        changed = [d for key in KEYS for d in _differences(getattr(recorded, key), getattr(self, key), key)]
         if changed:
             more = f" (and {len(changed) - 3} more)" if len(changed) > 3 else ""
-            raise file_error(path, f"this experiment was planned otherwise: {'; '.join(changed[:3])}{more}; run it with its own options, or give another --out")
-        if test is not None and record.get("test") not in (None, test):
-            raise file_error(path, f"this experiment's test folder is {record['test']}, not {test}; give another --out")
-        if test is not None and record.get("test") is None:
-            record["test"] = test
-            write_text(path, json.dumps(record, indent=2) + "\n")
-    return record
+            raise file_error(
+                path,
+                f"this experiment was planned otherwise: {'; '.join(changed[:3])}{more}; "
+                "run it with its own options, or give another --out",
+            )
+        if test is not None and recorded.test not in (None, test):
+            raise file_error(path, f"this experiment's test folder is {recorded.test}, not {test}; give another --out")
+        if test is not None and recorded.test is None:
+            recorded.test = test
+            recorded.save(out)
+        return recorded
 
 
 # ---- runs -----------------------------------------------------------------------------------------------
-def run_folder(out, model: str, fold: int) -> Path:
-    return Path(out) / "runs" / model / f"fold{fold}"
-
-
-def finished(run_dir: Path) -> bool:
-    """A run is finished when training wrote its last file: the post-processed held-out fold's summary."""
-    return (run_dir / "validation" / "postprocessed" / "summary.json").is_file()
+def run_folder(out, model: str, fold: int) -> RunFolder:
+    """The run of ``model`` on ``fold`` in the experiment folder ``out``."""
+    return RunFolder(Path(out) / "runs" / model / f"fold{fold}")
 
 
 def test_folder(out, model: str) -> Path:
@@ -148,4 +210,3 @@ def test_folder(out, model: str) -> Path:
 def test_done(out, model: str) -> bool:
     folder = test_folder(out, model)
     return (folder / "evaluation" / "summary.json").is_file() or (folder / "predicted.json").is_file()
-

@@ -1,6 +1,6 @@
 """The answer of ``unetzoo compare``: the models ranked by cross-validated accuracy, with its uncertainty and their cost.
 
-Computed from files only (DESIGN.md, "One experiment, many runs"): each run's held-out fold with the run's own
+Computed from files only (the project's design: one experiment, many runs): each run's held-out fold with the run's own
 post-processing (``RUN/validation/postprocessed/summary.json``), its ``history.json`` (training time), the benchmark
 of the model's first run (``RUN/benchmark.json``) and the test folder's evaluation (``OUT/test/MODEL/evaluation``).
 Writes ``leaderboard.md``, ``leaderboard.csv``, ``leaderboard.json`` and ``pareto.png`` into the experiment folder.
@@ -33,9 +33,10 @@ from pathlib import Path
 
 import numpy as np
 
-from unetzoo.experiments.experiment import budget_text, finished, load_plan, run_folder, test_folder
+from unetzoo.experiments.experiment import Experiment, run_folder, test_folder
 from unetzoo.formatting import duration, human
 from unetzoo.io import read_json, write_bytes, write_text
+from unetzoo.runfolder import RunFolder
 
 METRICS = ("Dice", "NSD", "HD95")
 COST = ("params", "macs", "train_step_s", "train_peak_mem_mb", "infer_s", "infer_peak_mem_mb")
@@ -114,25 +115,43 @@ def holm(pvalues: list[float | None]) -> list[float | None]:
     return adjusted
 
 
-def _model_entry(out: Path, plan: dict, model: str) -> dict:
-    runs = [run_folder(out, model, f) for f in plan["folds"]]
-    done = [r for r in runs if finished(r)]
-    entry = {"model": model, "runs": [str(r) for r in runs], "finished_runs": len(done), "complete": len(done) == len(runs)}
-    histories = [read_json(r / "history.json") or [] for r in done]
-    entry["training_time_s"] = sum(h.get("epoch_time_s") or 0.0 for history in histories for h in history) if entry["complete"] else None
+def _model_entry(out: Path, experiment: Experiment, model: str) -> dict:
+    runs = [run_folder(out, model, f) for f in experiment.folds]
+    done = [r for r in runs if r.is_finished()]
+    entry = {
+        "model": model,
+        "runs": [str(r) for r in runs],
+        "finished_runs": len(done),
+        "complete": len(done) == len(runs),
+    }
+    histories = [read_json(r.history) or [] for r in done]
+    entry["training_time_s"] = (
+        sum(h.get("epoch_time_s") or 0.0 for history in histories for h in history) if entry["complete"] else None
+    )
     entry["epochs"] = [len(history) for history in histories]
-    entry["steps"] = [history[-1].get("steps") if history else None for history in histories]  # None: written before steps were
-    config = read_json(runs[0] / "config.json") if done else None  # resolved by training: what one step saw
-    entry["step"] = {"batch_size": config["train"]["batch_size"], "patch": config["data"]["patch_size"]} if config else None
-    bench = read_json(runs[0] / "benchmark.json")
+    entry["steps"] = [
+        history[-1].get("steps") if history else None for history in histories
+    ]  # None: written before steps were
+    config = read_json(runs[0].config) if done else None  # resolved by training: what one step saw
+    entry["step"] = (
+        {"batch_size": config["train"]["batch_size"], "patch": config["data"]["patch_size"]} if config else None
+    )
+    bench = read_json(runs[0].benchmark)
     entry["cost"] = {k: bench["models"][0].get(k) for k in COST} if bench else None
-    entry["benchmark"] = {k: bench.get(k) for k in ("device", "device_name", "threads", "precision", "torch", "infer_shape")} if bench else None
+    entry["benchmark"] = (
+        {k: bench.get(k) for k in ("device", "device_name", "threads", "precision", "torch", "infer_shape")}
+        if bench
+        else None
+    )
     if entry["complete"]:
-        entry["_cases"] = case_table([read_json(r / "validation" / "postprocessed" / "summary.json") for r in runs])
+        entry["_cases"] = case_table([read_json(r.postprocessed_summary) for r in runs])
     test = read_json(test_folder(out, model) / "evaluation" / "summary.json")
     if test:
         keys, _, values = case_table([test])
-        entry["test"] = {"cases": len(keys), "Dice": {"mean": _finite(figure(values["Dice"])), "ci": interval(values["Dice"])}}
+        entry["test"] = {
+            "cases": len(keys),
+            "Dice": {"mean": _finite(figure(values["Dice"])), "ci": interval(values["Dice"])},
+        }
     else:
         entry["test"] = None
     return entry
@@ -147,9 +166,18 @@ def _accuracy(entry: dict) -> None:
     keys, labels, values = entry["_cases"]
     entry["cases"] = len(keys)
     for metric in METRICS:
-        per_class = {label: {"mean": _finite(_nanmean(values[metric][:, j], axis=0)), "ci": _percentiles(_nanmean(values[metric][resamples(len(keys)), j], axis=-1))}
-                     for j, label in enumerate(labels)}
-        entry[metric] = {"mean": _finite(figure(values[metric])), "ci": interval(values[metric]), "per_class": per_class}
+        per_class = {
+            label: {
+                "mean": _finite(_nanmean(values[metric][:, j], axis=0)),
+                "ci": _percentiles(_nanmean(values[metric][resamples(len(keys)), j], axis=-1)),
+            }
+            for j, label in enumerate(labels)
+        }
+        entry[metric] = {
+            "mean": _finite(figure(values[metric])),
+            "ci": interval(values[metric]),
+            "per_class": per_class,
+        }
 
 
 def _against_best(entries: list[dict], best: dict) -> None:
@@ -161,8 +189,13 @@ def _against_best(entries: list[dict], best: dict) -> None:
         common = sorted(set(keys) & set(best_keys))
         a = values["Dice"][[keys.index(k) for k in common]]
         b = best_values["Dice"][[best_keys.index(k) for k in common]]
-        entry["to_best"] = {"model": best["model"], "cases": len(common), "Dice": _finite(figure(a) - figure(b)) if common else None,
-                            "ci": paired_interval(a, b) if common else [None, None], "p": wilcoxon_p(a, b)}
+        entry["to_best"] = {
+            "model": best["model"],
+            "cases": len(common),
+            "Dice": _finite(figure(a) - figure(b)) if common else None,
+            "ci": paired_interval(a, b) if common else [None, None],
+            "p": wilcoxon_p(a, b),
+        }
     for entry, adjusted in zip(others, holm([e["to_best"]["p"] for e in others])):
         entry["to_best"]["p_holm"] = adjusted
         entry["significantly_below_best"] = adjusted is not None and adjusted < ALPHA
@@ -172,8 +205,8 @@ def _against_best(entries: list[dict], best: dict) -> None:
 def leaderboard(out) -> dict:
     """The leaderboard of the experiment in ``out`` as a JSON-ready dict (``leaderboard.json``)."""
     out = Path(out)
-    record = load_plan(out)
-    entries = [_model_entry(out, record, m) for m in record["models"]]
+    experiment = Experiment.load(out)
+    entries = [_model_entry(out, experiment, m) for m in experiment.models]
     ranked = [e for e in entries if e["complete"]]
     for entry in ranked:
         _accuracy(entry)
@@ -181,24 +214,30 @@ def leaderboard(out) -> dict:
     best = ranked[0] if ranked else None
     if best:
         _against_best(ranked, best)
-    candidates = [e for e in ranked if not e["significantly_below_best"] and e["cost"] and e["cost"].get("infer_s") is not None]
-    cheapest = min(candidates, key=lambda e: (e["cost"]["infer_s"], e["cost"].get("params") or 0)) if candidates else None
+    candidates = [
+        e for e in ranked if not e["significantly_below_best"] and e["cost"] and e["cost"].get("infer_s") is not None
+    ]
+    cheapest = (
+        min(candidates, key=lambda e: (e["cost"]["infer_s"], e["cost"].get("params") or 0)) if candidates else None
+    )
     for entry in entries:
         entry.pop("_cases", None)
     return {
-        "data": record["data"],
-        "folds": record["folds"],
-        "budget": record["budget"],
-        "budget_text": budget_text(record),
-        "test": record.get("test"),
-        "rule": (f"most accurate: highest mean Dice (mean over classes of the per-class mean over the held-out cases of every fold); "
-                 f"not significantly below it: Wilcoxon signed-rank p (two-sided, per-case mean Dice differences, Holm-adjusted over "
-                 f"the {max(len(ranked) - 1, 0)} comparison(s) with it) >= {ALPHA}; cheapest: lowest inference time per case "
-                 f"(unetzoo benchmark), fewer parameters on a tie"),
+        "data": experiment.data,
+        "folds": experiment.folds,
+        "budget": experiment.budget,
+        "budget_text": experiment.budget_text(),
+        "test": experiment.test,
+        "rule": (
+            f"most accurate: highest mean Dice (mean over classes of the per-class mean over the held-out cases of every fold); "
+            f"not significantly below it: Wilcoxon signed-rank p (two-sided, per-case mean Dice differences, Holm-adjusted over "
+            f"the {max(len(ranked) - 1, 0)} comparison(s) with it) >= {ALPHA}; cheapest: lowest inference time per case "
+            f"(unetzoo benchmark), fewer parameters on a tie"
+        ),
         "most_accurate": best["model"] if best else None,
         "cheapest_not_significantly_below": cheapest["model"] if cheapest else None,
         "bootstrap_resamples": BOOTSTRAP,
-        "executions": record.get("executions", []),
+        "executions": experiment.executions,
         "models": ranked + [e for e in entries if not e["complete"]],
     }
 
@@ -225,24 +264,32 @@ def _headline(board: dict) -> list[str]:
     if not ranked:
         return ["No model has finished every fold yet: no ranking."]
     best = ranked[0]
-    lines = [f"**Most accurate:** `{best['model']}`, mean Dice {_ci(best['Dice'])} over {best['cases']} held-out cases."]
+    lines = [
+        f"**Most accurate:** `{best['model']}`, mean Dice {_ci(best['Dice'])} over {best['cases']} held-out cases."
+    ]
     cheap = next((e for e in ranked if e["model"] == board["cheapest_not_significantly_below"]), None)
     if cheap is None:
-        lines.append("**Cheapest not significantly below it:** no benchmark figures (the benchmark job failed or has not run).")
+        lines.append(
+            "**Cheapest not significantly below it:** no benchmark figures (the benchmark job failed or has not run)."
+        )
     elif cheap is best:
-        lines.append(f"**Cheapest not significantly below it:** `{best['model']}` itself (inference {_num(best['cost']['infer_s'])} s per case): "
-                     "every cheaper model is significantly less accurate.")
+        lines.append(
+            f"**Cheapest not significantly below it:** `{best['model']}` itself (inference {_num(best['cost']['infer_s'])} s per case): "
+            "every cheaper model is significantly less accurate."
+        )
     else:
         diff = cheap["to_best"]
-        lines.append(f"**Cheapest not significantly below it:** `{cheap['model']}`, inference {_num(cheap['cost']['infer_s'])} s per case "
-                     f"(against {_num(best['cost']['infer_s']) if best['cost'] else 'n/a'} s), Δ Dice {_num(diff['Dice'], 4)} "
-                     f"[{_num(diff['ci'][0], 4)}, {_num(diff['ci'][1], 4)}], Wilcoxon p = {_num(diff['p_holm'])} (Holm).")
+        lines.append(
+            f"**Cheapest not significantly below it:** `{cheap['model']}`, inference {_num(cheap['cost']['infer_s'])} s per case "
+            f"(against {_num(best['cost']['infer_s']) if best['cost'] else 'n/a'} s), Δ Dice {_num(diff['Dice'], 4)} "
+            f"[{_num(diff['ci'][0], 4)}, {_num(diff['ci'][1], 4)}], Wilcoxon p = {_num(diff['p_holm'])} (Holm)."
+        )
     return lines
 
 
 def _hd_unit(out: Path, board: dict) -> str:
     first = next((e for e in board["models"] if e["complete"]), None)
-    plan = read_json(Path(first["runs"][0]) / "plan.json") if first else None
+    plan = read_json(RunFolder(first["runs"][0]).plan) if first else None
     return "mm" if plan and plan.get("target_spacing") else "px"
 
 
@@ -250,56 +297,119 @@ def _markdown(out: Path, board: dict) -> str:
 
     ranked = [e for e in board["models"] if e["complete"]]
     unit = _hd_unit(out, board)
-    lines = [f"# unetzoo compare: `{board['data']}`", "", *_headline(board), "",
-             f"Rule: {board['rule']}.", "",
-             f"Budget: {board['budget_text']}. Held-out folds: {', '.join(map(str, board['folds']))}; 95 % intervals: percentile "
-             f"bootstrap over cases ({board['bootstrap_resamples']} resamples); figures with each run's own post-processing.", ""]
+    lines = [
+        f"# unetzoo compare: `{board['data']}`",
+        "",
+        *_headline(board),
+        "",
+        f"Rule: {board['rule']}.",
+        "",
+        f"Budget: {board['budget_text']}. Held-out folds: {', '.join(map(str, board['folds']))}; 95 % intervals: percentile "
+        f"bootstrap over cases ({board['bootstrap_resamples']} resamples); figures with each run's own post-processing.",
+        "",
+    ]
     test = any(e["test"] for e in ranked)
-    header = ["rank", "model", "cases", "mean Dice [95 % CI]", "Δ Dice to best [95 % CI]", "Wilcoxon p (Holm)", "NSD [95 % CI]", f"HD95 ({unit}) [95 % CI]"]
+    header = [
+        "rank",
+        "model",
+        "cases",
+        "mean Dice [95 % CI]",
+        "Δ Dice to best [95 % CI]",
+        "Wilcoxon p (Holm)",
+        "NSD [95 % CI]",
+        f"HD95 ({unit}) [95 % CI]",
+    ]
     header += ["test Dice [95 % CI]"] * test
     lines += ["## Accuracy", "", "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for rank, e in enumerate(ranked, 1):
         diff = e["to_best"]
         delta = "-" if diff is None else f"{_num(diff['Dice'], 4)} [{_num(diff['ci'][0], 4)}, {_num(diff['ci'][1], 4)}]"
         p = "-" if diff is None else _num(diff["p_holm"]) + (" (below)" if e["significantly_below_best"] else "")
-        row = [str(rank), f"`{e['model']}`", str(e["cases"]), _ci(e["Dice"]), delta, p, _ci(e["NSD"]), _ci(e["HD95"], 2)]
+        row = [
+            str(rank),
+            f"`{e['model']}`",
+            str(e["cases"]),
+            _ci(e["Dice"]),
+            delta,
+            p,
+            _ci(e["NSD"]),
+            _ci(e["HD95"], 2),
+        ]
         row += [_ci(e["test"]["Dice"]) + f" ({e['test']['cases']} cases)" if e["test"] else "n/a"] * test
         lines.append("| " + " | ".join(row) + " |")
     few = [e["model"] for e in ranked if e["to_best"] and e["to_best"]["cases"] < 6]
     if few:
-        lines += ["", f"With fewer than 6 paired cases ({', '.join(f'`{m}`' for m in few)}) the two-sided Wilcoxon test cannot reach "
-                  "p < 0.05 (its smallest p is 2/2^n): no difference can be significant; hold out more cases (more folds)."]
+        lines += [
+            "",
+            f"With fewer than 6 paired cases ({', '.join(f'`{m}`' for m in few)}) the two-sided Wilcoxon test cannot reach "
+            "p < 0.05 (its smallest p is 2/2^n): no difference can be significant; hold out more cases (more folds).",
+        ]
     if ranked:
         labels = list(ranked[0]["Dice"]["per_class"])
-        lines += ["", "Dice per class (label id) [95 % CI]:", "", "| model | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|"]
-        lines += [f"| `{e['model']}` | " + " | ".join(_ci(e["Dice"]["per_class"][k]) for k in labels) + " |" for e in ranked]
-    lines += ["", "## Cost", "", "| model | parameters | MACs / patch | train step (s) | train peak mem (MB) | inference per case (s) | "
-              "infer peak mem (MB) | training time, all folds (h:mm:ss) | steps (epochs) per run | a step: batch x patch |", "|---" * 10 + "|"]
+        lines += [
+            "",
+            "Dice per class (label id) [95 % CI]:",
+            "",
+            "| model | " + " | ".join(labels) + " |",
+            "|---" * (len(labels) + 1) + "|",
+        ]
+        lines += [
+            f"| `{e['model']}` | " + " | ".join(_ci(e["Dice"]["per_class"][k]) for k in labels) + " |" for e in ranked
+        ]
+    lines += [
+        "",
+        "## Cost",
+        "",
+        "| model | parameters | MACs / patch | train step (s) | train peak mem (MB) | inference per case (s) | "
+        "infer peak mem (MB) | training time, all folds (h:mm:ss) | steps (epochs) per run | a step: batch x patch |",
+        "|---" * 10 + "|",
+    ]
     for e in ranked + [x for x in board["models"] if not x["complete"]]:
         cost, step = e["cost"] or {}, e["step"]
-        lines.append(f"| `{e['model']}` | " + " | ".join(human(k, cost.get(k)) if e["cost"] else "n/a" for k in COST)
-                     + f" | {duration(e['training_time_s'])} | {_steps(e) or 'n/a'} | "
-                     + (f"{step['batch_size']} x {'x'.join(map(str, step['patch']))}" if step else "n/a") + " |")
+        lines.append(
+            f"| `{e['model']}` | "
+            + " | ".join(human(k, cost.get(k)) if e["cost"] else "n/a" for k in COST)
+            + f" | {duration(e['training_time_s'])} | {_steps(e) or 'n/a'} | "
+            + (f"{step['batch_size']} x {'x'.join(map(str, step['patch']))}" if step else "n/a")
+            + " |"
+        )
     bench = next((e["benchmark"] for e in ranked if e["benchmark"]), None)
     if bench:
-        lines += ["", f"Measured by `unetzoo benchmark` on {bench['device']} ({bench['device_name']}), {bench['threads']} thread(s), "
-                  f"{bench['precision']} training steps, fp32 inference of a {'x'.join(map(str, bench['infer_shape']))} volume, torch {bench['torch']}."]
+        lines += [
+            "",
+            f"Measured by `unetzoo benchmark` on {bench['device']} ({bench['device_name']}), {bench['threads']} thread(s), "
+            f"{bench['precision']} training steps, fp32 inference of a {'x'.join(map(str, bench['infer_shape']))} volume, torch {bench['torch']}.",
+        ]
     for run in board["executions"]:
         where = ", ".join(f"{k} {v}" for k, v in run.items() if k != "started")
         lines.append(f"- invocation {run['started']}: {where}")
     incomplete = [e for e in board["models"] if not e["complete"]]
     if incomplete:
-        lines += ["", "Not ranked (a fold not finished or failed): " + ", ".join(f"`{e['model']}` ({e['finished_runs']}/{len(e['runs'])} runs)" for e in incomplete) + "."]
+        lines += [
+            "",
+            "Not ranked (a fold not finished or failed): "
+            + ", ".join(f"`{e['model']}` ({e['finished_runs']}/{len(e['runs'])} runs)" for e in incomplete)
+            + ".",
+        ]
     if (out / "pareto.png").is_file():
-        lines += ["", "## Accuracy against cost", "", "![pareto](pareto.png)", "",
-                  "Pareto front (outlined, joined): no other model is both cheaper and more accurate. Bars: 95 % intervals of the mean Dice."]
+        lines += [
+            "",
+            "## Accuracy against cost",
+            "",
+            "![pareto](pareto.png)",
+            "",
+            "Pareto front (outlined, joined): no other model is both cheaper and more accurate. Bars: 95 % intervals of the mean Dice.",
+        ]
     return "\n".join(lines) + "\n"
 
 
 def pareto_front(costs: list[float], scores: list[float]) -> list[int]:
     """Indices of the points no other point dominates (cost no higher and score no lower, one of them strictly)."""
-    return [i for i, (c, s) in enumerate(zip(costs, scores))
-            if not any((c2 <= c and s2 >= s) and (c2 < c or s2 > s) for c2, s2 in zip(costs, scores))]
+    return [
+        i
+        for i, (c, s) in enumerate(zip(costs, scores))
+        if not any((c2 <= c and s2 >= s) and (c2 < c or s2 > s) for c2, s2 in zip(costs, scores))
+    ]
 
 
 def cost_axes(board: dict) -> list[tuple]:
@@ -309,7 +419,10 @@ def cost_axes(board: dict) -> list[tuple]:
     inference = ("inference time per case (s)", lambda e: (e["cost"] or {}).get("infer_s"))
     if board["budget"].get("minutes"):
         return [inference, ("training step time (s)", lambda e: (e["cost"] or {}).get("train_step_s"))]
-    return [inference, ("training time, all folds (min)", lambda e: e["training_time_s"] / 60 if e["training_time_s"] else None)]
+    return [
+        inference,
+        ("training time, all folds (min)", lambda e: e["training_time_s"] / 60 if e["training_time_s"] else None),
+    ]
 
 
 def plot_pareto(board: dict) -> bytes | None:
@@ -337,8 +450,18 @@ def plot_pareto(board: dict) -> bytes | None:
         for i, (k, e, x) in enumerate(points):
             lo, hi = e["Dice"]["ci"]
             err = [[ys[i] - lo], [hi - ys[i]]] if lo is not None else None
-            ax.errorbar([x], [ys[i]], yerr=err, fmt="o", color=colors[k % 10], markersize=9 if i in front else 6,
-                        markeredgecolor="black" if i in front else colors[k % 10], markeredgewidth=1.5, capsize=3, zorder=2)
+            ax.errorbar(
+                [x],
+                [ys[i]],
+                yerr=err,
+                fmt="o",
+                color=colors[k % 10],
+                markersize=9 if i in front else 6,
+                markeredgecolor="black" if i in front else colors[k % 10],
+                markeredgewidth=1.5,
+                capsize=3,
+                zorder=2,
+            )
             ax.annotate(e["model"], (x, ys[i]), xytext=(5, 5), textcoords="offset points", fontsize=9)
         if max(xs) > 10 * min(xs):
             ax.set_xscale("log")
@@ -356,23 +479,51 @@ def plot_pareto(board: dict) -> bytes | None:
 def _csv(board: dict) -> str:
     ranked = [e for e in board["models"] if e["complete"]]
     labels = list(ranked[0]["Dice"]["per_class"]) if ranked else []
-    columns = ["model", "complete", "cases"] + [f"{m}{s}" for m in METRICS for s in ("", "_lo", "_hi")] + [f"Dice_{k}" for k in labels]
-    columns += ["delta_Dice", "delta_lo", "delta_hi", "p_wilcoxon", "p_holm", "significantly_below_best", *COST, "training_time_s", "test_Dice", "test_lo", "test_hi"]
+    columns = (
+        ["model", "complete", "cases"]
+        + [f"{m}{s}" for m in METRICS for s in ("", "_lo", "_hi")]
+        + [f"Dice_{k}" for k in labels]
+    )
+    columns += [
+        "delta_Dice",
+        "delta_lo",
+        "delta_hi",
+        "p_wilcoxon",
+        "p_holm",
+        "significantly_below_best",
+        *COST,
+        "training_time_s",
+        "test_Dice",
+        "test_lo",
+        "test_hi",
+    ]
     buffer = _io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(columns)
     for e in board["models"]:
-        row = {"model": e["model"], "complete": e["complete"], "cases": e.get("cases"), "training_time_s": e["training_time_s"], **(e["cost"] or {})}
+        row = {
+            "model": e["model"],
+            "complete": e["complete"],
+            "cases": e.get("cases"),
+            "training_time_s": e["training_time_s"],
+            **(e["cost"] or {}),
+        }
         for m in METRICS if e["complete"] else ():
             row.update({m: e[m]["mean"], f"{m}_lo": e[m]["ci"][0], f"{m}_hi": e[m]["ci"][1]})
             row.update({f"Dice_{k}": v["mean"] for k, v in e["Dice"]["per_class"].items()} if m == "Dice" else {})
         if e.get("to_best"):
             d = e["to_best"]
-            row.update(delta_Dice=d["Dice"], delta_lo=d["ci"][0], delta_hi=d["ci"][1], p_wilcoxon=d["p"], p_holm=d["p_holm"])
+            row.update(
+                delta_Dice=d["Dice"], delta_lo=d["ci"][0], delta_hi=d["ci"][1], p_wilcoxon=d["p"], p_holm=d["p_holm"]
+            )
         if e["complete"]:
             row["significantly_below_best"] = e["significantly_below_best"]
         if e["test"]:
-            row.update(test_Dice=e["test"]["Dice"]["mean"], test_lo=e["test"]["Dice"]["ci"][0], test_hi=e["test"]["Dice"]["ci"][1])
+            row.update(
+                test_Dice=e["test"]["Dice"]["mean"],
+                test_lo=e["test"]["Dice"]["ci"][0],
+                test_hi=e["test"]["Dice"]["ci"][1],
+            )
         writer.writerow(["" if row.get(c) is None else row[c] for c in columns])
     return buffer.getvalue()
 

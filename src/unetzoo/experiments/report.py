@@ -1,4 +1,5 @@
-"""Visual reports: one page comparing trained runs, and the error overlay of one case (sd-unet.md Fig. 1).
+"""Visual reports: one page comparing trained runs, and the error overlay of one case (as Fig. 1 of Carvalho et
+al. 2021, arXiv:2103.11713).
 
 ``make_report(runs, out)`` writes ``out/report.md`` with ``curves.png`` and ``overlays.png`` beside it:
 
@@ -37,22 +38,30 @@ import numpy as np
 from unetzoo.errors import UnetzooError, file_error
 from unetzoo.formatting import duration, human, shape
 from unetzoo.io import (
-    SUPPORTED_ENDINGS,
     label_frames,
     output_folder,
     read_image,
     read_json,
     read_label,
-    strip_ending,
     write_bytes,
     write_text,
 )
+from unetzoo.runfolder import RunFolder
 
 TP_COLOR = (1.0, 1.0, 1.0)
 FP_COLOR = (1.0, 0.0, 0.0)
 FN_COLOR = (0.0, 0.0, 1.0)
 # ground-truth class colours: none of them white, red or blue, so they are never confused with the errors
-CLASS_COLORS = [(0.1, 0.8, 0.1), (1.0, 0.85, 0.0), (1.0, 0.4, 1.0), (0.0, 0.9, 0.9), (1.0, 0.55, 0.0), (0.6, 0.4, 0.2), (0.6, 1.0, 0.6), (0.7, 0.5, 1.0)]
+CLASS_COLORS = [
+    (0.1, 0.8, 0.1),
+    (1.0, 0.85, 0.0),
+    (1.0, 0.4, 1.0),
+    (0.0, 0.9, 0.9),
+    (1.0, 0.55, 0.0),
+    (0.6, 0.4, 0.2),
+    (0.6, 1.0, 0.6),
+    (0.7, 0.5, 1.0),
+]
 
 
 # ---- overlays -------------------------------------------------------------------------------------------
@@ -89,7 +98,9 @@ def _blend(rgb: np.ndarray, mask: np.ndarray, color, alpha: float) -> None:
     rgb[mask] = (1 - alpha) * rgb[mask] + alpha * np.asarray(color, dtype=rgb.dtype)
 
 
-def error_overlay(image: np.ndarray, reference: np.ndarray, prediction: np.ndarray, label: int | None = None, alpha: float = 0.75) -> np.ndarray:
+def error_overlay(
+    image: np.ndarray, reference: np.ndarray, prediction: np.ndarray, label: int | None = None, alpha: float = 0.75
+) -> np.ndarray:
     """RGB ``(H, W, 3)`` in [0, 1]: the image in grey, true positives white, false positives red, false
     negatives blue, each blended with ``alpha`` (1: pure colours)."""
     rgb = to_display(image)
@@ -170,7 +181,10 @@ class Slice:
         if image_paths:
             image = read_image(image_paths, dims, frame=self.frame)
             if image.spatial_shape != reference.array.shape:
-                raise file_error(image.path, f"image shape {image.spatial_shape} differs from label shape {reference.array.shape} ({label_path})")
+                raise file_error(
+                    image.path,
+                    f"image shape {image.spatial_shape} differs from label shape {reference.array.shape} ({label_path})",
+                )
             image_array = image.array
         else:
             image_array = np.zeros((1, *reference.array.shape), np.float32)
@@ -182,7 +196,9 @@ class Slice:
                 raise UnetzooError(f"slice axis must be 0, 1 or 2, got {axis}")
             self.index = best_slice(reference.array, self.axis) if index is None else int(index)
             if not 0 <= self.index < reference.array.shape[self.axis]:
-                raise UnetzooError(f"slice {self.index} is outside axis {self.axis} of size {reference.array.shape[self.axis]}")
+                raise UnetzooError(
+                    f"slice {self.index} is outside axis {self.axis} of size {reference.array.shape[self.axis]}"
+                )
         self.image = take_slice(image_array, self.axis, self.index)
         if dims == 3 or self.image.shape[0] != 3:  # first channel in grey; RGB only for 2D colour images
             self.image = self.image[0]
@@ -192,7 +208,10 @@ class Slice:
     def prediction(self, path) -> np.ndarray:
         pred = read_label(path, self.reference_full.ndim, frame=self.frame)
         if pred.array.shape != self.reference_full.shape:
-            raise file_error(path, f"prediction shape {pred.array.shape} differs from the reference shape {self.reference_full.shape}")
+            raise file_error(
+                path,
+                f"prediction shape {pred.array.shape} differs from the reference shape {self.reference_full.shape}",
+            )
         return take_slice(pred.array, self.axis, self.index)
 
     def where(self) -> str:
@@ -203,11 +222,23 @@ class Slice:
 def _legend(fig) -> None:
     from matplotlib.patches import Patch
 
-    handles = [Patch(facecolor=c, edgecolor="black", label=n) for c, n in ((TP_COLOR, "true positive"), (FP_COLOR, "false positive"), (FN_COLOR, "false negative"))]
+    handles = [
+        Patch(facecolor=c, edgecolor="black", label=n)
+        for c, n in ((TP_COLOR, "true positive"), (FP_COLOR, "false positive"), (FN_COLOR, "false negative"))
+    ]
     fig.legend(handles=handles, loc="lower center", ncol=3, frameon=False, fontsize=9)
 
 
-def write_overlay(image, label, prediction, out_png, axis: int | None = None, index: int | None = None, label_id: int | None = None, alpha: float = 0.75) -> Path:
+def write_overlay(
+    image,
+    label,
+    prediction,
+    out_png,
+    axis: int | None = None,
+    index: int | None = None,
+    label_id: int | None = None,
+    alpha: float = 0.75,
+) -> Path:
     """One case: image | ground truth | prediction (class colours) | errors (TP white, FP red, FN blue)."""
     plt = _pyplot()
     images = image if isinstance(image, (list, tuple)) else [image]
@@ -217,7 +248,10 @@ def write_overlay(image, label, prediction, out_png, axis: int | None = None, in
         ("image", to_display(cut.image)),
         ("ground truth", class_overlay(cut.image, cut.reference)),
         ("prediction", class_overlay(cut.image, pred)),
-        ("errors" + (f" (label {label_id})" if label_id is not None else ""), error_overlay(cut.image, cut.reference, pred, label_id, alpha)),
+        (
+            "errors" + (f" (label {label_id})" if label_id is not None else ""),
+            error_overlay(cut.image, cut.reference, pred, label_id, alpha),
+        ),
     ]
     fig, axes = plt.subplots(1, 4, figsize=(13, 3.8))
     for ax, (title, rgb) in zip(axes, panels):
@@ -227,33 +261,6 @@ def write_overlay(image, label, prediction, out_png, axis: int | None = None, in
     fig.suptitle(f"{Path(prediction).name} {cut.where()}", fontsize=10)
     _legend(fig)
     return write_bytes(out_png, _plot_png(fig))
-
-
-def _case_files(folder: Path) -> dict[str, Path]:
-    if not folder.is_dir():
-        return {}
-    return {strip_ending(p): p for p in sorted(folder.iterdir()) if p.is_file() and p.name.lower().endswith(SUPPORTED_ENDINGS)}
-
-
-def load_run(run_dir: str | Path) -> dict:
-    """What the report needs from a run folder (config, plan, history, validation summary and files)."""
-    run = Path(run_dir)
-    if not (run / "config.json").is_file():
-        raise file_error(run / "config.json", "missing: not a unetzoo run folder")
-    validation = run / "validation"
-    return {
-        "dir": run,
-        "config": read_json(run / "config.json"),
-        "plan": read_json(run / "plan.json", {}),
-        "history": read_json(run / "history.json", []),
-        "summary": read_json(validation / "summary.json"),
-        "postprocessed": read_json(validation / "postprocessed" / "summary.json"),
-        "postprocessing": read_json(run / "postprocessing.json"),
-        "benchmark": read_json(run / "benchmark.json"),
-        "cases": read_json(validation / "cases.json", {}),
-        "predictions": _case_files(validation),
-        "references": _case_files(validation / "labels"),
-    }
 
 
 def _run_names(runs: list[dict]) -> list[str]:
@@ -286,7 +293,10 @@ def _metric_tables(runs: list[dict], names: list[str], metrics=("Dice", "IoU", "
     labels = {}
     for run in runs:
         labels.update({str(k): v for k, v in (run["plan"].get("labels") or {}).items() if str(k) != "0"})
-    ids = sorted({k for run in runs if run["summary"] for k in run["summary"]["mean"]}, key=lambda k: int(k) if k.isdigit() else k)
+    ids = sorted(
+        {k for run in runs if run["summary"] for k in run["summary"]["mean"]},
+        key=lambda k: int(k) if k.isdigit() else k,
+    )
     for metric in metrics:
         better = min if metric == "HD95" else max
         header = [f"{labels.get(k, k)} ({k})" for k in ids] + ["mean"]
@@ -326,12 +336,19 @@ def _postprocessing_section(runs: list[dict], names: list[str]) -> list[str]:
     done = [(n, r) for n, r in zip(names, runs) if r["postprocessed"] and r["postprocessing"]]
     if not done:
         return []
-    lines = ["## Held-out fold with connected-component post-processing", "",
-             "Keep-largest-component per class, chosen on this fold by training (nnU-Net's rule: kept where it raises the "
-             "class's mean Dice). Validation Dice per class without -> with keeping the largest component:", ""]
+    lines = [
+        "## Held-out fold with connected-component post-processing",
+        "",
+        "Keep-largest-component per class, chosen on this fold by training (nnU-Net's rule: kept where it raises the "
+        "class's mean Dice). Validation Dice per class without -> with keeping the largest component:",
+        "",
+    ]
     for name, run in done:
         chosen = ", ".join(run["postprocessing"]["keep_largest"]) or "none"
-        dice = ", ".join(f"{c}: {_fmt(v['without'])} -> {_fmt(v['with'])}" for c, v in run["postprocessing"]["validation_dice"].items())
+        dice = ", ".join(
+            f"{c}: {_fmt(v['without'])} -> {_fmt(v['with'])}"
+            for c, v in run["postprocessing"]["validation_dice"].items()
+        )
         lines.append(f"- {name}: classes kept to their largest component: {chosen} ({dice})")
     lines.append("")
     post = [dict(run, summary=run["postprocessed"]) for _, run in done]
@@ -358,10 +375,15 @@ def _paired_table(runs: list[dict], names: list[str]) -> list[str]:
     base = _case_means(runs[0])
     if len(runs) < 2 or not base:
         return []
-    lines = [f"## Paired differences to `{names[0]}`", "",
-             f"Per held-out case: the run's mean over foreground classes minus `{names[0]}`'s. Mean over the cases both runs "
-             "predicted, 95 % t-interval, and the number of cases on which the run is better / worse.", "",
-             "| run | cases | Δ Dice [95 % CI] | better / worse | Δ IoU [95 % CI] | better / worse |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"## Paired differences to `{names[0]}`",
+        "",
+        f"Per held-out case: the run's mean over foreground classes minus `{names[0]}`'s. Mean over the cases both runs "
+        "predicted, 95 % t-interval, and the number of cases on which the run is better / worse.",
+        "",
+        "| run | cases | Δ Dice [95 % CI] | better / worse | Δ IoU [95 % CI] | better / worse |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, run in zip(names[1:], runs[1:]):
         other = _case_means(run)
         common = sorted(set(base) & set(other))
@@ -383,8 +405,10 @@ def _paired_table(runs: list[dict], names: list[str]) -> list[str]:
 
 
 def _training_table(runs: list[dict], names: list[str]) -> list[str]:
-    lines = ["| run | model | parameters | epochs | training time (h:mm:ss) | median epoch (s) | best pseudo Dice | last train loss | validation cases |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| run | model | parameters | epochs | training time (h:mm:ss) | median epoch (s) | best pseudo Dice | last train loss | validation cases |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, run in zip(names, runs):
         history = run["history"] or []
         times = [h.get("epoch_time_s") for h in history if h.get("epoch_time_s") is not None]
@@ -419,15 +443,23 @@ def _benchmark_table(runs: list[dict], names: list[str], benchmark: dict | None)
 
     rows = _benchmark_rows(runs, benchmark)
     if not any(rows):
-        return ["No benchmark figures: run `unetzoo benchmark --run RUN ...` (or pass `--benchmark benchmark.json`).", ""]
-    lines = ["| run | " + " | ".join(LABELS[f] for f in FIGURES) + " | measured on |", "|---" * (len(FIGURES) + 2) + "|"]
+        return [
+            "No benchmark figures: run `unetzoo benchmark --run RUN ...` (or pass `--benchmark benchmark.json`).",
+            "",
+        ]
+    lines = [
+        "| run | " + " | ".join(LABELS[f] for f in FIGURES) + " | measured on |",
+        "|---" * (len(FIGURES) + 2) + "|",
+    ]
     for name, found in zip(names, rows):
         if not found:
             lines.append(f"| {name} | " + " | ".join("n/a" for _ in FIGURES) + " | |")
             continue
         result, row = found
-        where = (f"{result['device']}, {result['threads']} threads, torch {result['torch']}, patch {shape(row.get('patch') or result['patch'])}, "
-                 f"batch {row.get('batch_size', result['batch_size'])}, volume {shape(row.get('infer_shape') or result['infer_shape'])}")
+        where = (
+            f"{result['device']}, {result['threads']} threads, torch {result['torch']}, patch {shape(row.get('patch') or result['patch'])}, "
+            f"batch {row.get('batch_size', result['batch_size'])}, volume {shape(row.get('infer_shape') or result['infer_shape'])}"
+        )
         lines.append(f"| {name} | " + " | ".join(human(f, row.get(f)) for f in FIGURES) + f" | {where} |")
     return lines + [""]
 
@@ -468,7 +500,9 @@ def _common_cases(runs: list[dict], wanted: list[str] | None, n_cases: int) -> l
     if wanted:
         missing = [c for c in wanted if c not in common]
         if missing:
-            raise UnetzooError(f"case(s) {', '.join(missing)} not predicted in every run's validation/ folder; common cases: {', '.join(sorted(common)) or 'none'}")
+            raise UnetzooError(
+                f"case(s) {', '.join(missing)} not predicted in every run's validation/ folder; common cases: {', '.join(sorted(common)) or 'none'}"
+            )
         return list(wanted)
     return sorted(common)[:n_cases]
 
@@ -490,7 +524,9 @@ def _case_sources(case: str, runs: list[dict], data) -> tuple[list | None, Path]
     return images, label
 
 
-def plot_overlays(runs: list[dict], names: list[str], cases: list[str], data=None, axis=None, label_id=None, alpha: float = 0.75) -> tuple[bytes, list[str]]:
+def plot_overlays(
+    runs: list[dict], names: list[str], cases: list[str], data=None, axis=None, label_id=None, alpha: float = 0.75
+) -> tuple[bytes, list[str]]:
     """Rows: cases; columns: image, ground truth, each run's errors on the same slice."""
     plt = _pyplot()
     notes = []
@@ -505,7 +541,12 @@ def plot_overlays(runs: list[dict], names: list[str], cases: list[str], data=Non
         for name, run in zip(names, runs):
             pred = cut.prediction(run["predictions"][case])
             dice = _case_dice(run, case)
-            panels.append((name + (f"\nDice {dice:.3f}" if dice is not None else ""), error_overlay(cut.image, cut.reference, pred, label_id, alpha)))
+            panels.append(
+                (
+                    name + (f"\nDice {dice:.3f}" if dice is not None else ""),
+                    error_overlay(cut.image, cut.reference, pred, label_id, alpha),
+                )
+            )
         for col, (title, rgb) in enumerate(panels):
             ax = axes[row, col]
             ax.imshow(rgb, aspect=cut.aspect, interpolation="nearest")
@@ -527,12 +568,21 @@ def _case_dice(run: dict, case: str) -> float | None:
     return None
 
 
-def make_report(runs, out_dir, cases: list[str] | None = None, n_cases: int = 3, axis: int | None = None, benchmark=None,
-                data=None, label_id: int | None = None, alpha: float = 0.75) -> Path:
+def make_report(
+    runs,
+    out_dir,
+    cases: list[str] | None = None,
+    n_cases: int = 3,
+    axis: int | None = None,
+    benchmark=None,
+    data=None,
+    label_id: int | None = None,
+    alpha: float = 0.75,
+) -> Path:
     """Write ``out_dir/report.md`` (+ ``curves.png``, ``overlays.png``) comparing the trained ``runs``."""
     if not runs:
         raise UnetzooError("no runs to report")
-    loaded = [load_run(r) for r in runs]
+    loaded = [RunFolder(r).load() for r in runs]
     names = _run_names(loaded)
     bench = None
     if benchmark is not None:
@@ -541,7 +591,16 @@ def make_report(runs, out_dir, cases: list[str] | None = None, n_cases: int = 3,
             raise file_error(benchmark, "file not found")
     out = output_folder(out_dir)
     without = [n for n, r in zip(names, loaded) if not r["summary"]]
-    lines = ["# unetzoo report", "", "Runs: " + ", ".join(f"`{n}` ({r['config'].get('model')}, fold {r['config'].get('fold')}, `{r['dir']}`)" for n, r in zip(names, loaded)), ""]
+    lines = [
+        "# unetzoo report",
+        "",
+        "Runs: "
+        + ", ".join(
+            f"`{n}` ({r['config'].get('model')}, fold {r['config'].get('fold')}, `{r['dir']}`)"
+            for n, r in zip(names, loaded)
+        ),
+        "",
+    ]
     lines += ["## Held-out fold: mean ± standard deviation over cases", ""]
     if without:
         lines += [f"No `validation/summary.json` (training not finished?): {', '.join(without)}.", ""]
@@ -557,9 +616,18 @@ def make_report(runs, out_dir, cases: list[str] | None = None, n_cases: int = 3,
     if chosen:
         png, notes = plot_overlays(loaded, names, chosen, data, axis, label_id, alpha)
         write_bytes(out / "overlays.png", png)
-        rule = f"label {label_id} only" if label_id is not None else "all foreground classes; a wrong class counts as a false positive"
-        lines += [f"Same slice for every run (the one with most reference foreground). White: true positive, red: false positive, "
-                  f"blue: false negative ({rule}).", "", "![overlays](overlays.png)", ""]
+        rule = (
+            f"label {label_id} only"
+            if label_id is not None
+            else "all foreground classes; a wrong class counts as a false positive"
+        )
+        lines += [
+            f"Same slice for every run (the one with most reference foreground). White: true positive, red: false positive, "
+            f"blue: false negative ({rule}).",
+            "",
+            "![overlays](overlays.png)",
+            "",
+        ]
         lines += [f"- {n}" for n in notes] + ([""] if notes else [])
     else:
         lines += ["No validation case is predicted in every run (runs of different folds?): no overlays.", ""]

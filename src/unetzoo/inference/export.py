@@ -27,9 +27,10 @@ ONNX_OPSET = 17
 def export_run(run_dir: str | Path, out_dir: str | Path, fmt: str = "torchscript", checkpoint: str = "best") -> Path:
     """Export the network of ``run_dir`` (its ``checkpoint``: "best" falls back to the last one with a warning, and
     ``export.json`` names the file used) into ``out_dir``; returns the network file."""
+    from unetzoo.config import PredictConfig
     from unetzoo.inference.predictor import Predictor
 
-    predictor = Predictor(run_dir, checkpoint=checkpoint)
+    predictor = Predictor(run_dir, PredictConfig(checkpoint=checkpoint))
     out_dir = Path(out_dir)
     path = export_method(predictor.method, out_dir, fmt, checkpoint=predictor.checkpoint_path)
     predictor.plan.save(out_dir / "plan.json")
@@ -43,8 +44,10 @@ def export_method(method: Method, out_dir: Path, fmt: str, checkpoint: Path | No
     if fmt not in FORMATS:
         raise UnetzooError(f"unknown export format {fmt!r} (one of {', '.join(FORMATS)})")
     if not method.exportable:
-        raise UnetzooError(f"model {method.config.model!r} cannot be exported: its {type(method).__name__} predicts with more than "
-                           "the network on each window (see its method's predict)")
+        raise UnetzooError(
+            f"model {method.config.model!r} cannot be exported: its {type(method).__name__} predicts with more than "
+            "the network on each window (see its method's predict)"
+        )
     model = method.model.cpu().eval()
     window = torch.zeros(1, method.plan.in_channels, *method.patch_size)
     buffer = io.BytesIO()
@@ -55,9 +58,19 @@ def export_method(method: Method, out_dir: Path, fmt: str, checkpoint: Path | No
             try:
                 import onnx  # noqa: F401  (the exporter writes ONNX protobufs)
             except ImportError:
-                raise UnetzooError("--format onnx needs the onnx package: pip install 'unetzoo[onnx]' (or use --format torchscript)") from None
-            torch.onnx.export(model, (window,), buffer, input_names=["image"], output_names=["logits"], opset_version=ONNX_OPSET,
-                              dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
+                raise UnetzooError(
+                    "--format onnx needs the onnx package: pip install 'unetzoo[onnx]' (or use --format torchscript)"
+                ) from None
+            torch.onnx.export(
+                model,
+                (window,),
+                buffer,
+                input_names=["image"],
+                output_names=["logits"],
+                opset_version=ONNX_OPSET,
+                dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+                dynamo=False,
+            )
     out_dir = output_folder(out_dir)
     path = write_bytes(out_dir / FORMATS[fmt], buffer.getvalue())
     plan, inference = method.plan, method.config.inference
@@ -67,13 +80,21 @@ def export_method(method: Method, out_dir: Path, fmt: str, checkpoint: Path | No
         "network": path.name,
         "checkpoint": str(Path(checkpoint).resolve()) if checkpoint is not None else None,
         "input": {"name": "image", "shape": [-1, plan.in_channels, *method.patch_size], "channels": plan.channel_names},
-        "output": {"name": "logits", "shape": [-1, plan.num_classes, *method.patch_size], "labels": plan.labels,
-                   "probabilities": "softmax over axis 1"},
+        "output": {
+            "name": "logits",
+            "shape": [-1, plan.num_classes, *method.patch_size],
+            "labels": plan.labels,
+            "probabilities": "softmax over axis 1",
+        },
         "preprocessing": "read channel-first; normalise each channel by its modality (CT: clip to plan.json ct_stats "
-                         "p00_5..p99_5, subtract mean, divide by std; R/G/B: divide by 255; other: z-score over the image, "
-                         "over nonzero voxels when fewer than 90 % are nonzero); 3D: reorient to RAS and resample to target_spacing",
+        "p00_5..p99_5, subtract mean, divide by std; R/G/B: divide by 255; other: z-score over the image, "
+        "over nonzero voxels when fewer than 90 % are nonzero); 3D: reorient to RAS and resample to target_spacing",
         "target_spacing": plan.target_spacing,
-        "inference": {"sliding_window_overlap": inference.overlap, "gaussian_weighting": inference.gaussian, "mirror": inference.mirror},
+        "inference": {
+            "sliding_window_overlap": inference.overlap,
+            "gaussian_weighting": inference.gaussian,
+            "mirror": inference.mirror,
+        },
         "postprocessing": "average the windows' probabilities, undo the resampling and reorientation, argmax -> label ids of output.labels",
     }
     write_text(out_dir / "export.json", json.dumps(description, indent=2))

@@ -1,10 +1,11 @@
 """Connected-component post-processing: keep the K largest components of chosen classes.
 
-regularized-unet.md section 4.3 keeps the largest component of liver, spleen and pancreas and the three largest of
-the kidneys; nnU-Net (Isensee et al. 2021, "postprocessing") decides on the validation fold, per class, whether
-keeping only the largest component raises that class's mean Dice, and applies what helped to every later
-prediction. Both are here: :func:`keep_largest` applies rules ``{class: K}``, :func:`decide` is nnU-Net's choice,
-recorded in the run folder as ``postprocessing.json`` and applied by ``unetzoo predict`` unless turned off.
+The Regularized U-Net (Ding et al. 2021, FLARE 2021), section 4.3, keeps the largest component of liver, spleen and
+pancreas and the three largest of the kidneys; nnU-Net (Isensee et al. 2021, "postprocessing") decides on the
+validation fold, per class, whether keeping only the largest component raises that class's mean Dice, and applies
+what helped to every later prediction. Both are here: :func:`keep_largest` applies rules ``{class: K}``,
+:func:`decide` is nnU-Net's choice, recorded in the run folder as ``postprocessing.json`` and applied by
+``unetzoo predict`` unless turned off.
 
 Components are face-connected (SciPy's default structure: 4-neighbours in 2D, 6 in 3D); the voxels of a
 removed component become background (0), as in nnU-Net.
@@ -21,8 +22,7 @@ from scipy import ndimage
 from unetzoo.errors import UnetzooError
 from unetzoo.evaluation import nanmean
 from unetzoo.io import read_label_frames, write_text
-
-RULES_FILE = "postprocessing.json"
+from unetzoo.runfolder import RunFolder
 
 
 def keep_largest(label: np.ndarray, rules: dict[int, int], frames: bool = False) -> np.ndarray:
@@ -55,7 +55,9 @@ def parse_rules(text: str, classes: list[int]) -> dict[int, int]:
         raise UnetzooError(f"--keep-largest expects K or CLASS:K,CLASS:K (positive integers), got {text!r}") from None
     unknown = sorted(set(rules) - set(classes))
     if unknown:
-        raise UnetzooError(f"--keep-largest names class(es) {unknown} that the run does not predict (classes {classes})")
+        raise UnetzooError(
+            f"--keep-largest names class(es) {unknown} that the run does not predict (classes {classes})"
+        )
     return rules
 
 
@@ -84,20 +86,28 @@ def decide(pairs: list[tuple[np.ndarray, np.ndarray]], classes: list[int]) -> di
     return {"keep_largest": rules, "dice": dice}
 
 
-def decide_for_run(run_dir: Path, prediction_files: dict[str, Path], reference_files: dict[str, Path], classes: list[int]) -> dict:
+def decide_for_run(
+    run_dir: Path, prediction_files: dict[str, Path], reference_files: dict[str, Path], classes: list[int]
+) -> dict:
     """:func:`decide` on a run's validation predictions; writes ``RUN/postprocessing.json`` and returns it."""
-    pairs = [(p.array, r.array) for c in sorted(reference_files)  # 3D+t: one pair per frame
-             for p, r in zip(read_label_frames(prediction_files[c]), read_label_frames(reference_files[c]))]
+    pairs = [
+        (p.array, r.array)
+        for c in sorted(reference_files)  # 3D+t: one pair per frame
+        for p, r in zip(read_label_frames(prediction_files[c]), read_label_frames(reference_files[c]))
+    ]
     decision = decide(pairs, classes)
-    record = {"keep_largest": {str(c): k for c, k in decision["keep_largest"].items()},
-              "validation_dice": {str(c): v for c, v in decision["dice"].items()}, "cases": len(reference_files)}
-    write_text(Path(run_dir) / RULES_FILE, json.dumps(record, indent=2) + "\n")
+    record = {
+        "keep_largest": {str(c): k for c, k in decision["keep_largest"].items()},
+        "validation_dice": {str(c): v for c, v in decision["dice"].items()},
+        "cases": len(reference_files),
+    }
+    write_text(RunFolder(run_dir).postprocessing, json.dumps(record, indent=2) + "\n")
     return record
 
 
 def run_rules(run_dir: Path) -> dict[int, int]:
     """The rules a run's training chose (``postprocessing.json``), or none."""
-    path = Path(run_dir) / RULES_FILE
+    path = RunFolder(run_dir).postprocessing
     if not path.is_file():
         return {}
     return {int(c): int(k) for c, k in json.loads(path.read_text())["keep_largest"].items()}

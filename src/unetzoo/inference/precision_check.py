@@ -14,7 +14,7 @@ import torch
 
 from unetzoo.device import native, resolve_device
 from unetzoo.io import write_text
-from unetzoo.runfolder import INFERENCE_PRECISION as CHECK_FILE
+from unetzoo.runfolder import RunFolder
 
 
 def label_agreement(a: np.ndarray, b: np.ndarray) -> float:
@@ -34,12 +34,19 @@ def decide(agreement: float, fp32_s: float, bf16_s: float, min_agreement: float)
     return "bf16-mixed", measured
 
 
-def check_inference_precision(run_dir: str | Path, cases: dict[str, list[Path]], device_name: str, log, max_cases: int = 3,
-                              min_agreement: float = 0.999) -> dict:
+def check_inference_precision(
+    run_dir: str | Path,
+    cases: dict[str, list[Path]],
+    device_name: str,
+    log,
+    max_cases: int = 3,
+    min_agreement: float = 0.999,
+) -> dict:
     """The one-off check after training, written to ``RUN/inference_precision.json`` and logged: on a device with
     native bf16, the first ``max_cases`` validation ``cases`` are predicted in fp32 and in bf16 autocast (each
     precision warmed up on the first case, then timed), and bf16 is chosen by :func:`decide`. Elsewhere bf16 would
     be emulated (slow) and is not measured: the record says so and prediction stays fp32."""
+    from unetzoo.config import PredictConfig
     from unetzoo.inference.predictor import Predictor
 
     run_dir, device = Path(run_dir), resolve_device(device_name)
@@ -52,7 +59,7 @@ def check_inference_precision(run_dir: str | Path, cases: dict[str, list[Path]],
     else:
         labels, seconds = {}, {}
         for precision in ("32-true", "bf16-mixed"):
-            predictor = Predictor(run_dir, device=device_name, keep_largest={}, precision=precision)
+            predictor = Predictor(run_dir, PredictConfig(device=device_name, precision=precision), keep_largest={})
             predictor.predict_probabilities(next(iter(chosen.values())))  # warm-up
             start = time.perf_counter()
             for name, files in chosen.items():
@@ -64,6 +71,6 @@ def check_inference_precision(run_dir: str | Path, cases: dict[str, list[Path]],
         record.update(cases=agreement, fp32_s_per_case=seconds["32-true"], bf16_s_per_case=seconds["bf16-mixed"])
         choice, reason = decide(min(agreement.values()), seconds["32-true"], seconds["bf16-mixed"], min_agreement)
         record.update(choice=choice, reason=reason)
-    write_text(run_dir / CHECK_FILE, json.dumps(record, indent=1))
+    write_text(RunFolder(run_dir).inference_precision, json.dumps(record, indent=1))
     log.info(f"inference precision: {record['choice']} ({record['reason']})")
     return record

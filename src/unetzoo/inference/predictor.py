@@ -15,6 +15,7 @@ the next one starts.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 from pathlib import Path
@@ -24,13 +25,13 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Invertd
 
-from unetzoo.config import Config
+from unetzoo.config import Config, PredictConfig
 from unetzoo.data.datasets import prediction_inputs
 from unetzoo.data.plan import Plan
 from unetzoo.data.transforms import preprocessing
 from unetzoo.device import inference_precision, resolve_device
 from unetzoo.errors import UnetzooError, file_error
-from unetzoo.inference.postprocessing import keep_largest, run_rules
+from unetzoo.inference.postprocessing import keep_largest, parse_rules, run_rules
 from unetzoo.io import (
     NIFTI_ENDINGS,
     PNG_ENDINGS,
@@ -45,6 +46,7 @@ from unetzoo.io import (
 )
 from unetzoo.methods import Grid, build_method, inference_context, method_class
 from unetzoo.methods.grid import refined_affine
+from unetzoo.runfolder import RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +57,11 @@ def load_weights(model: torch.nn.Module, checkpoint_path: Path) -> dict:
         checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
     except Exception as exc:
         raise file_error(checkpoint_path, f"cannot read checkpoint ({type(exc).__name__}: {exc})") from None
-    state = {k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+    state = {k[len("model.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
     model.load_state_dict(state)
     return checkpoint
 
 
-CHECKPOINTS = ("best", "last")
 COMPATIBLE = ("spatial_dims", "channel_names", "n_channel_files", "labels")  # plan fields an ensemble's runs share
 
 
@@ -68,62 +69,58 @@ class Predictor:
     """A trained run ready to predict: ``Predictor(run_dir).predict_cases({name: [files]}, out_dir)``, or
     ``Predictor(run_dir).predict_array(array, affine)`` for an image in memory.
 
-    Outputs lie on the input file's own grid, or on a target grid: ``upsample`` F > 1 refines the input's grid
-    F times (same world extent), ``grid_reference`` (a NIfTI file) takes that image's grid (another plane, another
+    ``options`` (:class:`unetzoo.config.PredictConfig`, the options of ``unetzoo predict``; checked first), or its
+    fields as keywords (``Predictor(run, device="cpu", upsample=2)``, on top of ``options``):
+    outputs lie on the input file's own grid, or on a target grid: ``upsample`` F > 1 refines the input's grid
+    F times (same world extent), ``grid`` (a NIfTI file) takes that image's grid (another plane, another
     resolution). Methods with a continuous function sample it there; the others' probabilities are resampled.
     ``checkpoint`` "best" (falls back to the last one, with a warning, when the run has none) or "last"; the file
-    loaded is ``checkpoint_path``.
-    ``keep_largest`` ``{class: K}`` keeps the K largest connected components of each listed class in the label maps;
-    ``None`` takes the run's own choice (``postprocessing.json``), ``{}`` turns post-processing off.
-    ``precision`` (default the run's ``inference.precision``, ``auto``): fp32 unless bf16 was checked to give the same
-    labels on this kind of device (:func:`unetzoo.inference.precision_check.inference_precision`).
+    loaded is ``checkpoint_path``. ``overlap``, ``mirror`` and ``precision``, where not None, replace the run's
+    ``inference`` settings; ``precision`` (default the run's ``inference.precision``, ``auto``): fp32 unless bf16 was
+    checked to give the same labels on this kind of device (:func:`unetzoo.device.inference_precision`).
+    Post-processing: ``keep_largest`` ``{class: K}`` keeps the K largest connected components of each listed class
+    in the label maps, ``{}`` turns post-processing off, a text "K" or "CLASS:K,..." (``--keep-largest``) is read
+    against the run's classes; without it, the options' ``keep_largest`` text or ``no_postprocess``, else the run's
+    own choice (``postprocessing.json``).
     """
 
-    def __init__(self, run_dir: str | Path, device: str = "auto", checkpoint: str = "best", overlap: float | None = None,
-                 mirror: bool | None = None, upsample: int = 1, grid_reference: str | Path | None = None,
-                 keep_largest: dict[int, int] | None = None, fit_slices: int = 1, precision: str | None = None):
-        run_dir = Path(run_dir)
-        for name in ("config.json", "plan.json"):
-            if not (run_dir / name).is_file():
-                raise file_error(run_dir / name, "missing: not a unetzoo run folder (train one with `unetzoo train`)")
-        config = Config.load(run_dir / "config.json")
-        if overlap is not None:
-            config.inference.overlap = overlap
-        if mirror is not None:
-            config.inference.mirror = mirror
-        if fit_slices != 1:  # fit at test time on every K-th slice only (nisf.md Fig. 5)
-            if int(fit_slices) < 1 or not method_class(config.model).grad_at_inference:
-                raise UnetzooError(f"--fit-slices needs a positive integer and a model that fits at test time (nisf), not {config.model!r}")
-            config.method_args["fit_slices"] = int(fit_slices)
+    def __init__(
+        self,
+        run_dir: str | Path,
+        options: PredictConfig | None = None,
+        keep_largest: dict[int, int] | str | None = None,
+        **fields,
+    ):
+        options = _options(options, fields)
+        run = RunFolder(run_dir).require()
+        run_dir = run.path
+        config = options.override(Config.load(run.config))
+        if options.fit_slices != 1:
+            # fit at test time on every K-th slice only (Stolt-Ansó et al. 2023, arXiv:2309.08643, Fig. 5)
+            if not method_class(config.model).grad_at_inference:
+                raise UnetzooError(f"--fit-slices needs a model that fits at test time (nisf), not {config.model!r}")
+            config.method_args["fit_slices"] = options.fit_slices
         config.validate()
-        self.plan = Plan.load(run_dir / "plan.json")
-        self.device = resolve_device(device)
-        self.precision, self.precision_line = inference_precision(precision or config.inference.precision, self.device, run_dir)
+        self.options = options
+        self.plan = Plan.load(run.plan)
+        self.device = resolve_device(options.device)
+        self.precision, self.precision_line = inference_precision(config.inference.precision, self.device, run_dir)
         self.method, self.config = build_method(config, self.plan)
-        self.upsample = int(upsample)
-        if self.upsample < 1:
-            raise UnetzooError(f"--upsample must be a positive integer, got {upsample}")
-        self.grid_reference = Path(grid_reference) if grid_reference is not None else None
+        self.upsample = options.upsample
+        self.grid_reference = Path(options.grid) if options.grid is not None else None
         if self.grid_reference is not None:
             if self.plan.spatial_dims != 3 or file_ending(self.grid_reference) not in NIFTI_ENDINGS:
-                raise file_error(self.grid_reference, "--grid needs a NIfTI reference image and a run trained on 3D NIfTI data")
+                raise file_error(
+                    self.grid_reference, "--grid needs a NIfTI reference image and a run trained on 3D NIfTI data"
+                )
             if not self.grid_reference.is_file():
                 raise file_error(self.grid_reference, "--grid reference image not found")
-        if checkpoint not in CHECKPOINTS:
-            raise UnetzooError(f"--checkpoint must be one of {', '.join(CHECKPOINTS)}, got {checkpoint!r}")
-        path = run_dir / f"checkpoint_{checkpoint}.pt"
-        if not path.is_file() and checkpoint == "last":
-            raise file_error(path, "missing: the run has not finished an epoch")
-        if not path.is_file():
-            path = run_dir / "checkpoint_last.pt"
-            if not path.is_file():
-                raise file_error(run_dir, "no checkpoint_best.pt or checkpoint_last.pt: the run has not finished an epoch")
-            log.warning(f"{run_dir / 'checkpoint_best.pt'}: missing (the run never validated?): using checkpoint_last.pt instead")
-        self.checkpoint_path = path
-        load_weights(self.method.model, path)
+        self.checkpoint_path = run.checkpoint(options.checkpoint)
+        load_weights(self.method.model, self.checkpoint_path)
         self.method.model.to(self.device).eval()
         self.preprocess = preprocessing(self.plan, with_label=False)
-        self.keep_largest = run_rules(run_dir) if keep_largest is None else dict(keep_largest)
+        rules = _postprocessing(options, keep_largest, self.plan)
+        self.keep_largest = run_rules(run_dir) if rules is None else rules
 
     def target_geometry(self, source: list[Path] | Image) -> tuple[np.ndarray | None, tuple[int, ...], object]:
         """(affine, shape, header) of the output of a case (its files, or an :class:`Image` in memory): the --grid
@@ -145,10 +142,15 @@ class Predictor:
         for path in paths:
             dims = 2 if file_ending(path) in PNG_ENDINGS else 3
             if dims != self.plan.spatial_dims:
-                raise file_error(path, f"a {kind[dims]} image, but the run was trained on {kind[self.plan.spatial_dims]} images")
+                raise file_error(
+                    path, f"a {kind[dims]} image, but the run was trained on {kind[self.plan.spatial_dims]} images"
+                )
         if len(paths) != self.plan.n_channel_files:
-            raise file_error(paths[0], f"{len(paths)} channel file(s) for this case, the run expects {self.plan.n_channel_files} "
-                                       f"(CASE_0000{self.plan.file_ending} ... one per channel {self.plan.channel_names})")
+            raise file_error(
+                paths[0],
+                f"{len(paths)} channel file(s) for this case, the run expects {self.plan.n_channel_files} "
+                f"(CASE_0000{self.plan.file_ending} ... one per channel {self.plan.channel_names})",
+            )
 
     def predict_probabilities(self, source: list[Path] | Image) -> torch.Tensor:
         """Class probabilities of one case (its files, checked first by :meth:`check_files`, or an :class:`Image` in
@@ -162,14 +164,23 @@ class Predictor:
         items = [self.preprocess({"image": image, "frame_index": t, "num_frames": frames}) for t in range(frames)]
         channels = items[0]["image"].shape[0]
         if channels != self.plan.in_channels:
-            hint = " (a 4D image is 3D+t only for a 1-channel model; for a C-channel one it holds the C channels)" if self.plan.in_channels > 1 else ""
-            raise file_error(source.path if in_memory else source[0], f"has {channels} channel(s), the model expects {self.plan.in_channels}{hint}")
+            hint = (
+                " (a 4D image is 3D+t only for a 1-channel model; for a C-channel one it holds the C channels)"
+                if self.plan.in_channels > 1
+                else ""
+            )
+            raise file_error(
+                source.path if in_memory else source[0],
+                f"has {channels} channel(s), the model expects {self.plan.in_channels}{hint}",
+            )
         images = [data["image"].as_tensor()[None].to(self.device) for data in items]
         own_grid = self.upsample == 1 and self.grid_reference is None
         grid = None if own_grid else self._grid(items[0]["image"], source)
         bf16 = self.precision == "bf16-mixed"
         with inference_context(self.method), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
-            probs = [self.method.predict(images[0], grid)] if frames == 1 else self.method.predict_sequence(images, grid)
+            probs = (
+                [self.method.predict(images[0], grid)] if frames == 1 else self.method.predict_sequence(images, grid)
+            )
         probs = [p[0].float().cpu() for p in probs]
         if own_grid and self.plan.spatial_dims == 3:  # undo resampling and reorientation exactly (MONAI Invertd)
             probs = [self._invert(p, data) for p, data in zip(probs, items)]
@@ -180,13 +191,17 @@ class Predictor:
         affine, shape, _ = self.target_geometry(source)
         if self.plan.spatial_dims == 3:
             return Grid.between(image.affine.numpy(), affine, shape)
-        return Grid.refinement(image.shape[1:], self.upsample)  # a PNG is predicted in its own pixel frame: only refinement
+        return Grid.refinement(
+            image.shape[1:], self.upsample
+        )  # a PNG is predicted in its own pixel frame: only refinement
 
     def _invert(self, probs: torch.Tensor, data: dict) -> torch.Tensor:
         image = data["image"]
         pred = MetaTensor(probs, affine=image.affine, meta=dict(image.meta))
         pred.applied_operations = list(image.applied_operations)
-        data = Invertd("pred", transform=self.preprocess, orig_keys="image", nearest_interp=False)({**data, "pred": pred})
+        data = Invertd("pred", transform=self.preprocess, orig_keys="image", nearest_interp=False)(
+            {**data, "pred": pred}
+        )
         return data["pred"].as_tensor()
 
     def label_map(self, probs: torch.Tensor) -> np.ndarray:
@@ -195,24 +210,41 @@ class Predictor:
         post-processed by ``keep_largest`` (whose rules name label ids; frame by frame)."""
         ids = np.asarray(self.plan.label_ids)
         label = ids[probs.argmax(0).numpy()].astype(np.uint8 if ids.max() < 256 else np.uint16)
-        return keep_largest(label, self.keep_largest, frames=label.ndim > self.plan.spatial_dims) if self.keep_largest else label
+        return (
+            keep_largest(label, self.keep_largest, frames=label.ndim > self.plan.spatial_dims)
+            if self.keep_largest
+            else label
+        )
 
-    def predict_cases(self, cases: dict[str, list[Path]], out_dir: str | Path, overwrite: bool = False, save_probabilities: bool = False) -> list[Path]:
+    def predict_cases(
+        self,
+        cases: dict[str, list[Path]],
+        out_dir: str | Path,
+        overwrite: bool | None = None,
+        save_probabilities: bool | None = None,
+    ) -> list[Path]:
         """Predict every case into ``out_dir/CASE.<input ending>`` (never an input's own folder); returns the written
-        (or kept) files."""
+        (or kept) files. ``overwrite``, ``save_probabilities``: None takes the options'."""
         from tqdm import tqdm
 
+        overwrite = self.options.overwrite if overwrite is None else overwrite
+        save_probabilities = self.options.save_probabilities if save_probabilities is None else save_probabilities
         for paths in cases.values():  # every case's files of the run's kind before the first is predicted
             self.check_files(paths)
         if Path(out_dir).resolve() in {path.parent.resolve() for paths in cases.values() for path in paths}:
-            raise file_error(out_dir, "is the input folder: the predictions would mix with the images (CASE.ext beside CASE_0000.ext, "
-                                      "or overwrite an image of the same name); choose another output folder")
+            raise file_error(
+                out_dir,
+                "is the input folder: the predictions would mix with the images (CASE.ext beside CASE_0000.ext, "
+                "or overwrite an image of the same name); choose another output folder",
+            )
         out_dir = output_folder(out_dir)
         remove_leftovers(out_dir)
         written = []
         for name, paths in tqdm(sorted(cases.items()), desc="predicting", unit="case", disable=len(cases) < 2):
             target, npz = out_dir / f"{name}{file_ending(paths[0])}", out_dir / f"{name}.npz"
-            if target.exists() and (npz.exists() or not save_probabilities) and not overwrite:  # done: every output exists
+            if (
+                target.exists() and (npz.exists() or not save_probabilities) and not overwrite
+            ):  # done: every output exists
                 written.append(target)
                 continue
             probs = self.predict_probabilities(paths)
@@ -243,20 +275,33 @@ class Predictor:
 class Ensemble(Predictor):
     """Several runs of one dataset (the folds of a cross-validation) predicting as one: the mean of their class
     probabilities, nnU-Net's default. The runs must share channels and labels; each preprocesses with its own
-    plan and returns probabilities on the same output grid, so models, spacings and patches may differ. Without
-    ``keep_largest`` the ensemble keeps the largest component of the classes for which every run chose to."""
+    plan and returns probabilities on the same output grid, so models, spacings and patches may differ. ``options``
+    and ``keep_largest`` as :class:`Predictor`'s, for every run; without a post-processing choice the ensemble keeps
+    the largest component of the classes for which every run chose to."""
 
-    def __init__(self, run_dirs: list[str | Path], keep_largest: dict[int, int] | None = None, **options):
-        self.members = [Predictor(run_dir, keep_largest=keep_largest, **options) for run_dir in run_dirs]
+    def __init__(
+        self,
+        run_dirs: list[str | Path],
+        options: PredictConfig | None = None,
+        keep_largest: dict[int, int] | str | None = None,
+        **fields,
+    ):
+        options = _options(options, fields)
+        self.members = [Predictor(run_dir, options, keep_largest) for run_dir in run_dirs]
         first = self.members[0]
         for run_dir, member in zip(run_dirs[1:], self.members[1:]):
             for name in COMPATIBLE:
                 if getattr(member.plan, name) != getattr(first.plan, name):
-                    raise file_error(Path(run_dir) / "plan.json", f"cannot ensemble with {run_dirs[0]}: {name} "
-                                     f"{getattr(member.plan, name)} differs from {getattr(first.plan, name)}")
-        self.plan, self.upsample, self.grid_reference = first.plan, first.upsample, first.grid_reference
+                    raise file_error(
+                        RunFolder(run_dir).plan,
+                        f"cannot ensemble with {run_dirs[0]}: {name} "
+                        f"{getattr(member.plan, name)} differs from {getattr(first.plan, name)}",
+                    )
+        self.options, self.plan = options, first.plan
+        self.upsample, self.grid_reference = first.upsample, first.grid_reference
         shared = set.intersection(*(set(m.keep_largest.items()) for m in self.members))
-        self.keep_largest = dict(keep_largest) if keep_largest is not None else dict(shared)
+        chosen = keep_largest is not None or options.no_postprocess or options.keep_largest is not None
+        self.keep_largest = dict(first.keep_largest) if chosen else dict(shared)
 
     def predict_probabilities(self, source: list[Path] | Image) -> torch.Tensor:
         return sum(member.predict_probabilities(source) for member in self.members) / len(self.members)
@@ -270,8 +315,10 @@ def array_image(array: np.ndarray, affine: np.ndarray | None, plan: Plan) -> Ima
     if array.ndim == dims:
         array = array[None]
     if array.ndim != dims + 1 or array.shape[0] != plan.in_channels:
-        raise UnetzooError(f"array of shape {array.shape}: the run expects {plan.in_channels} channel(s) of a {dims}D image, "
-                           f"shaped (C, {', '.join('XYZ'[:dims]) if dims == 3 else 'H, W'})")
+        raise UnetzooError(
+            f"array of shape {array.shape}: the run expects {plan.in_channels} channel(s) of a {dims}D image, "
+            f"shaped (C, {', '.join('XYZ'[:dims]) if dims == 3 else 'H, W'})"
+        )
     if not np.all(np.isfinite(array)):
         raise UnetzooError(f"array of shape {array.shape} contains NaN or infinite values")
     affine = np.eye(4) if affine is None or dims == 2 else np.asarray(affine, dtype=np.float64)
@@ -305,15 +352,40 @@ def save_npz(path: Path, **arrays) -> Path:
     return write_bytes(path, buffer.getvalue())
 
 
-def predict(run_dir, input_path, output_dir, device="auto", overwrite=False, save_probabilities=False, mirror=None, overlap=None,
-            upsample=1, grid_reference=None, checkpoint="best", keep_largest=None, fit_slices=1, precision=None) -> list[Path]:
+def predict(
+    run_dir,
+    input_path,
+    output_dir,
+    options: PredictConfig | None = None,
+    keep_largest: dict[int, int] | str | None = None,
+    **fields,
+) -> list[Path]:
     """Predict a folder (``CASE_0000.ext`` or MSD ``NAME.ext`` files) or one file into ``output_dir`` with one run,
-    or with a list of runs as an :class:`Ensemble`; ``upsample`` F > 1 writes F-times finer outputs of the same world
-    extent, ``grid_reference`` outputs on that image's grid; ``keep_largest`` as :class:`Predictor`'s; ``fit_slices`` K > 1
-    fits a test-time latent on every K-th slice only (nisf)."""
-    options = dict(device=device, checkpoint=checkpoint, overlap=overlap, mirror=mirror, upsample=upsample, grid_reference=grid_reference,
-                   keep_largest=keep_largest, fit_slices=fit_slices, precision=precision)
+    or with a list of runs as an :class:`Ensemble`. ``options`` (:class:`unetzoo.config.PredictConfig`) or its fields
+    as keywords (``predict(run, images, out, device="cpu", overwrite=True)``): ``upsample`` F > 1 writes F-times finer
+    outputs of the same world extent, ``grid`` outputs on that image's grid, ``fit_slices`` K > 1 fits a test-time
+    latent on every K-th slice only (nisf), ...; ``keep_largest`` as :class:`Predictor`'s."""
+    options = _options(options, fields)
     runs = list(run_dir) if isinstance(run_dir, (list, tuple)) else [run_dir]
-    predictor = Ensemble(runs, **options) if len(runs) > 1 else Predictor(runs[0], **options)
+    predictor = Ensemble(runs, options, keep_largest) if len(runs) > 1 else Predictor(runs[0], options, keep_largest)
     cases = prediction_inputs(input_path, predictor.plan.n_channel_files)
-    return predictor.predict_cases(cases, output_dir, overwrite=overwrite, save_probabilities=save_probabilities)
+    return predictor.predict_cases(cases, output_dir)
+
+
+def _options(options: PredictConfig | None, fields: dict) -> PredictConfig:
+    """``options`` (default ``PredictConfig()``) with ``fields`` replaced, checked: a bad value is one line naming the
+    option's flag, before anything is loaded."""
+    return dataclasses.replace(options or PredictConfig(), **fields).validate()
+
+
+def _postprocessing(
+    options: PredictConfig, keep_largest: dict[int, int] | str | None, plan: Plan
+) -> dict[int, int] | None:
+    """The connected-component rules asked for: ``keep_largest``, else ``{}`` for ``no_postprocess``, else the
+    options' ``keep_largest``; a text ("K", "CLASS:K,...") is read for the plan's classes. None where nothing was
+    asked (the run's own choice)."""
+    if keep_largest is None:
+        keep_largest = {} if options.no_postprocess else options.keep_largest
+    if isinstance(keep_largest, str):
+        return parse_rules(keep_largest, plan.label_ids[1:])
+    return None if keep_largest is None else dict(keep_largest)

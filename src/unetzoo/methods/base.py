@@ -44,10 +44,10 @@ from unetzoo.methods.grid import Grid
 
 
 def in_plane_axes(plan: Plan) -> tuple[int, int]:
-    """The two spatial axes of the image plane, which regularized-unet.md's in-plane stride sub-samples (Table 3:
-    ``I[k:k+128, i::4, j::4]`` of a ``C x 512 x 512`` CT, every 4th voxel of the 512 x 512 slices): both axes of 2D
-    data; for 3D the two other than the plan's through-plane axis (``plan.slice_axis``, the axis the 2D
-    configuration slices along: :func:`unetzoo.data.plan.through_plane_axis`)."""
+    """The two spatial axes of the image plane, which the in-plane stride of Ding et al. 2021 (FLARE 2021)
+    sub-samples (Table 3: ``I[k:k+128, i::4, j::4]`` of a ``C x 512 x 512`` CT, every 4th voxel of the 512 x 512
+    slices): both axes of 2D data; for 3D the two other than the plan's through-plane axis (``plan.slice_axis``,
+    the axis the 2D configuration slices along: :func:`unetzoo.data.plan.through_plane_axis`)."""
     if plan.spatial_dims == 2:
         return 0, 1
     first, second = (a for a in range(3) if a != plan.slice_axis)
@@ -94,7 +94,9 @@ class Method:
         from unetzoo.data.transforms import augmentation
 
         cfg = self.config
-        return augmentation(self.train_patch_size(), cfg.augment, cfg.data.pos_neg_ratio, self.samples_per_draw(), self.stride_axes)
+        return augmentation(
+            self.train_patch_size(), cfg.augment, cfg.data.pos_neg_ratio, self.samples_per_draw(), self.stride_axes
+        )
 
     @staticmethod
     def collate(samples: list) -> dict:
@@ -117,7 +119,10 @@ class Method:
         from unetzoo.data.phantoms import synthetic_case
 
         n = self.config.train.batch_size * self.samples_per_draw()
-        cases = [synthetic_case(self.train_patch_size(), self.plan.in_channels, self.num_classes, generator) for _ in range(n)]
+        cases = [
+            synthetic_case(self.train_patch_size(), self.plan.in_channels, self.num_classes, generator)
+            for _ in range(n)
+        ]
         return {"image": torch.stack([c[0] for c in cases]), "label": torch.stack([c[1] for c in cases])}
 
     @classmethod

@@ -5,7 +5,7 @@ This is nnU-Net's procedure and the one every convolutional model of the zoo use
 first. ``head_weights`` (a method argument, set per model in its registration) weights them: ``"halving"``
 1, 1/2, 1/4 ... normalised (nnU-Net's outputs at decreasing resolution), or ``"equal"`` (U-Net++'s full-resolution
 heads, Zhou et al.). Targets are downsampled to each output's size by nearest interpolation. ``loss`` (a method
-argument) is ``"dice-ce"``, nnU-Net's Dice+CE, or ``"summed-dice-ce"``, regularized-unet.md's Eq. 5
+argument) is ``"dice-ce"``, nnU-Net's Dice+CE, or ``"summed-dice-ce"``, Eq. 5 of Ding et al. 2021 (FLARE 2021)
 (:func:`summed_dice_ce`, the default of ``regularized-unet``).
 """
 
@@ -29,7 +29,7 @@ HEAD_WEIGHTS = {"halving": supervision_weights, "equal": lambda n: [1.0 / n] * n
 
 
 def summed_dice_ce(logits: torch.Tensor, label: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """regularized-unet.md Eq. 5 for logits (B, C, *S) and labels (B, 1, *S), U = softmax(logits), M one-hot:
+    """Ding et al. 2021, Eq. 5 for logits (B, C, *S) and labels (B, 1, *S), U = softmax(logits), M one-hot:
     L_Dice = sum_{c=1..C} (1 - 2 (sum M_c U_c + eps) / (sum M_c + sum U_c + eps)), every class, background included,
     summed (not averaged); L_Entropy = -1/C sum_c <M_c, log U_c>, plus each other, per image, averaged over the batch.
 
@@ -76,7 +76,11 @@ class DenseMethod(Method):
         weights = self.head_weights(len(outputs))
         total = 0.0
         for weight, logits in zip(weights, outputs):
-            target = label if logits.shape[2:] == label.shape[2:] else F.interpolate(label.float(), size=logits.shape[2:], mode="nearest")
+            target = (
+                label
+                if logits.shape[2:] == label.shape[2:]
+                else F.interpolate(label.float(), size=logits.shape[2:], mode="nearest")
+            )
             total = total + weight * self.loss(logits, target)
         return total
 
@@ -85,7 +89,7 @@ class DenseMethod(Method):
 
 
 class SliceMethod(DenseMethod):
-    """Slice-by-slice 2D training of a 3D dataset (random-2.5d-unet.md's 2D baseline).
+    """Slice-by-slice 2D training of a 3D dataset (the 2D baseline of Angermann & Haltmeier 2019, arXiv:1910.10398).
 
     Training crops patches one slice thick along the model's ``slice_axis`` (a model argument), and as many of
     them per case draw as the volume patch has slices, so one step sees as many voxels as a 3D step. Inference

@@ -43,16 +43,21 @@ class Grid:
         self.shape = tuple(int(s) for s in self.shape)
         self.affine = np.asarray(self.affine, dtype=np.float64)
         if self.affine.shape != (len(self.shape) + 1,) * 2:
-            raise ValueError(f"a grid of {len(self.shape)} axes needs a {len(self.shape) + 1}x{len(self.shape) + 1} affine, got {self.affine.shape}")
+            raise ValueError(
+                f"a grid of {len(self.shape)} axes needs a {len(self.shape) + 1}x{len(self.shape) + 1} affine, got {self.affine.shape}"
+            )
 
     @classmethod
-    def between(cls, image_affine, target_affine, target_shape) -> "Grid":
+    def between(cls, image_affine, target_affine, target_shape) -> Grid:
         """The grid of voxels (``target_affine``: voxel -> world, ``target_shape``) in the frame of an image whose
         voxel -> world affine is ``image_affine``."""
-        return cls(tuple(target_shape), np.linalg.inv(np.asarray(image_affine, np.float64)) @ np.asarray(target_affine, np.float64))
+        return cls(
+            tuple(target_shape),
+            np.linalg.inv(np.asarray(image_affine, np.float64)) @ np.asarray(target_affine, np.float64),
+        )
 
     @classmethod
-    def refinement(cls, shape, factor: int) -> "Grid":
+    def refinement(cls, shape, factor: int) -> Grid:
         """The F-times finer grid of an image of ``shape``, in that image's frame."""
         return cls(tuple(int(factor) * int(s) for s in shape), refined_affine(np.eye(len(shape) + 1), factor))
 
@@ -71,7 +76,9 @@ class Grid:
     def points(self, first: int = 0, stop: int | None = None, device=None) -> torch.Tensor:
         """Continuous image indices (n0, *shape[1:], d) of the target voxels whose first index is in [first, stop)."""
         stop = self.shape[0] if stop is None else stop
-        axes = [torch.arange(first, stop, dtype=torch.float64)] + [torch.arange(n, dtype=torch.float64) for n in self.shape[1:]]
+        axes = [torch.arange(first, stop, dtype=torch.float64)] + [
+            torch.arange(n, dtype=torch.float64) for n in self.shape[1:]
+        ]
         index = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)
         mapping = torch.as_tensor(self.affine)
         return (index @ mapping[: self.dims, : self.dims].T + mapping[: self.dims, self.dims]).float().to(device)
@@ -92,5 +99,7 @@ class Grid:
             grid = (self.points(start, stop, probs.device) * norm - 1).flip(-1)  # grid_sample: last axis first
             grid = torch.where(flat, torch.zeros_like(grid), grid).to(probs.dtype)
             grid = grid[None].expand(probs.shape[0], *grid.shape)
-            out[:, :, start:stop] = F.grid_sample(probs, grid, mode="bilinear", padding_mode="border", align_corners=True)
+            out[:, :, start:stop] = F.grid_sample(
+                probs, grid, mode="bilinear", padding_mode="border", align_corners=True
+            )
         return out

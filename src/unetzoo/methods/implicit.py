@@ -1,4 +1,5 @@
-"""Implicit training and inference (implicit-unet.md): a loss on sampled points, broad-then-fine prediction.
+"""Implicit training and inference (Naval Marimont & Tarroni 2022, arXiv:2206.15217): a loss on sampled points,
+broad-then-fine prediction.
 
 Training (paper, "Training procedure"): encoder forward on the patch; k points per patch (``points``),
 a fraction ``boundary_fraction`` (alpha = 0.5) of them near the label boundary, displaced by N(0, ``sigma`` = 5
@@ -79,7 +80,8 @@ from unetzoo.errors import UnetzooError
 from unetzoo.methods.base import Method
 from unetzoo.methods.grid import Grid
 
-PAPER_POINT_DENSITY = 30000 / (160 * 160 * 96)  # implicit-unet.md: 30,000 points per 160x160x96 training patch
+# Naval Marimont & Tarroni 2022: 30,000 points per 160x160x96 training patch
+PAPER_POINT_DENSITY = 30000 / (160 * 160 * 96)
 
 
 def _pool(x: torch.Tensor, kernel: int, kind: str) -> torch.Tensor:
@@ -88,7 +90,9 @@ def _pool(x: torch.Tensor, kernel: int, kind: str) -> torch.Tensor:
     pad = kernel // 2
     if kind == "max":
         return (F.max_pool3d if dims == 3 else F.max_pool2d if dims == 2 else F.max_pool1d)(x, kernel, 1, pad)
-    return (F.avg_pool3d if dims == 3 else F.avg_pool2d if dims == 2 else F.avg_pool1d)(x, kernel, 1, pad, count_include_pad=False)
+    return (F.avg_pool3d if dims == 3 else F.avg_pool2d if dims == 2 else F.avg_pool1d)(
+        x, kernel, 1, pad, count_include_pad=False
+    )
 
 
 def _axis_pool(x: torch.Tensor, radius: int) -> torch.Tensor:
@@ -133,7 +137,9 @@ def values_at(volume: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return volume.flatten(1).gather(1, linear)
 
 
-def sample_points(label: torch.Tensor, k: int, boundary_fraction: float, sigma: float, generator: torch.Generator | None = None):
+def sample_points(
+    label: torch.Tensor, k: int, boundary_fraction: float, sigma: float, generator: torch.Generator | None = None
+):
     """Training points of a batch of label patches (B, 1, *S), vectorised over the batch.
 
     Returns ``points`` (B, k, d) in continuous voxel coordinates, the first round(alpha k) near the boundary
@@ -193,7 +199,9 @@ class ImplicitMethod(Method):
             raise UnetzooError(f"method_args.boundary_fraction must be in [0, 1], got {boundary_fraction}")
         band = max(1, int(broad_stride) // 2) if band is None else band
         if not (points >= 1 or 0 < points < 1) or int(broad_stride) < 1 or int(band) < 0 or sigma < 0:
-            raise UnetzooError("method_args: points must be >= 1 (or a fraction in (0, 1)), broad_stride >= 1, band and sigma >= 0")
+            raise UnetzooError(
+                "method_args: points must be >= 1 (or a fraction in (0, 1)), broad_stride >= 1, band and sigma >= 0"
+            )
         self.points = float(points) if points < 1 else int(points)
         self.boundary_fraction, self.sigma = float(boundary_fraction), float(sigma)
         self.broad_stride, self.band, self.dense, self.smooth = int(broad_stride), int(band), bool(dense), int(smooth)
@@ -206,7 +214,9 @@ class ImplicitMethod(Method):
     def training_loss(self, batch: dict) -> torch.Tensor:
         image, label = batch["image"], batch["label"]
         features = self.model.encode(image)
-        points, targets = sample_points(label, self.points_per_patch(image.shape[2:]), self.boundary_fraction, self.sigma)
+        points, targets = sample_points(
+            label, self.points_per_patch(image.shape[2:]), self.boundary_fraction, self.sigma
+        )
         logits = self.model.decode(features, points, image.shape[2:])  # (B, k, K)
         return self.loss(logits.transpose(1, 2).float(), targets[:, None])
 
@@ -268,7 +278,9 @@ class ImplicitMethod(Method):
         # extrapolated past the last sample); every voxel then takes the value of its nearest sample
         samples = [broad_indices(n, stride, device) for n in out_shape]
         nearest = [nearest_sample(n, idx) for n, idx in zip(out_shape, samples)]
-        broad_points = torch.stack(torch.meshgrid(*[a[i] for a, i in zip(axes, samples)], indexing="ij"), dim=-1).reshape(-1, len(size))
+        broad_points = torch.stack(
+            torch.meshgrid(*[a[i] for a, i in zip(axes, samples)], indexing="ij"), dim=-1
+        ).reshape(-1, len(size))
         n = broad_points.shape[0]
         batch_index = torch.arange(b, device=device).repeat_interleave(n)
         broad = self._probabilities(features, batch_index, broad_points.repeat(b, 1), size, "broad")

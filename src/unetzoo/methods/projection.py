@@ -1,4 +1,4 @@
-"""Whole-volume training and prediction of the projection U-Nets (random-2.5d-unet.md).
+"""Whole-volume training and prediction of the projection U-Nets (Angermann & Haltmeier 2019, arXiv:1910.10398).
 
 Training and prediction take the entire preprocessed volume, as the paper ("can be applied end-to-end to very large
 data volumes without cropping or sliding-window techniques"): no patch crop at any size, no sliding window. The

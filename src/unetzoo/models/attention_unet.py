@@ -1,5 +1,5 @@
 """Attention U-Net (Oktay et al., "Attention U-Net: learning where to look for the pancreas", 2018; the backbone of
-regularized-unet.md section 2.4, its ref. [12]), 2D and 3D.
+the Regularized U-Net of Ding et al. 2021, FLARE 2021, section 2.4, its ref. [12]), 2D and 3D.
 
 Every skip connection passes through an additive attention gate (Oktay et al. section 2, eq. 1-2) before it is
 concatenated with the upsampled decoder features: ``alpha = sigmoid(psi(relu(W_x x + W_g g)))`` and the skip
@@ -27,7 +27,15 @@ from unetzoo.models.unet import PlainConvDecoder, UNet
 class GatedDecoder(PlainConvDecoder):
     """:class:`PlainConvDecoder` with an additive attention gate on every skip, gated by the upsampled features."""
 
-    def __init__(self, spatial_dims: int, widths: list[int], out_channels: int, convs_per_stage: int = 2, strides=None, kernel_sizes=None):
+    def __init__(
+        self,
+        spatial_dims: int,
+        widths: list[int],
+        out_channels: int,
+        convs_per_stage: int = 2,
+        strides=None,
+        kernel_sizes=None,
+    ):
         super().__init__(spatial_dims, widths, out_channels, convs_per_stage, strides, kernel_sizes)
         levels = range(len(widths) - 2, -1, -1)
         self.gates = nn.ModuleList(
@@ -42,7 +50,7 @@ class GatedDecoder(PlainConvDecoder):
 @register(
     "attention-unet",
     description="Attention U-Net: additive attention gates on the skips (nnU-Net conv units and widths)",
-    paper="Oktay et al., Attention U-Net, MIDL 2018 (regularized-unet.md ref. [12])",
+    paper="Oktay et al., Attention U-Net, MIDL 2018 (ref. [12] of Ding et al. 2021, FLARE 2021)",
     plan_defaults=unet_plan_defaults,
 )
 class AttentionUNet(UNet):

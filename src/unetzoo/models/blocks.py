@@ -88,7 +88,9 @@ class Topology:
         """Per axis, the multiple an input must have so that every stride divides it (the deepest cumulative stride)."""
         return self.cumulative(self.n_stages - 1)
 
-    def stage(self, level: int, in_channels: int, out_channels: int, n_convs: int, downsample: bool = False) -> "ConvStage":
+    def stage(
+        self, level: int, in_channels: int, out_channels: int, n_convs: int, downsample: bool = False
+    ) -> ConvStage:
         """Conv stage at ``level`` (its kernel sizes); ``downsample``: the encoder stage, whose first conv strides."""
         stride = self.strides[level] if downsample else 1
         return ConvStage(self.spatial_dims, in_channels, out_channels, n_convs, stride, self.kernel_sizes[level])
@@ -114,7 +116,9 @@ class ConvNormAct(nn.Sequential):
     def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, kernel_size=3, stride=1):
         kernel = _per_axis(kernel_size, spatial_dims, "kernel size")
         super().__init__(
-            Conv[Conv.CONV, spatial_dims](in_channels, out_channels, kernel, stride=stride, padding=tuple(k // 2 for k in kernel)),
+            Conv[Conv.CONV, spatial_dims](
+                in_channels, out_channels, kernel, stride=stride, padding=tuple(k // 2 for k in kernel)
+            ),
             Norm[Norm.INSTANCE, spatial_dims](out_channels, eps=1e-5, affine=True),
             Act[Act.LEAKYRELU](negative_slope=0.01, inplace=True),
         )
@@ -123,10 +127,18 @@ class ConvNormAct(nn.Sequential):
 class ConvStage(nn.Sequential):
     """``n_convs`` conv units; the first one has ``stride`` (strided-conv downsampling, no pooling)."""
 
-    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, n_convs: int = 2, stride=1, kernel_size=3):
+    def __init__(
+        self, spatial_dims: int, in_channels: int, out_channels: int, n_convs: int = 2, stride=1, kernel_size=3
+    ):
         super().__init__(
             *[
-                ConvNormAct(spatial_dims, in_channels if i == 0 else out_channels, out_channels, kernel_size, stride=stride if i == 0 else 1)
+                ConvNormAct(
+                    spatial_dims,
+                    in_channels if i == 0 else out_channels,
+                    out_channels,
+                    kernel_size,
+                    stride=stride if i == 0 else 1,
+                )
                 for i in range(n_convs)
             ]
         )

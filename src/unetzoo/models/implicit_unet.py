@@ -1,7 +1,7 @@
-"""Implicit U-Net (Naval Marimont & Tarroni, MIUA 2022; implicit-unet.md): a convolutional encoder whose
+"""Implicit U-Net (Naval Marimont & Tarroni 2022, MIUA 2022, arXiv:2206.15217): a convolutional encoder whose
 multi-scale features are gathered at points and decoded by a DeepSDF-style MLP, instead of a U-Net decoder.
 
-The authors never released code (see ``shared/notes/reference-implementations.md`` section 1), so every
+The authors never released code (their repository snavalm/imunet_miua22 holds only a README), so every
 detail the paper leaves open is a choice made here; each one is listed with its reason.
 
 Encoder (paper: "adapted from [7]" = nnU-Net; "2 blocks of 2 convolutions followed by 2 blocks of 4").
@@ -39,8 +39,7 @@ product of the strides of stages 0..s: 2^(s+1) by default, so the deepest cell i
     * ``gather="trilinear"``: (bi/tri)linear interpolation of every stage at p / c_s per axis (stage-s vector j
       sits at input voxel c_s j: a stride-t, kernel-3, padding-1 conv centres output j on input t j), border
       padding. Smoother across the cells of the deep maps, at the price of 2^d reads per stage and point.
-      Offered as the option the reference notes recommend, not the default, because it is not what the paper
-      measured.
+      Offered as an option, not the default, because it is not what the paper measured.
 
 Coordinates. p is in voxel units of the patch (0 .. S-1 at voxel centres) and is normalised to [-1, 1] with
 the voxel-edge convention u = (2p + 1) / S - 1 (the patch's outer voxel edges map to -1 and 1), so that
@@ -159,7 +158,14 @@ class StridedEncoder(nn.Module):
     """Conv stages whose first conv has the stage's stride (per axis), the first stage included (module docstring);
     ``forward`` returns every stage's feature map, finest first."""
 
-    def __init__(self, spatial_dims: int, in_channels: int, widths: list[int], convs_per_stage: list[int], strides: list[list[int]]):
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        widths: list[int],
+        convs_per_stage: list[int],
+        strides: list[list[int]],
+    ):
         super().__init__()
         self.stages = nn.ModuleList(
             ConvStage(spatial_dims, in_channels if i == 0 else widths[i - 1], width, n_convs, stride=tuple(stride))
@@ -173,7 +179,15 @@ class ImplicitDecoder(nn.Module):
     """DeepSDF MLP: ``n_layers`` weight-normed FC layers of ``hidden`` with ReLU and dropout, the input again at
     layer ``latent_in``, a linear head. :meth:`input_layers` are the layers that read the input."""
 
-    def __init__(self, in_features: int, out_channels: int, hidden: int = 512, n_layers: int = 8, latent_in: int | None = 4, dropout: float = 0.2):
+    def __init__(
+        self,
+        in_features: int,
+        out_channels: int,
+        hidden: int = 512,
+        n_layers: int = 8,
+        latent_in: int | None = 4,
+        dropout: float = 0.2,
+    ):
         super().__init__()
         if latent_in is not None and not 0 < latent_in < n_layers:
             raise ValueError(f"latent_in must be between 1 and {n_layers - 1}, got {latent_in}")
@@ -185,7 +199,13 @@ class ImplicitDecoder(nn.Module):
         self.dropout = dropout
         self.head = nn.Linear(hidden, out_channels)
 
-    def forward(self, x: torch.Tensor, columns: torch.Tensor | None = None, pre: list | None = None, weights: list[torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        columns: torch.Tensor | None = None,
+        pre: list | None = None,
+        weights: list[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """Logits (M, K) of inputs ``x`` (M, in_features).
 
         Factorised form (see :meth:`ImplicitUNet.decode_flat`): ``x`` holds only the input ``columns`` (indices
@@ -284,8 +304,12 @@ class ImplicitUNet(nn.Module):
             raise ValueError(f"{len(convs)} stages but {len(strides)} strides")
         self.strides = [[int(t)] * spatial_dims if isinstance(t, int) else [int(a) for a in t] for t in strides]
         if any(len(t) != spatial_dims or min(t) < 1 for t in self.strides):
-            raise ValueError(f"strides must be positive, one per stage (an int or {spatial_dims} per axis), got {strides}")
-        self.cells = [[math.prod(t[a] for t in self.strides[: s + 1]) for a in range(spatial_dims)] for s in range(len(convs))]
+            raise ValueError(
+                f"strides must be positive, one per stage (an int or {spatial_dims} per axis), got {strides}"
+            )
+        self.cells = [
+            [math.prod(t[a] for t in self.strides[: s + 1]) for a in range(spatial_dims)] for s in range(len(convs))
+        ]
         self.widths = stage_widths(len(convs), base_features, max_features)
         self.convs_per_stage = convs
         self.encoder = StridedEncoder(spatial_dims, in_channels, self.widths, convs, self.strides)
@@ -311,7 +335,9 @@ class ImplicitUNet(nn.Module):
         batch_index = torch.arange(b, device=points.device).repeat_interleave(n)
         return self.decode_flat(features, batch_index, points.reshape(b * n, -1), size).reshape(b, n, -1)
 
-    def decode_flat(self, features: list[torch.Tensor], batch_index: torch.Tensor, points: torch.Tensor, size=None) -> torch.Tensor:
+    def decode_flat(
+        self, features: list[torch.Tensor], batch_index: torch.Tensor, points: torch.Tensor, size=None
+    ) -> torch.Tensor:
         """Logits (M, K) at ``points`` (M, d) of patch ``batch_index`` (M,): any number of points per patch.
 
         Without gradients the points go through the MLP in chunks of ``self.chunk``. With ``factorise``, the
@@ -331,12 +357,24 @@ class ImplicitUNet(nn.Module):
 
             weights = [layer.weight for layer in self.decoder.layers]  # outside the recomputed part
             pieces = [
-                checkpoint(self._decode, features, products, batch_index[i : i + self.train_chunk], points[i : i + self.train_chunk], size, weights, use_reentrant=False)
+                checkpoint(
+                    self._decode,
+                    features,
+                    products,
+                    batch_index[i : i + self.train_chunk],
+                    points[i : i + self.train_chunk],
+                    size,
+                    weights,
+                    use_reentrant=False,
+                )
                 for i in range(0, n, self.train_chunk)
             ]
         else:
             chunk = n if torch.is_grad_enabled() else self.chunk
-            pieces = [self._decode(features, products, batch_index[i : i + chunk], points[i : i + chunk], size) for i in range(0, n, chunk)]
+            pieces = [
+                self._decode(features, products, batch_index[i : i + chunk], points[i : i + chunk], size)
+                for i in range(0, n, chunk)
+            ]
         return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -349,13 +387,23 @@ class ImplicitUNet(nn.Module):
         return logits.transpose(1, 2).reshape(b, self.num_classes, *size)
 
     # ---- gather --------------------------------------------------------------------------------------
-    def gather_features(self, features: list[torch.Tensor], batch_index: torch.Tensor, points: torch.Tensor, stages=None) -> list[torch.Tensor]:
+    def gather_features(
+        self, features: list[torch.Tensor], batch_index: torch.Tensor, points: torch.Tensor, stages=None
+    ) -> list[torch.Tensor]:
         """The feature vector (M, C_s) of every stage s (or of ``stages``) at the points, by the model's gather."""
         stages = range(len(features)) if stages is None else stages
         voxel = nearest_voxels(points) if self.gather == "floor" else None
         return [self._gather(features[s], batch_index, points, s, voxel=voxel) for s in stages]
 
-    def _gather(self, feature: torch.Tensor, batch_index: torch.Tensor, points: torch.Tensor, stage: int, channels_last: bool = False, voxel: torch.Tensor | None = None) -> torch.Tensor:
+    def _gather(
+        self,
+        feature: torch.Tensor,
+        batch_index: torch.Tensor,
+        points: torch.Tensor,
+        stage: int,
+        channels_last: bool = False,
+        voxel: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Vectors (M, C) of one stage's map, (B, C, *S) or with ``channels_last`` (B, *S, C). ``voxel``: the
         points' nearest voxels (M, d), when already known."""
         cell = torch.tensor(self.cells[stage], device=points.device)
@@ -366,7 +414,9 @@ class ImplicitUNet(nn.Module):
             feature = feature.movedim(-1, 1)
         return _gather_linear(feature, batch_index, points / cell.to(points.dtype))
 
-    def point_inputs(self, features: list[torch.Tensor], batch_index: torch.Tensor, points: torch.Tensor, size) -> torch.Tensor:
+    def point_inputs(
+        self, features: list[torch.Tensor], batch_index: torch.Tensor, points: torch.Tensor, size
+    ) -> torch.Tensor:
         """The decoder input (M, in_features): every stage's vector at the points, then the encoded coordinates."""
         encoding = positional_encoding(normalise_coordinates(points, size), self.frequencies)
         return torch.cat(self.gather_features(features, batch_index, points) + [encoding.to(features[0].dtype)], dim=-1)
@@ -386,7 +436,9 @@ class ImplicitUNet(nn.Module):
                 continue
             lo, hi = self._blocks[s]
             channels_last = f.movedim(1, -1)
-            products[s] = [F.linear(channels_last, layer.weight[:, o + lo : o + hi]) for layer, o in zip(layers, offsets)]
+            products[s] = [
+                F.linear(channels_last, layer.weight[:, o + lo : o + hi]) for layer, o in zip(layers, offsets)
+            ]
         return products
 
     def _decode(self, features, products, batch_index, points, size, weights=None) -> torch.Tensor:
@@ -423,7 +475,9 @@ def voxel_grid(size, device=None, dtype=torch.float32) -> torch.Tensor:
     return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, len(axes))
 
 
-def _gather_index(feature: torch.Tensor, batch_index: torch.Tensor, index: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+def _gather_index(
+    feature: torch.Tensor, batch_index: torch.Tensor, index: torch.Tensor, channels_last: bool = False
+) -> torch.Tensor:
     """Vectors (M, C) of ``feature`` at integer ``index`` (M, d), clamped into the map. ``feature`` is (B, C, *S),
     or (B, *S, C) with ``channels_last``. Rows of a channels-last table are read with ``index_select`` (its
     backward is a row-wise ``index_add``); a channels-first map with fewer vectors than points is made
@@ -435,7 +489,9 @@ def _gather_index(feature: torch.Tensor, batch_index: torch.Tensor, index: torch
     b, count = feature.shape[0], math.prod(shape)
     if not channels_last and b * count > index.shape[0]:
         return feature.flatten(2)[batch_index, :, linear]
-    rows = feature.reshape(b * count, -1) if channels_last else feature.flatten(2).transpose(1, 2).reshape(b * count, -1)
+    rows = (
+        feature.reshape(b * count, -1) if channels_last else feature.flatten(2).transpose(1, 2).reshape(b * count, -1)
+    )
     return rows.index_select(0, batch_index * count + linear)
 
 
@@ -446,7 +502,9 @@ def _gather_linear(feature: torch.Tensor, batch_index: torch.Tensor, position: t
     d = len(shape)
     scale = torch.tensor([2.0 / max(s - 1, 1) for s in shape], device=position.device, dtype=position.dtype)
     grid = (position * scale - 1).flip(-1)  # grid_sample wants (x, y[, z]) = last axis first
-    grid = torch.where(torch.tensor([s == 1 for s in reversed(shape)], device=grid.device), torch.zeros_like(grid), grid)
+    grid = torch.where(
+        torch.tensor([s == 1 for s in reversed(shape)], device=grid.device), torch.zeros_like(grid), grid
+    )
     out = torch.empty(position.shape[0], feature.shape[1], dtype=feature.dtype, device=feature.device)
     for b in range(feature.shape[0]):  # patches hold different numbers of points: one grid_sample per patch
         mask = batch_index == b
@@ -477,19 +535,23 @@ def implicit_plan_defaults(plan, config, train_cases=None) -> dict:
     if "strides" in config.model_args:
         return {}
     convs = config.model_args.get("convs_per_stage")
-    n_stages = len(convs) if isinstance(convs, (list, tuple)) else int(config.model_args.get("n_stages", len(PAPER_CONVS)))
+    n_stages = (
+        len(convs) if isinstance(convs, (list, tuple)) else int(config.model_args.get("n_stages", len(PAPER_CONVS)))
+    )
     return {"strides": patch_strides(plan.patch_size, n_stages)}
 
 
 @register(
     "implicit-unet",
     description="conv encoder + multi-scale point gather + DeepSDF MLP decoder; sparse broad-then-fine inference",
-    paper="Naval Marimont & Tarroni, Implicit U-Net, MIUA 2022 (implicit-unet.md)",
+    paper="Naval Marimont & Tarroni, Implicit U-Net, MIUA 2022 (arXiv:2206.15217)",
     method="implicit",
     spatial_dims=(2, 3),
     plan_defaults=implicit_plan_defaults,
 )
-def implicit_unet(spatial_dims: int, in_channels: int, out_channels: int, base_features: int = 32, **kwargs) -> ImplicitUNet:
+def implicit_unet(
+    spatial_dims: int, in_channels: int, out_channels: int, base_features: int = 32, **kwargs
+) -> ImplicitUNet:
     """:class:`ImplicitUNet`; the pipeline fills only the strides (:func:`implicit_plan_defaults`), never the depth:
     the paper's 4 stages stay, not nnU-Net's patch-dependent depth (pass ``n_stages`` to change it)."""
     return ImplicitUNet(spatial_dims, in_channels, out_channels, base_features=base_features, **kwargs)

@@ -1,22 +1,26 @@
-"""NISF: neural implicit segmentation function, an auto-decoder MLP (nisf.md; authors' code, reference notes §2).
+"""NISF: neural implicit segmentation function, an auto-decoder MLP (Stolt-Ansó et al. 2023, arXiv:2309.08643; the
+authors' released code, NILOIDE/Implicit_segmentation).
 
 The network maps a point's coordinates ``x`` and its subject's latent code ``h`` to a segmentation and an image
-intensity (nisf.md §3, Eq. 1-2): f_seg(x, h) = softmax over classes, f_rec(x, h) = sigmoid. Every choice:
+intensity (Stolt-Ansó et al. 2023, §3, Eq. 1-2): f_seg(x, h) = softmax over classes, f_rec(x, h) = sigmoid.
+Every choice:
 
-* **Activation**: the real Gabor wavelet of WIRE (nisf.md §3, ref. [21]) as the authors' ``WIRE`` class:
+* **Activation**: the real Gabor wavelet of WIRE (Stolt-Ansó et al. 2023, §3, ref. [21]) as the authors' ``WIRE`` class:
   y = cos(w0 * Wf x) * exp(-(s0 * Ws x)^2), two independent linear maps (with bias) per layer, w0 = s0 = 10,
   PyTorch's default linear init (the authors use no SIREN-style init).
-* **Backbone**: the authors' ``ResMLP`` (nisf.md §4 "8 residual layers, each with 128 hidden units"): layer 0 takes
-  concat(coords, h); layer k's output is WIRE_k(input_k) + output_{k-1}, with output_{-1} = h itself, so the first
-  skip adds the raw latent (hence ``latent_size`` must equal ``width``, 128 = 128 in the paper). The latent enters
-  only at the input and through that first skip. No normalisation, no dropout.
-* **Latent table**: one 128-vector per training subject (nisf.md §3 "Shared Prior"), an ``nn.Embedding`` inside
-  the model (so checkpoints, resume and DDP carry it), initialised N(0, 1e-4) as the authors' ``h_init_std``.
+* **Backbone**: the authors' ``ResMLP`` (Stolt-Ansó et al. 2023, §4 "8 residual layers, each with 128 hidden
+  units"): layer 0 takes concat(coords, h); layer k's output is WIRE_k(input_k) + output_{k-1}, with
+  output_{-1} = h itself, so the first skip adds the raw latent (hence ``latent_size`` must equal ``width``,
+  128 = 128 in the paper). The latent enters only at the input and through that first skip. No normalisation, no
+  dropout.
+* **Latent table**: one 128-vector per training subject (Stolt-Ansó et al. 2023, §3 "Shared Prior"), an
+  ``nn.Embedding`` inside the model (so checkpoints, resume and DDP carry it), initialised N(0, 1e-4) as the
+  authors' ``h_init_std``.
 * **Heads**: linear width -> classes (softmax) and width -> image channels (sigmoid). The model returns both
   heads' logits; the method applies softmax/sigmoid (losses on logits are numerically stable).
-* **Coordinates**: ``spatial_dims + 1`` inputs, the spatial coordinates then time (nisf.md §3 "(3D+t)"); single
-  frame data have t = 0, so 3D and 3D+t subjects share one network. The frame the coordinates live in is the
-  method's choice (``unetzoo.methods.nisf``).
+* **Coordinates**: ``spatial_dims + 1`` inputs, the spatial coordinates then time (Stolt-Ansó et al. 2023, §3
+  "(3D+t)"); single frame data have t = 0, so 3D and 3D+t subjects share one network. The frame the
+  coordinates live in is the method's choice (``unetzoo.methods.nisf``).
 * **Options** (authors' code, off by default as in their default config): ``coords_to_all_layers`` concatenates
   the coordinates to every layer's input (``ResMLPHiddenCoords``); ``pos_encoding`` L > 0 replaces the raw
   coordinates by NeRF's [x, sin(2^k pi x), cos(2^k pi x)], k < L; ``separate`` gives each head its own backbone
@@ -58,12 +62,22 @@ def positional_encoding(x: torch.Tensor, frequencies: int) -> torch.Tensor:
 class ResMLP(nn.Module):
     """The authors' residual WIRE MLP (module docstring): out_k = WIRE_k(in_k) + out_{k-1}, out_{-1} = h."""
 
-    def __init__(self, coord_features: int, latent_size: int, width: int, depth: int, omega0: float, scale0: float, coords_to_all_layers: bool):
+    def __init__(
+        self,
+        coord_features: int,
+        latent_size: int,
+        width: int,
+        depth: int,
+        omega0: float,
+        scale0: float,
+        coords_to_all_layers: bool,
+    ):
         super().__init__()
         self.coords_to_all_layers = coords_to_all_layers
         extra = coord_features if coords_to_all_layers else 0
         self.layers = nn.ModuleList(
-            [WIRE(coord_features + latent_size, width, omega0, scale0)] + [WIRE(width + extra, width, omega0, scale0) for _ in range(depth - 1)]
+            [WIRE(coord_features + latent_size, width, omega0, scale0)]
+            + [WIRE(width + extra, width, omega0, scale0) for _ in range(depth - 1)]
         )
 
     def forward(self, coords: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
@@ -98,7 +112,9 @@ class NISF(nn.Module):
     ):
         super().__init__()
         if latent_size != width:
-            raise UnetzooError(f"nisf: latent_size ({latent_size}) must equal width ({width}): the first residual adds the latent")
+            raise UnetzooError(
+                f"nisf: latent_size ({latent_size}) must equal width ({width}): the first residual adds the latent"
+            )
         if num_subjects < 1 or depth < 1 or pos_encoding < 0:
             raise UnetzooError("nisf: num_subjects and depth must be >= 1, pos_encoding >= 0")
         self.coord_dims = spatial_dims + 1
@@ -136,7 +152,7 @@ def nisf_plan_defaults(plan, config, train_cases=None) -> dict:
 @register(
     "nisf",
     description="auto-decoder residual WIRE MLP: latent per subject + coordinates -> segmentation and image; latent fitted at test time",
-    paper="Stolt-Ansó et al., NISF: Neural Implicit Segmentation Functions, MICCAI 2023 (nisf.md)",
+    paper="Stolt-Ansó et al., NISF: Neural Implicit Segmentation Functions, MICCAI 2023 (arXiv:2309.08643)",
     method="nisf",
     spatial_dims=(2, 3),
     plan_defaults=nisf_plan_defaults,

@@ -1,4 +1,4 @@
-"""Projection-based and random 2.5D U-Nets (random-2.5d-unet.md, Angermann & Haltmeier): whole volumes through
+"""Projection-based and random 2.5D U-Nets (Angermann & Haltmeier 2019, arXiv:1910.10398): whole volumes through
 2D convolutions only.
 
 N(x) = T o R o F o [U o M_theta_1(x), ..., U o M_theta_p(x)]  (Eq. 2): maximum intensity projections M from p
@@ -53,7 +53,7 @@ The authors' code was never released; the choices the paper leaves open, with th
   after 8 minutes of Adam 1e-3, against 0.70 on a held-out case after 60 steps with this initialisation. Dense
   targets (organs) may want a shift nearer 0 (``--set model_args.tuning_shift=...``).
 * Random training (Sec. 3.2): the angle bins Theta_k = [k 180/p, (k+1) 180/p), one whole degree drawn uniformly
-  from each bin (the paper's Theta_k lists whole degrees) at every training step (the issue's choice; the paper
+  from each bin (the paper's Theta_k lists whole degrees) at every training step (our choice; the paper
   says per epoch with one sample per step); path 2 uses the m fixed directions k 180 / m.
 """
 
@@ -145,7 +145,9 @@ def mip(x: torch.Tensor, theta: float, axis: int) -> torch.Tensor:
     q = u * math.cos(rad) + t * math.sin(rad) + cq
     # grid_sample's normalised coordinates with align_corners=False: index i -> (2 i + 1) / size - 1
     grid = torch.stack([(2 * q + 1) / size_q - 1, (2 * p + 1) / size_p - 1], dim=-1).to(x.dtype)
-    rotated = F.grid_sample(images, grid[None].expand(b, -1, -1, -1), mode="bilinear", padding_mode="zeros", align_corners=False)
+    rotated = F.grid_sample(
+        images, grid[None].expand(b, -1, -1, -1), mode="bilinear", padding_mode="zeros", align_corners=False
+    )
     return rotated.amax(dim=2).reshape(b, c, rows, n) + floor[..., 0]
 
 
@@ -180,7 +182,15 @@ class Reconstruction(nn.Module):
     summed over the directions, and the tuning (average pooling, learnable normalisation); returns the logits z
     (the sigmoid is applied by the caller, module docstring)."""
 
-    def __init__(self, n_directions: int, channels: int, filter_size: int = 2, scale: float = 3.0, shift: float = -9.0, eps: float = 1e-5):
+    def __init__(
+        self,
+        n_directions: int,
+        channels: int,
+        filter_size: int = 2,
+        scale: float = 3.0,
+        shift: float = -9.0,
+        eps: float = 1e-5,
+    ):
         super().__init__()
         if filter_size < 1:
             raise ValueError(f"filter_size must be >= 1, got {filter_size}")
@@ -207,7 +217,9 @@ class Reconstruction(nn.Module):
         normalised = (pooled - mean) / torch.sqrt(var + self.eps)
         return normalised * self.scale[None, :, None, None, None] + self.shift[None, :, None, None, None]
 
-    def forward(self, projections: list[torch.Tensor], angles: list[float], slots: list[int], shape, axis: int) -> torch.Tensor:
+    def forward(
+        self, projections: list[torch.Tensor], angles: list[float], slots: list[int], shape, axis: int
+    ) -> torch.Tensor:
         volume = 0
         for y, theta, slot in zip(projections, angles, slots):
             volume = volume + backproject(self.filtration(y, slot), theta, shape, axis)
@@ -228,7 +240,7 @@ def projection_plan_defaults(plan, config, train_cases=None) -> dict:
 @register(
     "projection-2.5d-unet",
     description="projection-based 2.5D U-Net: MIPs from p fixed directions, 2D U-Net, filtered backprojection",
-    paper="Angermann & Haltmeier, random-2.5d-unet.md Sec. 3.1, Eq. (2)",
+    paper="Angermann & Haltmeier 2019, arXiv:1910.10398, Sec. 3.1, Eq. (2)",
     method="projection",
     spatial_dims=(3,),
     plan_defaults=projection_plan_defaults,
@@ -266,7 +278,9 @@ class ProjectionUNet(nn.Module):
             raise ValueError(f"directions and chunk must be >= 1, got {directions} and {chunk}")
         plane_axes(axis)
         self.axis, self.directions, self.chunk = axis, directions, chunk
-        self.net2d = UNet(2, in_channels, out_channels - 1, n_stages, base_features, max_features, deep_supervision=False)
+        self.net2d = UNet(
+            2, in_channels, out_channels - 1, n_stages, base_features, max_features, deep_supervision=False
+        )
         for level in range(len(self.net2d.decoder.heads) - 1):  # coarser heads serve deep supervision only: unused
             self.net2d.decoder.heads[level] = nn.Identity()
         self.tuning_init = (tuning_scale, tuning_shift)
@@ -289,7 +303,9 @@ class ProjectionUNet(nn.Module):
             out += list(maps.reshape(b, n, *maps.shape[1:]).unbind(1))
         return out
 
-    def reconstruct(self, x: torch.Tensor, angles: list[float], reconstruction: Reconstruction, grad_2d: bool = True) -> torch.Tensor:
+    def reconstruct(
+        self, x: torch.Tensor, angles: list[float], reconstruction: Reconstruction, grad_2d: bool = True
+    ) -> torch.Tensor:
         """K-class logits of ``x`` from the projections at ``angles`` (direction slot k for the k-th angle)."""
         with torch.set_grad_enabled(grad_2d and torch.is_grad_enabled()):
             maps = self.segment_projections(x, angles)
@@ -307,7 +323,7 @@ class ProjectionUNet(nn.Module):
 @register(
     "random-2.5d-unet",
     description="random 2.5D U-Net: p random MIP directions train the 2D U-Net, m fixed ones the final reconstruction",
-    paper="Angermann & Haltmeier, random-2.5d-unet.md Sec. 3.2, Fig. 4",
+    paper="Angermann & Haltmeier 2019, arXiv:1910.10398, Sec. 3.2, Fig. 4",
     method="projection",
     spatial_dims=(3,),
     plan_defaults=projection_plan_defaults,
@@ -319,13 +335,25 @@ class RandomProjectionUNet(ProjectionUNet):
     ``forward`` (prediction) is path 2.
     """
 
-    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, directions: int = 12, all_directions: int = 60,
-                 base_features: int = 32, **kwargs):
-        super().__init__(spatial_dims, in_channels, out_channels, directions=directions, base_features=base_features, **kwargs)
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        directions: int = 12,
+        all_directions: int = 60,
+        base_features: int = 32,
+        **kwargs,
+    ):
+        super().__init__(
+            spatial_dims, in_channels, out_channels, directions=directions, base_features=base_features, **kwargs
+        )
         if all_directions < 1:
             raise ValueError(f"all_directions must be >= 1, got {all_directions}")
         self.all_directions = all_directions
-        self.full_reconstruction = Reconstruction(all_directions, out_channels - 1, self.reconstruction.filters.shape[-1], *self.tuning_init)
+        self.full_reconstruction = Reconstruction(
+            all_directions, out_channels - 1, self.reconstruction.filters.shape[-1], *self.tuning_init
+        )
 
     def random_angles(self, generator: torch.Generator | None = None) -> list[float]:
         """One whole degree drawn uniformly from each of the p angle bins."""

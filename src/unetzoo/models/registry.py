@@ -10,8 +10,8 @@ the user set them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from torch import nn
 
@@ -50,7 +50,9 @@ def register(
     def decorator(builder):
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is registered twice")
-        _REGISTRY[name] = ModelEntry(name, builder, description, paper, method, tuple(spatial_dims), plan_defaults, dict(method_defaults or {}))
+        _REGISTRY[name] = ModelEntry(
+            name, builder, description, paper, method, tuple(spatial_dims), plan_defaults, dict(method_defaults or {})
+        )
         return builder
 
     return decorator

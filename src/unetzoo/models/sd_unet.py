@@ -1,4 +1,5 @@
-"""Spatially dependent U-Nets (Carvalho et al., sd-unet.md): SDU-Net (``sd-unet``) and SDNU-Net (``sdn-unetpp``).
+"""Spatially dependent U-Nets (Carvalho et al. 2021, arXiv:2103.11713): SDU-Net (``sd-unet``) and SDNU-Net
+(``sdn-unetpp``).
 
 Both put spatial dependency layers (:mod:`unetzoo.models.sdn`) into a conv network "consecutively
 [...] within the same depth level" (Sec. 2.2): at a chosen scale the second conv unit of the stage is
@@ -74,10 +75,18 @@ class SDNStage(nn.Sequential):
         if n_convs < 2:
             raise ValueError("an SDN stage needs n_convs >= 2 (a conv unit, then the SDN)")
         convs = [
-            ConvNormAct(spatial_dims, in_channels if i == 0 else out_channels, out_channels, conv_kernel_size, stride=stride if i == 0 else 1)
+            ConvNormAct(
+                spatial_dims,
+                in_channels if i == 0 else out_channels,
+                out_channels,
+                conv_kernel_size,
+                stride=stride if i == 0 else 1,
+            )
             for i in range(n_convs - 1)
         ]
-        layer = (ResSDN if residual else SDN)(spatial_dims, out_channels, out_channels, state_size, directions, kernel_size)
+        layer = (ResSDN if residual else SDN)(
+            spatial_dims, out_channels, out_channels, state_size, directions, kernel_size
+        )
         super().__init__(
             *convs,
             layer,
@@ -98,7 +107,7 @@ def _valid(indices: Iterable[int], upper: int, what: str) -> list[int]:
 @register(
     "sd-unet",
     description="SDU-Net: U-Net with spatial dependency layers (directional gated sweeps) at chosen scales",
-    paper="Carvalho et al., Spatially Dependent U-Nets (sd-unet.md)",
+    paper="Carvalho et al., Spatially Dependent U-Nets, 2021 (arXiv:2103.11713)",
     plan_defaults=unet_plan_defaults,
 )
 class SDUNet(UNet):
@@ -136,7 +145,16 @@ class SDUNet(UNet):
         kernel_sizes=None,
     ):
         super().__init__(
-            spatial_dims, in_channels, out_channels, n_stages, base_features, max_features, convs_per_stage, deep_supervision, strides, kernel_sizes
+            spatial_dims,
+            in_channels,
+            out_channels,
+            n_stages,
+            base_features,
+            max_features,
+            convs_per_stage,
+            deep_supervision,
+            strides,
+            kernel_sizes,
         )
         n_stages, widths, topology = self.n_stages, self.widths, self.topology
         if sdn_encoder_stages is None:
@@ -147,19 +165,31 @@ class SDUNet(UNet):
         self.sdn_decoder_stages = _valid(sdn_decoder_stages, n_stages - 2, "sdn_decoder_stages")
 
         def stage(level, cin, cout, stride):
-            return SDNStage(spatial_dims, cin, cout, convs_per_stage, stride, sdn_state_size, sdn_directions, sdn_kernel_size, sdn_residual,
-                            topology.kernel_sizes[level])
+            return SDNStage(
+                spatial_dims,
+                cin,
+                cout,
+                convs_per_stage,
+                stride,
+                sdn_state_size,
+                sdn_directions,
+                sdn_kernel_size,
+                sdn_residual,
+                topology.kernel_sizes[level],
+            )
 
         for i in self.sdn_encoder_stages:
             self.encoder.stages[i] = stage(i, in_channels if i == 0 else widths[i - 1], widths[i], topology.strides[i])
         for level in self.sdn_decoder_stages:
-            self.decoder.stages[n_stages - 2 - level] = stage(level, 2 * widths[level], widths[level], 1)  # stages run deepest first
+            self.decoder.stages[n_stages - 2 - level] = stage(
+                level, 2 * widths[level], widths[level], 1
+            )  # stages run deepest first
 
 
 @register(
     "sdn-unetpp",
     description="SDNU-Net: U-Net++ with spatial dependency layers on its outer encoder/decoder nodes",
-    paper="Carvalho et al., Spatially Dependent U-Nets (sd-unet.md)",
+    paper="Carvalho et al., Spatially Dependent U-Nets, 2021 (arXiv:2103.11713)",
     plan_defaults=unet_plan_defaults,
     method_defaults={"head_weights": "equal"},
 )
@@ -204,17 +234,38 @@ class SDNUNetPlusPlus(UNetPlusPlus):
         nodes = sorted({(int(i), int(j)) for i, j in sdn_nodes})
         bad = [(i, j) for i, j in nodes if i < 0 or j < 0 or i + j > n_stages - 1]
         if bad:
-            raise ValueError(f"sdn_nodes {bad} are not nodes of a {n_stages}-stage U-Net++ (need i, j >= 0, i + j <= {n_stages - 1})")
+            raise ValueError(
+                f"sdn_nodes {bad} are not nodes of a {n_stages}-stage U-Net++ (need i, j >= 0, i + j <= {n_stages - 1})"
+            )
 
         def make_node(i, j, cin, cout, downsample):
             if (i, j) in nodes:
                 stride = topology.strides[i] if downsample else 1
-                return SDNStage(spatial_dims, cin, cout, convs_per_stage, stride, sdn_state_size, sdn_directions, sdn_kernel_size, sdn_residual,
-                                topology.kernel_sizes[i])
+                return SDNStage(
+                    spatial_dims,
+                    cin,
+                    cout,
+                    convs_per_stage,
+                    stride,
+                    sdn_state_size,
+                    sdn_directions,
+                    sdn_kernel_size,
+                    sdn_residual,
+                    topology.kernel_sizes[i],
+                )
             return topology.stage(i, cin, cout, convs_per_stage, downsample)
 
         super().__init__(
-            spatial_dims, in_channels, out_channels, n_stages, base_features, max_features, convs_per_stage, deep_supervision, eval_head, make_node,
+            spatial_dims,
+            in_channels,
+            out_channels,
+            n_stages,
+            base_features,
+            max_features,
+            convs_per_stage,
+            deep_supervision,
+            eval_head,
+            make_node,
             **topology.to_args(),
         )
         self.sdn_nodes = nodes

@@ -1,6 +1,7 @@
-"""Spatial dependency layers (SDN, Miladinović et al. 2021) for 2D and 3D feature maps, as used by sd-unet.md.
+"""Spatial dependency layers (SDN, Miladinović et al. 2021) for 2D and 3D feature maps, as used by the
+spatially dependent U-Nets of Carvalho et al. 2021 (arXiv:2103.11713).
 
-A spatial dependency layer has three stages (sd-unet.md Sec. 2.1, Fig. 3):
+A spatial dependency layer has three stages (Carvalho et al. 2021, Sec. 2.1, Fig. 3):
 
 1. **project-in**: a convolution ``in_channels -> state_size`` followed by ``tanh``. The paper's Eq. (1)
    is a 1x1 projection, but its Table 5 ("SDN kernel size 3x3") and the authors' code
@@ -16,7 +17,7 @@ A spatial dependency layer has three stages (sd-unet.md Sec. 2.1, Fig. 3):
 
    (zero padding at the borders). With ``x`` that neighbourhood (concatenated, ``3S`` or ``9S``
    features) and ``h`` the cell's current value (its value before this sweep), the cell is the GRU
-   [Cho et al. 2014, sd-unet.md ref. 4] of the authors' ``SDNCell``::
+   [Cho et al. 2014, ref. 4 of Carvalho et al. 2021] of the authors' ``SDNCell``::
 
        r  = sigmoid(W_ir x + b_ir + W_hr h + b_hr)
        z  = sigmoid(W_iz x + b_iz + W_hz h + b_hz)
@@ -208,7 +209,7 @@ class _Sweep(torch.autograd.Function):
         grad_hidden[order[0]] = 0  # the first line is not updated: its hidden part is unused
         grad_x = torch.empty_like(hidden)  # gradient of the input part W_i x + b_i of every updated line
         carry = torch.zeros_like(lines[0])  # gradient reaching line d through the update of line d+1
-        for prev, d in zip(reversed(order[:-1]), reversed(order[1:])):
+        for d in reversed(order[1:]):
             g = grad_out[d] + carry
             h, r, z, n = lines[d], r_all[d], z_all[d], n_all[d]
             g_r, g_z, g_n = grad_x[d].chunk(3, dim=1)

@@ -1,4 +1,5 @@
-"""TV-regularized softmax (regularized-unet.md section 2.1) and ``regularized-unet``: Attention U-Net + this head.
+"""TV-regularized softmax (Ding et al. 2021, FLARE 2021, section 2.1) and ``regularized-unet``: Attention U-Net +
+this head.
 
 The softmax ``S(o)`` minimises ``-<U, o> + <U, log U>`` over the simplex (eq. 1). Adding ``lambda TV(U)`` (eq. 2),
 with ``TV(U) = max_{|eta| <= 1} <U, div eta>``, gives the saddle point ``U = S(o - lambda div eta)``, which the paper
@@ -12,7 +13,7 @@ approaches by the iteration, from ``V0 = eta0 = 0`` (so ``U0 = S(o)``)::
 matching boundary, so that ``<grad u, eta> = -<u, div eta>`` exactly. ``P_B`` projects every voxel's gradient
 vector onto the unit ball, separately per class channel. The paper runs one iteration (``iterations = 1``).
 
-No authors' code exists (reference-implementations.md section 5); the constants are ours. With ``V0 = 0`` one
+No authors' code could be found; the constants are ours. With ``V0 = 0`` one
 iteration gives ``eta = P_B(-s grad U0)`` with ``s = tau lambda``, i.e. ``eta = -grad U0 / max(1/s, |grad U0|)``:
 where a class probability changes by more than ``1/s`` between neighbouring voxels the projection acts and
 ``eta`` is TV's subgradient ``-grad U / |grad U|`` (the update moves that voxel's logits by at most ``lambda`` per
@@ -114,15 +115,23 @@ class Regularized(nn.Module):
 @register(
     "regularized-unet",
     description="Attention U-Net with a TV-regularized softmax output (learnable lambda, T primal-dual steps)",
-    paper="Ding, Liu, Jiang, Zhang, Regularized U-Net, FLARE 2021 (regularized-unet.md)",
+    paper="Ding, Liu, Jiang, Zhang, Regularized U-Net, FLARE 2021",
     plan_defaults=unet_plan_defaults,
     method_defaults={"loss": "summed-dice-ce"},
 )
 def regularized_unet(
-    spatial_dims: int, in_channels: int, out_channels: int, tv_iterations: int = 1, tv_lambda: float = 0.5,
-    tv_step: float = 2.0, base_features: int = 32, **kwargs
+    spatial_dims: int,
+    in_channels: int,
+    out_channels: int,
+    tv_iterations: int = 1,
+    tv_lambda: float = 0.5,
+    tv_step: float = 2.0,
+    base_features: int = 32,
+    **kwargs,
 ) -> nn.Module:
     """:class:`~unetzoo.models.attention_unet.AttentionUNet` (same arguments) whose outputs pass through
     :class:`TVSoftmax` (``tv_iterations``, initial ``tv_lambda``, ``tv_step`` = tau lambda)."""
-    return Regularized(AttentionUNet(spatial_dims, in_channels, out_channels, base_features=base_features, **kwargs),
-                       TVSoftmax(tv_iterations, tv_lambda, tv_step))
+    return Regularized(
+        AttentionUNet(spatial_dims, in_channels, out_channels, base_features=base_features, **kwargs),
+        TVSoftmax(tv_iterations, tv_lambda, tv_step),
+    )

@@ -1,10 +1,10 @@
 """nnU-Net's plain convolutional U-Net (2D and 3D) and the slice-by-slice 2D U-Net baseline.
 
-``unet`` is the "equivalent standard 3D U-Net" of implicit-unet.md (its reference [7], nnU-Net): two
-conv-InstanceNorm-LeakyReLU units per stage, strided-conv downsampling, transposed-conv upsampling,
-widths 32-64-128-256-320-320 and deep supervision (one 1x1 head per decoder level, weights 1/2^i).
-``unet2d-slices`` is the 2D U-Net of random-2.5d-unet.md: the same 2D network applied to every slice of a
-volume along one axis, the slices stacked back.
+``unet`` is the "equivalent standard 3D U-Net" of Naval Marimont & Tarroni 2022 (arXiv:2206.15217; its
+reference [7], nnU-Net): two conv-InstanceNorm-LeakyReLU units per stage, strided-conv downsampling,
+transposed-conv upsampling, widths 32-64-128-256-320-320 and deep supervision (one 1x1 head per decoder level,
+weights 1/2^i). ``unet2d-slices`` is the 2D U-Net of Angermann & Haltmeier 2019 (arXiv:1910.10398): the same 2D
+network applied to every slice of a volume along one axis, the slices stacked back.
 """
 
 from __future__ import annotations
@@ -26,7 +26,15 @@ class PlainConvEncoder(nn.Module):
     U-Net, or the multi-scale features that implicit-unet gathers at points).
     """
 
-    def __init__(self, spatial_dims: int, in_channels: int, widths: list[int], convs_per_stage: list[int], strides=None, kernel_sizes=None):
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        widths: list[int],
+        convs_per_stage: list[int],
+        strides=None,
+        kernel_sizes=None,
+    ):
         super().__init__()
         if len(widths) != len(convs_per_stage):
             raise ValueError(f"{len(widths)} widths but {len(convs_per_stage)} conv counts")
@@ -49,7 +57,15 @@ class PlainConvDecoder(nn.Module):
     """Transposed-conv upsampling (kernel = stride per axis), concatenation with the skip, conv stage; a 1x1 head
     at every level. ``strides`` / ``kernel_sizes`` as :class:`PlainConvEncoder`'s."""
 
-    def __init__(self, spatial_dims: int, widths: list[int], out_channels: int, convs_per_stage: int = 2, strides=None, kernel_sizes=None):
+    def __init__(
+        self,
+        spatial_dims: int,
+        widths: list[int],
+        out_channels: int,
+        convs_per_stage: int = 2,
+        strides=None,
+        kernel_sizes=None,
+    ):
         super().__init__()
         topology = Topology(spatial_dims, len(widths), strides, kernel_sizes)
         conv = Conv[Conv.CONV, spatial_dims]
@@ -62,7 +78,9 @@ class PlainConvDecoder(nn.Module):
         """Logits, finest level first; only the finest unless ``all_levels`` (deep supervision)."""
         x = features[-1]
         outputs = []
-        for level, (up, stage, head, skip) in enumerate(zip(self.ups, self.stages, self.heads, reversed(features[:-1]))):
+        for level, (up, stage, head, skip) in enumerate(
+            zip(self.ups, self.stages, self.heads, reversed(features[:-1]))
+        ):
             x = stage(self.join(level, up(x), skip))
             if all_levels or skip is features[0]:
                 outputs.append(head(x))
@@ -76,7 +94,7 @@ class PlainConvDecoder(nn.Module):
 @register(
     "unet",
     description="nnU-Net-style plain conv U-Net with deep supervision",
-    paper="Isensee et al., nnU-Net, Nat Methods 2021 (implicit-unet.md ref. [7])",
+    paper="Isensee et al., nnU-Net, Nat Methods 2021 (ref. [7] of Naval Marimont & Tarroni 2022)",
     plan_defaults=unet_plan_defaults,
 )
 class UNet(nn.Module):
@@ -117,7 +135,9 @@ class UNet(nn.Module):
         self.spatial_dims = spatial_dims
         self.deep_supervision = deep_supervision
         topology = self.topology.to_args()
-        self.encoder = PlainConvEncoder(spatial_dims, in_channels, self.widths, [convs_per_stage] * self.n_stages, **topology)
+        self.encoder = PlainConvEncoder(
+            spatial_dims, in_channels, self.widths, [convs_per_stage] * self.n_stages, **topology
+        )
         self.decoder = self.decoder_class(spatial_dims, self.widths, out_channels, convs_per_stage, **topology)
         self.apply(init_he)
 
@@ -164,22 +184,38 @@ def slices_plan_defaults(plan, config, train_cases=None) -> dict:
     if "strides" in args:
         plane = [a for a in range(3) if a != axis]
         spacing = plan.topology_spacing
-        args["strides"], args["kernel_sizes"] = pool_and_conv([plan.patch_size[a] for a in plane], spacing and [spacing[a] for a in plane])
+        args["strides"], args["kernel_sizes"] = pool_and_conv(
+            [plan.patch_size[a] for a in plane], spacing and [spacing[a] for a in plane]
+        )
     return {**args, "slice_axis": axis}
 
 
 @register(
     "unet2d-slices",
     description="2D U-Net applied slice by slice to volumes (the 2D baseline)",
-    paper="Angermann et al., random-2.5d-unet.md (2D slice-by-slice baseline)",
+    paper="Angermann & Haltmeier 2019, arXiv:1910.10398 (2D slice-by-slice baseline)",
     method="slices",
     plan_defaults=slices_plan_defaults,
 )
 def unet2d_slices(
-    spatial_dims: int, in_channels: int, out_channels: int, slice_axis: int = 0, n_stages: int | None = None, deep_supervision: bool = True,
-    base_features: int = 32, **kwargs
+    spatial_dims: int,
+    in_channels: int,
+    out_channels: int,
+    slice_axis: int = 0,
+    n_stages: int | None = None,
+    deep_supervision: bool = True,
+    base_features: int = 32,
+    **kwargs,
 ) -> nn.Module:
     """A 2D :class:`UNet` (same defaults; ``strides``/``kernel_sizes`` are those of the slice plane, two axes) wrapped
     in :class:`SliceWise` for volumes; a plain 2D U-Net for 2D data."""
-    net2d = UNet(2, in_channels, out_channels, n_stages=n_stages, deep_supervision=deep_supervision, base_features=base_features, **kwargs)
+    net2d = UNet(
+        2,
+        in_channels,
+        out_channels,
+        n_stages=n_stages,
+        deep_supervision=deep_supervision,
+        base_features=base_features,
+        **kwargs,
+    )
     return net2d if spatial_dims == 2 else SliceWise(net2d, slice_axis)

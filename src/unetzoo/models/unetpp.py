@@ -1,4 +1,5 @@
-"""U-Net++ (Zhou et al., IEEE TMI 2019; sd-unet.md ref. [17]): nested dense skips and deep supervision, 2D and 3D.
+"""U-Net++ (Zhou et al., IEEE TMI 2019; ref. [17] of Carvalho et al. 2021, arXiv:2103.11713): nested dense skips
+and deep supervision, 2D and 3D.
 
 Nodes ``X^{i,j}``: ``i`` is the depth (resolution ``1/2^i`` with isotropic strides; per axis,
 the cumulative stride of stage ``i``), ``j`` the column. ``X^{i,0}`` is the encoder;
@@ -25,7 +26,7 @@ cheaper); ``"mean"`` = Zhou's *accurate mode*, the average of all heads (average
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from monai.networks.layers.factories import Conv
@@ -42,7 +43,7 @@ encoder node ``X^{i,0}``, whose first conv has the stride of stage ``i``; its ke
 @register(
     "unetpp",
     description="U-Net++: nested dense skips, deep supervision on every X^{0,j} (nnU-Net conv units)",
-    paper="Zhou et al., UNet++, IEEE TMI 2019 (sd-unet.md ref. [17])",
+    paper="Zhou et al., UNet++, IEEE TMI 2019 (ref. [17] of Carvalho et al. 2021, arXiv:2103.11713)",
     plan_defaults=unet_plan_defaults,
     method_defaults={"head_weights": "equal"},
 )
@@ -106,7 +107,9 @@ class UNetPlusPlus(nn.Module):
             for i in range(n_stages - j):
                 self.ups[f"{i}_{j}"] = topology.up(i, widths[i + 1], widths[i])
                 self.nodes[f"{i}_{j}"] = make_node(i, j, widths[i] * (j + 1), widths[i], False)
-        self.heads = nn.ModuleList(conv(widths[0], out_channels, 1) for _ in range(1, n_stages))  # heads[j-1] on X^{0,j}
+        self.heads = nn.ModuleList(
+            conv(widths[0], out_channels, 1) for _ in range(1, n_stages)
+        )  # heads[j-1] on X^{0,j}
         self.apply(init_he)
 
     def _features(self, x: torch.Tensor, depth: int) -> dict[tuple[int, int], torch.Tensor]:

@@ -2,7 +2,7 @@
 
 nnU-Net's poly schedule lr x (1 - progress)^0.9 reaches 0 at the end of training, and a run learns much of its
 final accuracy in that low-rate end. With an epoch budget progress is ``epoch / epochs``. With a time budget
-(``--max-minutes``) stopping at the deadline would cut the schedule off at a high rate (issue 18: 0.6x the start
+(``--max-minutes``) stopping at the deadline would cut the schedule off at a high rate (measured: 0.6x the start
 after 17 of 40 epochs), so progress is the larger of the epoch fraction and the fraction of the time spent, updated
 after every step: a time-boxed run ends at a rate of ~0, as a finished schedule does, and stops at the deadline.
 """

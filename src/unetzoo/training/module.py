@@ -17,6 +17,7 @@ from unetzoo.data.plan import Plan
 from unetzoo.data.val_patches import spread, validation_patches
 from unetzoo.errors import UnetzooError
 from unetzoo.methods import Method
+from unetzoo.runfolder import RunFolder
 from unetzoo.training.budget import TimeBudget, poly_factor, poly_lr
 from unetzoo.training.progress import run_logger
 
@@ -47,7 +48,9 @@ def make_optimizer(parameters, cfg) -> torch.optim.Optimizer:
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(parameters, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(parameters, lr=cfg.lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(
+            parameters, lr=cfg.lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay
+        )
     if cfg.optimizer == "adam":
         return torch.optim.Adam(parameters, lr=cfg.lr)
     raise UnetzooError(f"unknown optimizer {cfg.optimizer!r} (adamw, sgd or adam)")
@@ -60,8 +63,16 @@ class SegmentationModule(L.LightningModule):
     :meth:`Method.validation_predict`. Without ``run_dir`` (the benchmark) nothing is written. With a ``budget`` the poly
     schedule runs on its time spent (:mod:`unetzoo.training.budget`)."""
 
-    def __init__(self, method: Method, config: Config, plan: Plan, train_items: list[dict] = (), val_items: list[dict] = (),
-                 run_dir: Path | None = None, budget: TimeBudget | None = None):
+    def __init__(
+        self,
+        method: Method,
+        config: Config,
+        plan: Plan,
+        train_items: list[dict] = (),
+        val_items: list[dict] = (),
+        run_dir: Path | None = None,
+        budget: TimeBudget | None = None,
+    ):
         super().__init__()
         self.method, self.model = method, method.model
         self.config, self.plan, self.run_dir, self.budget = config, plan, run_dir, budget
@@ -74,7 +85,9 @@ class SegmentationModule(L.LightningModule):
     # ---- data -------------------------------------------------------------------------------------
     def _cached(self, items):
         """The preprocessed cases, in memory, from the disk cache of this dataset and plan (computed once)."""
-        return preprocessed_cases(items, self.plan, cache_root(self.config.data.cache_dir), self.config.data.cache_workers)
+        return preprocessed_cases(
+            items, self.plan, cache_root(self.config.data.cache_dir), self.config.data.cache_workers
+        )
 
     def train_dataloader(self):
         cfg = self.config
@@ -107,7 +120,7 @@ class SegmentationModule(L.LightningModule):
     def on_train_start(self):
         # written here, after a resumed checkpoint has been restored: a --resume that fails leaves config.json as it was
         if self.run_dir is not None and self.trainer.is_global_zero:
-            self.config.save(self.run_dir / "config.json")
+            self.config.save(RunFolder(self.run_dir).config)
 
     def on_train_epoch_start(self):
         self._loss_sum, self._loss_count, self._epoch_start = 0.0, 0, time.time()
@@ -117,7 +130,9 @@ class SegmentationModule(L.LightningModule):
     def training_step(self, batch, batch_idx):
         loss = self.method.training_loss(_plain(batch))
         if not torch.isfinite(loss):
-            raise UnetzooError(f"training diverged: loss is {loss.item()} at epoch {self.current_epoch}, step {batch_idx}; lower --lr")
+            raise UnetzooError(
+                f"training diverged: loss is {loss.item()} at epoch {self.current_epoch}, step {batch_idx}; lower --lr"
+            )
         self._loss_sum += float(loss.detach())
         self._loss_count += 1
         self.log("loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=self.config.train.batch_size)
@@ -159,15 +174,22 @@ class SegmentationModule(L.LightningModule):
             "steps": self.trainer.global_step,  # optimiser steps so far: a time budget can end an epoch early
         }
         self.history.append(record)
-        self.log_dict({"train_loss": record["train_loss"], "lr": record["lr"],
-                       **{f"val_dice_{name}": d for name, d in record["val_dice_per_class"].items()}}, sync_dist=False)
+        self.log_dict(
+            {
+                "train_loss": record["train_loss"],
+                "lr": record["lr"],
+                **{f"val_dice_{name}": d for name, d in record["val_dice_per_class"].items()},
+            },
+            sync_dist=False,
+        )
         if self.trainer.is_global_zero:
             best = max(h["val_dice"] for h in self.history)
             per_class = ", ".join(f"{d:.4f}" for d in dice)
             log = run_logger(self.run_dir)
             log.info(
                 f"epoch {record['epoch']}: train_loss {record['train_loss']:.4f}  pseudo Dice [{per_class}]  "
-                f"epoch time {record['epoch_time_s']:.1f} s  lr {record['lr']:.2e}" + ("  (new best)" if best == mean_dice else "")
+                f"epoch time {record['epoch_time_s']:.1f} s  lr {record['lr']:.2e}"
+                + ("  (new best)" if best == mean_dice else "")
             )
 
     # ---- optimisation and checkpoint state ---------------------------------------------------------
@@ -176,17 +198,23 @@ class SegmentationModule(L.LightningModule):
         optimizer = make_optimizer(self.method.parameter_groups(), cfg)
         if cfg.scheduler == "constant":
             return optimizer
-        if cfg.scheduler == "plateau":  # random-2.5d-unet.md Sec. 4: halve after 3 epochs without improvement
+        if cfg.scheduler == "plateau":
+            # Angermann & Haltmeier 2019 (arXiv:1910.10398), Sec. 4: halve after 3 epochs without improvement
             # torch halves once more than ``patience`` epochs are flat (Keras: ``patience``), so 2 = the 3rd flat epoch
             scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=2)
-            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch", "monitor": "val_dice"}}
+            return {
+                "optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "interval": "epoch", "monitor": "val_dice"},
+            }
         if cfg.scheduler != "poly":
             raise UnetzooError(f"unknown scheduler {cfg.scheduler!r} (poly, constant or plateau)")
         if self.budget is None:
             scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: poly_lr(epoch, cfg.epochs))
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
         # a time budget: after every step, on the larger of the epoch and the time fractions spent
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: poly_factor(self.budget.progress(self.current_epoch, cfg.epochs)))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: poly_factor(self.budget.progress(self.current_epoch, cfg.epochs))
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint):
@@ -194,4 +222,3 @@ class SegmentationModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint):
         self.history = list(checkpoint.get("unetzoo", {}).get("history", []))
-

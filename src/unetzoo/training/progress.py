@@ -58,7 +58,9 @@ def plot_progress(history: list[dict], path: Path, title: str = "") -> None:
     ax.plot(epochs, [h["train_loss"] for h in history], color="tab:blue", label="training loss")
     ax.set_ylabel("loss")
     twin = ax.twinx()
-    twin.plot(epochs, [h["val_dice"] for h in history], color="tab:green", marker=".", label="validation Dice (mean fg)")
+    twin.plot(
+        epochs, [h["val_dice"] for h in history], color="tab:green", marker=".", label="validation Dice (mean fg)"
+    )
     twin.set_ylabel("Dice")
     twin.set_ylim(0, 1)
     lines = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]

@@ -28,7 +28,7 @@ from unetzoo.errors import UnetzooError, file_error
 from unetzoo.inference.precision_check import check_inference_precision
 from unetzoo.io import output_folder, remove_leftovers, write_text
 from unetzoo.methods import Method, build_method, method_class
-from unetzoo.runfolder import BEST, CHECKPOINT_EXT, LAST
+from unetzoo.runfolder import RunFolder
 from unetzoo.training.budget import TimeBudget
 from unetzoo.training.module import SegmentationModule
 from unetzoo.training.progress import close_run_logger, run_logger
@@ -59,11 +59,13 @@ def train(data_dir: str | Path, run_dir: str | Path, config: Config, resume: boo
     """
     config.validate()
     run_dir = Path(run_dir)
-    last = run_dir / f"{LAST}{CHECKPOINT_EXT}"
+    last = RunFolder(run_dir).checkpoint_file("last")
     if resume and not last.is_file():
         raise UnetzooError(f"{last}: no checkpoint to resume from")
     if not resume and last.is_file():
-        raise UnetzooError(f"{run_dir}: already holds a trained run; pass --resume to continue it or choose another --out")
+        raise UnetzooError(
+            f"{run_dir}: already holds a trained run; pass --resume to continue it or choose another --out"
+        )
     before = set(run_dir.iterdir()) if run_dir.is_dir() else None
     try:
         return _train(data_dir, run_dir, config, resume)
@@ -79,7 +81,7 @@ def _after_failure(run_dir: Path, before: set[Path] | None, exc: BaseException) 
     log says why it stopped."""
     if not run_dir.is_dir():
         return
-    if any(run_dir.glob(f"checkpoint_*{CHECKPOINT_EXT}")):
+    if RunFolder(run_dir).has_checkpoint():
         reason = str(exc) if isinstance(exc, UnetzooError) else f"{type(exc).__name__} {exc}".strip()
         run_logger(run_dir).error(f"training stopped: {reason}; `--resume` continues from the last checkpoint")
         return
@@ -92,7 +94,8 @@ def _after_failure(run_dir: Path, before: set[Path] | None, exc: BaseException) 
 
 
 def _train(data_dir, run_dir: Path, config: Config, resume: bool) -> Path:
-    last = run_dir / f"{LAST}{CHECKPOINT_EXT}"
+    run = RunFolder(run_dir)
+    last = run.checkpoint_file("last")
     output_folder(run_dir)
     log = run_logger(run_dir)
     if rank_zero_only.rank == 0:
@@ -103,27 +106,45 @@ def _train(data_dir, run_dir: Path, config: Config, resume: bool) -> Path:
     if config.fold == "all":  # nnU-Net's fold "all": every case trains; pseudo Dice is on training cases
         split = {"train": sorted(names), "val": sorted(names)}
     else:
-        splits_path = run_dir / "splits.json"
+        splits_path = run.splits
         source = splits_path if splits_path.is_file() else config.data.splits_file or "the splits"
-        split = fold_split(_load_or_make(splits_path, lambda: splits_for(names, config.data, config.seed)), config.fold, str(source))
-    train_names, calibration_names = _calibration_split(split["train"], config) if config.fold != "all" else (split["train"], [])
-    log.info(f"dataset {dataset.root} ({dataset.layout} layout): {len(names)} cases; fold {config.fold}: {len(split['train'])} training, {len(split['val'])} validation")
+        split = fold_split(
+            _load_or_make(splits_path, lambda: splits_for(names, config.data, config.seed)), config.fold, str(source)
+        )
+    train_names, calibration_names = (
+        _calibration_split(split["train"], config) if config.fold != "all" else (split["train"], [])
+    )
+    log.info(
+        f"dataset {dataset.root} ({dataset.layout} layout): {len(names)} cases; fold {config.fold}: {len(split['train'])} training, {len(split['val'])} validation"
+    )
     if calibration_names:
-        log.info(f"{len(calibration_names)} of the training cases kept out of training to calibrate {config.model}'s inference settings: {', '.join(calibration_names)}")
-    plan_path = run_dir / "plan.json"
+        log.info(
+            f"{len(calibration_names)} of the training cases kept out of training to calibrate {config.model}'s inference settings: {', '.join(calibration_names)}"
+        )
+    plan_path = run.plan
     if plan_path.is_file():
         plan = Plan.load(plan_path)
         verify_against_plan(dataset, plan, plan_path)
     else:
         whole = method_class(config.model).whole_volumes
-        plan = make_plan(dataset, dataset.cases, config.data.patch_size, config.data.target_spacing, config.seed, cap_patch=not whole,
-                         device=resolve_device(config.train.device).type)
+        plan = make_plan(
+            dataset,
+            dataset.cases,
+            config.data.patch_size,
+            config.data.target_spacing,
+            config.seed,
+            cap_patch=not whole,
+            device=resolve_device(config.train.device).type,
+        )
         plan.save(plan_path)
     log.info(plan.describe())
-    saved = Config.load(run_dir / "config.json") if resume and (run_dir / "config.json").is_file() else None
-    if saved is None:  # rank 0 measures; the DDP processes Lightning starts later read its choice, as they read plan.json
-        width = _load_or_make(run_dir / "budget_width.json",
-                              lambda: budget_width(config, plan, len(train_names), log).model_args.get("base_features"))
+    saved = Config.load(run.config) if resume and run.config.is_file() else None
+    if (
+        saved is None
+    ):  # rank 0 measures; the DDP processes Lightning starts later read its choice, as they read plan.json
+        width = _load_or_make(
+            run.budget_width, lambda: budget_width(config, plan, len(train_names), log).model_args.get("base_features")
+        )
     else:  # the width a time budget chose is the checkpoint's
         width = saved.model_args.get("base_features")
     if width is not None:
@@ -132,9 +153,11 @@ def _train(data_dir, run_dir: Path, config: Config, resume: bool) -> Path:
     method, config = build_method(config, plan, train_cases=len(train_names))
     config.data.patch_size = plan.patch_size
     if saved is not None:
-        _check_resume(saved, config, run_dir / "config.json", log)
+        _check_resume(saved, config, run.config, log)
     n_params = sum(p.numel() for p in method.model.parameters() if p.requires_grad)
-    log.info(f"model {config.model}: {n_params:,} parameters, patch {plan.patch_size}, spacing {plan.target_spacing}, args {config.model_args}")
+    log.info(
+        f"model {config.model}: {n_params:,} parameters, patch {plan.patch_size}, spacing {plan.target_spacing}, args {config.model_args}"
+    )
     train_items, val_items = dataset.frame_items(train_names), dataset.frame_items(split["val"])
     if len(train_items) + len(val_items) > len(train_names) + len(split["val"]):
         log.info(f"3D+t cases: {len(train_items)} training and {len(val_items)} validation frames")
@@ -148,15 +171,21 @@ def _train(data_dir, run_dir: Path, config: Config, resume: bool) -> Path:
     trainer.fit(module, ckpt_path=str(last) if resume else None)
     if trainer.is_global_zero:
         if budget is not None and budget.spent >= 1:
-            log.info(f"time budget of {config.train.max_minutes:g} min spent after {trainer.global_step} steps: "
-                     f"learning rate {trainer.optimizers[0].param_groups[0]['lr']:.2e}")
+            log.info(
+                f"time budget of {config.train.max_minutes:g} min spent after {trainer.global_step} steps: "
+                f"learning rate {trainer.optimizers[0].param_groups[0]['lr']:.2e}"
+            )
         log.info("training done")
         if config.fold == "all":
-            log.info("fold all: no held-out cases, so no validation/ folder (evaluate a separate test set with predict + evaluate)")
+            log.info(
+                "fold all: no held-out cases, so no validation/ folder (evaluate a separate test set with predict + evaluate)"
+            )
         else:
             _calibrate(module, dataset.frame_items(calibration_names), run_dir, log)
             validate_run(run_dir, dataset, split["val"], log)
-            check_inference_precision(run_dir, {n: dataset.case(n).images for n in split["val"]}, config.train.device, log)
+            check_inference_precision(
+                run_dir, {n: dataset.case(n).images for n in split["val"]}, config.train.device, log
+            )
     return run_dir
 
 
@@ -165,10 +194,15 @@ def _check_resume(saved: Config, config: Config, path: Path, log) -> None:
     epochs is allowed, but the poly schedule is then recomputed over it, which the log says."""
     for name in ("model", "model_args", "fold"):
         if getattr(saved, name) != getattr(config, name):
-            raise file_error(path, f"--resume cannot change {name} ({getattr(saved, name)!r} -> {getattr(config, name)!r}); train into a new run folder")
+            raise file_error(
+                path,
+                f"--resume cannot change {name} ({getattr(saved, name)!r} -> {getattr(config, name)!r}); train into a new run folder",
+            )
     if saved.train.epochs != config.train.epochs and config.train.scheduler == "poly":
-        log.warning(f"resuming with {config.train.epochs} epochs instead of {saved.train.epochs}: the poly learning-rate schedule is "
-                    f"recomputed over {config.train.epochs} epochs, so the rate changes from the next epoch on")
+        log.warning(
+            f"resuming with {config.train.epochs} epochs instead of {saved.train.epochs}: the poly learning-rate schedule is "
+            f"recomputed over {config.train.epochs} epochs, so the rate changes from the next epoch on"
+        )
 
 
 def _calibration_split(names: list[str], config: Config) -> tuple[list[str], list[str]]:
@@ -179,7 +213,9 @@ def _calibration_split(names: list[str], config: Config) -> tuple[list[str], lis
     if count <= 0:
         return list(names), []
     if count >= len(names):
-        raise UnetzooError(f"{config.model}: {count} training cases kept out for calibration (method_args) leave none of fold {config.fold}'s {len(names)} to train on")
+        raise UnetzooError(
+            f"{config.model}: {count} training cases kept out for calibration (method_args) leave none of fold {config.fold}'s {len(names)} to train on"
+        )
     held = set(random.Random(config.seed).sample(sorted(names), count))
     return [n for n in names if n not in held], sorted(held)
 
@@ -192,13 +228,12 @@ def _calibrate(module: SegmentationModule, items: list[dict], run_dir: Path, log
 
     if type(module.method).calibrate is Method.calibrate or not items:  # the method chooses nothing
         return
-    best = run_dir / f"{BEST}{CHECKPOINT_EXT}"
-    load_weights(module.method.model, best if best.is_file() else run_dir / f"{LAST}{CHECKPOINT_EXT}")
+    run = RunFolder(run_dir)
+    best = run.checkpoint_file("best")
+    load_weights(module.method.model, best if best.is_file() else run.checkpoint_file("last"))
     cases = module._cached(items)
     updates = module.method.calibrate([cases[i] for i in range(len(cases))], log, run_dir)
     if updates:
         module.config.method_args.update(updates)
-        module.config.save(run_dir / "config.json")
+        module.config.save(run.config)
         log.info(f"calibrated on {len(cases)} held-out training frames/volumes: {updates}")
-
-

@@ -132,8 +132,15 @@ def measure_train(spec: dict) -> dict:
     # batch_size=None: the loader hands over each prepared batch as it is
     loader = torch.utils.data.DataLoader([batches[i % len(batches)] for i in range(warmup + steps)], batch_size=None)
     settings = {**trainer_settings(config, method), "devices": 1, "strategy": "auto"}  # one process measures one device
-    trainer = L.Trainer(**settings, max_steps=warmup + steps, callbacks=[StepTimer()], logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, limit_val_batches=0)
+    trainer = L.Trainer(
+        **settings,
+        max_steps=warmup + steps,
+        callbacks=[StepTimer()],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        limit_val_batches=0,
+    )
     trainer.fit(module, train_dataloaders=loader)
     peak = probe.peak_mb()
 
@@ -156,4 +163,3 @@ def measure_train(spec: dict) -> dict:
         "memory_method": probe.method,
         "model_args": config.model_args,
     }
-

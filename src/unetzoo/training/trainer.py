@@ -16,7 +16,7 @@ from unetzoo.config import Config
 from unetzoo.device import resolve_device, resolve_precision
 from unetzoo.io import write_bytes, write_text
 from unetzoo.methods import Method
-from unetzoo.runfolder import BEST, CHECKPOINT_EXT, LAST
+from unetzoo.runfolder import BEST, CHECKPOINT_EXT, LAST, RunFolder
 from unetzoo.training.budget import TimeBudget
 from unetzoo.training.progress import plot_progress
 
@@ -39,8 +39,9 @@ class HistoryFiles(Checkpoint):
 
     def on_train_epoch_end(self, trainer, module):
         if trainer.is_global_zero and module.run_dir is not None and module.history:
-            write_text(module.run_dir / "history.json", json.dumps(module.history, indent=1))
-            plot_progress(module.history, module.run_dir / "progress.png", title=f"{module.config.model}, fold {module.config.fold}")
+            run = RunFolder(module.run_dir)
+            write_text(run.history, json.dumps(module.history, indent=1))
+            plot_progress(module.history, run.progress_plot, title=f"{module.config.model}, fold {module.config.fold}")
 
 
 def trainer_settings(config: Config, method: Method) -> dict:
@@ -64,14 +65,21 @@ def trainer_settings(config: Config, method: Method) -> dict:
 def build_trainer(config: Config, run_dir: Path, method: Method, budget: TimeBudget | None = None) -> L.Trainer:
     # best: the epoch of highest validation Dice; last: every epoch (unmonitored), so that a --resume loses at most
     # the epoch in progress (Lightning's save_last is only written together with a new best)
-    best = ModelCheckpoint(dirpath=run_dir, filename=BEST, monitor="val_dice", mode="max", save_top_k=1, enable_version_counter=False)
+    best = ModelCheckpoint(
+        dirpath=run_dir, filename=BEST, monitor="val_dice", mode="max", save_top_k=1, enable_version_counter=False
+    )
     last = ModelCheckpoint(dirpath=run_dir, filename=LAST, save_top_k=1, enable_version_counter=False)
     for checkpoint in (best, last):
         checkpoint.FILE_EXTENSION = CHECKPOINT_EXT
     return L.Trainer(
         **trainer_settings(config, method),
-        callbacks=[best, last, HistoryFiles()] + ([budget] if budget is not None else [])
-        + ([EarlyStopping(monitor="val_dice", mode="max", patience=config.train.early_stop)] if config.train.early_stop > 0 else []),
+        callbacks=[best, last, HistoryFiles()]
+        + ([budget] if budget is not None else [])
+        + (
+            [EarlyStopping(monitor="val_dice", mode="max", patience=config.train.early_stop)]
+            if config.train.early_stop > 0
+            else []
+        ),
         plugins=[AtomicCheckpointIO()],
         logger=run_loggers(run_dir),
         default_root_dir=run_dir,
@@ -91,4 +99,3 @@ def run_loggers(run_dir: Path) -> list:
     if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
         loggers.append(TensorBoardLogger(run_dir / "logs", name="tensorboard", default_hp_metric=False))
     return loggers
-

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from unetzoo.config import Config
+from unetzoo.config import Config, PredictConfig
 from unetzoo.data.plan import Plan
 from unetzoo.io import write_text
+from unetzoo.runfolder import RunFolder
 
 
 def validate_run(run_dir: Path, dataset, val_names: list[str], log) -> dict:
@@ -19,20 +20,31 @@ def validate_run(run_dir: Path, dataset, val_names: list[str], log) -> dict:
     from unetzoo.evaluation import evaluate_folder
     from unetzoo.inference.predictor import Predictor
 
-    out = run_dir / "validation"
-    predictor = Predictor(run_dir, device=Config.load(run_dir / "config.json").train.device, keep_largest={})
+    run = RunFolder(run_dir)
+    out = run.validation
+    device = Config.load(run.config).train.device
+    predictor = Predictor(run_dir, PredictConfig(device=device), keep_largest={})
     cases = [dataset.case(n) for n in val_names]
     predictor.predict_cases({c.name: c.images for c in cases}, out, overwrite=True)
-    labels_dir = out / "labels"
+    labels_dir = run.validation_labels
     labels_dir.mkdir(exist_ok=True)
     for case in cases:  # evaluate_folder pairs files by name: link the references under the case names
         link = labels_dir / f"{case.name}{dataset.file_ending}"
         if not link.exists():
             os.symlink(case.label.resolve(), link)
     # the source files of every validation case, so that `unetzoo report` can draw image/label/prediction overlays
-    write_text(out / "cases.json", json.dumps({c.name: {"image": [str(p.resolve()) for p in c.images], "label": str(c.label.resolve())} for c in cases}, indent=1))
+    write_text(
+        run.validation_cases,
+        json.dumps(
+            {c.name: {"image": [str(p.resolve()) for p in c.images], "label": str(c.label.resolve())} for c in cases},
+            indent=1,
+        ),
+    )
     summary = evaluate_folder(out, labels_dir, out, label_ids=sorted(k for k in dataset.labels if k))
-    log.info(f"validation: mean Dice {summary['foreground_mean']['Dice']:.4f} over {len(cases)} cases; per class " + ", ".join(f"{k}: {v['Dice']:.4f}" for k, v in summary["mean"].items()))
+    log.info(
+        f"validation: mean Dice {summary['foreground_mean']['Dice']:.4f} over {len(cases)} cases; per class "
+        + ", ".join(f"{k}: {v['Dice']:.4f}" for k, v in summary["mean"].items())
+    )
     postprocess_validation(run_dir, log)
     return summary
 
@@ -44,20 +56,21 @@ def postprocess_validation(run_dir: Path, log) -> dict:
     from unetzoo.inference.postprocessing import decide_for_run, keep_largest
     from unetzoo.io import read_label_frames, write_array
 
-    validation = run_dir / "validation"
-    predictions, references = label_files(validation), label_files(validation / "labels")
-    classes = Plan.load(run_dir / "plan.json").label_ids[1:]
+    run = RunFolder(run_dir)
+    predictions, references = label_files(run.validation), label_files(run.validation_labels)
+    classes = Plan.load(run.plan).label_ids[1:]
     record = decide_for_run(run_dir, predictions, references, classes)
     rules = {int(c): k for c, k in record["keep_largest"].items()}
-    out = validation / "postprocessed"
+    out = run.postprocessed
     for case in references:
         frames = read_label_frames(predictions[case])  # 3D+t: every frame on its own
         label = frames[0].array if len(frames) == 1 else np.stack([f.array for f in frames], axis=-1)
         processed = keep_largest(label, rules, frames=len(frames) > 1)
         write_array(processed.astype(np.uint8), out / predictions[case].name, frames[0].affine, frames[0].header)
-    summary = evaluate_folder(out, validation / "labels", out, label_ids=classes)
+    summary = evaluate_folder(out, run.validation_labels, out, label_ids=classes)
     dice = ", ".join(f"{c}: {v['without']:.4f} -> {v['with']:.4f}" for c, v in record["validation_dice"].items())
-    log.info(f"post-processing: keep the largest component of classes {sorted(rules) or 'none'} (validation Dice without -> with, per class: {dice}); "
-             f"mean Dice with it {summary['foreground_mean']['Dice']:.4f}")
+    log.info(
+        f"post-processing: keep the largest component of classes {sorted(rules) or 'none'} (validation Dice without -> with, per class: {dice}); "
+        f"mean Dice with it {summary['foreground_mean']['Dice']:.4f}"
+    )
     return summary
-

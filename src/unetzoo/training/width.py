@@ -2,11 +2,11 @@
 
 nnU-Net fixes the width (32 features, doubled per stage, capped at 320) and trains 250,000 steps. A budget of
 minutes on a CPU holds a few hundred steps of that network, and there the number of steps, not the width, limits
-the Dice (README, issue 18: the hippocampus ``unet`` reached 0.840 at 500 steps and 0.861 at 1,000; the ACDC 3D
-``unet`` 0.394 after 271 steps of 6 s). So under ``--max-minutes`` the run times training steps of the planned
-network on its own device and precision (:func:`unetzoo.training.step_timer.measure_train`: the ``unetzoo train``
-step on a synthetic batch of the plan's patch and batch) and, while ``STEP_SHARE`` of the budget affords fewer
-than ``train.min_steps`` steps, halves ``base_features`` (not below ``MIN_WIDTH``) and times again.
+the Dice (measured: the hippocampus ``unet`` reached 0.840 at 500 steps and 0.861 at 1,000; the ACDC 3D
+``unet`` 0.394 after 271 steps of 6 s; docs/results/). So under ``--max-minutes`` the run times training steps
+of the planned network on its own device and precision (:func:`unetzoo.training.step_timer.measure_train`: the
+``unetzoo train`` step on a synthetic batch of the plan's patch and batch) and, while ``STEP_SHARE`` of the budget
+affords fewer than ``train.min_steps`` steps, halves ``base_features`` (not below ``MIN_WIDTH``) and times again.
 
 Only for models that take ``base_features`` and only when the user did not set it: ``--set
 model_args.base_features=32`` (or ``train.min_steps=0``) keeps nnU-Net's width. The chosen width is logged with
@@ -40,8 +40,15 @@ def step_seconds(config: Config, plan: Plan, train_cases: int | None) -> float:
     """Median time of a training step of ``config``'s model on the plan's patch and batch, on its device."""
     from unetzoo.training.step_timer import measure_train
 
-    spec = {"config": config.to_dict(), "plan": plan.to_dict(), "warmup": WARMUP_STEPS, "steps": TIMED_STEPS,
-            "device": config.train.device, "train_cases": train_cases, "seed": config.seed}
+    spec = {
+        "config": config.to_dict(),
+        "plan": plan.to_dict(),
+        "warmup": WARMUP_STEPS,
+        "steps": TIMED_STEPS,
+        "device": config.train.device,
+        "train_cases": train_cases,
+        "seed": config.seed,
+    }
     return float(measure_train(spec)["train_step_s"])
 
 
@@ -60,11 +67,15 @@ def budget_width(config: Config, plan: Plan, train_cases: int | None, log, timer
         trial.model_args = {**config.model_args, "base_features": width}
         step = (timer or step_seconds)(trial, plan, train_cases)
         affords = int(seconds // step)
-        log.info(f"time budget: base_features {width}: a training step takes {step:.2f} s, so {STEP_SHARE:.0%} of "
-                 f"{cfg.max_minutes:g} min holds {affords} steps (train.min_steps {cfg.min_steps})")
+        log.info(
+            f"time budget: base_features {width}: a training step takes {step:.2f} s, so {STEP_SHARE:.0%} of "
+            f"{cfg.max_minutes:g} min holds {affords} steps (train.min_steps {cfg.min_steps})"
+        )
         if affords >= cfg.min_steps or width // 2 < MIN_WIDTH:
             break
         width //= 2
-    log.info(f"time budget: {config.model} trains with base_features {width} (measured in {time.monotonic() - start:.0f} s; "
-             f"--set model_args.base_features=N fixes the width)")
+    log.info(
+        f"time budget: {config.model} trains with base_features {width} (measured in {time.monotonic() - start:.0f} s; "
+        f"--set model_args.base_features=N fixes the width)"
+    )
     return trial
