@@ -3,7 +3,7 @@ worker process (``unetzoo.experiments.benchmark``), fp32, batch 1, one thread, 0
 
     python benchmarks/projection_memory.py JOB [JOB ...]      (JOB: a key of JOBS)
 
-Each job writes ``benchmarks/results/projection_memory/JOB/benchmark.{json,csv,png}`` (the repository keeps json and csv). The README's runs capped the
+Each job writes ``benchmarks/results/projection_memory/JOB/benchmark.{json,csv,png}`` (the repository keeps json and csv). The runs in docs/results/projection-memory.md capped the
 address space (``ulimit -v``: 12 GB for ``full_unet_train``, 10 GB for ``cube256_unet_infer``, 16 GB otherwise)
 so that a job that does not fit fails itself instead of pushing other jobs on the shared machine out of memory.
 """

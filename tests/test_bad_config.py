@@ -97,9 +97,9 @@ def test_api_predict_options_are_checked_before_the_run_is_read(tmp_path, option
     from unetzoo.inference import predict
 
     with pytest.raises(UnetzooError, match=message):
-        Predictor(tmp_path / "no_run", PredictConfig(**options))
+        Predictor(tmp_path / "no_run", options=PredictConfig(**options))
     with pytest.raises(UnetzooError, match=message):
-        predict(tmp_path / "no_run", tmp_path / "in", tmp_path / "out", PredictConfig(**options))
+        predict(tmp_path / "no_run", tmp_path / "in", tmp_path / "out", options=PredictConfig(**options))
     if "keep_largest" not in options:  # the keyword keep_largest is the rules themselves (dict or text), not a field
         with pytest.raises(UnetzooError, match=message):
             predict(tmp_path / "no_run", tmp_path / "in", tmp_path / "out", **options)

@@ -1,4 +1,4 @@
-"""Time budgets size the network (budget_width.py): base_features halves until the budget holds train.min_steps."""
+"""Time budgets size the network (training/width.py): base_features halves until the budget holds train.min_steps."""
 
 from __future__ import annotations
 

@@ -385,9 +385,9 @@ def test_killed_compare_restarts_and_finishes_every_run(experiment):
         assert len(logs) == 2 and "epoch 0:" not in logs[-1].read_text()
         assert [h["epoch"] for h in _history(run.path)] == [0, 1]
     for run in runs:  # the same code as `unetzoo train`: a normal run folder with the budget in its config
-        config = json.loads((run / "config.json").read_text())
+        config = json.loads((run.path / "config.json").read_text())
         assert (config["train"]["epochs"], config["train"]["iters_per_epoch"]) == (2, 1)
-        assert (run / "postprocessing.json").is_file() and (run / "checkpoint_best.pt").is_file()
+        assert (run.path / "postprocessing.json").is_file() and (run.path / "checkpoint_best.pt").is_file()
     for name in ("leaderboard.md", "leaderboard.csv", "leaderboard.json", "pareto.png"):
         assert (out / name).is_file()
     assert (out / "benchmark" / "benchmark.json").is_file()
@@ -505,7 +505,7 @@ def test_slurm_path_through_submitit_local_executor(organs, tmp_path):
     broken = run_folder(out, "unet2d-slices", 0)
     broken.path.mkdir(parents=True)
     (broken.path / "splits.json").write_text("{broken")  # this run's training fails when it reads its splits
-    failed = r"1 job\(s\) failed \(train_unet2d-slices_fold0: job \d+: json.decoder.JSONDecodeError: .* \(log .*/slurm/\d+/\d+_0_log.err\)\)"
+    failed = r"1 job\(s\) failed \(train_unet2d-slices_fold0: job \d+: unetzoo.errors.UnetzooError: .*splits.json: invalid JSON .* \(log .*/slurm/\d+/\d+_0_log.err\)\)"
     with pytest.raises(UnetzooError, match=failed):
         compare(
             organs,

@@ -295,7 +295,7 @@ def test_declared_departures_fine_band_and_elastic_augmentation():
     """Naval Marimont & Tarroni 2022: "the points near the broad boundary are predicted by the Implicit decoder" (no
     width given): the band is broad_stride // 2 = 2 voxels by default. "Training augmentations included elastic
     transforms, ...": elastic deformation is off by default (augment.elastic_p 0). Both are declared departures
-    (README models table)."""
+    (docs/models.md)."""
     assert _method().band == 2 and _method(broad_stride=8).band == 4 and _method(band=1).band == 1
     assert Config(model="implicit-unet").augment.elastic_p == 0.0
 

@@ -51,7 +51,9 @@ def imports(module: str) -> set[str]:
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+        elif isinstance(node, ast.ImportFrom) and node.level > 0:
+            raise AssertionError(f"{path}:{node.lineno}: a relative import; the walk reads absolute ones only")
+        elif isinstance(node, ast.ImportFrom) and node.module:
             # ``from unetzoo.data import transforms`` imports the module unetzoo.data.transforms
             names = [
                 f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in MODULES else node.module for a in node.names

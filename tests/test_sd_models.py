@@ -100,7 +100,7 @@ def test_sd_unet_default_placement_follows_the_authors_code_for_table5_nuclei():
     """Carvalho et al. 2021 (arXiv:2103.11713), Table 5 (nuclei): "SDN layers per encoder/decoder 2". Source of the
     placement: the authors' code (joaocarv/holistic-seg@4ebbd01 lib/models.py, UNet: encoder Down i and decoder
     Up i get an SDN when i <= sdn_n_layers), so k = 2 gives k + 1 = 3 SDN stages per encoder and per decoder, not
-    the 2 of the table read literally (a declared departure from the text, README models table); the encoder's SDN
+    the 2 of the table read literally (a declared departure from the text, docs/models.md); the encoder's SDN
     stages are the highest-resolution downsampled ones, the decoder's the deepest, as that code has it."""
     net = SDUNet(2, 1, 2, n_stages=5, sdn_state_size=4)
     assert net.sdn_encoder_stages == [1, 2, 3] and net.sdn_decoder_stages == [1, 2, 3]
@@ -133,7 +133,7 @@ def test_sdn_unetpp_default_placement_follows_the_authors_code():
     the deeper scales of U-Net++". Source of the default placement: the authors' code instead
     (joaocarv/holistic-seg@4ebbd01 lib/models.py, NestedUnet: X0,0 and X1,0 always, X2,0 when sdn_n_layers >= 2;
     decoder X0,1 always, X0,2 when >= 2), i.e. the outer nodes including the full-resolution top row X^{0,j}: a
-    declared departure from the text (README models table); ``sdn_nodes`` places them at any nodes, the deeper
+    declared departure from the text (docs/models.md); ``sdn_nodes`` places them at any nodes, the deeper
     scales included."""
     net = SDNUNetPlusPlus(2, 1, 2, n_stages=5, sdn_state_size=4)
     assert net.sdn_nodes == [(0, 0), (0, 1), (0, 2), (1, 0), (2, 0)]

@@ -398,7 +398,7 @@ def run(argv=None) -> None:
     elif args.command == "predict":
         from unetzoo.inference import predict
 
-        written = predict(args.run, args.input, args.output, set_options(PredictConfig(), vars(args)))
+        written = predict(args.run, args.input, args.output, options=set_options(PredictConfig(), vars(args)))
         print(f"{len(written)} prediction(s) in {args.output}")
     elif args.command == "export":
         from unetzoo.inference.export import export_run
@@ -430,7 +430,12 @@ def run(argv=None) -> None:
             raise UnetzooError("give --models A,B,... or --run RUN [RUN ...]")
         models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
         run_benchmark(
-            models, args.out, set_options(BenchmarkConfig(), vars(args)), data=args.data, runs=args.run, sets=args.set
+            models,
+            args.out,
+            args.data,
+            options=set_options(BenchmarkConfig(), vars(args)),
+            runs=args.run,
+            sets=args.set,
         )
     elif args.command == "compare":
         _compare(args)

@@ -90,8 +90,8 @@ class TrainConfig:
     )
     val_cases: int = 0  # validation cases (3D+t: subjects, all frames) the per-epoch validation uses; 0 = every one
     max_minutes: float = 0.0  # stop after this much training time (0 = no limit), the poly schedule annealing over it (budget.py); the run still validates
-    min_steps: int = 1000  # under max_minutes: halve model_args.base_features until the budget holds this many steps (budget_width.py); 0 = keep the width
-    precision: str = "auto"  # auto (fastest native: see precision.py), 32-true, bf16-mixed, 16-mixed
+    min_steps: int = 1000  # under max_minutes: halve model_args.base_features until the budget holds this many steps (training/width.py); 0 = keep the width
+    precision: str = "auto"  # auto (fastest native: see device.py), 32-true, bf16-mixed, 16-mixed
     device: str = "auto"  # auto: CUDA when present, else CPU; cpu; cuda
     devices: int = 1
     grad_clip: float = 12.0  # nnU-Net's gradient-norm clip
@@ -103,7 +103,7 @@ class InferenceConfig:
     gaussian: bool = True
     mirror: bool = False  # test-time mirroring over every spatial axis
     sw_batch_size: int = 2
-    precision: str = "auto"  # auto (fp32 unless the run's bf16 check chose bf16 on a native-bf16 device: precision.py), 32-true, bf16-mixed
+    precision: str = "auto"  # auto (fp32 unless the run's bf16 check chose bf16 on a native-bf16 device: device.py), 32-true, bf16-mixed
 
 
 @dataclass

@@ -21,7 +21,7 @@ import torch
 
 from unetzoo.errors import UnetzooError
 from unetzoo.io import read_json
-from unetzoo.runfolder import INFERENCE_PRECISION
+from unetzoo.runfolder import RunFolder
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -101,7 +101,7 @@ def inference_precision(requested: str, device: torch.device, run_dir: str | Pat
         raise UnetzooError(f"unknown inference precision {requested!r} ({', '.join(INFERENCE_PRECISIONS)})")
     if requested != "auto":
         return requested, f"inference precision {requested}"
-    record = read_json(Path(run_dir) / INFERENCE_PRECISION) if run_dir is not None else None
+    record = read_json(RunFolder(run_dir).inference_precision) if run_dir is not None else None
     if record is None:
         return "32-true", "inference precision auto: 32-true (the run has no bf16 check)"
     if record["choice"] != "bf16-mixed":

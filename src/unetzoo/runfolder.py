@@ -78,6 +78,15 @@ class RunFolder:
         return self.path / INFERENCE_PRECISION
 
     @property
+    def logs(self) -> Path:
+        """Lightning's loggers' folder (CSV, TensorBoard)."""
+        return self.path / "logs"
+
+    def training_log(self, stamp: str) -> Path:
+        """The timestamped log of one invocation of training (a resumed run adds one)."""
+        return self.path / f"training_log_{stamp}.txt"
+
+    @property
     def benchmark(self) -> Path:
         return self.path / "benchmark.json"
 
@@ -118,12 +127,9 @@ class RunFolder:
         return self.path / f"{BEST if which == 'best' else LAST}{CHECKPOINT_EXT}"
 
     # ---- state --------------------------------------------------------------------------------------
-    def is_run(self) -> bool:
-        """Whether training has written the files prediction needs (the config and the data plan)."""
-        return self.config.is_file() and self.plan.is_file()
-
     def require(self) -> RunFolder:
-        """This folder, or one line naming the file that makes it no run folder."""
+        """This folder if it is a run (training wrote the config and the data plan, what prediction needs), or one
+        line naming the file that makes it none."""
         for path in (self.config, self.plan):
             if not path.is_file():
                 raise file_error(path, NOT_A_RUN)

@@ -13,7 +13,7 @@ per run:
   the median shrinks by its stride multiple. No per-axis cap.
 * **batch**: the step budget over the patch (>= 2), at most 5 % of the dataset's voxels per step (nnU-Net).
   ``STEP_BUDGET`` is voxels per step (patch x batch). On CPU it is sized to a measured step time: 2 x 48^3 (3D) and
-  4 x 256^2 (2D), about 3 s per ``unet`` step on two threads of this project's CPU in fp32 (README: a 3D ``unet``
+  4 x 256^2 (2D), about 3 s per ``unet`` step on two threads of this project's CPU in fp32 (docs/results/plan-cost.md: a 3D ``unet``
   step trains ~37k voxels/s per thread, a 2D ``unet2d-slices`` one ~45k pixels/s), so a 20-30 minute budget gets
   several hundred steps (the previous CPU budget, 2 x 64^3 and 12 x 256^2, made one ACDC ``unet`` step 12 s). On a
   GPU nnU-Net's references, 2 x 128^3 and 12 x 512^2. A time budget then sizes the network's width to the measured
@@ -26,7 +26,7 @@ per run:
   (ties: the last). The in-plane stride of Ding et al. 2021 (FLARE 2021) strides the two other axes.
 * CT statistics from foreground voxels (0.5/99.5 percentiles, mean, std).
 
-Explicit values (``--patch``, ``--target-spacing``, ``--batch-size``, ``--set model_args.strides=...``) win. A 3D+t
+Explicit values (``--patch``, ``--set data.target_spacing=...``, ``--batch-size``, ``--set model_args.strides=...``) win. A 3D+t
 case (4D NIfTI of a 1-channel dataset) is verified frame by frame and counts once, by its first frame.
 Verification reads every file, so a bad case stops the run before training with one line naming the file; what
 training survives but should not go unnoticed (duplicate cases, labels without an image, label ids no case holds)

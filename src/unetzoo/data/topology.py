@@ -59,7 +59,7 @@ def shape_spacing(median_shape) -> list[float] | None:
     stack in-plane kernels (1 along it) until the in-plane maps have shrunk to within 2x of its size, as nnU-Net's
     kernels for ACDC's known 10x1.5x1.5 mm (two stages of 1x3x3) do; 3x3x3 kernels from the first stage would mix
     slices a centimetre apart at full resolution. The ratio is a guess where the spacing is lost: the user's
-    ``--target-spacing`` (or ``--set model_args.kernel_sizes``) says better."""
+    ``--set data.target_spacing=...`` (or ``--set model_args.kernel_sizes``) says better."""
     if len(median_shape) != 3:
         return None
     sizes = [max(float(s), 1.0) for s in median_shape]

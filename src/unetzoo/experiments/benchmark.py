@@ -376,10 +376,14 @@ def _bar_chart(result: dict) -> bytes:
 
 
 def _with_options(config: Config, options: BenchmarkConfig, sets) -> Config:
-    """``config`` with the options' overrides (``--batch-size``, ``--precision``), then ``sets``, applied; checked."""
-    options.override(config)
+    """``config`` with ``--batch-size``, then ``sets``, then ``--precision`` applied (so a ``--set train.batch_size``
+    wins over the flag, and ``--precision`` over a ``--set train.precision``); checked."""
+    if options.batch_size is not None:
+        config.train.batch_size = options.batch_size
     for assignment in sets or ():
         config.set(assignment)
+    if options.precision is not None:
+        config.train.precision = options.precision
     return config.validate()
 
 
@@ -398,8 +402,9 @@ def _measure(options: BenchmarkConfig) -> dict:
 def run_benchmark(
     models,
     out_dir,
-    options: BenchmarkConfig | None = None,
     data=None,
+    *,
+    options: BenchmarkConfig | None = None,
     config: Config | None = None,
     runs=None,
     sets=(),

@@ -18,7 +18,7 @@ An experiment is a list of ordinary run folders plus one file that says which ru
 Budgets: ``steps`` gives every run the same number of optimiser steps of the same batch (epochs of
 ``train.iters_per_epoch`` steps; the poly learning-rate schedule runs over them); ``minutes`` the same wall-clock
 training time (``train.max_minutes``), on the same hardware. A job is ``train MODEL FOLD``, ``benchmark`` or
-``test MODEL``, run by :func:`run_job` wherever an executor (:mod:`unetzoo.experiments.executors`) starts it: training code does
+``test MODEL``, run by :func:`unetzoo.experiments.jobs.run_job` wherever an executor (:mod:`unetzoo.experiments.executors`) starts it: training code does
 not know which executor started it.
 """
 

@@ -204,9 +204,19 @@ def run_folder(out, model: str, fold: int) -> RunFolder:
 
 
 def test_folder(out, model: str) -> Path:
+    """The model's predictions of the experiment's test folder (``--test``)."""
     return Path(out) / "test" / model
 
 
+def test_evaluation(out, model: str) -> Path:
+    """The evaluation of those predictions, where the test folder has labels (its ``summary.json``)."""
+    return test_folder(out, model) / "evaluation"
+
+
+def test_record(out, model: str) -> Path:
+    """What was predicted, where the test folder has no labels to evaluate against."""
+    return test_folder(out, model) / "predicted.json"
+
+
 def test_done(out, model: str) -> bool:
-    folder = test_folder(out, model)
-    return (folder / "evaluation" / "summary.json").is_file() or (folder / "predicted.json").is_file()
+    return (test_evaluation(out, model) / "summary.json").is_file() or test_record(out, model).is_file()

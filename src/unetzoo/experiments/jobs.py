@@ -11,7 +11,14 @@ from pathlib import Path
 
 from unetzoo.config import Config
 from unetzoo.errors import UnetzooError, file_error
-from unetzoo.experiments.experiment import EXPERIMENT_FILE, Experiment, run_folder, test_folder
+from unetzoo.experiments.experiment import (
+    EXPERIMENT_FILE,
+    Experiment,
+    run_folder,
+    test_evaluation,
+    test_folder,
+    test_record,
+)
 from unetzoo.io import file_ending, output_folder, read_json, write_text
 
 
@@ -119,7 +126,7 @@ def _predict_test(out: Path, experiment: Experiment, model: str) -> Path:
     predictor.predict_cases(images, folder)
     if not labels:
         write_text(
-            folder / "predicted.json",
+            test_record(out, model),
             json.dumps({"cases": sorted(images), "runs": [str(r) for r in runs]}, indent=1) + "\n",
         )
         return folder
@@ -128,7 +135,7 @@ def _predict_test(out: Path, experiment: Experiment, model: str) -> Path:
         link = references / f"{name}{file_ending(label)}"
         if not link.exists():
             link.symlink_to(Path(label).resolve())
-    evaluate_folder(folder, references, folder / "evaluation", label_ids=predictor.plan.label_ids[1:])
+    evaluate_folder(folder, references, test_evaluation(out, model), label_ids=predictor.plan.label_ids[1:])
     return folder
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from unetzoo.experiments.experiment import Experiment, run_folder, test_folder
+from unetzoo.experiments.experiment import Experiment, run_folder, test_evaluation
 from unetzoo.formatting import duration, human
 from unetzoo.io import read_json, write_bytes, write_text
 from unetzoo.runfolder import RunFolder
@@ -145,7 +145,7 @@ def _model_entry(out: Path, experiment: Experiment, model: str) -> dict:
     )
     if entry["complete"]:
         entry["_cases"] = case_table([read_json(r.postprocessed_summary) for r in runs])
-    test = read_json(test_folder(out, model) / "evaluation" / "summary.json")
+    test = read_json(test_evaluation(out, model) / "summary.json")
     if test:
         keys, _, values = case_table([test])
         entry["test"] = {

@@ -30,7 +30,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, fmt: str = "torchscript
     from unetzoo.config import PredictConfig
     from unetzoo.inference.predictor import Predictor
 
-    predictor = Predictor(run_dir, PredictConfig(checkpoint=checkpoint))
+    predictor = Predictor(run_dir, options=PredictConfig(checkpoint=checkpoint))
     out_dir = Path(out_dir)
     path = export_method(predictor.method, out_dir, fmt, checkpoint=predictor.checkpoint_path)
     predictor.plan.save(out_dir / "plan.json")

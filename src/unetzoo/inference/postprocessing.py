@@ -21,7 +21,7 @@ from scipy import ndimage
 
 from unetzoo.errors import UnetzooError
 from unetzoo.evaluation import nanmean
-from unetzoo.io import read_label_frames, write_text
+from unetzoo.io import read_json, read_label_frames, write_text
 from unetzoo.runfolder import RunFolder
 
 
@@ -107,7 +107,5 @@ def decide_for_run(
 
 def run_rules(run_dir: Path) -> dict[int, int]:
     """The rules a run's training chose (``postprocessing.json``), or none."""
-    path = RunFolder(run_dir).postprocessing
-    if not path.is_file():
-        return {}
-    return {int(c): int(k) for c, k in json.loads(path.read_text())["keep_largest"].items()}
+    record = read_json(RunFolder(run_dir).postprocessing, {"keep_largest": {}})
+    return {int(c): int(k) for c, k in record["keep_largest"].items()}

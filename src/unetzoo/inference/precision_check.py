@@ -59,7 +59,9 @@ def check_inference_precision(
     else:
         labels, seconds = {}, {}
         for precision in ("32-true", "bf16-mixed"):
-            predictor = Predictor(run_dir, PredictConfig(device=device_name, precision=precision), keep_largest={})
+            predictor = Predictor(
+                run_dir, options=PredictConfig(device=device_name, precision=precision), keep_largest={}
+            )
             predictor.predict_probabilities(next(iter(chosen.values())))  # warm-up
             start = time.perf_counter()
             for name, files in chosen.items():

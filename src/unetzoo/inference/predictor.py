@@ -87,12 +87,14 @@ class Predictor:
     def __init__(
         self,
         run_dir: str | Path,
+        *,
         options: PredictConfig | None = None,
         keep_largest: dict[int, int] | str | None = None,
         **fields,
     ):
         options = _options(options, fields)
         run = RunFolder(run_dir).require()
+        run.checkpoint_file(options.checkpoint)  # a bad name is refused before the model is built
         run_dir = run.path
         config = options.override(Config.load(run.config))
         if options.fit_slices != 1:
@@ -282,12 +284,13 @@ class Ensemble(Predictor):
     def __init__(
         self,
         run_dirs: list[str | Path],
+        *,
         options: PredictConfig | None = None,
         keep_largest: dict[int, int] | str | None = None,
         **fields,
     ):
         options = _options(options, fields)
-        self.members = [Predictor(run_dir, options, keep_largest) for run_dir in run_dirs]
+        self.members = [Predictor(run_dir, options=options, keep_largest=keep_largest) for run_dir in run_dirs]
         first = self.members[0]
         for run_dir, member in zip(run_dirs[1:], self.members[1:]):
             for name in COMPATIBLE:
@@ -356,6 +359,7 @@ def predict(
     run_dir,
     input_path,
     output_dir,
+    *,
     options: PredictConfig | None = None,
     keep_largest: dict[int, int] | str | None = None,
     **fields,
@@ -367,14 +371,20 @@ def predict(
     latent on every K-th slice only (nisf), ...; ``keep_largest`` as :class:`Predictor`'s."""
     options = _options(options, fields)
     runs = list(run_dir) if isinstance(run_dir, (list, tuple)) else [run_dir]
-    predictor = Ensemble(runs, options, keep_largest) if len(runs) > 1 else Predictor(runs[0], options, keep_largest)
+    chosen = {"options": options, "keep_largest": keep_largest}
+    predictor = Ensemble(runs, **chosen) if len(runs) > 1 else Predictor(runs[0], **chosen)
     cases = prediction_inputs(input_path, predictor.plan.n_channel_files)
     return predictor.predict_cases(cases, output_dir)
 
 
 def _options(options: PredictConfig | None, fields: dict) -> PredictConfig:
-    """``options`` (default ``PredictConfig()``) with ``fields`` replaced, checked: a bad value is one line naming the
-    option's flag, before anything is loaded."""
+    """``options`` (default ``PredictConfig()``) with ``fields`` replaced, checked: a bad value or an unknown field is
+    one line naming it, before anything is loaded. ``grid_reference`` is the older name of ``grid``."""
+    fields = {("grid" if name == "grid_reference" else name): value for name, value in fields.items()}
+    known = [f.name for f in dataclasses.fields(PredictConfig)]
+    unknown = sorted(set(fields) - set(known))
+    if unknown:
+        raise UnetzooError(f"unknown prediction option {unknown[0]!r} (known: {', '.join(known)})")
     return dataclasses.replace(options or PredictConfig(), **fields).validate()
 
 

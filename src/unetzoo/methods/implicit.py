@@ -11,7 +11,7 @@ paper at any patch size: 7,196 points in a 96x96x64 patch, 1,094 in a 40x56x40 h
 30,000 would be a much denser (and, for the MLP, proportionally costlier) sample on smaller patches: 5.1 % of a
 96x96x64 patch, 33 % of the hippocampus patch.
 
-Departures from the paper's pipeline (the README models table lists them):
+Departures from the paper's pipeline (docs/models.md lists them):
 
 * Intensity normalisation is the pipeline's (nnU-Net's scheme, ``data.transforms.NormalizeByModalityd``): CT is
   clipped to the dataset's foreground 0.5 and 99.5 percentiles and z-scored with the foreground mean and std, other

@@ -5,7 +5,7 @@ data volumes without cropping or sliding-window techniques"): no patch crop at a
 training augmentations keep each volume's size; the volumes of one batch are padded to the batch's largest shape
 (the network takes any shape), the image with its own minimum per channel (so that padding never wins a maximum
 intensity projection) and the label with -1, which the loss ignores. Memory then grows with the largest training
-volume (the README's "Memory at scale": 7 GB for a training step at the paper's 96 x 288 x 224); nothing is cropped
+volume (docs/results/projection-memory.md: 7 GB for a training step at the paper's 96 x 288 x 224); nothing is cropped
 to bound it (``--batch-size 1``, the paper's minibatch, is the way to save memory). The plan's patch (the median
 shape rounded up to a multiple of 8, not capped) only sizes the 2D U-Net and the benchmark's synthetic batch.
 

@@ -77,7 +77,7 @@ everything below is exact, i.e. changes no number beyond float rounding, unless 
     * ``checkpoint=True`` (the default): in training the decoder runs in chunks of ``train_chunk`` points whose
       activations are recomputed in backward, one chunk at a time; it removes the MLP's activation memory (8 x 512
       floats per point, 236 MB for 2 x 7,200 points) for one more MLP forward, so that training memory stays below
-      ``unet``'s as in the paper (0.71-0.73; measured in the README). Exact: the same gradients.
+      ``unet``'s as in the paper (0.71-0.73; measured, docs/results/). Exact: the same gradients.
 
 ``forward(x)`` decodes every voxel centre (chunks of ``chunk`` points when gradients are off) and returns dense
 logits (B, K, *spatial), so the model also works anywhere a dense network is expected. The efficient paths

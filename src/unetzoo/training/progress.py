@@ -11,6 +11,8 @@ import logging
 import time
 from pathlib import Path
 
+from unetzoo.runfolder import RunFolder
+
 
 def run_logger(run_dir: Path, name: str = "unetzoo.train") -> logging.Logger:
     """A logger writing timestamped lines to ``run_dir/training_log_<timestamp>.txt`` and to the console.
@@ -29,7 +31,7 @@ def run_logger(run_dir: Path, name: str = "unetzoo.train") -> logging.Logger:
             return logger
         stamp = time.strftime("%Y_%m_%d_%H_%M_%S")
         formatter = logging.Formatter("%(asctime)s: %(message)s", "%Y-%m-%d %H:%M:%S")
-        for handler in (logging.FileHandler(run_dir / f"training_log_{stamp}.txt"), logging.StreamHandler()):
+        for handler in (logging.FileHandler(RunFolder(run_dir).training_log(stamp)), logging.StreamHandler()):
             handler.setFormatter(formatter)
             logger.addHandler(handler)
     return logger

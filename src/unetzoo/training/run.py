@@ -26,7 +26,7 @@ from unetzoo.data.splits import fold_split, splits_for
 from unetzoo.device import device_line, resolve_device, resolve_precision
 from unetzoo.errors import UnetzooError, file_error
 from unetzoo.inference.precision_check import check_inference_precision
-from unetzoo.io import output_folder, remove_leftovers, write_text
+from unetzoo.io import output_folder, read_json, remove_leftovers, write_text
 from unetzoo.methods import Method, build_method, method_class
 from unetzoo.runfolder import RunFolder
 from unetzoo.training.budget import TimeBudget
@@ -39,7 +39,7 @@ from unetzoo.training.width import budget_width
 
 def _load_or_make(path: Path, make):
     if path.is_file():
-        return json.loads(path.read_text())
+        return read_json(path)
     value = make()
     write_text(path, json.dumps(value, indent=2))
     return value
@@ -229,8 +229,7 @@ def _calibrate(module: SegmentationModule, items: list[dict], run_dir: Path, log
     if type(module.method).calibrate is Method.calibrate or not items:  # the method chooses nothing
         return
     run = RunFolder(run_dir)
-    best = run.checkpoint_file("best")
-    load_weights(module.method.model, best if best.is_file() else run.checkpoint_file("last"))
+    load_weights(module.method.model, run.checkpoint("best"))
     cases = module._cached(items)
     updates = module.method.calibrate([cases[i] for i in range(len(cases))], log, run_dir)
     if updates:

@@ -95,7 +95,8 @@ def run_loggers(run_dir: Path) -> list:
 
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-    loggers = [CSVLogger(run_dir / "logs", name="csv")]
+    logs = RunFolder(run_dir).logs
+    loggers = [CSVLogger(logs, name="csv")]
     if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
-        loggers.append(TensorBoardLogger(run_dir / "logs", name="tensorboard", default_hp_metric=False))
+        loggers.append(TensorBoardLogger(logs, name="tensorboard", default_hp_metric=False))
     return loggers

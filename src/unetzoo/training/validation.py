@@ -23,7 +23,7 @@ def validate_run(run_dir: Path, dataset, val_names: list[str], log) -> dict:
     run = RunFolder(run_dir)
     out = run.validation
     device = Config.load(run.config).train.device
-    predictor = Predictor(run_dir, PredictConfig(device=device), keep_largest={})
+    predictor = Predictor(run_dir, options=PredictConfig(device=device), keep_largest={})
     cases = [dataset.case(n) for n in val_names]
     predictor.predict_cases({c.name: c.images for c in cases}, out, overwrite=True)
     labels_dir = run.validation_labels
