@@ -337,7 +337,7 @@ def _demo(args) -> None:
     page = make_report([run], args.out / "report")
     print(
         f"demo: mean Dice over all {len(summary['cases'])} cases (training cases included) {summary['foreground_mean']['Dice']:.3f}; "
-        f"held-out fold: {run / 'validation' / 'summary.json'}; report: {page}"
+        f"held-out fold: {RunFolder(run).summary}; report: {page}"
     )
 
 

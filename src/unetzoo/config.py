@@ -201,6 +201,17 @@ class _Options:
         named so); returns the options."""
         return _check(self, _PREFIXES[type(self)])
 
+    @classmethod
+    def merged(cls, options=None, **fields):
+        """``options`` (default: the defaults) with ``fields`` replaced, checked: a bad value or an unknown field is
+        one line naming it, before anything is loaded (the API's keywords, ``predict(run, images, out, device="cpu")``)."""
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(fields) - set(known))
+        if unknown:
+            noun = _PREFIXES[cls].rstrip(".")
+            raise UnetzooError(f"unknown {noun} option {unknown[0]!r} (known: {', '.join(known)})")
+        return dataclasses.replace(options or cls(), **fields).validate()
+
     def override(self, config: Config) -> Config:
         """``config`` with the overrides that are set (not None) applied: e.g. ``--overlap`` on the run's
         ``inference.overlap``; not validated."""

@@ -25,7 +25,6 @@ with its ratio to the first model).
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io as _io
 import json
 import os
@@ -419,7 +418,7 @@ def run_benchmark(
     With ``runs``, every run is measured with the configuration it was trained with, and a one-model
     ``benchmark.json`` is also written into the run folder (``unetzoo report`` shows it).
     """
-    options = dataclasses.replace(options or BenchmarkConfig(), **fields).validate()
+    options = BenchmarkConfig.merged(options, **fields)
     shape, patch = options.shape, options.patch
     if runs:
         if models or data is not None or shape is not None or patch:

@@ -12,7 +12,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from unetzoo.config import PredictConfig
 from unetzoo.device import native, resolve_device
+from unetzoo.inference.predictor import Predictor
 from unetzoo.io import write_text
 from unetzoo.runfolder import RunFolder
 
@@ -46,9 +48,6 @@ def check_inference_precision(
     native bf16, the first ``max_cases`` validation ``cases`` are predicted in fp32 and in bf16 autocast (each
     precision warmed up on the first case, then timed), and bf16 is chosen by :func:`decide`. Elsewhere bf16 would
     be emulated (slow) and is not measured: the record says so and prediction stays fp32."""
-    from unetzoo.config import PredictConfig
-    from unetzoo.inference.predictor import Predictor
-
     run_dir, device = Path(run_dir), resolve_device(device_name)
     where = "CUDA GPU" if device.type == "cuda" else "CPU"
     record = {"device": device.type, "native_bf16": native("bf16-mixed", device), "min_agreement": min_agreement}

@@ -15,7 +15,6 @@ the next one starts.
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import logging
 from pathlib import Path
@@ -94,7 +93,7 @@ class Predictor:
     ):
         options = _options(options, fields)
         run = RunFolder(run_dir).require()
-        run.checkpoint_file(options.checkpoint)  # a bad name is refused before the model is built
+        self.checkpoint_path = run.checkpoint(options.checkpoint)  # a bad or missing one is refused before any build
         run_dir = run.path
         config = options.override(Config.load(run.config))
         if options.fit_slices != 1:
@@ -117,7 +116,6 @@ class Predictor:
                 )
             if not self.grid_reference.is_file():
                 raise file_error(self.grid_reference, "--grid reference image not found")
-        self.checkpoint_path = run.checkpoint(options.checkpoint)
         load_weights(self.method.model, self.checkpoint_path)
         self.method.model.to(self.device).eval()
         self.preprocess = preprocessing(self.plan, with_label=False)
@@ -378,14 +376,9 @@ def predict(
 
 
 def _options(options: PredictConfig | None, fields: dict) -> PredictConfig:
-    """``options`` (default ``PredictConfig()``) with ``fields`` replaced, checked: a bad value or an unknown field is
-    one line naming it, before anything is loaded. ``grid_reference`` is the older name of ``grid``."""
+    """:meth:`PredictConfig.merged`; ``grid_reference`` is the older name of ``grid``."""
     fields = {("grid" if name == "grid_reference" else name): value for name, value in fields.items()}
-    known = [f.name for f in dataclasses.fields(PredictConfig)]
-    unknown = sorted(set(fields) - set(known))
-    if unknown:
-        raise UnetzooError(f"unknown prediction option {unknown[0]!r} (known: {', '.join(known)})")
-    return dataclasses.replace(options or PredictConfig(), **fields).validate()
+    return PredictConfig.merged(options, **fields)
 
 
 def _postprocessing(
