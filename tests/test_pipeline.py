@@ -154,6 +154,17 @@ def test_resume_continues_from_last_checkpoint(organs, tmp_path):
 
 
 @pytest.mark.slow
+def test_resume_after_the_last_epoch_restores_its_history(organs, tmp_path):
+    """Killed after the last epoch's checkpoint, before history.json: the resumed run has no epoch left to train, and
+    still writes the history its checkpoint holds."""
+    run = tmp_path / "run"
+    train(organs, run, tiny_config(epochs=1))
+    (run / "history.json").write_text("[]")  # as the kill left it: the checkpoint written, the history not yet
+    train(organs, run, tiny_config(epochs=1), resume=True)
+    assert [h["epoch"] for h in json.loads((run / "history.json").read_text())] == [0]
+
+
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume(organs, tmp_path):
     run = tmp_path / "run"
     args = [

@@ -35,13 +35,18 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 class HistoryFiles(Checkpoint):
     """Writes ``history.json`` and ``progress.png`` after the epoch's checkpoints, so that history.json never lists an
     epoch that no checkpoint holds (a full disk can stop the run between the two). A ``Checkpoint`` for its place
-    only: Lightning calls checkpoint callbacks last, in their order, so this one runs after the ModelCheckpoints."""
+    only: Lightning calls checkpoint callbacks last, in their order, so this one runs after the ModelCheckpoints.
+
+    Written once more when the fit ends: a run killed after its last epoch's checkpoint but before these files has, on
+    ``--resume``, no epoch left to train, and would otherwise keep the history of one epoch fewer than it trained."""
 
     def on_train_epoch_end(self, trainer, module):
         if trainer.is_global_zero and module.run_dir is not None and module.history:
             run = RunFolder(module.run_dir)
             write_text(run.history, json.dumps(module.history, indent=1))
             plot_progress(module.history, run.progress_plot, title=f"{module.config.model}, fold {module.config.fold}")
+
+    on_fit_end = on_train_epoch_end
 
 
 def trainer_settings(config: Config, method: Method) -> dict:
