@@ -436,7 +436,8 @@ def test_prediction_done_only_when_every_output_exists(runs, tmp_path):
     (out / f".tmp_{_dead_pid()}_x_a.nii.gz").write_bytes(b"half")
     (out / f".tmp_{os.getpid()}_x_b.nii.gz").write_bytes(b"being written")  # another command writing here
     predictor.predict_cases({"a": [image]}, out, save_probabilities=True)
-    assert sorted(p.name for p in out.iterdir()) == [f".tmp_{os.getpid()}_x_b.nii.gz", "a.nii.gz", "a.npz"]
+    expected = [f".tmp_{os.getpid()}_x_b.nii.gz", ".unetzoo-predictions.json", "a.nii.gz", "a.npz"]
+    assert sorted(p.name for p in out.iterdir()) == expected  # the record of what predict wrote, and its outputs
 
 
 def _dead_pid() -> int:

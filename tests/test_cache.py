@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import nibabel as nib
+import numpy as np
 import pytest
 import torch
 
@@ -39,8 +41,12 @@ def test_second_read_comes_from_the_cache_and_changed_files_are_redone(tmp_path,
             a["label"].as_tensor(), b["label"].as_tensor()
         )
 
-    path = cases[2].images[0]  # a changed file (new modification time) is preprocessed again
+    path = cases[2].images[0]  # a file only touched (same content) is still read from the cache
     os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1_000_000_000))
+    preprocessed_cases(items, plan, tmp_path / "cache")
+    assert reads == [] and len(list(folder.glob("*.pt"))) == 3
+    image = nib.load(path)  # a changed file is preprocessed again
+    nib.save(nib.Nifti1Image(np.asarray(image.dataobj) + 1, image.affine), path)
     preprocessed_cases(items, plan, tmp_path / "cache")
     assert len(reads) == 1 and len(list(folder.glob("*.pt"))) == 4
     other_plan = make_plan(dataset, cases, target_spacing=[2.0, 2.0, 2.0])

@@ -294,7 +294,8 @@ def test_local_executor_reports_a_failed_job_with_its_last_line_and_log(tmp_path
     assert lines[-1].startswith("compare [1/1] benchmark: failed, exit status 2")
 
 
-def test_slurm_settings_are_checked():
+def test_slurm_settings_are_checked(monkeypatch):
+    monkeypatch.setattr("shutil.which", lambda tool: f"/usr/bin/{tool}")  # as on a SLURM login node
     with pytest.raises(UnetzooError, match="compare.slurm.queue: unknown setting"):
         SubmititExecutor({"queue": "gpu"})
     with pytest.raises(UnetzooError, match="compare.slurm.time: expects a whole number"):
@@ -504,8 +505,8 @@ def test_slurm_path_through_submitit_local_executor(organs, tmp_path):
     out = tmp_path / "exp"
     broken = run_folder(out, "unet2d-slices", 0)
     broken.path.mkdir(parents=True)
-    (broken.path / "splits.json").write_text("{broken")  # this run's training fails when it reads its splits
-    failed = r"1 job\(s\) failed \(train_unet2d-slices_fold0: job \d+: unetzoo.errors.UnetzooError: .*splits.json: invalid JSON .* \(log .*/slurm/\d+/\d+_0_log.err\)\)"
+    (broken.path / "checkpoint_last.pt").write_bytes(b"")  # a run to resume without its config.json: the job fails
+    failed = r"1 job\(s\) failed \(train_unet2d-slices_fold0: job \d+: unetzoo.errors.UnetzooError: .*config.json: missing: not a unetzoo run folder .* \(log .*/slurm/\d+/\d+_0_log.err\)\)"
     with pytest.raises(UnetzooError, match=failed):
         compare(
             organs,

@@ -11,7 +11,16 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "unetzoo"
 
 # lowest first; a module belongs to the first entry that is its name or a package above it
 LAYERS = [
-    ["unetzoo.errors", "unetzoo.formatting", "unetzoo.io", "unetzoo.runfolder", "unetzoo.device", "unetzoo.config"],
+    [
+        "unetzoo.errors",
+        "unetzoo.formatting",
+        "unetzoo.io",
+        "unetzoo.itk_io",
+        "unetzoo.tiff_io",
+        "unetzoo.runfolder",
+        "unetzoo.device",
+        "unetzoo.config",
+    ],
     ["unetzoo.data"],
     ["unetzoo.models"],
     ["unetzoo.methods"],

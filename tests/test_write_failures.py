@@ -66,7 +66,9 @@ def test_disk_full_during_predict(tmp_path, monkeypatch, capsys):
         f"unetzoo: error: {out / 'b.nii.gz'}: cannot write the file: the disk is full (No space left on device): "
         "free some space, then run the command again"
     )
-    assert sorted(p.name for p in out.iterdir()) == ["a.nii.gz"]
+    assert sorted(p.name for p in out.iterdir()) == [".unetzoo-predictions.json", "a.nii.gz"]
+    record = json.loads((out / ".unetzoo-predictions.json").read_text())["files"]
+    assert record["a.nii.gz"] == (out / "a.nii.gz").stat().st_size and not record.get("b.nii.gz")
 
 
 def test_disk_full_at_the_first_checkpoint_leaves_the_folder_as_it_was(organs, tmp_path, monkeypatch):

@@ -88,9 +88,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("labels", type=Path)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument(
-        "--labels-ids", type=int, nargs="+", help="label ids to evaluate (default: every nonzero value found)"
+        "--label-ids",
+        "--labels-ids",
+        type=int,
+        nargs="+",
+        metavar="ID",
+        help="label ids to evaluate, all or some (default: every nonzero value found)",
     )
     p.add_argument("--nsd-tolerance", type=float, default=1.0, help="normalised surface Dice tolerance in mm")
+    p.add_argument(
+        "--ignore-label",
+        type=int,
+        metavar="ID",
+        help="label id of unlabelled voxels, which count in no metric (default: the label named 'ignore' in the "
+        "dataset.json beside the labels folder, if any)",
+    )
     p.add_argument(
         "--resample",
         action="store_true",
@@ -320,9 +332,9 @@ def _demo(args) -> None:
     from unetzoo.evaluation import evaluate_folder
     from unetzoo.experiments.report import make_report
     from unetzoo.inference import predict
+    from unetzoo.methods import method_class
     from unetzoo.training.run import train
 
-    data = write_organs_phantom(args.out / "data", cases=10, seed=0)
     config = Config(model=args.model)
     config.data.folds = 5
     config.data.num_workers = 0
@@ -331,6 +343,10 @@ def _demo(args) -> None:
     config.train.lr = 1e-3
     config.train.device = args.device
     config.data.patch_size = [32, 32, 32]
+    method_class(config.validate().model)  # a bad --epochs or --model before the data is written
+    data = args.out / "data"
+    if not (data / "dataset.json").is_file():  # a demo run again reuses its phantom
+        write_organs_phantom(data, cases=10, seed=0)
     run = train(data, args.out / "run", config, resume=RunFolder(args.out / "run").checkpoint_file("last").is_file())
     predict(run, data / "imagesTr", args.out / "predictions", device=args.device)
     summary = evaluate_folder(args.out / "predictions", data / "labelsTr", args.out / "evaluation")
@@ -405,15 +421,20 @@ def run(argv=None) -> None:
 
         print(export_run(args.run, args.out, fmt=args.format, checkpoint=args.checkpoint))
     elif args.command == "evaluate":
+        from unetzoo.data.datasets import folder_ignore_label
         from unetzoo.evaluation import evaluate_folder
 
+        ignore = args.ignore_label if args.ignore_label is not None else folder_ignore_label(args.labels)
+        if ignore is not None:
+            print(f"ignore label {ignore}: the voxels it marks in the references count in no metric")
         summary = evaluate_folder(
             args.pred,
             args.labels,
             args.out,
-            label_ids=args.labels_ids,
+            label_ids=args.label_ids,
             nsd_tolerance_mm=args.nsd_tolerance,
             resample=args.resample,
+            ignore_label=ignore,
         )
         for label, metrics in summary["mean"].items():
             print(

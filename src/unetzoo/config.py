@@ -31,6 +31,7 @@ from pathlib import Path
 
 from unetzoo.device import DEVICES, INFERENCE_PRECISIONS, PRECISIONS
 from unetzoo.errors import UnetzooError, file_error
+from unetzoo.io import SUPPORTED_ENDINGS
 
 
 @dataclass
@@ -188,7 +189,12 @@ class Config:
     def validate(self) -> Config:
         """Check every field against its annotated type and its :data:`RULES` entry; returns the config. The first bad
         field is a one-line error naming it, its command-line flag, what it accepts and what it got."""
-        return _check(self, "")
+        _check(self, "")
+        if not any(self.data.pos_neg_ratio):  # patches are drawn around foreground or background in this ratio
+            raise UnetzooError(
+                f"data.pos_neg_ratio: expected a list of 2 numbers >= 0, not both 0, got {self.data.pos_neg_ratio!r}"
+            )
+        return self
 
 
 class _Options:
@@ -240,6 +246,7 @@ class PredictConfig(_Options):
     fit_slices: int = 1
     keep_largest: str | None = None  # "K" or "CLASS:K,...", parsed against the run's classes; None: the run's choice
     no_postprocess: bool = False
+    output_format: str | None = None  # an image ending (".nii.gz", ".mha" ...); None: the input's (DICOM: .nii.gz)
 
     def __post_init__(self):
         if isinstance(self.grid, os.PathLike):
@@ -311,6 +318,7 @@ class Rule:
 PROBABILITY = Rule(ge=0, le=1)
 DEVICE = Rule(choices=DEVICES, flag="--device", help="auto (default): CUDA when present, else CPU")
 SIZES = Rule(ge=1, lengths=(2, 3), metavar="N")  # spatial sizes of a 2D or 3D image
+SEED_MAX = 2**32 - 1  # the largest seed numpy (and so Lightning's seed_everything) takes
 
 # One entry per field that accepts less than its type allows or has a command-line flag ("section.field"; top-level
 # fields without a section; the options of a command under "predict." / "benchmark."). A field not listed here is
@@ -324,7 +332,7 @@ RULES: dict[str, Rule] = {
         flag="--fold",
         help="cross-validation fold (default 0), or 'all' to train on every case (no held-out validation)",
     ),
-    "seed": Rule(ge=0, flag="--seed", help="random seed (default 0)"),
+    "seed": Rule(ge=0, le=SEED_MAX, flag="--seed", help="random seed (default 0)"),
     "data.patch_size": replace(SIZES, flag="--patch", help="patch size (D H W, or H W in 2D); default from the data"),
     "data.target_spacing": Rule(gt=0, lengths=(2, 3)),
     "data.pos_neg_ratio": Rule(ge=0, lengths=(2,)),
@@ -439,6 +447,13 @@ RULES: dict[str, Rule] = {
     "predict.no_postprocess": Rule(
         flag="--no-postprocess",
         help="write the raw argmax (skip the run's postprocessing.json, chosen on the validation fold)",
+    ),
+    "predict.output_format": Rule(
+        choices=SUPPORTED_ENDINGS,
+        flag="--output-format",
+        metavar="ENDING",
+        help="write the predictions in this format, e.g. .nii.gz or .mha (default: the input's; NIfTI .nii.gz for a "
+        "DICOM series)",
     ),
     "benchmark.shape": Rule(
         ge=1, lengths=(3, 4), flag="--shape", metavar="N", help="synthetic input C D H W (3D) or C H W (2D)"

@@ -17,6 +17,19 @@ def file_error(path, problem: str) -> UnetzooError:
     return UnetzooError(f"{path}: {problem}")
 
 
+class Stopped(SystemExit):
+    """The process was asked to stop (SIGTERM: ``kill``, a SLURM time limit, a container stop): not an error of the
+    run, which stays resumable. A ``SystemExit`` (as Lightning's own ``SIGTERMException``), so that no ``except
+    Exception`` swallows it; the command line says ``message`` in one line and exits 128 + the signal's number."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(128 + signum)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # no space left on the device, disk quota exceeded
 
 
@@ -45,9 +58,13 @@ def user_error(exc: BaseException) -> UnetzooError | None:
 
 
 def exit_status(action) -> int:
-    """Run ``action()``: 0, or 2 after printing a user error as one line (a bug keeps its traceback)."""
+    """Run ``action()``: 0, or 2 after printing a user error as one line, or 128 + the signal's number after a stop
+    (:class:`Stopped`) said in one line (a bug keeps its traceback)."""
     try:
         action()
+    except Stopped as stop:
+        print(f"unetzoo: {stop}", file=sys.stderr)
+        return stop.code
     except Exception as exc:
         error = user_error(exc)
         if error is None:

@@ -36,13 +36,11 @@ from pathlib import Path
 
 import numpy as np
 
-from unetzoo.errors import file_error
+from unetzoo.errors import UnetzooError, file_error
 from unetzoo.io import (
     AFFINE_TOLERANCE_MM,
-    PNG_ENDINGS,
     SUPPORTED_ENDINGS,
     Image,
-    file_ending,
     output_folder,
     read_label_frames,
     strip_ending,
@@ -83,16 +81,20 @@ def case_metrics(
     label_ids: list[int],
     spacing: tuple[float, ...],
     nsd_tolerance_mm: float = 1.0,
+    ignore_label: int | None = None,
 ) -> dict[int, dict[str, float]]:
-    """Metrics of one case for each label id (2D or 3D label maps of equal shape, spacing in mm per axis)."""
+    """Metrics of one case for each label id (2D or 3D label maps of equal shape, spacing in mm per axis). Voxels
+    whose reference is ``ignore_label`` count nowhere: the prediction is restricted to the other voxels, for the
+    counts and for the surfaces of NSD and HD95 alike."""
     if pred.shape != ref.shape:
         raise ValueError(f"prediction shape {pred.shape} != reference shape {ref.shape}")
     if len(spacing) != ref.ndim:
         raise ValueError(f"spacing {spacing} does not match a {ref.ndim}D label map")
     diagonal = float(np.linalg.norm(np.array(ref.shape) * np.array(spacing)))
+    labelled = np.ones(ref.shape, bool) if ignore_label is None else ref != ignore_label
     results, both_present = {}, []
     for label in label_ids:
-        p, r = pred == label, ref == label
+        p, r = (pred == label) & labelled, ref == label
         tp = int(np.count_nonzero(p & r))
         n_pred, n_ref = int(np.count_nonzero(p)), int(np.count_nonzero(r))
         fp, fn = n_pred - tp, n_ref - tp
@@ -104,7 +106,7 @@ def case_metrics(
             "TP": tp,
             "FP": fp,
             "FN": fn,
-            "TN": int(ref.size - tp - fp - fn),
+            "TN": int(np.count_nonzero(labelled) - tp - fp - fn),
             "n_pred": n_pred,
             "n_ref": n_ref,
         }
@@ -115,7 +117,7 @@ def case_metrics(
         results[label] = metrics
     if both_present:
         hd95, nsd = _surface_metrics(
-            np.stack([pred == label for label in both_present]),
+            np.stack([(pred == label) & labelled for label in both_present]),
             np.stack([ref == label for label in both_present]),
             spacing,
             nsd_tolerance_mm,
@@ -125,8 +127,13 @@ def case_metrics(
     return results
 
 
-def class_means(pred: np.ndarray, ref: np.ndarray, label_ids: list[int]) -> dict[str, float]:
-    """``MA`` and ``mean_IU`` of one case over background (voxels in no label id) and every label id."""
+def class_means(
+    pred: np.ndarray, ref: np.ndarray, label_ids: list[int], ignore_label: int | None = None
+) -> dict[str, float]:
+    """``MA`` and ``mean_IU`` of one case over background (voxels in no label id) and every label id, on the voxels
+    whose reference is not ``ignore_label``."""
+    if ignore_label is not None:
+        pred, ref = pred[ref != ignore_label], ref[ref != ignore_label]
     pred_classes = [~np.isin(pred, label_ids)] + [pred == label for label in label_ids]
     ref_classes = [~np.isin(ref, label_ids)] + [ref == label for label in label_ids]
     recalls, ious = [], []
@@ -163,12 +170,6 @@ def label_files(folder: Path) -> dict[str, Path]:
     return files
 
 
-def _check_values(path: Path, array: np.ndarray, label_ids: list[int]) -> None:
-    unknown = sorted(set(np.unique(array).tolist()) - {0, *label_ids})
-    if unknown:
-        raise file_error(path, f"label value(s) {unknown} not among the label ids {[0, *label_ids]}")
-
-
 def on_reference_grid(pred: Image, ref: Image, resample: bool = False) -> np.ndarray:
     """The prediction's label map on the reference's grid: as it is when both share shape and affine; resampled by
     nearest neighbour when ``resample`` (NIfTI only: a PNG has no geometry to resample by); else a one-line error
@@ -182,11 +183,9 @@ def on_reference_grid(pred: Image, ref: Image, resample: bool = False) -> np.nda
         if not same_shape
         else f"affine differs from the reference's by up to {offset:.4g} mm (flipped, shifted or another spacing?)"
     )
-    if not resample or file_ending(ref.path) in PNG_ENDINGS or file_ending(pred.path) in PNG_ENDINGS:
+    if not resample or ref.spatial_dims == 2 or pred.spatial_dims == 2:
         hint = (
-            "; pass --resample to take it onto the reference grid (nearest neighbour)"
-            if file_ending(ref.path) not in PNG_ENDINGS
-            else ""
+            "; pass --resample to take it onto the reference grid (nearest neighbour)" if ref.spatial_dims == 3 else ""
         )
         raise file_error(pred.path, f"not on the grid of the reference {ref.path}: {problem}{hint}")
     from scipy.ndimage import affine_transform
@@ -223,6 +222,7 @@ def evaluate_folder(
     label_ids: list[int] | None = None,
     nsd_tolerance_mm: float = 1.0,
     resample: bool = False,
+    ignore_label: int | None = None,
 ) -> dict:
     """Compare every reference in ``label_dir`` with the prediction of the same case name in ``pred_dir``.
 
@@ -230,12 +230,26 @@ def evaluate_folder(
     ``out_dir/cases.csv`` (one row per case and label, NaN as an empty cell) and returns the summary as
     written (NaN as None). A 3D+t case (4D label maps (X, Y, Z, T)) is measured per frame: one entry per
     case and frame (with a ``frame`` key, and a ``frame`` column in the CSV); the means are over all entries.
-    ``label_ids`` defaults to all non-zero values found; spacing is taken from each reference's affine. A prediction
-    on another grid than its reference is an error, or with ``resample`` resampled onto it (:func:`on_reference_grid`).
+    ``label_ids`` defaults to all non-zero values found; a subset evaluates those ids only (the other values count
+    as background in MA and mean_IU). Spacing is taken from each reference's affine. A prediction on another grid
+    than its reference is an error, or with ``resample`` resampled onto it (:func:`on_reference_grid`).
+    A negative or non-finite ``nsd_tolerance_mm``, or a label id below 1, is refused before anything is written.
+    ``ignore_label`` (the dataset's label named ``ignore``): the voxels whose reference holds it count in no metric
+    (:func:`case_metrics`), and it is no label id.
     """
     from tqdm import tqdm
 
+    if not (math.isfinite(nsd_tolerance_mm) and nsd_tolerance_mm >= 0):
+        raise UnetzooError(f"--nsd-tolerance: expected a distance in mm >= 0, got {nsd_tolerance_mm}")
+    if label_ids is not None and (not label_ids or min(label_ids) < 1 or len(set(label_ids)) < len(label_ids)):
+        raise UnetzooError(f"--label-ids: expected distinct label ids >= 1 (0 is the background), got {label_ids}")
+    if ignore_label is not None and label_ids is not None and ignore_label in label_ids:
+        raise UnetzooError(
+            f"--label-ids: {ignore_label} is the ignore label (unlabelled voxels), not a label to evaluate"
+        )
     pred_dir, label_dir, out_dir = Path(pred_dir), Path(label_dir), output_folder(out_dir)
+    if pred_dir.resolve() == label_dir.resolve():
+        log.warning("%s: the predictions folder is the references folder: every case is compared with itself", pred_dir)
     refs, preds = label_files(label_dir), label_files(pred_dir)
     if not refs:
         raise file_error(label_dir, f"no reference label files ({', '.join(SUPPORTED_ENDINGS)})")
@@ -252,7 +266,7 @@ def evaluate_folder(
             for path in (refs[case], preds[case]):
                 for frame in read_label_frames(path):
                     found.update(np.unique(frame.array).tolist())
-        label_ids = sorted(found - {0})
+        label_ids = sorted(found - {0, ignore_label})
     label_ids = [int(label) for label in label_ids]
 
     cases = []
@@ -263,10 +277,8 @@ def evaluate_folder(
                 preds[case], f"has {len(pred_frames)} time frame(s), reference {refs[case]} has {len(ref_frames)}"
             )
         for t, (ref, pred) in enumerate(zip(ref_frames, pred_frames)):
-            _check_values(refs[case], ref.array, label_ids)
-            _check_values(preds[case], pred.array, label_ids)
             pred = Image(on_reference_grid(pred, ref, resample), ref.affine, pred.path)
-            metrics = case_metrics(pred.array, ref.array, label_ids, ref.spacing, nsd_tolerance_mm)
+            metrics = case_metrics(pred.array, ref.array, label_ids, ref.spacing, nsd_tolerance_mm, ignore_label)
             cases.append(
                 {
                     "case": case,
@@ -274,10 +286,13 @@ def evaluate_folder(
                     "prediction_file": str(preds[case]),
                     "reference_file": str(refs[case]),
                     "metrics": metrics,
-                    **class_means(pred.array, ref.array, label_ids),
+                    **class_means(pred.array, ref.array, label_ids, ignore_label),
                 }
             )
 
+    absent = [k for k in label_ids if not any(c["metrics"][k]["n_ref"] + c["metrics"][k]["n_pred"] for c in cases)]
+    if absent:
+        log.warning("label id(s) %s in no reference and no prediction: their metrics are n/a", absent)
     per_label = {label: {m: [c["metrics"][label][m] for c in cases] for m in SUMMARY_METRICS} for label in label_ids}
     mean = {label: {m: nanmean(v) for m, v in values.items()} for label, values in per_label.items()}
     std = {label: {m: _nanstd(v) for m, v in values.items()} for label, values in per_label.items()}
@@ -293,6 +308,7 @@ def evaluate_folder(
             "metric_per_case": [{k: c[k] for k in ("prediction_file", "reference_file", "metrics")} for c in cases],
             "nsd_tolerance_mm": float(nsd_tolerance_mm),
             "label_ids": label_ids,
+            **({"ignore_label": ignore_label} if ignore_label is not None else {}),
         }
     )
 

@@ -1,4 +1,7 @@
-"""Reading and writing images: NIfTI for 3D and 3D+t, PNG (grey or RGB in one file) for 2D.
+"""Reading and writing images, the format chosen by the file ending: NIfTI (nibabel) for 3D and 3D+t; NRRD, MetaImage
+and DICOM series folders (SimpleITK, :mod:`unetzoo.itk_io`, in the same RAS geometry); TIFF (tifffile,
+:mod:`unetzoo.tiff_io`: a volume with its spacing file, else 2D); PNG and BMP (Pillow) for 2D, grey or RGB in one
+file. A TIFF without a spacing file, a PNG and a BMP are natural images: no geometry (identity affine).
 
 3D+t: a 4D NIfTI (X, Y, Z, T) of a 1-channel dataset is a sequence of T 3D frames sharing one affine
 (:func:`case_frames`); readers take one frame (``frame=t``). In a C-channel dataset a 4D file holds the channels
@@ -22,20 +25,33 @@ from pathlib import Path
 
 import numpy as np
 
+from unetzoo import itk_io, tiff_io
 from unetzoo.errors import UnetzooError, file_error, write_error
+from unetzoo.itk_io import ITK_ENDINGS
+from unetzoo.tiff_io import TIFF_ENDINGS, spacing_file
 
 log = logging.getLogger(__name__)
 NIFTI_ENDINGS = (".nii.gz", ".nii")
-PNG_ENDINGS = (".png",)
-SUPPORTED_ENDINGS = NIFTI_ENDINGS + PNG_ENDINGS
+PILLOW_ENDINGS = (".png", ".bmp")  # 2D natural images
+SUPPORTED_ENDINGS = NIFTI_ENDINGS + ITK_ENDINGS + TIFF_ENDINGS + PILLOW_ENDINGS
+FORMAT_NAMES = {
+    **dict.fromkeys(NIFTI_ENDINGS, "NIfTI"),
+    **{".nrrd": "NRRD", ".mha": "MetaImage", ".mhd": "MetaImage", ".png": "PNG", ".bmp": "BMP"},
+    **dict.fromkeys(TIFF_ENDINGS, "TIFF"),
+}
+DICOM_OUTPUT_ENDING = ".nii.gz"  # a DICOM series' prediction is written as NIfTI unless another format is asked for
 AFFINE_TOLERANCE_MM = 1e-3  # two voxel-to-world matrices that agree to this, entry by entry, are one grid
+NIFTI2_HEADER_SIZE = 540  # the first field of a NIfTI-2 header (348 for NIfTI-1)
 
 
 def file_ending(path: str | os.PathLike) -> str:
-    """The image ending of ``path`` (``.nii.gz``, ``.nii`` or ``.png``); raises for anything else."""
-    name = str(path).lower()
+    """The image ending of ``path`` (one of :data:`SUPPORTED_ENDINGS`); raises for anything else."""
+    name = str(path)
     for ending in SUPPORTED_ENDINGS:
-        if name.endswith(ending):
+        if name.lower().endswith(ending):
+            if not name.endswith(ending):  # matched by one reader and missed by the next: refused everywhere alike
+                given = name[len(name) - len(ending) :]
+                raise file_error(path, f"the ending {given!r} is not lower case: rename the file to end in {ending!r}")
             return ending
     raise file_error(path, f"unsupported file type (expected one of {', '.join(SUPPORTED_ENDINGS)})")
 
@@ -46,13 +62,43 @@ def strip_ending(path: str | os.PathLike) -> str:
     return name[: len(name) - len(file_ending(name))]
 
 
+def format_name(path: str | os.PathLike) -> str:
+    """The name of the format of an image file (or of an ending), for messages: ``NIfTI``, ``MetaImage``, ``PNG``,
+    ``DICOM series`` ..."""
+    if Path(path).is_dir():
+        return "DICOM series"
+    return FORMAT_NAMES[file_ending(path)]
+
+
+def image_dims(path: str | os.PathLike) -> int:
+    """Spatial dimensions of an image file: 2 for a natural image (PNG, BMP, a TIFF without a spacing file), 3 for
+    the rest (NIfTI, NRRD, MetaImage, a TIFF volume, a folder holding a DICOM series)."""
+    if Path(path).is_dir():
+        return 3
+    ending = file_ending(path)
+    if ending in TIFF_ENDINGS:
+        return 3 if spacing_file(path) else 2
+    return 2 if ending in PILLOW_ENDINGS else 3
+
+
+def ending_dims(ending: str) -> tuple[int, ...]:
+    """The spatial dimensions a file of this ending holds: 2 (PNG, BMP), 3 (NIfTI, NRRD, MetaImage) or either (TIFF)."""
+    return (2, 3) if ending in TIFF_ENDINGS else (2,) if ending in PILLOW_ENDINGS else (3,)
+
+
+def output_ending(path: str | os.PathLike, asked: str | None = None) -> str:
+    """The ending a prediction of the image ``path`` is written with: ``asked`` (``--output-format``), else the
+    input's own (NIfTI for a DICOM series)."""
+    return asked or (DICOM_OUTPUT_ENDING if Path(path).is_dir() else file_ending(path))
+
+
 @dataclass
 class Image:
     """An image as arrays plus the geometry needed to write a result back exactly.
 
     ``array`` is channel-first ``(C, *spatial)`` for images and ``(*spatial)`` for label maps.
-    ``affine`` is the 4x4 voxel-to-world matrix (identity for PNG). ``header`` is the NIfTI header
-    of the file (``None`` for PNG) so that outputs keep it.
+    ``affine`` is the 4x4 voxel-to-world matrix (identity for a 2D natural image). ``header`` is the NIfTI header
+    of the file (``None`` for other formats) so that outputs keep it.
     """
 
     array: np.ndarray
@@ -66,7 +112,7 @@ class Image:
 
     @property
     def spatial_dims(self) -> int:
-        return 2 if file_ending(self.path) in PNG_ENDINGS else 3
+        return image_dims(self.path)
 
     @property
     def spacing(self) -> tuple[float, ...]:
@@ -90,16 +136,19 @@ class _Collect(logging.Handler):
         self.messages.append(record.getMessage())
 
 
-def _load_nifti(path: Path):
-    """``nib.load``, with the header fixes nibabel logs without a file name (zero or negative pixdim) re-logged
-    as a warning naming ``path``."""
+def _load_nifti(path: Path, stream: bytes | None = None):
+    """``nib.load`` (of the decompressed ``stream`` of ``path`` when given), with the header fixes nibabel logs
+    without a file name (zero or negative pixdim) re-logged as a warning naming ``path``."""
     import nibabel as nib
 
     logger, collect = logging.getLogger("nibabel.global"), _Collect()
     handlers, propagate = logger.handlers, logger.propagate
     logger.handlers, logger.propagate = [collect], False
     try:
-        return nib.load(str(path))
+        if stream is None:
+            return nib.load(str(path))
+        nifti2 = stream[:4] in (NIFTI2_HEADER_SIZE.to_bytes(4, "little"), NIFTI2_HEADER_SIZE.to_bytes(4, "big"))
+        return (nib.Nifti2Image if nifti2 else nib.Nifti1Image).from_bytes(stream)
     finally:
         logger.handlers, logger.propagate = handlers, propagate
         for message in collect.messages:
@@ -113,16 +162,30 @@ def check_affine(path, affine: np.ndarray, spatial_dims: int = 3) -> None:
     and surface distances meaningless: a one-line error naming the file."""
     matrix = np.asarray(affine, dtype=np.float64)[:3, :3]
     spacing = np.linalg.norm(matrix[:, :spatial_dims], axis=0)
-    if not np.all(np.isfinite(affine)) or np.any(spacing < 1e-6) or abs(np.linalg.det(matrix)) < 1e-12:
+    axes = np.linalg.norm(matrix, axis=0)  # a real small spacing (1e-4 mm) is a grid; only a zero one, or axes
+    singular = abs(np.linalg.det(matrix)) <= 1e-6 * np.prod(axes)  # along one line, is not
+    if not np.all(np.isfinite(affine)) or not np.all(spacing > 0) or singular:
         raise file_error(
             path,
             f"the affine (sform/qform) has zero or invalid voxel spacing {[round(float(s), 6) for s in spacing]}: fix the header",
         )
 
 
+def _gunzip(path: Path) -> bytes:
+    """The whole decompressed stream of a ``.nii.gz``, its gzip CRC and length checked: nibabel stops reading at the
+    last voxel, so bytes damaged mid-stream would otherwise be read as voxels without an error."""
+    import gzip
+    import zlib
+
+    try:
+        return gzip.decompress(path.read_bytes())
+    except (gzip.BadGzipFile, zlib.error, EOFError) as exc:
+        raise file_error(path, f"the file is damaged or truncated (gzip check failed: {exc})") from None
+
+
 def _read_nifti(path: Path, frame: int | None = None) -> tuple[np.ndarray, np.ndarray, object]:
     try:
-        img = _load_nifti(path)
+        img = _load_nifti(path, _gunzip(path) if file_ending(path) == ".nii.gz" else None)
         if frame is not None and (len(img.shape) != 4 or not 0 <= frame < img.shape[3]):
             raise file_error(path, f"has no time frame {frame} (shape {img.shape}; a 3D+t image is X, Y, Z, T)")
         data = np.asarray(img.dataobj if frame is None else img.dataobj[..., frame], dtype=np.float32)
@@ -139,9 +202,9 @@ def _read_nifti(path: Path, frame: int | None = None) -> tuple[np.ndarray, np.nd
     return data, affine, img.header
 
 
-def _read_png(path: Path, label: bool = False) -> np.ndarray:
-    """A PNG as an array: colours for an image; for a ``label`` map stored with a palette (mode P, the common way
-    label PNGs are saved), its indices, which are the label values."""
+def _read_pillow(path: Path, label: bool = False) -> np.ndarray:
+    """A PNG or BMP as an array: colours for an image; for a ``label`` map stored with a palette (mode P, the common
+    way label PNGs are saved), its indices, which are the label values."""
     from PIL import Image as PILImage
 
     try:
@@ -153,16 +216,34 @@ def _read_png(path: Path, label: bool = False) -> np.ndarray:
     except FileNotFoundError:
         raise file_error(path, "file not found") from None
     except Exception as exc:
+        kind = path.suffix.upper()[1:]
         raise file_error(
-            path, f"cannot read PNG file ({type(exc).__name__}: {exc}); the file is corrupt or truncated"
+            path, f"cannot read {kind} file ({type(exc).__name__}: {exc}); the file is corrupt or truncated"
         ) from None
     return data.astype(np.float32)
+
+
+def _read_other(path: Path, label: bool) -> tuple[np.ndarray, np.ndarray]:
+    """``(data, affine)`` of a file that is not NIfTI (or of a DICOM series folder), by its ending."""
+    if path.is_dir():
+        data, affine = itk_io.read_dicom_series(path)
+    elif file_ending(path) in ITK_ENDINGS:
+        data, affine = itk_io.read(path)
+    elif file_ending(path) in TIFF_ENDINGS and spacing_file(path):
+        meta = read_json(spacing_file(path))
+        data, affine = tiff_io.read_volume(path, meta.get("spacing") if isinstance(meta, dict) else None)
+    elif file_ending(path) in TIFF_ENDINGS:
+        return tiff_io.read_image(path), np.eye(4)
+    else:
+        return _read_pillow(path, label), np.eye(4)
+    check_affine(path, affine)
+    return data, affine
 
 
 def case_frames(paths: list[str | os.PathLike], channels: int) -> int:
     """Time frames of a case (header only): T for a 1-channel case stored as one 4D NIfTI (X, Y, Z, T), else 1
     (a 3D or 2D image; a 4D file of a C-channel dataset holds channels, see the module docstring)."""
-    if channels != 1 or len(paths) != 1 or file_ending(paths[0]) not in NIFTI_ENDINGS:
+    if channels != 1 or len(paths) != 1 or Path(paths[0]).is_dir() or file_ending(paths[0]) not in NIFTI_ENDINGS:
         return 1
     _check_openable(paths[0])
     try:
@@ -193,18 +274,20 @@ def _check_openable(path) -> None:
 def read_array(
     path: str | os.PathLike, frame: int | None = None, label: bool = False
 ) -> tuple[np.ndarray, np.ndarray, object]:
-    """Read one file as ``(data, affine, header)``; data is spatial-first (channels, if any, last). ``frame`` t
-    reads only frame t of a 4D NIfTI (X, Y, Z, T); ``label``: a palette PNG gives its indices, not its colours."""
+    """Read one file (or the DICOM series of a folder) as ``(data, affine, header)``; data is spatial-first
+    (channels, if any, last). ``frame`` t reads only frame t of a 4D NIfTI (X, Y, Z, T); ``label``: a palette PNG
+    gives its indices, not its colours."""
     path = Path(path)
     if not path.exists():
         raise file_error(path, "file not found")
-    _check_openable(path)
-    if file_ending(path) in NIFTI_ENDINGS:
+    if not path.is_dir():
+        _check_openable(path)
+    if not path.is_dir() and file_ending(path) in NIFTI_ENDINGS:
         data, affine, header = _read_nifti(path, frame)
     elif frame is not None:
-        raise file_error(path, "a PNG has no time frames")
+        raise file_error(path, "has no time frames (a 3D+t image is a 4D NIfTI)")
     else:
-        data, affine, header = _read_png(path, label), np.eye(4), None
+        (data, affine), header = _read_other(path, label), None
     if not np.all(np.isfinite(data)):
         bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
         raise file_error(path, f"contains {bad} NaN or infinite voxel(s)")
@@ -224,7 +307,7 @@ def read_image(
     channels, affine, header = [], None, None
     for path in paths:
         data, file_affine, file_header = read_array(path, frame)
-        dims = spatial_dims or (2 if file_ending(path) in PNG_ENDINGS else 3)
+        dims = spatial_dims or image_dims(path)
         if data.ndim == dims:
             data = data[None]
         elif data.ndim == dims + 1:
@@ -236,6 +319,12 @@ def read_image(
         if channels and data.shape[1:] != channels[0].shape[1:]:
             raise file_error(
                 path, f"shape {data.shape[1:]} differs from the first channel's shape {channels[0].shape[1:]}"
+            )
+        if channels and not np.allclose(file_affine, affine, rtol=0, atol=AFFINE_TOLERANCE_MM):
+            raise file_error(
+                path,
+                f"affine differs from the first channel's ({paths[0].name}) by up to "
+                f"{np.abs(file_affine - affine).max():.4g} mm: the channels are not on one grid (flipped, shifted or rescaled?)",
             )
         channels.append(data)
         if affine is None:
@@ -262,15 +351,23 @@ def read_label_frames(path: str | os.PathLike, spatial_dims: int | None = None) 
 
 
 def _label_image(data: np.ndarray, affine: np.ndarray, path: Path, header, spatial_dims: int | None) -> Image:
-    dims = spatial_dims or (2 if file_ending(path) in PNG_ENDINGS else 3)
-    if data.ndim == dims + 1 and file_ending(path) in PNG_ENDINGS:
+    dims = spatial_dims or image_dims(path)
+    if data.ndim == dims + 1 and image_dims(path) == 2:
         data = data[..., 0]  # an RGB-saved mask: the channels are copies
     if data.ndim != dims:
         raise file_error(path, f"expected a {dims}D label map, got an array of shape {data.shape}")
     rounded = np.rint(data)
     if not np.array_equal(rounded, data):
         raise file_error(path, "label map has non-integer values")
-    return Image(rounded.astype(np.int16), affine, path, header)
+    small = rounded.size == 0 or np.iinfo(np.int16).min <= rounded.min() and rounded.max() <= np.iinfo(np.int16).max
+    return Image(rounded.astype(np.int16 if small else np.int32), affine, path, header)
+
+
+def label_dtype(label_ids) -> np.dtype:
+    """The smallest unsigned integer type holding every id of ``label_ids``: what a label map is written as (uint8
+    up to 255, uint16 up to 65535, else uint32), so that no id wraps (300 as uint8 is 44)."""
+    top = max(int(i) for i in label_ids)
+    return next(np.dtype(t) for t in (np.uint8, np.uint16, np.uint32) if top <= np.iinfo(t).max)
 
 
 def output_folder(path: str | os.PathLike) -> Path:
@@ -298,7 +395,7 @@ def remove_leftovers(folder: str | os.PathLike) -> list[Path]:
     for path in sorted(Path(folder).glob(".tmp_*")):
         pid = path.name.split("_")[1]
         try:
-            if _running(pid) and time.time() - path.stat().st_mtime < LEFTOVER_AGE_S:
+            if process_running(pid) and time.time() - path.stat().st_mtime < LEFTOVER_AGE_S:
                 continue
             path.unlink()
         except FileNotFoundError:  # its writer renamed it meanwhile
@@ -307,7 +404,8 @@ def remove_leftovers(folder: str | os.PathLike) -> list[Path]:
     return leftovers
 
 
-def _running(pid: str) -> bool:
+def process_running(pid: str) -> bool:
+    """Whether the process ``pid`` (its number as text) runs on this machine."""
     if not pid.isdigit() or int(pid) == 0:
         return False
     try:
@@ -335,12 +433,14 @@ def _atomic_target(out_path: Path):
 
 
 def write_array(data: np.ndarray, out_path: str | os.PathLike, affine: np.ndarray | None = None, header=None) -> Path:
-    """Write ``data`` (spatial-first) to NIfTI or PNG according to the ending, atomically. A NIfTI ``header`` (the
-    input's) is kept whole, qform and sform with their codes, when ``affine`` is its own."""
+    """Write ``data`` (spatial-first) in the format of the ending, atomically. A NIfTI ``header`` (the input's) is
+    kept whole, qform and sform with their codes, when ``affine`` is its own. NRRD and MetaImage keep the affine as
+    ITK's direction, origin and spacing; a 3D array written as TIFF is a volume, its spacing file written first."""
     out_path = Path(out_path)
+    ending = file_ending(out_path)
     tmp = _atomic_target(out_path)  # same folder, same ending: the rename is atomic
     try:
-        if file_ending(out_path) in NIFTI_ENDINGS:
+        if ending in NIFTI_ENDINGS:
             import nibabel as nib
 
             affine = affine if affine is not None else np.eye(4)
@@ -353,10 +453,18 @@ def write_array(data: np.ndarray, out_path: str | os.PathLike, affine: np.ndarra
                 img.set_qform(affine, code=int(header["qform_code"]) or 1)
                 img.set_sform(affine, code=int(header["sform_code"]) or 1)
             nib.save(img, str(tmp))
+        elif ending in ITK_ENDINGS:
+            itk_io.write(data, affine if affine is not None else np.eye(4), tmp, out_path)
+        elif ending in TIFF_ENDINGS:
+            volume = data.ndim == 3 and affine is not None
+            if volume:
+                spacing = {"spacing": tiff_io.volume_spacing(affine)}
+                write_text(out_path.parent / f"{strip_ending(out_path)}.json", json.dumps(spacing) + "\n")
+            tiff_io.write(data, tmp, volume)
         else:
             from PIL import Image as PILImage
 
-            PILImage.fromarray(data).save(tmp, format="PNG")
+            PILImage.fromarray(data).save(tmp, format=ending[1:].upper())
         os.replace(tmp, out_path)
     except OSError as exc:  # a full disk: one line naming the file; the old file, if any, stays
         raise write_error(out_path, exc) from None

@@ -8,17 +8,22 @@ ran), ``plan.json``, ``splits.json``, ``budget_width.json`` (under ``--max-minut
 ``validation/`` (the held-out fold predicted by the full inference procedure, ``summary.json``, ``cases.json``, the
 references linked under ``labels/``), ``postprocessing.json`` (the keep-largest-component choice on that fold),
 ``validation/postprocessed/`` (the fold with it applied, and its ``summary.json``: the run's last file),
-``inference_precision.json`` (the bf16 check) and, once benchmarked, ``benchmark.json``.
+``inference_precision.json`` (the bf16 check) and, once benchmarked, ``benchmark.json``. While a process trains into
+it, ``.lock`` holds that process's pid and host (:meth:`RunFolder.locked`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from unetzoo.errors import UnetzooError, file_error
-from unetzoo.io import SUPPORTED_ENDINGS, read_json, strip_ending
+from unetzoo.errors import UnetzooError, file_error, write_error
+from unetzoo.io import SUPPORTED_ENDINGS, output_folder, process_running, read_json, strip_ending
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +96,11 @@ class RunFolder:
         return self.path / "benchmark.json"
 
     @property
+    def lock_file(self) -> Path:
+        """Present while a process trains into the folder: that process's pid and host (:meth:`locked`)."""
+        return self.path / ".lock"
+
+    @property
     def validation(self) -> Path:
         """The held-out fold's predictions and their ``summary.json``."""
         return self.path / "validation"
@@ -127,6 +137,53 @@ class RunFolder:
         return self.path / f"{BEST if which == 'best' else LAST}{CHECKPOINT_EXT}"
 
     # ---- state --------------------------------------------------------------------------------------
+    @contextmanager
+    def locked(self) -> Iterator[RunFolder]:
+        """Hold the folder (made if needed) for this process while the body runs, so that two trainings never write
+        into one folder: :attr:`lock_file` is created atomically and removed on exit. A folder another running process
+        holds is one line naming that process; a lock left by a process of this machine that no longer runs (killed)
+        is taken over with a warning."""
+        output_folder(self.path)
+        mine = f"{os.getpid()} {socket.gethostname()}"
+        while True:
+            try:
+                fd = os.open(self.lock_file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                self._remove_stale_lock()
+                continue
+            except OSError as exc:
+                raise write_error(self.lock_file, exc) from None
+            with os.fdopen(fd, "w") as stream:
+                stream.write(mine)
+            break
+        try:
+            yield self
+        finally:
+            try:
+                if self.lock_file.read_text() == mine:
+                    self.lock_file.unlink()
+            except FileNotFoundError:  # the folder of a run that failed before its first checkpoint is removed
+                pass
+
+    def _remove_stale_lock(self) -> None:
+        """Remove the lock of a process of this machine that no longer runs; one line naming the holder otherwise."""
+        try:
+            holder = self.lock_file.read_text()
+        except FileNotFoundError:  # released meanwhile
+            return
+        pid, _, host = holder.partition(" ")
+        if host == socket.gethostname() and not process_running(pid):
+            log.warning(f"{self.lock_file}: left by process {pid}, which no longer runs: taken over")
+            self.lock_file.unlink(missing_ok=True)
+            return
+        if not host:  # the holder is between creating the file and writing into it
+            raise file_error(self.path, "in use: another process is starting to train into it; choose another --out")
+        elsewhere = "" if host == socket.gethostname() else f" (if it no longer runs, delete {self.lock_file})"
+        raise file_error(
+            self.path,
+            f"in use: process {pid} on {host} is training into it{elsewhere}; wait for it to end or choose another --out",
+        )
+
     def require(self) -> RunFolder:
         """This folder if it is a run (training wrote the config and the data plan, what prediction needs), or one
         line naming the file that makes it none."""

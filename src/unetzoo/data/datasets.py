@@ -14,6 +14,7 @@ Splits (:mod:`unetzoo.data.splits`) are over cases, so all frames of a subject f
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import logging
@@ -21,9 +22,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from unetzoo.errors import UnetzooError, file_error
-from unetzoo.io import PNG_ENDINGS, SUPPORTED_ENDINGS, case_frames, file_ending, strip_ending
+from unetzoo.io import (
+    PILLOW_ENDINGS,
+    SUPPORTED_ENDINGS,
+    TIFF_ENDINGS,
+    case_frames,
+    file_ending,
+    image_dims,
+    read_json,
+    strip_ending,
+)
+from unetzoo.itk_io import dicom_series
 
 log = logging.getLogger(__name__)
+IGNORE = "ignore"  # the name of nnU-Net's ignore label in dataset.json: voxels no class is known for
 
 
 @dataclass
@@ -44,17 +56,27 @@ class Dataset:
     root: Path
     layout: str  # "msd" or "nnunet"
     channel_names: list[str]  # modality of every input channel, e.g. ["MRI"], ["CT"], ["R", "G", "B"]
-    labels: dict[int, str]  # label id -> name, background included
+    labels: dict[int, str]  # label id -> name, background included, the ignore label too
     file_ending: str
     cases: list[Case]
 
     @property
     def spatial_dims(self) -> int:
-        return 2 if self.file_ending in PNG_ENDINGS else 3
+        return image_dims(self.cases[0].images[0])  # a TIFF is 3D with its spacing file (nnU-Net's Tiff3DIO)
+
+    @property
+    def ignore_label(self) -> int | None:
+        """The id of the label named ``ignore`` (nnU-Net's ignore label: unlabelled voxels, the highest id), or None."""
+        return ignore_label(self.labels)
+
+    @property
+    def class_labels(self) -> dict[int, str]:
+        """The labels the network predicts: every label but the ignore label."""
+        return {k: v for k, v in self.labels.items() if k != self.ignore_label}
 
     @property
     def num_classes(self) -> int:
-        return len(self.labels)  # one class per label id, consecutive or not (see Plan.labels)
+        return len(self.class_labels)  # one class per label id, consecutive or not (see Plan.labels)
 
     def frame_items(self, names: list[str]) -> list[dict]:
         """One loader item per 3D frame of the named cases: the case's files plus ``case_index`` (position of the
@@ -97,7 +119,7 @@ def dataset_warnings(dataset: Dataset, label_values: set[int]) -> list[str]:
             lines.append(
                 f"{folder}: {len(unused)} label file(s) without an image (not trained on): {', '.join(unused)}"
             )
-    absent = sorted(set(dataset.labels) - set(label_values))
+    absent = sorted(set(dataset.class_labels) - set(label_values))
     if absent:
         names = ", ".join(f"{label} ({dataset.labels[label]})" for label in absent)
         lines.append(
@@ -115,11 +137,12 @@ def _identical_images(cases: list[Case]) -> list[list[Case]]:
     groups: dict[tuple, list[Case]] = {}
     for same_size in by_size.values():
         for case in same_size if len(same_size) > 1 else []:
-            groups.setdefault(tuple(_digest(p) for p in case.images), []).append(case)
+            groups.setdefault(tuple(file_digest(p) for p in case.images), []).append(case)
     return [group for group in groups.values() if len(group) > 1]
 
 
-def _digest(path: Path) -> str:
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's bytes, read in blocks."""
     sha = hashlib.sha256()
     with open(path, "rb") as file:
         for block in iter(lambda: file.read(1 << 20), b""):
@@ -168,10 +191,39 @@ def load_dataset(root: str | Path) -> Dataset:
 def _int_labels(meta: dict, meta_path: Path, msd: bool) -> dict[int, str]:
     try:
         if msd:
-            return {int(k): str(v) for k, v in meta["labels"].items()}
-        return {int(v): str(k) for k, v in meta["labels"].items()}
+            labels = {int(k): str(v) for k, v in meta["labels"].items()}
+        else:
+            labels = {int(v): str(k) for k, v in meta["labels"].items()}
     except (TypeError, ValueError):
         raise file_error(meta_path, "labels must map ids to names (MSD) or names to integer ids (nnU-Net)") from None
+    ignored = sorted(k for k, v in labels.items() if v == IGNORE)
+    if len(ignored) > 1:
+        raise file_error(
+            meta_path, f"labels {ignored} are all named {IGNORE!r}: the ignore label is one id, the highest"
+        )
+    if ignored and ignored[0] != max(labels):
+        top = max(labels)
+        raise file_error(
+            meta_path,
+            f"the label named {IGNORE!r} has id {ignored[0]}, but the ignore label must have the highest id "
+            f"(as in nnU-Net): label {top} ({labels[top]}) is higher",
+        )
+    return labels
+
+
+def ignore_label(labels: dict[int, str]) -> int | None:
+    """The id of the label named ``ignore`` in ``labels`` (id -> name), or None."""
+    return next((k for k, v in labels.items() if v == IGNORE), None)
+
+
+def folder_ignore_label(labels_dir: Path) -> int | None:
+    """The ignore label of the dataset a label folder belongs to (``labelsTr`` or ``labelsTs`` beside a
+    ``dataset.json``), or None when the parent folder holds no dataset.json or it names no ignore label."""
+    meta_path = Path(labels_dir).parent / "dataset.json"
+    meta = read_json(meta_path)
+    if not isinstance(meta, dict) or not isinstance(meta.get("labels"), dict):
+        return None
+    return ignore_label(_int_labels(meta, meta_path, msd="channel_names" not in meta))
 
 
 def _channel_names(meta: dict, key: str, default: dict, meta_path: Path) -> list[str]:
@@ -196,7 +248,15 @@ def _load_msd(root: Path, meta: dict, meta_path: Path) -> Dataset:
         for path in (image, label):
             if not path.is_file():
                 raise file_error(path, f"listed in {meta_path.name} but missing")
-        cases.append(Case(strip_ending(image), [image], label))
+        name = strip_ending(image)
+        same = next((case.images[0] for case in cases if case.name == name), None)
+        if same is not None:
+            raise file_error(
+                meta_path,
+                f"training images {same} and {image} have one case name {name!r} (the file name without its ending): "
+                "case names must be unique, rename one",
+            )
+        cases.append(Case(name, [image], label))
     ending = file_ending(cases[0].images[0]) if cases else ".nii.gz"
     return Dataset(root, "msd", channels, _int_labels(meta, meta_path, msd=True), ending, cases)
 
@@ -206,7 +266,7 @@ def _load_nnunet(root: Path, meta: dict, meta_path: Path) -> Dataset:
     ending = meta.get("file_ending", ".nii.gz")
     if ending not in SUPPORTED_ENDINGS:
         raise file_error(meta_path, f"file_ending {ending!r} not supported (use one of {', '.join(SUPPORTED_ENDINGS)})")
-    if ending in PNG_ENDINGS and channels in (["R", "G", "B"], ["r", "g", "b"]):
+    if ending in PILLOW_ENDINGS + TIFF_ENDINGS and channels in (["R", "G", "B"], ["r", "g", "b"]):
         channels_in_files = 1  # nnU-Net's NaturalImage2DIO: RGB in one file
     else:
         channels_in_files = len(channels)
@@ -222,7 +282,8 @@ def _load_nnunet(root: Path, meta: dict, meta_path: Path) -> Dataset:
             )
         label = root / "labelsTr" / f"{case_name}{ending}"
         if not label.is_file():
-            other = [p.name for e in SUPPORTED_ENDINGS if (p := label.parent / f"{case_name}{e}").is_file()]
+            endings = SUPPORTED_ENDINGS + tuple(e.upper() for e in SUPPORTED_ENDINGS)
+            other = [p.name for e in endings if (p := label.parent / f"{case_name}{e}").is_file()]
             hint = (
                 f": found {other[0]}, whose ending differs from file_ending {ending!r} in {meta_path.name}"
                 if other
@@ -255,26 +316,35 @@ def group_channel_files(folder: Path, ending: str) -> dict[str, list[Path]]:
     """``CASE_0000.ext``, ``CASE_0001.ext`` ... grouped by case, channels in order."""
     if not folder.is_dir():
         raise file_error(folder, "folder not found")
-    files = [path for path in folder.iterdir() if path.name.endswith(ending) and not path.name.startswith(".")]
+    files = [path for path in folder.iterdir() if path.name.lower().endswith(ending) and not path.name.startswith(".")]
     for path in files:
+        file_ending(path)  # an upper-case ending is one line naming the file, not a file left out
         if channel_file(path.name[: -len(ending)]) is None:
             raise file_error(path, "image names must end in _XXXX (channel index), as CASE_0000" + ending)
     return _by_case(files, ending)
 
 
 def _by_case(files: list[Path], ending: str) -> dict[str, list[Path]]:
-    """Channel files (all named ``CASE_XXXX.ext``) grouped by case, channels in order."""
+    """Channel files (all named ``CASE_XXXX.ext``) grouped by case, channels in order; channels numbered otherwise
+    than ``_0000``, ``_0001`` ... without a gap are one line naming the files (a channel missing, or misnumbered)."""
     groups: dict[str, list[tuple[int, Path]]] = {}
     for path in files:
         case, channel = channel_file(path.name[: -len(ending)])
         groups.setdefault(case, []).append((channel, path))
+    for case, items in groups.items():
+        if [channel for channel, _ in sorted(items)] != list(range(len(items))):
+            raise file_error(
+                items[0][1].parent,
+                f"case {case!r} has the channel files {', '.join(p.name for _, p in sorted(items))}: channels are "
+                f"numbered from _0000 without a gap ({case}_0000{ending}, {case}_0001{ending} ...)",
+            )
     return {case: [p for _, p in sorted(items)] for case, items in groups.items()}
 
 
 def prediction_inputs(input_path: str | Path, n_channel_files: int) -> dict[str, list[Path]]:
-    """Cases to predict from a folder (nnU-Net ``CASE_0000.ext`` or MSD ``NAME.ext`` files) or a single file. In a
-    folder with ``CASE_0000`` files, any other file (a label ``CASE.ext`` left beside its image) is skipped with a
-    warning naming it, instead of being predicted as an image."""
+    """Cases to predict from a folder (nnU-Net ``CASE_0000.ext`` or MSD ``NAME.ext`` files, else DICOM series:
+    :func:`dicom_cases`) or a single file. In a folder with ``CASE_0000`` files, any other file (a label ``CASE.ext``
+    left beside its image) is skipped with a warning naming it, instead of being predicted as an image."""
     input_path = Path(input_path)
     if input_path.is_file():
         ending, stem = file_ending(input_path), strip_ending(input_path)
@@ -285,8 +355,9 @@ def prediction_inputs(input_path: str | Path, n_channel_files: int) -> dict[str,
                     input_path,
                     f"the model expects {n_channel_files} channel files per case, named CASE_0000{ending} ...",
                 )
-            case = numbered[0]
-            files = group_channel_files(input_path.parent, ending)[case]
+            case = numbered[0]  # its channel files beside it; any other file there (its label CASE.ext) is not read
+            siblings = input_path.parent.glob(f"{glob.escape(case)}_[0-9][0-9][0-9][0-9]{ending}")
+            files = _by_case(list(siblings), ending)[case]
             if len(files) != n_channel_files:
                 raise file_error(
                     input_path,
@@ -300,7 +371,13 @@ def prediction_inputs(input_path: str | Path, n_channel_files: int) -> dict[str,
         p for p in input_path.iterdir() if not p.name.startswith(".") and p.name.lower().endswith(SUPPORTED_ENDINGS)
     )
     if not files:
-        raise file_error(input_path, f"no image files ({', '.join(SUPPORTED_ENDINGS)}) in this folder")
+        series = dicom_cases(input_path)
+        if series:
+            return series
+        raise file_error(
+            input_path,
+            f"no image files ({', '.join(SUPPORTED_ENDINGS)}) in this folder, nor DICOM series in it or its sub-folders",
+        )
     ending = file_ending(files[0])
     stems = [strip_ending(p) for p in files]
     numbered = [p for p, s in zip(files, stems) if channel_file(s) is not None and p.name.endswith(ending)]
@@ -323,3 +400,17 @@ def prediction_inputs(input_path: str | Path, n_channel_files: int) -> dict[str,
             input_path, f"the model expects {n_channel_files} channel files per case, named CASE_0000{ending} ..."
         )
     return {s: [p] for s, p in zip(stems, files)}
+
+
+def dicom_cases(folder: Path) -> dict[str, list[Path]]:
+    """The DICOM series in ``folder`` and in its sub-folders, one case per series: ``{FOLDER_SERIESUID: [folder]}``,
+    read by ITK's series reader in the series' geometry. A folder holding several series is refused (one series per
+    folder) rather than mixed into one volume."""
+    cases = {}
+    for sub in [folder, *sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))]:
+        series = dicom_series(sub)
+        if len(series) > 1:
+            raise file_error(sub, f"holds {len(series)} DICOM series ({', '.join(series)}): give one series per folder")
+        if series:
+            cases[f"{sub.resolve().name}_{series[0]}"] = [sub]
+    return cases

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from scipy.ndimage import gaussian_filter
 
-from unetzoo.errors import UnetzooError
+from unetzoo.errors import UnetzooError, file_error
 from unetzoo.io import write_array, write_text
 
 MIN_STRUCTURE_VOXELS = 300
@@ -63,6 +63,17 @@ def _write_dataset_json(
     write_text(out_dir / "dataset.json", json.dumps(dataset, indent=2) + "\n")
 
 
+def _new_dataset(out_dir: str | os.PathLike, cases: int) -> Path:
+    """The folder a phantom is written into: new or empty, so that no dataset's ``dataset.json`` and cases are
+    overwritten; at least one case. One line otherwise, before anything is written."""
+    out_dir = Path(out_dir)
+    if cases < 1:
+        raise UnetzooError(f"a phantom needs at least one case, got --cases {cases}")
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise file_error(out_dir, "is not an empty folder: write the phantom into a new or empty one")
+    return out_dir
+
+
 def _organ_labels(
     rng: np.random.Generator, grid_mm: np.ndarray, extent_mm: np.ndarray, n_structures: int
 ) -> np.ndarray:
@@ -100,7 +111,7 @@ def write_organs_phantom(
     noise. Image and label share an affine made of a random rotation, the anisotropic ``spacing`` and
     an origin offset, as real scanner data would.
     """
-    out_dir = Path(out_dir)
+    out_dir = _new_dataset(out_dir, cases)
     spacing_arr = np.asarray(spacing, dtype=float)
     extent_mm = np.asarray(shape) * spacing_arr
     grid_mm = np.indices(shape, dtype=np.float64) * spacing_arr[:, None, None, None]
@@ -131,7 +142,7 @@ def write_organs_phantom(
 
 def write_nuclei_phantom(out_dir: str | os.PathLike, cases: int, seed: int, shape: tuple[int, int] = (96, 96)) -> Path:
     """Write ``cases`` 2D RGB cases ``nuclei_000`` ... of bright elliptic nuclei (label 1); returns ``out_dir``."""
-    out_dir = Path(out_dir)
+    out_dir = _new_dataset(out_dir, cases)
     rows, cols = np.indices(shape, dtype=np.float64)
     for index in range(cases):
         rng = _case_rng(seed, index)
@@ -234,7 +245,7 @@ def write_vessels_phantom(
     unevenly lit tissue background, together with unlabelled bright distractors (3-6 ellipsoids of 2-8 voxel
     radii, as bright as the vessels or brighter) and Gaussian noise, so that no threshold separates the vessels.
     """
-    out_dir = Path(out_dir)
+    out_dir = _new_dataset(out_dir, cases)
     shape = tuple(int(s) for s in shape)
     n_voxels = int(np.prod(shape))
     grid = np.indices(shape, dtype=np.float64)
@@ -311,15 +322,13 @@ def write_cardiac_phantom(
     Per case: random position, size, ejection fractions; bright blood, dark myocardium, grey body and dark air,
     with a random gain, contrast and bias field, blur and Gaussian noise.
     """
-    out_dir = Path(out_dir)
-    if frames < 1 or cases < 1:
-        raise UnetzooError(
-            f"the cardiac phantom needs at least one case and one frame, got --cases {cases} --frames {frames}"
-        )
+    if frames < 1:
+        raise UnetzooError(f"the cardiac phantom needs at least one frame, got --frames {frames}")
     if min(shape) < 4:
         raise UnetzooError(
             f"the cardiac phantom needs at least 4 voxels per axis, got --shape {' '.join(map(str, shape))}"
         )
+    out_dir = _new_dataset(out_dir, cases)
     coords = np.stack(
         np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
     )  # relative to the field of view

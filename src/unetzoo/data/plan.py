@@ -24,7 +24,8 @@ per run:
 * **slice axis** (3D): the through-plane axis of the 2D configuration (``unet2d-slices``): the coarsest spacing,
   among axes within 10 % of it (all of them when the spacing is unknown or isotropic) the one with fewest voxels
   (ties: the last). The in-plane stride of Ding et al. 2021 (FLARE 2021) strides the two other axes.
-* CT statistics from foreground voxels (0.5/99.5 percentiles, mean, std).
+* CT statistics from foreground voxels (0.5/99.5 percentiles, mean, std); voxels of the ignore label
+  (``dataset.json``'s label named ``ignore``) are unlabelled, not foreground.
 
 Explicit values (``--patch``, ``--set data.target_spacing=...``, ``--batch-size``, ``--set model_args.strides=...``) win. A 3D+t
 case (4D NIfTI of a 1-channel dataset) is verified frame by frame and counts once, by its first frame.
@@ -75,6 +76,9 @@ class Plan:
     batch (``train.batch_size`` None takes it); ``strides`` / ``kernel_sizes`` (per stage, per axis) the network's
     topology for the patch; ``slice_axis`` (3D) the through-plane axis the 2D configuration slices along. A plan
     saved before these fields existed loads with them computed from its patch and spacing (batch 2, the old default).
+    ``ignore_label`` is the id of the dataset's label named ``ignore`` (unlabelled voxels, nnU-Net's ignore label),
+    which is no class: ``labels`` leave it out, and the preprocessed label maps hold it as class index
+    ``num_classes``, which losses, validation and sampling treat as unlabelled.
     """
 
     spatial_dims: int
@@ -93,6 +97,7 @@ class Plan:
     strides: list[list[int]] | None = None
     kernel_sizes: list[list[int]] | None = None
     slice_axis: int | None = None
+    ignore_label: int | None = None
 
     def __post_init__(self):
         if self.strides is None:
@@ -292,7 +297,7 @@ def verify_case(case: Case, dataset: Dataset):
 
 
 def _labels(dataset: Dataset) -> dict[str, str]:
-    return {str(k): v for k, v in sorted(dataset.labels.items())}
+    return {str(k): v for k, v in sorted(dataset.class_labels.items())}
 
 
 def verify_against_plan(dataset: Dataset, plan: Plan, plan_path: Path) -> None:
@@ -300,11 +305,18 @@ def verify_against_plan(dataset: Dataset, plan: Plan, plan_path: Path) -> None:
     labels, and every case verified again, since files may have changed since the plan was made."""
     from tqdm import tqdm
 
-    if plan.channel_names != dataset.channel_names or plan.labels != _labels(dataset):
+    if (
+        plan.channel_names != dataset.channel_names
+        or plan.labels != _labels(dataset)
+        or plan.ignore_label != dataset.ignore_label
+    ):
+        ignore = f" (ignore label {plan.ignore_label})" if plan.ignore_label is not None else ""
+        now = f" (ignore label {dataset.ignore_label})" if dataset.ignore_label is not None else ""
         raise file_error(
             plan_path,
-            f"made for channels {plan.channel_names} and labels {plan.labels}, but {dataset.root / 'dataset.json'} "
-            f"now lists {dataset.channel_names} and {_labels(dataset)}: train into a new run folder",
+            f"made for channels {plan.channel_names} and labels {plan.labels}{ignore}, but "
+            f"{dataset.root / 'dataset.json'} now lists {dataset.channel_names} and {_labels(dataset)}{now}: "
+            "train into a new run folder",
         )
     found: set[int] = set()
     for case in tqdm(
@@ -353,6 +365,8 @@ def make_plan(
         for c in zscore_channels:
             nonzero[c].append(np.count_nonzero(image.array[c]) / image.array[c].size)
         foreground = label.array > 0
+        if dataset.ignore_label is not None:  # ignored voxels are unlabelled, not foreground
+            foreground &= label.array != dataset.ignore_label
         for c in ct_channels:
             values = image.array[c][foreground]
             if values.size:
@@ -402,4 +416,5 @@ def make_plan(
         ],
         spacing_known=known,
         batch_size=batch,
+        ignore_label=dataset.ignore_label,
     )

@@ -51,10 +51,15 @@ def make_splits(case_names: list[str], folds: int = 5, seed: int = 0, group_by: 
     groups = subjects(case_names, group_by)
     if len(groups) < folds:
         what = f"{len(groups)} subject(s) (--group-by '{group_by}')" if group_by else f"{len(groups)} case(s)"
-        raise UnetzooError(
-            f"the dataset has {what}, fewer than the {folds} folds requested; "
-            f"use --folds {max(2, len(groups))} or fewer (each fold needs a validation case)"
+        advice = (
+            f"use --folds {len(groups)} or fewer (compare: --set data.folds={len(groups)}; each fold needs a "
+            "validation case)"
+            if len(groups) >= 2  # one subject cannot be both a fold's training and its validation
+            else "no fold count works (each fold needs a training and a validation case): "
+            + ("give another --group-by, " if group_by else "")
+            + "add cases, or train on every case with --fold all"
         )
+        raise UnetzooError(f"the dataset has {what}, fewer than the {folds} folds requested; {advice}")
     order = sorted(groups)
     random.Random(seed).shuffle(order)
     order.sort(key=lambda subject: -len(groups[subject]))  # stable: equal sizes keep the shuffled order
@@ -67,9 +72,12 @@ def make_splits(case_names: list[str], folds: int = 5, seed: int = 0, group_by: 
 
 def load_splits(path: str | Path, case_names: list[str], group_by: str = "") -> list[dict[str, list[str]]]:
     """Read a splits file (nnU-Net's ``splits_final.json``: a list of ``{"train": [...], "val": [...]}``) and check it
-    against the dataset: every named case exists, no case is on both sides of a fold and, with ``group_by``, no
-    subject is either. One-line errors name the file."""
+    against the dataset: every named case exists, once per list, no case is on both sides of a fold and, with
+    ``group_by``, no subject is either; every fold trains on a case and validates on one. One-line errors name the
+    file."""
     path = Path(path)
+    if path.is_dir():
+        raise file_error(path, "is a folder: give a splits file (nnU-Net's splits_final.json)")
     splits = read_json(path, missing="splits file not found")
     shape = 'a list of {"train": [case, ...], "val": [case, ...]} folds (nnU-Net\'s splits_final.json)'
     if not isinstance(splits, list) or not splits:
@@ -84,12 +92,18 @@ def load_splits(path: str | Path, case_names: list[str], group_by: str = "") -> 
         unknown = sorted(set(fold["train"] + fold["val"]) - known)
         if unknown:
             raise file_error(path, f"fold {k} names {len(unknown)} case(s) not in the dataset, e.g. {unknown[0]!r}")
+        for key in ("train", "val"):
+            twice = sorted({n for n in fold[key] if fold[key].count(n) > 1})
+            if twice:
+                raise file_error(path, f"fold {k} lists case {twice[0]!r} twice in {key}")
         both = sorted({subject[n] for n in fold["train"]} & {subject[n] for n in fold["val"]})
         if both:
             what = f"subject {both[0]!r} (--group-by '{group_by}')" if group_by else f"case {both[0]!r}"
             raise file_error(path, f"fold {k} has {what} in both train and val")
         if not fold["val"]:
             raise file_error(path, f"fold {k} has no validation case")
+        if not fold["train"]:
+            raise file_error(path, f"fold {k} has no training case")
     return [{"train": sorted(f["train"]), "val": sorted(f["val"])} for f in splits]
 
 

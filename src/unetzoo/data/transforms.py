@@ -51,7 +51,8 @@ def _meta_tensor(array: np.ndarray, image) -> MetaTensor:
 class LoadCased(MapTransform):
     """Read ``image`` (list of channel files, or an :class:`~unetzoo.io.Image` already in memory) and optional
     ``label`` into channel-first MetaTensors; of a 3D+t case (``num_frames`` > 1) only frame ``frame_index``. The
-    label's ids become class indices (the k-th of ``label_ids`` is class k), so that ids 0, 1, 3 train classes 0, 1, 2."""
+    label's ids become class indices (the k-th of ``label_ids`` is class k), so that ids 0, 1, 3 train classes 0, 1, 2;
+    the ignore label, the highest id and not among ``label_ids``, becomes ``len(label_ids)``: no class."""
 
     def __init__(self, spatial_dims: int, label_ids: list[int]):
         super().__init__(["image", "label"], allow_missing_keys=True)
@@ -113,6 +114,26 @@ def _zscore(x: torch.Tensor, mask_zeros: bool) -> torch.Tensor:
     return (x - x.mean()) / x.std().clamp_min(1e-8)
 
 
+class PosNegCentresd(MapTransform):
+    """The centres the patch sampler may draw from a label with ignored voxels (class index ``num_classes``):
+    ``fg_indices`` the voxels of a foreground class, ``bg_indices`` those of background, the ignored ones in neither
+    (as nnU-Net with an ignore label, which centres every patch on an annotated voxel); a label without any labelled
+    voxel makes every voxel a background centre."""
+
+    def __init__(self, num_classes: int):
+        super().__init__(["label"])
+        self.num_classes = num_classes
+
+    def __call__(self, data: dict) -> dict:
+        data = dict(data)
+        label = torch.as_tensor(data["label"]).flatten()
+        data["fg_indices"] = ((label > 0) & (label < self.num_classes)).nonzero()[:, 0]
+        data["bg_indices"] = (label == 0).nonzero()[:, 0]
+        if not len(data["fg_indices"]) and not len(data["bg_indices"]):
+            data["bg_indices"] = torch.arange(label.numel())
+        return data
+
+
 def preprocessing(plan, with_label: bool = True) -> Compose:
     """The deterministic chain for a :class:`~unetzoo.data.plan.Plan`: load, normalise, then (3D) orient to RAS and
     resample to the plan's spacing."""
@@ -158,8 +179,10 @@ def augmentation(
     samples: int,
     stride_axes: tuple[int, int] = (0, 1),
     whole: bool = False,
+    ignore_class: int | None = None,
 ) -> Compose:
-    """Pad, sample ``samples`` patches 1:2 positive:negative, then the papers' augmentations; with
+    """Pad, sample ``samples`` patches 1:2 positive:negative (``ignore_class``, the class index of the ignore label:
+    centred on labelled voxels only, :class:`PosNegCentresd`), then the papers' augmentations; with
     ``aug.in_plane_stride`` > 1 the case is first sub-sampled along its in-plane ``stride_axes``
     (:class:`RandInPlaneStrided`; default the first two, X and Y of a RAS volume: the axial plane). ``whole``: no
     pad and no crop, the whole volume (every augmentation keeps its size); ``patch_size`` then only says which
@@ -185,10 +208,13 @@ def augmentation(
     zoom_hi = [aug.scaling_range[1] if not f else 1.0 for f in flat]
     chain = [RandInPlaneStrided(keys, aug.in_plane_stride, stride_axes)] if aug.in_plane_stride > 1 else []
     if not whole:
+        ignored = ignore_class is not None
+        centres = {"fg_indices_key": "fg_indices", "bg_indices_key": "bg_indices"} if ignored else {}
         chain += [
             SpatialPadd(keys, spatial_size=patch_size),
+            *([PosNegCentresd(ignore_class)] if ignored else []),
             RandCropByPosNegLabeld(
-                keys, "label", spatial_size=patch_size, pos=pos_neg[0], neg=pos_neg[1], num_samples=samples
+                keys, "label", spatial_size=patch_size, pos=pos_neg[0], neg=pos_neg[1], num_samples=samples, **centres
             ),
         ]
     chain += [

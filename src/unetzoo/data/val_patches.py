@@ -33,11 +33,16 @@ def _start(size: int, extent: int, centre: int | None, rng: np.random.Generator)
 
 
 def validation_patches(
-    items: list[dict], patch_size: list[int], count: int, seed: int, positive: float = 1 / 3
+    items: list[dict],
+    patch_size: list[int],
+    count: int,
+    seed: int,
+    positive: float = 1 / 3,
+    num_classes: int | None = None,
 ) -> list[dict]:
     """Up to ``count`` crops ``{"image", "label", "name", "frame_index", "case_index"}`` (module docstring) of the
     preprocessed validation ``items`` (``image`` (C, *S), ``label`` (1, *S)), taken in turn (give them in
-    :func:`spread`'s order)."""
+    :func:`spread`'s order). Label values from ``num_classes`` on (the ignore label) are no foreground."""
     if not items or count < 1:
         return []
     rng = np.random.default_rng(seed)
@@ -48,7 +53,8 @@ def validation_patches(
         image, label = torch.as_tensor(item["image"]), torch.as_tensor(item["label"])
         shape = image.shape[1:]
         sizes = [min(int(p), int(s)) for p, s in zip(patch_size, shape)]
-        foreground = torch.nonzero(label[0] > 0)
+        classes = label[0] > 0 if num_classes is None else (label[0] > 0) & (label[0] < num_classes)
+        foreground = torch.nonzero(classes)
         centre = (
             foreground[int(rng.integers(len(foreground)))].tolist()
             if len(foreground) and rng.random() < positive

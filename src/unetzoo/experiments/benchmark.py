@@ -448,17 +448,35 @@ def run_benchmark(
 
 
 def _raise_failures(result: dict, out_dir) -> None:
-    failed = [f"{row['model']} ({', '.join(row['errors'])})" for row in result["models"] if row.get("errors")]
+    """One line naming each failed model and phase, and the first failure's cause (e.g. a --shape too small for a
+    model's downsampling, which only the model's own forward pass finds)."""
+    failed = [(row["model"], row["errors"]) for row in result["models"] if row.get("errors")]
     if failed:
+        model, errors = failed[0]
+        phase, error = next(iter(errors.items()))
+        listed = ", ".join(f"{m} ({', '.join(e)})" for m, e in failed)
         raise UnetzooError(
-            f"benchmark failed for {', '.join(failed)}: the errors and tracebacks are in {Path(out_dir) / 'benchmark.json'}"
+            f"benchmark failed for {listed}; {model} {phase}: {error.splitlines()[0][:200]} (every error and traceback "
+            f"is in {Path(out_dir) / 'benchmark.json'})"
         )
+
+
+def _fitting_run(run) -> RunFolder:
+    """The run folder, its checkpoint (where it has one) checked to fit the model its ``config.json`` describes, so
+    that the figures are the trained network's: a config edited after training is one line naming the checkpoint."""
+    from unetzoo.inference.predictor import load_weights
+    from unetzoo.methods import build_method
+
+    folder = RunFolder(run).require()
+    if folder.has_checkpoint():
+        method, _ = build_method(Config.load(folder.config), Plan.load(folder.plan))
+        load_weights(method.model, folder.checkpoint())
+    return folder
 
 
 def _benchmark_runs(runs, out_dir, options: BenchmarkConfig, sets=()) -> dict:
     results = []
-    for run in runs:
-        folder = RunFolder(run).require()
+    for folder in [_fitting_run(run) for run in runs]:  # every run checked before the first is measured
         run = folder.path
         config = _with_options(Config.load(folder.config), options, sets)
         plan = Plan.load(folder.plan)

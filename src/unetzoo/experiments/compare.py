@@ -28,9 +28,10 @@ import time
 from pathlib import Path
 
 from unetzoo.config import Config
+from unetzoo.data.datasets import load_dataset
 from unetzoo.errors import UnetzooError, file_error
 from unetzoo.experiments.experiment import Experiment, run_folder, test_done
-from unetzoo.experiments.jobs import Job
+from unetzoo.experiments.jobs import Job, test_cases
 from unetzoo.io import output_folder
 
 
@@ -53,10 +54,13 @@ def compare(
     from unetzoo.experiments.executors import LocalExecutor
     from unetzoo.experiments.leaderboard import write_leaderboard
 
-    out = output_folder(out)
     experiment = Experiment.make(data, models, list(folds), config or Config(), steps=steps, minutes=minutes)
-    if test is not None and not Path(test).exists():
-        raise file_error(test, "test folder not found")
+    if test is not None:  # its cases are listed before any training: an empty or unreadable folder fails now
+        if not Path(test).exists():
+            raise file_error(test, "test folder not found")
+        dataset = load_dataset(experiment.data)
+        test_cases(Path(test), len(dataset.cases[0].images))
+    out = output_folder(out)
     recorded = experiment.record(out, test)
     executor = executor or LocalExecutor()
     runs = {(m, f): run_folder(out, m, f) for m in experiment.models for f in experiment.folds}
@@ -71,6 +75,10 @@ def compare(
         recorded.executions.append({"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **executor.describe()})
         recorded.save(out)
     failures = executor.run(out, todo, log) if todo else {}
+    for job in todo:  # stopped before its run's last file, whatever its exit status: the next invocation resumes it
+        run = runs[job.model, job.fold]
+        if job.name not in failures and not run.is_finished():
+            failures[job.name] = f"ended before its run finished ({run})"
     complete = [m for m in experiment.models if all(runs[m, f].is_finished() for f in experiment.folds)]
     if any(not runs[m, experiment.folds[0]].benchmark.is_file() for m in complete):
         failures.update(executor.run(out, [Job("benchmark")], log, exclusive=True))

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from unetzoo.errors import UnetzooError
+import submitit
+
+from unetzoo.errors import Stopped, UnetzooError
 from unetzoo.formatting import duration
 
 
@@ -135,6 +138,20 @@ SLURM_SETTINGS = {  # --set compare.slurm.NAME=VALUE -> submitit's parameter
 }
 
 
+class ResumableJob(submitit.helpers.Checkpointable):
+    """What a SLURM job runs: :func:`unetzoo.experiments.jobs.run_job`. Checkpointable, so that at its time limit (or a
+    preemption) submitit requeues the same job, which resumes its run folder from ``checkpoint_last.pt``; a stop
+    (SIGTERM, ``scancel``) is reported as the job's error, in one line."""
+
+    def __call__(self, out: str, *args: str) -> str:
+        from unetzoo.experiments.jobs import run_job
+
+        try:
+            return run_job(out, *args)
+        except Stopped as stop:
+            raise UnetzooError(str(stop)) from None
+
+
 class SubmititExecutor:
     """Each job a SLURM job submitted through submitit (``OUT/slurm/``: its scripts, pickles and logs), all submitted at
     once; waits for them. ``settings``: partition, account, time (minutes per job, required), gpus (per job), cpus
@@ -159,22 +176,24 @@ class SubmititExecutor:
                 "--executor slurm needs --set compare.slurm.time=MINUTES, the time limit of each job "
                 "(a run killed by it resumes when you run the same command again)"
             )
+        missing = [tool for tool in ("sbatch", "srun") if shutil.which(tool) is None]
+        if cluster == "slurm" and missing:  # before the experiment folder is made (submitit would fail inside)
+            raise UnetzooError(
+                f"--executor slurm: SLURM's {' and '.join(missing)} not found on this machine; run compare on a "
+                "SLURM login node, or use --executor local"
+            )
         self.settings, self.cluster = settings, cluster
 
     def describe(self) -> dict:
         return {"executor": "slurm" if self.cluster == "slurm" else f"submitit-{self.cluster}", **self.settings}
 
     def run(self, out, jobs, log=print, exclusive: bool = False) -> dict[str, str]:
-        import submitit
-
-        from unetzoo.experiments.jobs import run_job
-
         jobs = list(jobs)
         if not jobs:
             return {}
         executor = submitit.AutoExecutor(folder=Path(out) / "slurm" / "%j", cluster=self.cluster)
         executor.update_parameters(name="unetzoo", **{SLURM_SETTINGS[k]: v for k, v in self.settings.items()})
-        submitted = {job.name: executor.submit(run_job, str(out), *job.args) for job in jobs}
+        submitted = {job.name: executor.submit(ResumableJob(), str(out), *job.args) for job in jobs}
         for name, handle in submitted.items():
             log(f"compare: {name} submitted as job {handle.job_id} (log {handle.paths.stdout})")
         failures, start = {}, time.time()

@@ -66,6 +66,7 @@ class Experiment:
         from unetzoo.data.datasets import load_dataset
         from unetzoo.data.splits import splits_for
         from unetzoo.models import list_models, model_info
+        from unetzoo.models.registry import check_model_args
 
         # every field's type and range, the check train uses (a bad --set is one line before any work)
         config.validate()
@@ -78,6 +79,7 @@ class Experiment:
             raise UnetzooError(f"--models: a model is listed twice ({','.join(models)})")
         for name in models:
             dims = model_info(name).spatial_dims  # an unknown name: the registry's error lists the valid ones
+            check_model_args(name, config.model_args)
             if dataset.spatial_dims not in dims:
                 raise UnetzooError(
                     f"--models: {name} supports spatial_dims {dims}, {dataset.root} is {dataset.spatial_dims}D"

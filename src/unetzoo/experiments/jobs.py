@@ -42,7 +42,7 @@ class Job:
         return [self.kind] + ([self.model] if self.model else []) + ([str(self.fold)] if self.fold is not None else [])
 
 
-def _test_cases(test: Path, n_channel_files: int) -> tuple[dict[str, list[Path]], dict[str, Path]]:
+def test_cases(test: Path, n_channel_files: int) -> tuple[dict[str, list[Path]], dict[str, Path]]:
     """Images (and labels, when there are any) of the test folder: a dataset folder (``dataset.json``: its training
     cases and labels) or a folder of images as ``unetzoo predict`` takes it (no labels)."""
     from unetzoo.data.datasets import load_dataset, prediction_inputs
@@ -121,7 +121,7 @@ def _predict_test(out: Path, experiment: Experiment, model: str) -> Path:
     runs = [run_folder(out, model, f) for f in experiment.folds]
     device = Config.load(runs[0].config).train.device
     predictor = Ensemble(runs, device=device) if len(runs) > 1 else Predictor(runs[0], device=device)
-    images, labels = _test_cases(Path(experiment.test), predictor.plan.n_channel_files)
+    images, labels = test_cases(Path(experiment.test), predictor.plan.n_channel_files)
     folder = test_folder(out, model)
     predictor.predict_cases(images, folder)
     if not labels:
@@ -135,7 +135,13 @@ def _predict_test(out: Path, experiment: Experiment, model: str) -> Path:
         link = references / f"{name}{file_ending(label)}"
         if not link.exists():
             link.symlink_to(Path(label).resolve())
-    evaluate_folder(folder, references, test_evaluation(out, model), label_ids=predictor.plan.label_ids[1:])
+    evaluate_folder(
+        folder,
+        references,
+        test_evaluation(out, model),
+        label_ids=predictor.plan.label_ids[1:],
+        ignore_label=predictor.plan.ignore_label,
+    )
     return folder
 
 

@@ -219,6 +219,12 @@ class Slice:
         return "" if self.axis is None else f"{frame}slice {self.index} of axis {self.axis}"
 
 
+def _check_alpha(alpha: float) -> None:
+    """The opacity of the error colours (``--alpha``) lies in [0, 1]: one line otherwise, before any work."""
+    if not 0 <= alpha <= 1:  # NaN too
+        raise UnetzooError(f"--alpha: expected an opacity in [0, 1], got {alpha}")
+
+
 def _legend(fig) -> None:
     from matplotlib.patches import Patch
 
@@ -240,6 +246,7 @@ def write_overlay(
     alpha: float = 0.75,
 ) -> Path:
     """One case: image | ground truth | prediction (class colours) | errors (TP white, FP red, FN blue)."""
+    _check_alpha(alpha)
     plt = _pyplot()
     images = image if isinstance(image, (list, tuple)) else [image]
     cut = Slice(images, label, axis, index)
@@ -568,6 +575,40 @@ def _case_dice(run: dict, case: str) -> float | None:
     return None
 
 
+def _check_one_dataset(runs: list[dict]) -> None:
+    """The runs share the dataset's labels, channels and dimensions (their plans'), so that a column of the report
+    holds one class: one line naming two runs that differ otherwise."""
+    from unetzoo.inference.predictor import COMPATIBLE
+
+    planned = [run for run in runs if run["plan"]]
+    for run in planned[1:]:
+        for field in COMPATIBLE:
+            ours, first = run["plan"].get(field), planned[0]["plan"].get(field)
+            if ours != first:
+                raise UnetzooError(
+                    f"runs of different datasets: {run['dir']} has {field} {ours}, {planned[0]['dir']} has {first}; "
+                    "report runs of one dataset"
+                )
+
+
+BENCHMARK_CONTEXT = ("device", "threads", "torch", "patch", "batch_size", "infer_shape")  # what the cost table shows
+
+
+def _read_benchmark(path) -> dict:
+    """A ``benchmark.json`` written by ``unetzoo benchmark`` (``--benchmark``): one line naming the file where it is
+    missing or of another shape."""
+    bench = read_json(Path(path), missing="file not found")
+    models = bench.get("models") if isinstance(bench, dict) else None
+    rows = isinstance(models, list) and all(isinstance(m, dict) and isinstance(m.get("model"), str) for m in models)
+    if not rows or any(key not in bench for key in BENCHMARK_CONTEXT):
+        raise file_error(
+            path,
+            "not a benchmark.json of `unetzoo benchmark` (an object with 'models', a list of {\"model\": NAME, ...}, "
+            f"and {', '.join(BENCHMARK_CONTEXT)})",
+        )
+    return bench
+
+
 def make_report(
     runs,
     out_dir,
@@ -582,13 +623,11 @@ def make_report(
     """Write ``out_dir/report.md`` (+ ``curves.png``, ``overlays.png``) comparing the trained ``runs``."""
     if not runs:
         raise UnetzooError("no runs to report")
+    _check_alpha(alpha)
     loaded = [RunFolder(r).load() for r in runs]
+    _check_one_dataset(loaded)
     names = _run_names(loaded)
-    bench = None
-    if benchmark is not None:
-        bench = read_json(Path(benchmark))
-        if bench is None:
-            raise file_error(benchmark, "file not found")
+    bench = _read_benchmark(benchmark) if benchmark is not None else None
     out = output_folder(out_dir)
     without = [n for n, r in zip(names, loaded) if not r["summary"]]
     lines = [

@@ -72,14 +72,15 @@ def _dice(pred: np.ndarray, ref: np.ndarray) -> float:
     return 2 * np.count_nonzero(pred & ref) / total if total else float("nan")
 
 
-def decide(pairs: list[tuple[np.ndarray, np.ndarray]], classes: list[int]) -> dict:
+def decide(pairs: list[tuple[np.ndarray, np.ndarray]], classes: list[int], ignore_label: int | None = None) -> dict:
     """nnU-Net's decision on validation (prediction, reference) label maps: class ``c`` keeps its largest component
-    when that raises its mean Dice over the cases (both-empty cases left out). Returns
-    ``{"keep_largest": {c: 1, ...}, "dice": {c: {"without": d0, "with": d1}}}``."""
+    when that raises its mean Dice over the cases (both-empty cases left out; voxels whose reference is
+    ``ignore_label`` do not count). Returns ``{"keep_largest": {c: 1, ...}, "dice": {c: {"without": d0, "with": d1}}}``."""
     rules, dice = {}, {}
+    labelled = [r != ignore_label if ignore_label is not None else np.ones(r.shape, bool) for _, r in pairs]
     for cls in classes:
-        without = nanmean([_dice(p == cls, r == cls) for p, r in pairs])
-        with_ = nanmean([_dice(keep_largest(p, {cls: 1}) == cls, r == cls) for p, r in pairs])
+        without = nanmean([_dice((p == cls) & m, r == cls) for (p, r), m in zip(pairs, labelled)])
+        with_ = nanmean([_dice((keep_largest(p, {cls: 1}) == cls) & m, r == cls) for (p, r), m in zip(pairs, labelled)])
         dice[cls] = {"without": without, "with": with_}
         if with_ > without:
             rules[cls] = 1
@@ -87,7 +88,11 @@ def decide(pairs: list[tuple[np.ndarray, np.ndarray]], classes: list[int]) -> di
 
 
 def decide_for_run(
-    run_dir: Path, prediction_files: dict[str, Path], reference_files: dict[str, Path], classes: list[int]
+    run_dir: Path,
+    prediction_files: dict[str, Path],
+    reference_files: dict[str, Path],
+    classes: list[int],
+    ignore_label: int | None = None,
 ) -> dict:
     """:func:`decide` on a run's validation predictions; writes ``RUN/postprocessing.json`` and returns it."""
     pairs = [
@@ -95,7 +100,7 @@ def decide_for_run(
         for c in sorted(reference_files)  # 3D+t: one pair per frame
         for p, r in zip(read_label_frames(prediction_files[c]), read_label_frames(reference_files[c]))
     ]
-    decision = decide(pairs, classes)
+    decision = decide(pairs, classes, ignore_label)
     record = {
         "keep_largest": {str(c): k for c, k in decision["keep_largest"].items()},
         "validation_dice": {str(c): v for c, v in decision["dice"].items()},

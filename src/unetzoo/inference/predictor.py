@@ -8,14 +8,16 @@ another grid: ``--upsample``, ``--grid``; see :class:`unetzoo.methods.Grid`). A 
 1-channel model) is preprocessed frame by frame, predicted as one sequence and saved 4D (X, Y, Z, T). The run's
 connected-component post-processing (``postprocessing.json``, chosen by training on the validation fold) is applied
 to the labels (of each frame) unless turned off or replaced (``--no-postprocess``, ``--keep-largest``; see
-:mod:`unetzoo.inference.postprocessing`). A case already predicted (every output written) is skipped unless ``overwrite``;
-files are written under a temporary name and renamed, and the temporary files a killed run left are removed when
-the next one starts.
+:mod:`unetzoo.inference.postprocessing`). The output folder records what predict wrote there
+(:class:`PredictionRecord`): a folder holding image files it did not write is refused, and a case already predicted
+(every output written) is skipped unless ``overwrite``; files are written under a temporary name and renamed, and
+the temporary files a killed run left are removed when the next one starts.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import logging
 from pathlib import Path
 
@@ -33,15 +35,23 @@ from unetzoo.errors import UnetzooError, file_error
 from unetzoo.inference.postprocessing import keep_largest, parse_rules, run_rules
 from unetzoo.io import (
     NIFTI_ENDINGS,
-    PNG_ENDINGS,
+    SUPPORTED_ENDINGS,
     Image,
     case_frames,
     check_affine,
+    ending_dims,
     file_ending,
+    format_name,
+    image_dims,
+    label_dtype,
+    output_ending,
     output_folder,
+    read_array,
+    read_json,
     remove_leftovers,
     write_array,
     write_bytes,
+    write_text,
 )
 from unetzoo.methods import Grid, build_method, inference_context, method_class
 from unetzoo.methods.grid import refined_affine
@@ -51,14 +61,100 @@ log = logging.getLogger(__name__)
 
 
 def load_weights(model: torch.nn.Module, checkpoint_path: Path) -> dict:
-    """Load the model weights of a Lightning checkpoint (keys ``model.*``); returns the checkpoint."""
+    """Load the model weights of a Lightning checkpoint (keys ``model.*``); returns the checkpoint. A file without
+    weights, or whose weights do not fit ``model`` (the run's ``config.json`` edited after training), is one line
+    naming it and the first mismatch."""
     try:
         checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
     except Exception as exc:
         raise file_error(checkpoint_path, f"cannot read checkpoint ({type(exc).__name__}: {exc})") from None
-    state = {k[len("model.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+    weights = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
+    if not isinstance(weights, dict):
+        raise file_error(
+            checkpoint_path, "holds no 'state_dict' (the model weights): not a checkpoint of a unetzoo run"
+        )
+    state = {k[len("model.") :]: v for k, v in weights.items() if k.startswith("model.")}
+    mismatch = _mismatch(model.state_dict(), state)
+    if mismatch:
+        raise file_error(
+            checkpoint_path,
+            f"does not fit the model of the run's config.json ({mismatch}): were its model_args changed after training?",
+        )
     model.load_state_dict(state)
     return checkpoint
+
+
+def _mismatch(own: dict, state: dict) -> str:
+    """What keeps the weights ``state`` from loading into a model whose state dict is ``own``: the first tensor of
+    another shape, missing or unexpected, with how many; '' when they fit."""
+    shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    missing, unexpected = [k for k in own if k not in state], [k for k in state if k not in own]
+    problems = []
+    if shapes:
+        first = shapes[0]
+        problems.append(
+            f"{len(shapes)} tensor(s) of another shape, e.g. {first}: {tuple(state[first].shape)} in the checkpoint, "
+            f"{tuple(own[first].shape)} in the model"
+        )
+    if missing:
+        problems.append(f"{len(missing)} tensor(s) of the model missing, e.g. {missing[0]}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} tensor(s) the model lacks, e.g. {unexpected[0]}")
+    return "; ".join(problems)
+
+
+PREDICTION_RECORD = ".unetzoo-predictions.json"  # in an output folder: the files predict wrote there
+
+
+class PredictionRecord:
+    """The files predict wrote into an output folder, by name with their size (None while one is being written),
+    kept in ``.unetzoo-predictions.json`` there and rewritten (atomically) as each prediction lands. An image file
+    of the folder that it does not list (a reference, an image, a prediction changed since) is not predict's: the
+    folder is refused rather than its files taken for finished predictions or overwritten; a killed predict resumes,
+    redoing the case it was writing."""
+
+    def __init__(self, folder: str | Path):
+        self.path = Path(folder) / PREDICTION_RECORD
+        record = read_json(self.path, {"files": {}})
+        self.files = record.get("files") if isinstance(record, dict) else None
+        if not isinstance(self.files, dict):
+            raise file_error(self.path, "not a record of predictions (an object with 'files'): remove it")
+
+    def check(self) -> None:
+        """One line naming an image file of the folder that predict did not write, and how many there are."""
+        folder = self.path.parent
+        if not folder.is_dir():
+            return
+        foreign = sorted(p.name for p in folder.iterdir() if _is_output(p) and not self._own(p))
+        if foreign:
+            raise file_error(
+                folder,
+                f"holds {len(foreign)} image file(s) that predict did not write (e.g. {foreign[0]}): predict into an "
+                "empty or new folder",
+            )
+
+    def _own(self, path: Path) -> bool:
+        return path.name in self.files and self.files[path.name] in (None, path.stat().st_size)
+
+    def finished(self, paths: list[Path]) -> bool:
+        """Whether predict wrote every one of ``paths`` to the end."""
+        return all(p.is_file() and self.files.get(p.name) == p.stat().st_size for p in paths)
+
+    def writing(self, paths: list[Path]) -> None:
+        self._save({p.name: None for p in paths})
+
+    def written(self, paths: list[Path]) -> None:
+        self._save({p.name: p.stat().st_size for p in paths})
+
+    def _save(self, entries: dict) -> None:
+        self.files.update(entries)
+        write_text(self.path, json.dumps({"files": self.files}, indent=1) + "\n")
+
+
+def _is_output(path: Path) -> bool:
+    """An image, label or probabilities file (what predict writes, or could take for its own)."""
+    name = path.name.lower()
+    return not name.startswith(".") and name.endswith((*SUPPORTED_ENDINGS, ".npz")) and path.is_file()
 
 
 COMPATIBLE = ("spatial_dims", "channel_names", "n_channel_files", "labels")  # plan fields an ensemble's runs share
@@ -104,6 +200,11 @@ class Predictor:
         config.validate()
         self.options = options
         self.plan = Plan.load(run.plan)
+        if options.output_format and self.plan.spatial_dims not in ending_dims(options.output_format):
+            raise UnetzooError(
+                f"--output-format {options.output_format}: a {format_name(options.output_format)} file cannot "
+                f"hold the {self.plan.spatial_dims}D images this run predicts"
+            )
         self.device = resolve_device(options.device)
         self.precision, self.precision_line = inference_precision(config.inference.precision, self.device, run_dir)
         self.method, self.config = build_method(config, self.plan)
@@ -138,12 +239,12 @@ class Predictor:
     def check_files(self, paths: list[Path]) -> None:
         """The case's files are what the run was trained on (2D PNG or 3D NIfTI, one file per channel file of the
         plan), before anything is read: a one-line error naming the file otherwise."""
-        kind = {2: "2D PNG", 3: "3D NIfTI"}
+        trained = f"{self.plan.spatial_dims}D {format_name(self.plan.file_ending)}"
         for path in paths:
-            dims = 2 if file_ending(path) in PNG_ENDINGS else 3
+            dims = image_dims(path)
             if dims != self.plan.spatial_dims:
                 raise file_error(
-                    path, f"a {kind[dims]} image, but the run was trained on {kind[self.plan.spatial_dims]} images"
+                    path, f"a {dims}D {format_name(path)} image, but the run was trained on {trained} images"
                 )
         if len(paths) != self.plan.n_channel_files:
             raise file_error(
@@ -206,10 +307,10 @@ class Predictor:
 
     def label_map(self, probs: torch.Tensor) -> np.ndarray:
         """The label map of class probabilities ``(K, *spatial)`` or, 3D+t, ``(K, *spatial, T)``: argmax, then each
-        class's label id (the plan's ids, which need not be consecutive), as uint8 (uint16 for ids above 255),
+        class's label id (the plan's ids, which need not be consecutive), in the type the ids need (:func:`label_dtype`),
         post-processed by ``keep_largest`` (whose rules name label ids; frame by frame)."""
         ids = np.asarray(self.plan.label_ids)
-        label = ids[probs.argmax(0).numpy()].astype(np.uint8 if ids.max() < 256 else np.uint16)
+        label = ids[probs.argmax(0).numpy()].astype(label_dtype(ids))
         return (
             keep_largest(label, self.keep_largest, frames=label.ndim > self.plan.spatial_dims)
             if self.keep_largest
@@ -223,8 +324,9 @@ class Predictor:
         overwrite: bool | None = None,
         save_probabilities: bool | None = None,
     ) -> list[Path]:
-        """Predict every case into ``out_dir/CASE.<input ending>`` (never an input's own folder); returns the written
-        (or kept) files. ``overwrite``, ``save_probabilities``: None takes the options'."""
+        """Predict every case into ``out_dir/CASE.<input ending>`` (never an input's own folder, nor one holding image
+        files predict did not write: :class:`PredictionRecord`); returns the written (or kept) files. ``overwrite``,
+        ``save_probabilities``: None takes the options'."""
         from tqdm import tqdm
 
         overwrite = self.options.overwrite if overwrite is None else overwrite
@@ -237,14 +339,15 @@ class Predictor:
                 "is the input folder: the predictions would mix with the images (CASE.ext beside CASE_0000.ext, "
                 "or overwrite an image of the same name); choose another output folder",
             )
+        record = PredictionRecord(out_dir)
+        record.check()
         out_dir = output_folder(out_dir)
         remove_leftovers(out_dir)
         written = []
         for name, paths in tqdm(sorted(cases.items()), desc="predicting", unit="case", disable=len(cases) < 2):
-            target, npz = out_dir / f"{name}{file_ending(paths[0])}", out_dir / f"{name}.npz"
-            if (
-                target.exists() and (npz.exists() or not save_probabilities) and not overwrite
-            ):  # done: every output exists
+            target = out_dir / f"{name}{output_ending(paths[0], self.options.output_format)}"
+            outputs = [target, out_dir / f"{name}.npz"] if save_probabilities else [target]
+            if record.finished(outputs) and not overwrite:
                 written.append(target)
                 continue
             probs = self.predict_probabilities(paths)
@@ -254,9 +357,11 @@ class Predictor:
             label = self.label_map(probs)
             if tuple(label.shape) != tuple(shape):
                 raise file_error(paths[0], f"internal error: prediction shape {label.shape} != output shape {shape}")
-            if save_probabilities:  # before the mask: a mask on disk means its case is complete
-                save_npz(npz, probabilities=probs.numpy().astype(np.float16))
+            record.writing(outputs)
+            if save_probabilities:
+                save_npz(outputs[1], probabilities=probs.numpy().astype(np.float16))
             write_array(label, target, affine, header)
+            record.written(outputs)
             written.append(target)
         return written
 
@@ -330,8 +435,9 @@ def array_image(array: np.ndarray, affine: np.ndarray | None, plan: Plan) -> Ima
 
 
 def file_geometry(path: Path) -> tuple[np.ndarray | None, tuple[int, ...], object]:
-    """(affine, spatial shape, header) of a NIfTI file; (None, (H, W), None) of a PNG."""
-    if file_ending(path) in NIFTI_ENDINGS:
+    """(affine, spatial shape, header) of a 3D image (a NIfTI's header, others' None); (None, (H, W), None) of a 2D
+    one."""
+    if not Path(path).is_dir() and file_ending(path) in NIFTI_ENDINGS:
         import nibabel as nib
 
         try:
@@ -340,10 +446,9 @@ def file_geometry(path: Path) -> tuple[np.ndarray | None, tuple[int, ...], objec
             raise file_error(path, f"cannot read NIfTI file ({type(exc).__name__}: {exc})") from None
         check_affine(path, ref.affine)
         return np.asarray(ref.affine, dtype=np.float64), tuple(int(s) for s in ref.shape[:3]), ref.header
-    from PIL import Image as PILImage
-
-    with PILImage.open(path) as pil:
-        return None, (pil.height, pil.width), None
+    data, affine, _ = read_array(path)
+    dims = image_dims(path)
+    return (affine if dims == 3 else None), tuple(data.shape[:dims]), None
 
 
 def save_npz(path: Path, **arrays) -> Path:

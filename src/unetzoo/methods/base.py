@@ -25,6 +25,10 @@ What a method supplies: :meth:`train_transform`, :meth:`training_loss`, :meth:`p
 :meth:`calibrate` (settings chosen after training on training subjects that :meth:`calibration_subjects` kept out
 of training, saved into the run's config; the validation fold, which the run reports, is never used to choose them).
 
+Unlabelled voxels: a label map of class indices may hold values outside ``0 .. K - 1`` (the dataset's ignore label,
+class index K = ``plan.num_classes``; the padding -1 of whole-volume batches). Every loss counts only the labelled
+voxels (:func:`labelled_voxels`): the others add nothing to it, and their gradient is zero.
+
 3D+t data: a 4D case is a sequence of 3D frames sharing one affine. Training and validation items are single
 frames carrying ``case_index`` (the subject), ``frame_index`` and ``num_frames`` (0 and 1 for 3D data), so a method
 that ignores time trains on frames unchanged.
@@ -54,6 +58,14 @@ def in_plane_axes(plan: Plan) -> tuple[int, int]:
     return first, second
 
 
+def labelled_voxels(label: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(target, mask)`` of a label map of class indices (any shape): ``mask`` (float) is 1 where the value is a
+    class (``0 .. num_classes - 1``) and 0 elsewhere (the ignore label, padding); ``target`` (long) is the label
+    with those voxels set to 0, so that it one-hot encodes. A loss multiplies its per-voxel terms by ``mask``."""
+    mask = (label >= 0) & (label < num_classes)
+    return torch.where(mask, label, torch.zeros_like(label)).long(), mask.float()
+
+
 class Method:
     """Base class: dense training on patches, sliding-window prediction. Subclasses implement
     :meth:`training_loss` and :meth:`predict_window`, and override what their family does differently."""
@@ -69,6 +81,7 @@ class Method:
         self.plan = plan
         self.config = config
         self.num_classes = plan.num_classes
+        self.ignore_class = plan.num_classes if plan.ignore_label is not None else None  # its index in label maps
         self.patch_size = list(plan.patch_size)
         self.inference = config.inference
         self.stride = config.augment.in_plane_stride
@@ -95,7 +108,12 @@ class Method:
 
         cfg = self.config
         return augmentation(
-            self.train_patch_size(), cfg.augment, cfg.data.pos_neg_ratio, self.samples_per_draw(), self.stride_axes
+            self.train_patch_size(),
+            cfg.augment,
+            cfg.data.pos_neg_ratio,
+            self.samples_per_draw(),
+            self.stride_axes,
+            ignore_class=self.ignore_class,
         )
 
     @staticmethod

@@ -5,18 +5,18 @@ This is nnU-Net's procedure and the one every convolutional model of the zoo use
 first. ``head_weights`` (a method argument, set per model in its registration) weights them: ``"halving"``
 1, 1/2, 1/4 ... normalised (nnU-Net's outputs at decreasing resolution), or ``"equal"`` (U-Net++'s full-resolution
 heads, Zhou et al.). Targets are downsampled to each output's size by nearest interpolation. ``loss`` (a method
-argument) is ``"dice-ce"``, nnU-Net's Dice+CE, or ``"summed-dice-ce"``, Eq. 5 of Ding et al. 2021 (FLARE 2021)
-(:func:`summed_dice_ce`, the default of ``regularized-unet``).
+argument) is ``"dice-ce"``, nnU-Net's Dice+CE (:func:`dice_ce`), or ``"summed-dice-ce"``, Eq. 5 of Ding et al. 2021
+(FLARE 2021) (:func:`summed_dice_ce`, the default of ``regularized-unet``). Both count the labelled voxels only
+(:func:`~unetzoo.methods.base.labelled_voxels`: not those of the dataset's ignore label).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from monai.losses import DiceCELoss
 
 from unetzoo.errors import UnetzooError
-from unetzoo.methods.base import Method
+from unetzoo.methods.base import Method, labelled_voxels
 
 
 def supervision_weights(n_outputs: int) -> list[float]:
@@ -38,22 +38,34 @@ def summed_dice_ce(logits: torch.Tensor, label: torch.Tensor, eps: float = 1e-5)
     longer count and the loss scale would follow the patch size. -1/C sum_c mean_voxels is ``-(M * log U).mean()``
     over the (C, *S) tensor. ``eps`` (the paper's epsilon, value not given):
     MONAI's and nnU-Net's 1e-5. The model's outputs may be log-probabilities (the TV head's): log_softmax leaves
-    them unchanged."""
+    them unchanged. Unlabelled voxels count in no sum, and the means are over an image's labelled voxels."""
+    label, mask = labelled_voxels(label, logits.shape[1])
     log_u = F.log_softmax(logits.float(), dim=1)
-    target = F.one_hot(label[:, 0].long(), logits.shape[1]).movedim(-1, 1).float()
+    target = F.one_hot(label[:, 0], logits.shape[1]).movedim(-1, 1).float() * mask
     voxels = tuple(range(2, logits.dim()))
-    u = log_u.exp()
+    u = log_u.exp() * mask
     dice = (1 - 2 * ((target * u).sum(voxels) + eps) / (target.sum(voxels) + u.sum(voxels) + eps)).sum(1)
-    entropy = -(target * log_u).flatten(1).mean(1)
+    entropy = -(target * log_u).flatten(1).sum(1) / (logits.shape[1] * mask.flatten(1).sum(1)).clamp_min(1)
     return (dice + entropy).mean()
 
 
-def _nnunet_dice_ce():
-    """nnU-Net's Dice+CE: batch Dice over the foreground classes, softmax, one-hot targets."""
-    return DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
+def dice_ce(logits: torch.Tensor, label: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """nnU-Net's Dice+CE of logits (B, K, *S) and labels (B, 1, *S), as MONAI's ``DiceCELoss(to_onehot_y=True,
+    softmax=True, include_background=False, batch=True)``: 1 - soft Dice (smoothing ``eps`` above and below) per
+    foreground class over all voxels of the batch, averaged over the classes, plus the mean cross-entropy; both
+    over the labelled voxels only (MONAI's has no mask)."""
+    label, mask = labelled_voxels(label, logits.shape[1])
+    logits = logits.float()
+    probs = torch.softmax(logits, dim=1) * mask
+    target = F.one_hot(label[:, 0], logits.shape[1]).movedim(-1, 1).float() * mask
+    dims = (0, *range(2, logits.dim()))
+    overlap, predicted, reference = (probs * target).sum(dims), probs.sum(dims), target.sum(dims)
+    dice = 1 - (2 * overlap[1:] + eps) / (predicted[1:] + reference[1:] + eps)
+    ce = F.cross_entropy(logits, label[:, 0], reduction="none") * mask[:, 0]
+    return dice.mean() + ce.sum() / mask.sum().clamp_min(1)
 
 
-LOSSES = {"dice-ce": _nnunet_dice_ce, "summed-dice-ce": lambda: summed_dice_ce}
+LOSSES = {"dice-ce": lambda: dice_ce, "summed-dice-ce": lambda: summed_dice_ce}
 
 
 class DenseMethod(Method):

@@ -34,8 +34,9 @@ Choices the paper leaves open (the authors' code was never released), with their
   patch) draws its "boundary" points from all voxels instead, so every patch gets k points.
 * "Kept inside the patch": displaced points that leave the patch are reflected back at its wall (clamping
   would pile them on the faces, redrawing needs a loop); the displacement spread stays ~sigma.
-* Loss: MONAI ``DiceCELoss`` as the dense method (softmax, one-hot targets, batch Dice over the foreground
-  classes, plus CE), on (B, K, k) logits: the k points of a patch play the role of its voxels.
+* Loss: nnU-Net's Dice+CE as the dense method (:func:`~unetzoo.methods.dense.dice_ce`: softmax, one-hot targets,
+  batch Dice over the foreground classes, plus CE), on (B, K, k) logits: the k points of a patch play the role of
+  its voxels; points whose nearest voxel has the ignore label count for nothing.
 
 Inference, per sliding-window patch (overlap 0.3, Gaussian weighting, ``inference`` config):
 
@@ -73,11 +74,11 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.losses import DiceCELoss
 from torch.nn.utils import parametrize
 
 from unetzoo.errors import UnetzooError
 from unetzoo.methods.base import Method
+from unetzoo.methods.dense import dice_ce
 from unetzoo.methods.grid import Grid
 
 # Naval Marimont & Tarroni 2022: 30,000 points per 160x160x96 training patch
@@ -205,7 +206,7 @@ class ImplicitMethod(Method):
         self.points = float(points) if points < 1 else int(points)
         self.boundary_fraction, self.sigma = float(boundary_fraction), float(sigma)
         self.broad_stride, self.band, self.dense, self.smooth = int(broad_stride), int(band), bool(dense), int(smooth)
-        self.loss = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
+        self.loss = dice_ce
         self.upsample = 1
         self.last_fine_fraction: float | None = None  # share of output voxels the fine stage predicted (last window)
         self.decoded = {"broad": 0, "fine": 0, "dense": 0, "voxels": 0}  # points decoded since the last reset

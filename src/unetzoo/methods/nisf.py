@@ -57,7 +57,7 @@ import torch
 import torch.nn.functional as F
 
 from unetzoo.errors import UnetzooError
-from unetzoo.methods.base import Method
+from unetzoo.methods.base import Method, labelled_voxels
 from unetzoo.methods.grid import Grid
 from unetzoo.models.implicit_unet import voxel_grid
 
@@ -104,7 +104,9 @@ class FrameSampler:
 
 
 def mean_dice(prediction: torch.Tensor, label: torch.Tensor, num_classes: int) -> float:
-    """Mean Dice over the foreground classes present in prediction or label (NaN when none is)."""
+    """Mean Dice over the foreground classes present in prediction or label (NaN when none is), on the labelled
+    voxels (label values from ``num_classes`` on, the ignore label, do not count)."""
+    prediction, label = prediction[label < num_classes], label[label < num_classes]
     scores = []
     for c in range(1, num_classes):
         p, r = prediction == c, label == c
@@ -192,13 +194,16 @@ class NISFMethod(Method):
         return self.rec_weight * F.binary_cross_entropy_with_logits(image_logits.float(), intensity.float())
 
     def segmentation_loss(self, seg_logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-        """Sum over classes of binary CE + Dice (MONAI's smoothing 1e-5) on the softmax, per subject, averaged."""
-        probs = torch.softmax(seg_logits.float(), dim=-1)  # (B, N, K)
-        onehot = F.one_hot(label.long(), probs.shape[-1]).float()
+        """Sum over classes of binary CE + Dice (MONAI's smoothing 1e-5) on the softmax, per subject, averaged; over
+        the labelled points only (not those of the ignore label)."""
+        label, mask = labelled_voxels(label, seg_logits.shape[-1])  # (B, N)
+        probs = torch.softmax(seg_logits.float(), dim=-1) * mask[..., None]  # (B, N, K)
+        onehot = F.one_hot(label, probs.shape[-1]).float() * mask[..., None]
         # binary CE written out (F.binary_cross_entropy refuses CUDA autocast); the clamp keeps log and its
         # gradient finite where the softmax saturates (log(1 - p) at p = 1 gave NaN gradients)
         p = probs.clamp(1e-6, 1 - 1e-6)
-        bce = -(onehot * p.log() + (1 - onehot) * (1 - p).log()).mean(1)
+        bce = -(onehot * p.log() + (1 - onehot) * (1 - p).log()) * mask[..., None]
+        bce = bce.sum(1) / mask.sum(1, keepdim=True).clamp_min(1)
         dice = 1 - (2 * (probs * onehot).sum(1) + 1e-5) / (probs.sum(1) + onehot.sum(1) + 1e-5)
         return (bce + dice).sum(-1).mean()
 

@@ -24,14 +24,14 @@ from __future__ import annotations
 import torch
 
 from unetzoo.errors import UnetzooError
-from unetzoo.methods.base import Method
+from unetzoo.methods.base import Method, labelled_voxels
 from unetzoo.methods.grid import Grid
 
 
 def dice_loss(logits: torch.Tensor, label: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """Eq. (1), 1 - 2 sum(y * y^) / (sum y^ + sum y), over every voxel of the batch, per foreground class, averaged;
-    voxels labelled -1 (padding outside a volume) do not count."""
-    probs = torch.softmax(logits.float(), dim=1)[:, 1:] * (label >= 0)
+    unlabelled voxels (-1, padding outside a volume; the ignore label) do not count."""
+    probs = torch.softmax(logits.float(), dim=1)[:, 1:] * labelled_voxels(label, logits.shape[1])[1]
     classes = torch.arange(1, logits.shape[1], device=label.device)[None, :, None, None, None]
     target = (label.long() == classes).float()
     dims = (0, 2, 3, 4)

@@ -70,6 +70,25 @@ def model_info(name: str) -> ModelEntry:
     return _REGISTRY[name]
 
 
+WIDTHS = ("base_features", "max_features")  # channels of the first and of the widest stage, wherever a model takes them
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def check_model_args(name: str, model_args: dict) -> None:
+    """The model exists and its widths (:data:`WIDTHS`) are positive whole numbers: one line, checked by
+    :func:`create_model` and, before any work, by the commands that build models later (train, compare, benchmark)."""
+    model_info(name)
+    for argument in WIDTHS:
+        if argument in model_args and not _positive_int(model_args[argument]):
+            raise UnetzooError(
+                f"model_args.{argument} ({name}): expected an integer >= 1 (a number of channels), "
+                f"got {model_args[argument]!r}"
+            )
+
+
 def create_model(name: str, spatial_dims: int = 3, in_channels: int = 1, out_channels: int = 2, **kwargs) -> nn.Module:
     """Build model ``name`` for ``spatial_dims``-D inputs with the given channels; ``kwargs`` override its defaults.
 
@@ -78,8 +97,12 @@ def create_model(name: str, spatial_dims: int = 3, in_channels: int = 1, out_cha
         net = create_model("unet", spatial_dims=2, in_channels=1, out_channels=3)
     """
     entry = model_info(name)
-    if spatial_dims not in entry.spatial_dims:
-        raise UnetzooError(f"model {name!r} supports spatial_dims {entry.spatial_dims}, not {spatial_dims}")
+    for argument, value in (("in_channels", in_channels), ("out_channels", out_channels)):
+        if not _positive_int(value):
+            raise UnetzooError(f"model {name!r}: {argument} must be an integer >= 1, got {value!r}")
+    if not _positive_int(spatial_dims) or spatial_dims not in entry.spatial_dims:
+        raise UnetzooError(f"model {name!r} supports spatial_dims {entry.spatial_dims}, not {spatial_dims!r}")
+    check_model_args(name, kwargs)
     try:
         return entry.builder(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, **kwargs)
     except (ValueError, TypeError) as exc:  # a model argument the builder rejects (--set model_args...): one line

@@ -113,7 +113,9 @@ class SegmentationModule(L.LightningModule):
         positive, negative = cfg.data.pos_neg_ratio
         count = min(cfg.train.val_patches, self.method.max_validation_patches or cfg.train.val_patches)
         chosen = self._cached(spread(items, count))
-        patches = validation_patches(chosen, self.plan.patch_size, count, cfg.seed, positive / (positive + negative))
+        patches = validation_patches(
+            chosen, self.plan.patch_size, count, cfg.seed, positive / (positive + negative), self.plan.num_classes
+        )
         return DataLoader(patches, batch_size=1, num_workers=0)
 
     # ---- steps ------------------------------------------------------------------------------------
@@ -145,8 +147,9 @@ class SegmentationModule(L.LightningModule):
         batch = _plain(batch)
         prediction = self.method.validation_predict(batch["image"]).argmax(1)
         label = batch["label"][:, 0].long()
+        labelled = label < self.plan.num_classes  # the ignore label's voxels (class index num_classes) do not count
         for c in range(1, self.plan.num_classes):
-            p, r = prediction == c, label == c
+            p, r = (prediction == c) & labelled, label == c
             self._counts[0, c] += (p & r).sum()
             self._counts[1, c] += (p & ~r).sum()
             self._counts[2, c] += (~p & r).sum()

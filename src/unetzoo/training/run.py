@@ -12,8 +12,12 @@ TensorBoard when installed) and, after training,
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
+import signal
+import threading
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import lightning as L
@@ -22,12 +26,13 @@ from lightning.pytorch.utilities import rank_zero_only
 from unetzoo.config import Config
 from unetzoo.data.datasets import load_dataset
 from unetzoo.data.plan import Plan, make_plan, verify_against_plan
-from unetzoo.data.splits import fold_split, splits_for
+from unetzoo.data.splits import fold_split, load_splits, splits_for
 from unetzoo.device import device_line, resolve_device, resolve_precision
-from unetzoo.errors import UnetzooError, file_error
+from unetzoo.errors import Stopped, UnetzooError, file_error
 from unetzoo.inference.precision_check import check_inference_precision
 from unetzoo.io import output_folder, read_json, remove_leftovers, write_text
 from unetzoo.methods import Method, build_method, method_class
+from unetzoo.models.registry import check_model_args
 from unetzoo.runfolder import RunFolder
 from unetzoo.training.budget import TimeBudget
 from unetzoo.training.module import SegmentationModule
@@ -36,13 +41,18 @@ from unetzoo.training.trainer import build_trainer
 from unetzoo.training.validation import validate_run
 from unetzoo.training.width import budget_width
 
-
-def _load_or_make(path: Path, make):
-    if path.is_file():
-        return read_json(path)
-    value = make()
-    write_text(path, json.dumps(value, indent=2))
-    return value
+# What a resumed run may change: how long it trains and on what. Any other option is the run's own (its checkpoint,
+# plan and splits hold it): see resumed_config.
+RESUMABLE = (
+    "train.epochs",
+    "train.max_minutes",
+    "train.device",
+    "train.devices",
+    "train.precision",
+    "data.num_workers",
+    "data.cache_workers",
+    "data.cache_dir",
+)
 
 
 def train(data_dir: str | Path, run_dir: str | Path, config: Config, resume: bool = False) -> Path:
@@ -52,27 +62,116 @@ def train(data_dir: str | Path, run_dir: str | Path, config: Config, resume: boo
     Otherwise the folds are ``data.splits_file`` (nnU-Net's ``splits_final.json``) or made over the subjects of
     ``data.group_by`` (:mod:`unetzoo.data.splits`), and saved as ``splits.json``.
 
-    With ``resume`` the run continues from ``checkpoint_last.pt`` (weights, optimizer, scheduler, epoch);
-    ``splits.json`` and ``plan.json`` of an existing run folder are reused, never recomputed. A run that fails before
-    its first checkpoint removes what it wrote (:func:`_after_failure`). ``config.json`` records the device and the
-    precision the run resolved (``auto`` picks one, see :mod:`unetzoo.device`).
+    With ``resume`` the run continues from ``checkpoint_last.pt`` (weights, optimizer, scheduler, epoch) with its own
+    options (:func:`resumed_config`), ``splits.json`` and ``plan.json``, never recomputed. A new run makes its plan and
+    splits anew, also over those that a run killed before its first checkpoint left. The options, the splits and the
+    run's files are checked before anything is written. One process at a time trains into a folder
+    (:meth:`RunFolder.locked`). A run that fails before its first checkpoint removes what it wrote
+    (:func:`_after_failure`); SIGTERM stops it as a failure does and raises :class:`Stopped` (the command exits 143),
+    resumable once it has a checkpoint. ``config.json`` records the device and the precision the run resolved
+    (``auto`` picks one, see :mod:`unetzoo.device`).
     """
     config.validate()
+    check_model_args(config.model, config.model_args)  # widths of the network, before the data is read
     run_dir = Path(run_dir)
-    last = RunFolder(run_dir).checkpoint_file("last")
+    run = RunFolder(run_dir)
+    last = run.checkpoint_file("last")
     if resume and not last.is_file():
         raise UnetzooError(f"{last}: no checkpoint to resume from")
     if not resume and last.is_file():
         raise UnetzooError(
             f"{run_dir}: already holds a trained run; pass --resume to continue it or choose another --out"
         )
+    saved = None
+    if resume:
+        saved = Config.load(run.require().config)
+        config = resumed_config(saved, config, run.config)
+    first = rank_zero_only.rank == 0  # under DDP the other processes read the files the first one wrote
+    dataset = load_dataset(data_dir)
+    split, new_splits = _fold(run, dataset, config, reuse=resume or not first)
     before = set(run_dir.iterdir()) if run_dir.is_dir() else None
+    with _stop_on_sigterm(), run.locked() if first else nullcontext():
+        try:
+            return _train(dataset, run, config, split, new_splits, saved, reuse=resume or not first)
+        except BaseException as exc:
+            if first:
+                _after_failure(run_dir, before, exc)
+            if isinstance(exc, Stopped):
+                kept = "resume it with --resume" if run.has_checkpoint() else "it had no checkpoint: nothing was kept"
+                exc.message = f"{run_dir}: training stopped ({exc}); {kept}"
+            raise
+
+
+def resumed_config(saved: Config, config: Config, path: Path) -> Config:
+    """The config a resumed run continues with: its own, ``saved`` (its ``config.json``), with what may change on a
+    resume, how long and on what it trains (:data:`RESUMABLE`), taken from ``config`` and recorded when the run
+    restarts. Any other option of ``config`` that differs is refused, each named ``field: old -> new`` in one line
+    naming ``path``: the checkpoint, plan and splits hold the old one. An option ``config`` leaves to the data (None,
+    a model or method argument it does not set) keeps the run's value."""
+    old, new = _flat(saved.to_dict()), _flat(config.to_dict())
+    unset = object()
+    changed = [
+        f"{name}: {'(unset)' if old.get(name, unset) is unset else old[name]!r} -> {value!r}"
+        for name, value in new.items()
+        if name not in RESUMABLE and value is not None and old.get(name, unset) != value
+    ]
+    if changed:
+        raise file_error(
+            path,
+            f"--resume cannot change {'; '.join(changed)} (the run trained with the former); resume with the run's "
+            "options or train into a new --out",
+        )
+    merged = saved.to_dict()
+    for name in RESUMABLE:
+        section, field = name.split(".")
+        merged[section][field] = getattr(getattr(config, section), field)
+    return Config.from_dict(merged)
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    """A config as JSON holds it, by dotted name (``train.lr``, ``model_args.n_stages``)."""
+    flat = {}
+    for key, value in json.loads(json.dumps(tree)).items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _fold(run: RunFolder, dataset, config: Config, reuse: bool) -> tuple[dict, list | None]:
+    """The fold's training and validation cases, and the splits to save (None: nothing to save). With ``reuse`` from
+    the run's ``splits.json``, checked against the dataset as a ``--splits`` file is; otherwise made anew
+    (``data.splits_file``, or folds over the subjects). Fold ``all``: every case, no splits."""
+    names = [c.name for c in dataset.cases]
+    if config.fold == "all":  # nnU-Net's fold "all": every case trains; pseudo Dice is on training cases
+        return {"train": sorted(names), "val": sorted(names)}, None
+    if reuse:
+        return fold_split(load_splits(run.splits, names, config.data.group_by), config.fold, str(run.splits)), None
+    splits = splits_for(names, config.data, config.seed)
+    return fold_split(splits, config.fold, config.data.splits_file or "the splits"), splits
+
+
+@contextmanager
+def _stop_on_sigterm():
+    """SIGTERM (``kill``, a SLURM time limit, a container stop) raises :class:`Stopped` in this process, once, wherever
+    the run is (Lightning alone would end ``fit`` quietly, with exit status 0). Forked data-loading workers ignore it:
+    their parent stops them. Only the main thread can take signals; elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pid, received = os.getpid(), []
+
+    def stop(signum, frame):
+        if os.getpid() == pid and not received:
+            received.append(signum)
+            raise Stopped(signum, f"received {signal.Signals(signum).name}")
+
+    previous = signal.signal(signal.SIGTERM, stop)
     try:
-        return _train(data_dir, run_dir, config, resume)
-    except BaseException as exc:
-        if rank_zero_only.rank == 0:
-            _after_failure(run_dir, before, exc)
-        raise
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def _after_failure(run_dir: Path, before: set[Path] | None, exc: BaseException) -> None:
@@ -82,7 +181,7 @@ def _after_failure(run_dir: Path, before: set[Path] | None, exc: BaseException) 
     if not run_dir.is_dir():
         return
     if RunFolder(run_dir).has_checkpoint():
-        reason = str(exc) if isinstance(exc, UnetzooError) else f"{type(exc).__name__} {exc}".strip()
+        reason = str(exc) if isinstance(exc, UnetzooError | Stopped) else f"{type(exc).__name__} {exc}".strip()
         run_logger(run_dir).error(f"training stopped: {reason}; `--resume` continues from the last checkpoint")
         return
     close_run_logger(run_dir)
@@ -93,24 +192,24 @@ def _after_failure(run_dir: Path, before: set[Path] | None, exc: BaseException) 
             path.unlink(missing_ok=True)
 
 
-def _train(data_dir, run_dir: Path, config: Config, resume: bool) -> Path:
-    run = RunFolder(run_dir)
+def _train(dataset, run: RunFolder, config: Config, split: dict, new_splits, saved: Config | None, reuse: bool) -> Path:
+    """The run itself, once its options and splits are checked: ``new_splits`` (to save) and the plan and width are
+    made anew unless ``reuse`` (a resumed run, or a DDP process after the first), ``saved`` is a resumed run's config."""
+    run_dir, resume = run.path, saved is not None
     last = run.checkpoint_file("last")
     output_folder(run_dir)
     log = run_logger(run_dir)
     if rank_zero_only.rank == 0:
         for leftover in remove_leftovers(run_dir):
             log.info(f"removed {leftover.name}, left by an interrupted write")
-    dataset = load_dataset(data_dir)
+    if not reuse:  # a run killed before its first checkpoint left these; this one makes its own
+        for path in (run.plan, run.splits, run.budget_width):
+            if path.is_file():
+                path.unlink()
+                log.info(f"removed {path.name}, left by a run stopped before its first checkpoint")
+    if new_splits is not None:
+        write_text(run.splits, json.dumps(new_splits, indent=2))
     names = [c.name for c in dataset.cases]
-    if config.fold == "all":  # nnU-Net's fold "all": every case trains; pseudo Dice is on training cases
-        split = {"train": sorted(names), "val": sorted(names)}
-    else:
-        splits_path = run.splits
-        source = splits_path if splits_path.is_file() else config.data.splits_file or "the splits"
-        split = fold_split(
-            _load_or_make(splits_path, lambda: splits_for(names, config.data, config.seed)), config.fold, str(source)
-        )
     train_names, calibration_names = (
         _calibration_split(split["train"], config) if config.fold != "all" else (split["train"], [])
     )
@@ -122,7 +221,7 @@ def _train(data_dir, run_dir: Path, config: Config, resume: bool) -> Path:
             f"{len(calibration_names)} of the training cases kept out of training to calibrate {config.model}'s inference settings: {', '.join(calibration_names)}"
         )
     plan_path = run.plan
-    if plan_path.is_file():
+    if reuse:
         plan = Plan.load(plan_path)
         verify_against_plan(dataset, plan, plan_path)
     else:
@@ -138,22 +237,26 @@ def _train(data_dir, run_dir: Path, config: Config, resume: bool) -> Path:
         )
         plan.save(plan_path)
     log.info(plan.describe())
-    saved = Config.load(run.config) if resume and run.config.is_file() else None
-    if (
-        saved is None
-    ):  # rank 0 measures; the DDP processes Lightning starts later read its choice, as they read plan.json
-        width = _load_or_make(
-            run.budget_width, lambda: budget_width(config, plan, len(train_names), log).model_args.get("base_features")
-        )
-    else:  # the width a time budget chose is the checkpoint's
-        width = saved.model_args.get("base_features")
-    if width is not None:
-        config.model_args = {"base_features": width, **config.model_args}
+    if not resume:  # a resumed run's width is the checkpoint's, in its config
+        if reuse:  # rank 0 measured; the DDP processes Lightning starts later read its choice, as they read plan.json
+            width = read_json(run.budget_width)
+        else:
+            width = budget_width(config, plan, len(train_names), log).model_args.get("base_features")
+            write_text(run.budget_width, json.dumps(width, indent=2))
+        if width is not None:
+            config.model_args = {"base_features": width, **config.model_args}
     L.seed_everything(config.seed, workers=True, verbose=False)
     method, config = build_method(config, plan, train_cases=len(train_names))
     config.data.patch_size = plan.patch_size
-    if saved is not None:
-        _check_resume(saved, config, run.config, log)
+    if resume and saved.train.epochs != config.train.epochs and config.train.scheduler == "poly":
+        log.warning(
+            f"resuming with {config.train.epochs} epochs instead of {saved.train.epochs}: the poly learning-rate schedule is "
+            f"recomputed over {config.train.epochs} epochs, so the rate changes from the next epoch on"
+        )
+    if resume:  # weights that no longer fit the network (config.json edited): one line naming the checkpoint
+        from unetzoo.inference.predictor import load_weights
+
+        load_weights(method.model, last)
     n_params = sum(p.numel() for p in method.model.parameters() if p.requires_grad)
     log.info(
         f"model {config.model}: {n_params:,} parameters, patch {plan.patch_size}, spacing {plan.target_spacing}, args {config.model_args}"
@@ -187,22 +290,6 @@ def _train(data_dir, run_dir: Path, config: Config, resume: bool) -> Path:
                 run_dir, {n: dataset.case(n).images for n in split["val"]}, config.train.device, log
             )
     return run_dir
-
-
-def _check_resume(saved: Config, config: Config, path: Path, log) -> None:
-    """What a resumed run may change: not the network (the checkpoint would not fit) nor the fold; a new number of
-    epochs is allowed, but the poly schedule is then recomputed over it, which the log says."""
-    for name in ("model", "model_args", "fold"):
-        if getattr(saved, name) != getattr(config, name):
-            raise file_error(
-                path,
-                f"--resume cannot change {name} ({getattr(saved, name)!r} -> {getattr(config, name)!r}); train into a new run folder",
-            )
-    if saved.train.epochs != config.train.epochs and config.train.scheduler == "poly":
-        log.warning(
-            f"resuming with {config.train.epochs} epochs instead of {saved.train.epochs}: the poly learning-rate schedule is "
-            f"recomputed over {config.train.epochs} epochs, so the rate changes from the next epoch on"
-        )
 
 
 def _calibration_split(names: list[str], config: Config) -> tuple[list[str], list[str]]:

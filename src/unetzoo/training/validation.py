@@ -40,7 +40,9 @@ def validate_run(run_dir: Path, dataset, val_names: list[str], log) -> dict:
             indent=1,
         ),
     )
-    summary = evaluate_folder(out, labels_dir, out, label_ids=sorted(k for k in dataset.labels if k))
+    summary = evaluate_folder(
+        out, labels_dir, out, label_ids=sorted(k for k in dataset.class_labels if k), ignore_label=dataset.ignore_label
+    )
     log.info(
         f"validation: mean Dice {summary['foreground_mean']['Dice']:.4f} over {len(cases)} cases; per class "
         + ", ".join(f"{k}: {v['Dice']:.4f}" for k, v in summary["mean"].items())
@@ -54,20 +56,26 @@ def postprocess_validation(run_dir: Path, log) -> dict:
     with it applied to ``validation/postprocessed/`` and evaluate it there; returns that summary."""
     from unetzoo.evaluation import evaluate_folder, label_files
     from unetzoo.inference.postprocessing import decide_for_run, keep_largest
-    from unetzoo.io import read_label_frames, write_array
+    from unetzoo.io import label_dtype, read_label_frames, write_array
 
     run = RunFolder(run_dir)
     predictions, references = label_files(run.validation), label_files(run.validation_labels)
-    classes = Plan.load(run.plan).label_ids[1:]
-    record = decide_for_run(run_dir, predictions, references, classes)
+    plan = Plan.load(run.plan)
+    classes = plan.label_ids[1:]
+    record = decide_for_run(run_dir, predictions, references, classes, plan.ignore_label)
     rules = {int(c): k for c, k in record["keep_largest"].items()}
     out = run.postprocessed
     for case in references:
         frames = read_label_frames(predictions[case])  # 3D+t: every frame on its own
         label = frames[0].array if len(frames) == 1 else np.stack([f.array for f in frames], axis=-1)
         processed = keep_largest(label, rules, frames=len(frames) > 1)
-        write_array(processed.astype(np.uint8), out / predictions[case].name, frames[0].affine, frames[0].header)
-    summary = evaluate_folder(out, run.validation_labels, out, label_ids=classes)
+        write_array(
+            processed.astype(label_dtype(plan.label_ids)),
+            out / predictions[case].name,
+            frames[0].affine,
+            frames[0].header,
+        )
+    summary = evaluate_folder(out, run.validation_labels, out, label_ids=classes, ignore_label=plan.ignore_label)
     dice = ", ".join(f"{c}: {v['without']:.4f} -> {v['with']:.4f}" for c, v in record["validation_dice"].items())
     log.info(
         f"post-processing: keep the largest component of classes {sorted(rules) or 'none'} (validation Dice without -> with, per class: {dice}); "
