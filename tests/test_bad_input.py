@@ -350,8 +350,10 @@ def _write_into(command: str, out: Path, runs, tmp_path) -> None:
 
     labels = tmp_path / "labels"
     write_array(np.zeros((4, 4, 4), np.uint8), labels / "a.nii.gz")
-    if command == "train":
-        train(_msd_json(tmp_path / "msd"), out, tiny_config())
+    if command == "train":  # fold all: the one-case dataset has no folds, and the output is checked after them
+        config = tiny_config()
+        config.fold = "all"
+        train(_msd_json(tmp_path / "msd"), out, config)
     elif command == "predict":
         Predictor(runs["3d"]).predict_cases(
             {"a": [write_array(np.ones((16, 16, 16), np.float32), tmp_path / "a_0000.nii.gz")]}, out
@@ -409,8 +411,9 @@ def test_resume_verifies_again_and_cleans_leftovers(ids_run):
         train(data, run, config, resume=True)
     label.write_bytes(original)
     other = tiny_config(epochs=2)
+    other.data.folds = 2
     other.model_args = {"n_stages": 2}
-    with pytest.raises(UnetzooError, match=r"config.json: --resume cannot change model_args"):
+    with pytest.raises(UnetzooError, match=r"config.json: --resume cannot change model_args.n_stages"):
         train(data, run, other, resume=True)
     assert (run / "config.json").read_bytes() == saved
     dead = _dead_pid()
