@@ -26,12 +26,13 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list the registered models")
 
     p = sub.add_parser(
-        "phantom", help="write a synthetic dataset (organs, nuclei, vessels: nnU-Net layout; cardiac: MSD layout)"
+        "phantom",
+        help="write a synthetic dataset (organs, nuclei, vessels, ellipses: nnU-Net layout; cardiac: MSD layout)",
     )
     p.add_argument(
         "kind",
-        choices=["organs", "nuclei", "vessels", "cardiac"],
-        help="organs: 3D NIfTI volumes; nuclei: 2D RGB PNG; vessels: sparse 3D vessel trees with distractors; cardiac: 3D+t beating hearts, 4D NIfTI",
+        choices=["organs", "nuclei", "vessels", "cardiac", "ellipses"],
+        help="organs: 3D NIfTI volumes; nuclei: 2D RGB PNG; vessels: sparse 3D vessel trees with distractors; cardiac: 3D+t beating hearts, 4D NIfTI; ellipses: large 2D ultrasound-like PNG, one ellipse among same-texture distractors",
     )
     p.add_argument("out", type=Path)
     p.add_argument("--cases", type=int, default=10)
@@ -41,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         nargs="+",
         metavar="N",
-        help="image shape (D H W, or H W for nuclei; cardiac: X Y Z, Z the long axis); default per kind",
+        help="image shape (D H W, or H W for nuclei and ellipses; cardiac: X Y Z, Z the long axis); default per kind",
     )
     p.add_argument("--seed", type=int, default=0)
 
@@ -307,6 +308,7 @@ def _models() -> None:
 def _phantom(args) -> None:
     from unetzoo.data.phantoms import (
         write_cardiac_phantom,
+        write_ellipses_phantom,
         write_nuclei_phantom,
         write_organs_phantom,
         write_vessels_phantom,
@@ -317,8 +319,9 @@ def _phantom(args) -> None:
         "nuclei": write_nuclei_phantom,
         "vessels": write_vessels_phantom,
         "cardiac": write_cardiac_phantom,
+        "ellipses": write_ellipses_phantom,
     }[args.kind]
-    dims = 2 if args.kind == "nuclei" else 3
+    dims = 2 if args.kind in ("nuclei", "ellipses") else 3
     options = {"frames": args.frames} if args.kind == "cardiac" else {}
     if args.shape:
         if len(args.shape) != dims or min(args.shape) < 8:

@@ -47,6 +47,9 @@ class DataConfig:
     num_workers: int = 2
     cache_workers: int = 2
     cache_dir: str = ""  # preprocessed cases on disk (data/cache.py); "" = $UNETZOO_CACHE, else ~/.cache/unetzoo
+    # the grid: "auto" the plan's coarse grid where it proposes one (data/plan.py: the patch sees too little of an
+    # image), "full" the data's own resolution, "low" the coarse grid
+    resolution: str = "auto"
 
 
 @dataclass
@@ -336,6 +339,7 @@ RULES: dict[str, Rule] = {
     "data.patch_size": replace(SIZES, flag="--patch", help="patch size (D H W, or H W in 2D); default from the data"),
     "data.target_spacing": Rule(gt=0, lengths=(2, 3)),
     "data.pos_neg_ratio": Rule(ge=0, lengths=(2,)),
+    "data.resolution": Rule(choices=("auto", "full", "low")),
     "data.samples_per_case": Rule(ge=1),
     "data.folds": Rule(ge=2, flag="--folds", help="number of cross-validation folds (default 5)"),
     "data.splits_file": Rule(

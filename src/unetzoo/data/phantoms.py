@@ -5,8 +5,9 @@
 ``write_cardiac_phantom`` writes 3D+t beating hearts as 4D NIfTI files (MSD layout). These are easy
 enough for a small U-Net to learn in a few hundred iterations. ``write_vessels_phantom`` writes sparse
 MRA-like vessel trees among bright distractors (the task of Angermann & Haltmeier 2019, arXiv:1910.10398), harder
-by design. All are reproducible: case ``i`` is drawn from ``(seed, i)`` only, so the same seed gives identical
-arrays.
+by design. ``write_ellipses_phantom`` writes large 2D ultrasound-like images of one ellipse among same-texture
+distractors, which a full-resolution patch cannot tell apart. All are reproducible: case ``i`` is drawn from
+``(seed, i)`` only, so the same seed gives identical arrays.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from scipy.ndimage import gaussian_filter
+from scipy.ndimage import label as label_components
 
 from unetzoo.errors import UnetzooError, file_error
 from unetzoo.io import write_array, write_text
@@ -171,6 +173,75 @@ def write_nuclei_phantom(out_dir: str | os.PathLike, cases: int, seed: int, shap
         f"Synthetic RGB images of bright nuclei on a dark noisy background (seed {seed})",
         {"0": "R", "1": "G", "2": "B"},
         {"background": 0, "nucleus": 1},
+        cases,
+        ".png",
+    )
+    return out_dir
+
+
+ELLIPSE_SIZES = (0.05, 0.3)  # the ellipse's mean semi-axis, as a share of the image's shorter edge (log-uniform)
+DISTRACTOR_MIN = 0.15  # a distractor region is at least a disc of this radius (share of the shorter edge)
+
+
+def _speckle(rng: np.random.Generator, echo: np.ndarray, grain: float) -> np.ndarray:
+    """Ultrasound-like speckle over the echogenicity map ``echo``: a fully developed speckle pattern (the magnitude
+    of smoothed complex Gaussian noise: Rayleigh statistics, ``grain`` pixels across) multiplied into it."""
+    noise = gaussian_filter(rng.normal(size=echo.shape), grain) + 1j * gaussian_filter(
+        rng.normal(size=echo.shape), grain
+    )
+    magnitude = np.abs(noise)
+    return echo * magnitude / magnitude.mean()
+
+
+def write_ellipses_phantom(
+    out_dir: str | os.PathLike, cases: int, seed: int, shape: tuple[int, int] = (540, 800)
+) -> Path:
+    """Write ``cases`` large 2D grey images ``ellipses_000`` ... of one filled ellipse (label 1) in speckle among
+    distractor regions of the same texture; returns ``out_dir`` (nnU-Net layout, PNG).
+
+    The failure this reproduces: on 800x540 ultrasound images a full-resolution patch (320x384 on the CPU budget)
+    never shows the whole image, so a network learns texture, not the object. Here the ellipse's interior and the
+    distractors (large irregular blobs, several times bigger than a small ellipse) share one echogenicity and one
+    speckle, so a window inside either looks the same; what tells them apart is shape and a thin bright rim at the
+    ellipse's edge, visible only with the object's whole outline in view. The ellipse's size varies
+    ``ELLIPSE_SIZES`` (six-fold), its aspect 0.55-1 and its angle freely.
+    """
+    out_dir = _new_dataset(out_dir, cases)
+    rows, cols = np.indices(shape, dtype=np.float64)
+    short = min(shape)
+    for index in range(cases):
+        rng = _case_rng(seed, index)
+        size = short * np.exp(rng.uniform(*np.log(ELLIPSE_SIZES)))
+        aspect = rng.uniform(0.55, 1.0)
+        radii = np.array([size / np.sqrt(aspect), size * np.sqrt(aspect)])
+        centre = rng.uniform(radii.max() + 4, np.asarray(shape) - radii.max() - 4)
+        angle = rng.uniform(0, np.pi)
+        dr, dc = rows - centre[0], cols - centre[1]
+        u = (np.cos(angle) * dr + np.sin(angle) * dc) / radii[0]
+        v = (-np.sin(angle) * dr + np.cos(angle) * dc) / radii[1]
+        radius = np.sqrt(u**2 + v**2)
+        inside = radius <= 1.0
+        field = gaussian_filter(rng.normal(size=shape), short / 12)
+        distractors = (field > np.quantile(field, 0.8)) & (radius > 1.25)  # a fifth of the image, off the ellipse
+        pieces, count = label_components(distractors)
+        areas = np.bincount(pieces.ravel(), minlength=count + 1)
+        distractors &= areas[pieces] >= np.pi * (DISTRACTOR_MIN * short) ** 2  # large, irregular: none ellipse-sized
+        tissue = gaussian_filter(rng.normal(size=shape), short / 6)
+        echo = 0.3 + 0.05 * tissue / tissue.std()  # background tissue, slowly varying
+        echo = np.where(distractors | inside, 0.65, echo)
+        rim = np.abs(radius - 1.0) * size < 2.0  # a 4-pixel bright edge, as a fetal skull or a vessel wall
+        echo = np.where(rim, 0.9, echo)
+        image = _speckle(rng, gaussian_filter(echo, 1.5), grain=1.2)
+        image = np.clip(255 * image / 2.0, 0, 255)
+        case = f"ellipses_{index:03d}"
+        write_array(np.rint(image).astype(np.uint8), out_dir / "imagesTr" / f"{case}_0000.png")
+        write_array(inside.astype(np.uint8), out_dir / "labelsTr" / f"{case}.png")
+    _write_dataset_json(
+        out_dir,
+        "EllipsesPhantom",
+        f"Synthetic ultrasound-like images: one filled ellipse in speckle among same-texture distractors (seed {seed})",
+        {"0": "US"},
+        {"background": 0, "object": 1},
         cases,
         ".png",
     )

@@ -24,6 +24,16 @@ per run:
 * **slice axis** (3D): the through-plane axis of the 2D configuration (``unet2d-slices``): the coarsest spacing,
   among axes within 10 % of it (all of them when the spacing is unknown or isotropic) the one with fewest voxels
   (ties: the last). The in-plane stride of Ding et al. 2021 (FLARE 2021) strides the two other axes.
+* **resolution** (nnU-Net's ``3d_lowres`` idea, for 2D and 3D): when the patch holds under ``LOW_RES_COVERAGE`` of
+  the median image, the plan also proposes a coarser grid, ``low_factor`` times the target spacing (2D images
+  without spacing: downsampled ``low_factor`` times), the smallest at which the planned patch covers the whole
+  median image, but no coarser than keeps the smallest labelled structure ``MIN_STRUCTURE_PIXELS`` voxels across
+  (:func:`structure_thickness`: twice a component's largest inscribed radius, its 5th percentile over every
+  component of the labels of up to ``STRUCTURE_CASES`` training cases, in voxels of the coarsest target axis). A
+  proposal under ``MIN_LOW_FACTOR`` is dropped. ``data.resolution`` picks the grid: ``auto`` takes the proposal for
+  patch-based methods (a step costs the same voxels on either grid, so the coarse one shows ``low_factor^d`` times
+  more of each image per step), ``full`` or ``low`` force one. Predictions are resampled back to the input's grid (probabilities, then
+  argmax).
 * CT statistics from foreground voxels (0.5/99.5 percentiles, mean, std); voxels of the ignore label
   (``dataset.json``'s label named ``ignore``) are unlabelled, not foreground.
 
@@ -47,7 +57,7 @@ import numpy as np
 from unetzoo.data.datasets import Case, Dataset, dataset_warnings
 from unetzoo.data.topology import ANISOTROPY, divisor, pool_and_conv, shape_spacing
 from unetzoo.data.transforms import RGB_NAMES
-from unetzoo.errors import file_error
+from unetzoo.errors import UnetzooError, file_error
 from unetzoo.io import AFFINE_TOLERANCE_MM, case_frames, read_image, read_label_frames
 
 log = logging.getLogger(__name__)
@@ -61,6 +71,12 @@ MIN_BATCH = 2
 MAX_DATASET_SHARE = 0.05  # one batch covers at most this share of the dataset's voxels (nnU-Net)
 CT_SAMPLES_PER_CASE = 10_000
 NONZERO_MASK_FRACTION = 0.9  # a channel whose median nonzero fraction is below this has a zero background
+LOW_RES_COVERAGE = 0.5  # the patch holds under this share of the median image: propose a coarser grid
+MIN_STRUCTURE_PIXELS = 8  # the smallest labelled structure keeps at least this many voxels across on it
+STRUCTURE_PERCENTILE = 5  # "the smallest structure": this percentile of the components' thickness (stray specks out)
+MIN_LOW_FACTOR = 1.5  # a coarser grid by less than this is not worth a second configuration
+STRUCTURE_CASES = 50  # the structures are measured on at most this many training cases (drawn with the seed)
+LOW_FACTOR_STEP = 1.03  # the search for the factor grows it by this ratio (nnU-Net's 3d_lowres step)
 
 
 @dataclass
@@ -78,7 +94,10 @@ class Plan:
     saved before these fields existed loads with them computed from its patch and spacing (batch 2, the old default).
     ``ignore_label`` is the id of the dataset's label named ``ignore`` (unlabelled voxels, nnU-Net's ignore label),
     which is no class: ``labels`` leave it out, and the preprocessed label maps hold it as class index
-    ``num_classes``, which losses, validation and sampling treat as unlabelled.
+    ``num_classes``, which losses, validation and sampling treat as unlabelled. ``resolution`` is the grid the run
+    trains and predicts on ("full" or "low"), ``low_factor`` the coarser grid's factor the plan proposed (None: none;
+    kept when the run trains at full resolution) and ``low_reason`` why none was proposed; with "low", spacing (3D),
+    median shape, patch, batch and topology are those of the coarse grid.
     """
 
     spatial_dims: int
@@ -98,6 +117,9 @@ class Plan:
     kernel_sizes: list[list[int]] | None = None
     slice_axis: int | None = None
     ignore_label: int | None = None
+    resolution: str = "full"
+    low_factor: float | None = None
+    low_reason: str = ""
 
     def __post_init__(self):
         if self.strides is None:
@@ -110,6 +132,12 @@ class Plan:
         """The spacing the topology rules see: the target spacing when known, else what the shape says
         (:func:`unetzoo.data.topology.shape_spacing`: a stack of thin slices, or None: voxel counts)."""
         return self.target_spacing if self.spacing_known else shape_spacing(self.median_shape)
+
+    @property
+    def downsample(self) -> float:
+        """How many times coarser than the input a 2D image is preprocessed (1: its own pixels); 3D data takes its
+        coarse grid from ``target_spacing``."""
+        return self.low_factor if self.resolution == "low" and self.spatial_dims == 2 else 1.0
 
     @property
     def in_channels(self) -> int:
@@ -139,9 +167,15 @@ class Plan:
             )
         )
         slicing = f", slice axis {self.slice_axis}" if self.spatial_dims == 3 else ""
+        if self.resolution == "low":
+            grid = f", low resolution ({self.low_factor:g}x coarser than the full-resolution grid)"
+        elif self.low_factor:
+            grid = f", full resolution (a {self.low_factor:g}x coarser grid was proposed: --set data.resolution=low)"
+        else:
+            grid = f", full resolution ({self.low_reason})" if self.low_reason else ", full resolution"
         return (
             f"plan: patch {_fmt(self.patch_size)} (median shape {_fmt(self.median_shape)}), batch {self.batch_size}, {spacing}, "
-            f"{len(self.strides)} stages, strides {self.strides}, kernel sizes {self.kernel_sizes}{slicing}"
+            f"{len(self.strides)} stages, strides {self.strides}, kernel sizes {self.kernel_sizes}{slicing}{grid}"
         )
 
     def to_dict(self) -> dict:
@@ -245,6 +279,48 @@ def rounded_shape(shape) -> list[int]:
     return [int(8 * np.ceil(float(s) / 8)) for s in shape]
 
 
+def structure_thickness(label: np.ndarray, spacing, ignore_label: int | None = None) -> list[float]:
+    """The thickness of every connected component of every foreground class of ``label``: twice the largest
+    distance from one of its voxels to the nearest voxel outside it (the diameter of its largest inscribed ball), in
+    the units of ``spacing`` (per array axis; voxels when all ones). A disc of diameter D voxels is about D thick."""
+    from scipy import ndimage
+
+    thickness = []
+    for value in np.unique(label):
+        if value == 0 or value == ignore_label:
+            continue
+        mask = label == value
+        components, count = ndimage.label(mask)
+        distance = ndimage.distance_transform_edt(mask, sampling=spacing)
+        thickness += [2.0 * float(d) for d in ndimage.maximum(distance, components, index=range(1, count + 1))]
+    return thickness
+
+
+def low_resolution_factor(median_shape, spacing, budget: int, smallest) -> tuple[float | None, str]:
+    """The coarser grid the plan proposes (module docstring), as a factor on the spacing (``spacing`` None: voxel
+    counts), and, when none, why. ``smallest()`` gives the smallest structure's thickness in voxels of the coarsest
+    axis of the full-resolution grid (None: no labelled voxel); it is called only when the patch is small."""
+    median = np.asarray(median_shape, float)
+    coverage = float(np.prod(plan_patch(median, spacing, budget)) / np.prod(median))
+    if coverage >= LOW_RES_COVERAGE:
+        return None, f"the patch holds {coverage:.0%} of the median image"
+    smallest = smallest()
+    cap = smallest / MIN_STRUCTURE_PIXELS if smallest else 0.0
+    factor = 1.0
+    while factor < cap:
+        factor = min(factor * LOW_FACTOR_STEP, cap)
+        scaled = None if spacing is None else np.asarray(spacing, float) * factor
+        patch = plan_patch(median / factor, scaled, budget)
+        if all(p >= s for p, s in zip(patch, median / factor)):
+            break
+    if factor < MIN_LOW_FACTOR:
+        return None, (
+            f"the patch holds {coverage:.0%} of the median image, but the smallest labelled structure, "
+            f"{smallest or 0:.3g} voxels across, allows a grid only {max(factor, 1.0):.3g}x coarser"
+        )
+    return round(factor, 3), ""
+
+
 def ras_axes(affine: np.ndarray) -> np.ndarray:
     """For each array axis, the RAS axis it becomes after reorientation (nibabel's io_orientation)."""
     import nibabel as nib
@@ -335,10 +411,14 @@ def make_plan(
     seed: int = 0,
     cap_patch: bool = True,
     device: str = "cpu",
+    resolution: str = "auto",
 ) -> Plan:
     """Verify ``cases`` and compute the plan (see module docstring) for a ``device`` kind ("cuda" or anything else:
     the CPU budget); explicit arguments override the planned values. ``cap_patch`` False (methods that take whole
-    volumes) keeps the whole median shape as the patch and batch ``MIN_BATCH``."""
+    volumes) keeps the whole median shape as the patch and batch ``MIN_BATCH``. ``resolution`` ("auto",
+    "full" or "low": ``data.resolution``) the grid; "auto" takes a proposed coarse grid when ``cap_patch``, "low"
+    without a proposal is one line saying why there is none. An explicit ``target_spacing`` is the grid: no coarse
+    one is proposed."""
     from tqdm import tqdm
 
     dims = dataset.spatial_dims
@@ -379,6 +459,22 @@ def make_plan(
     resampled = shapes * spacings / spacing
     median_shape = np.median(resampled, axis=0)
     budget = STEP_BUDGET["cuda" if device == "cuda" else "cpu"][dims]
+    low_factor, low_reason = None, "its target spacing was given"
+    if not target_spacing:
+        scale = float(spacing.max()) if known else 1.0  # thickness in voxels of the coarsest target axis
+        low_factor, low_reason = low_resolution_factor(
+            median_shape,
+            spacing if known else None,
+            budget,
+            lambda: _smallest_structure(_sample(cases, STRUCTURE_CASES, rng), dataset, scale),
+        )
+    chosen = "low" if resolution == "low" or (resolution == "auto" and cap_patch and low_factor) else "full"
+    if chosen == "low":
+        if not low_factor:
+            raise UnetzooError(
+                f"data.resolution=low: the plan of {dataset.root} proposes no coarser grid ({low_reason})"
+            )
+        spacing, median_shape, resampled = spacing * low_factor, median_shape / low_factor, resampled / low_factor
     if patch_size:
         patch = [int(p) for p in patch_size]
     elif cap_patch:
@@ -417,4 +513,28 @@ def make_plan(
         spacing_known=known,
         batch_size=batch,
         ignore_label=dataset.ignore_label,
+        resolution=chosen,
+        low_factor=low_factor,
+        low_reason=low_reason,
     )
+
+
+def _sample(cases: list[Case], count: int, rng: np.random.Generator) -> list[Case]:
+    """At most ``count`` of ``cases``, drawn by ``rng`` (all of them, in order, when there are not more)."""
+    if len(cases) <= count:
+        return cases
+    return [cases[i] for i in sorted(rng.choice(len(cases), count, replace=False))]
+
+
+def _smallest_structure(cases: list[Case], dataset: Dataset, scale: float) -> float | None:
+    """The smallest labelled structure of ``cases`` (``STRUCTURE_PERCENTILE`` of every component's
+    :func:`structure_thickness`, in mm for known spacing, else voxels) over ``scale``, the coarsest target axis;
+    None when no case has a labelled voxel."""
+    from tqdm import tqdm
+
+    thickness = []
+    for case in tqdm(cases, desc="measuring structures", unit="case", disable=len(cases) < 10, leave=False):
+        label = read_label_frames(case.label, dataset.spatial_dims)[0]
+        spacing = label.spacing if dataset.spatial_dims == 3 else None
+        thickness += structure_thickness(label.array, spacing, dataset.ignore_label)
+    return float(np.percentile(thickness, STRUCTURE_PERCENTILE)) / scale if thickness else None

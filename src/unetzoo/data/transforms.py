@@ -134,9 +134,50 @@ class PosNegCentresd(MapTransform):
         return data
 
 
+class Downsampled(MapTransform):
+    """A 2D image and its label ``factor`` times coarser (the plan's low-resolution grid of images without spacing):
+    each axis of S pixels becomes ``round(S / factor)``, the grid's extent kept (PyTorch's ``align_corners=False``:
+    pixel j of the coarse grid is centred on pixel ``(j + 1/2) S / n - 1/2`` of the input, as :func:`coarse_grid`
+    says). The image is interpolated linearly with antialiasing; the label one class at a time (nnU-Net resamples
+    segmentations as one-hot maps), then argmax, so that a thin structure is not lost to nearest-neighbour picks."""
+
+    def __init__(self, keys, factor: float, num_classes: int):
+        super().__init__(keys, allow_missing_keys=True)
+        self.factor, self.num_classes = float(factor), num_classes
+
+    def __call__(self, data: dict) -> dict:
+        data = dict(data)
+        for key in self.key_iterator(data):
+            value = data[key]
+            array = value.as_tensor() if isinstance(value, MetaTensor) else torch.as_tensor(value)
+            size = [max(1, round(s / self.factor)) for s in array.shape[1:]]
+            if key == "label":  # class indices, the ignore label's (num_classes) among them
+                one_hot = torch.nn.functional.one_hot(array[0].long(), self.num_classes + 1).movedim(-1, 0).float()
+                small = _resize(one_hot, size).argmax(0, keepdim=True).float()
+            else:
+                small = _resize(array.float(), size)
+            data[key] = MetaTensor(small, meta=dict(getattr(value, "meta", {})))
+        return data
+
+
+def _resize(array: torch.Tensor, size: list[int]) -> torch.Tensor:
+    return torch.nn.functional.interpolate(
+        array[None], size=size, mode="bilinear", align_corners=False, antialias=True
+    )[0]
+
+
+def coarse_grid(input_shape, coarse_shape) -> np.ndarray:
+    """The (d+1)x(d+1) map from a voxel index of an input of ``input_shape`` to the continuous index of its
+    :class:`Downsampled` version of ``coarse_shape``: ``i -> (i + 1/2) n / S - 1/2`` per axis."""
+    ratio = np.asarray(coarse_shape, float) / np.asarray(input_shape, float)
+    affine = np.diag([*ratio, 1.0])
+    affine[:-1, -1] = 0.5 * ratio - 0.5
+    return affine
+
+
 def preprocessing(plan, with_label: bool = True) -> Compose:
     """The deterministic chain for a :class:`~unetzoo.data.plan.Plan`: load, normalise, then (3D) orient to RAS and
-    resample to the plan's spacing."""
+    resample to the plan's spacing, or (2D on the plan's coarse grid) downsample."""
     keys = ["image", "label"] if with_label else ["image"]
     chain = [
         LoadCased(plan.spatial_dims, plan.label_ids),
@@ -145,6 +186,8 @@ def preprocessing(plan, with_label: bool = True) -> Compose:
     if plan.spatial_dims == 3:
         modes = ["bilinear", "nearest"][: len(keys)]
         chain += [Orientationd(keys, axcodes="RAS"), Spacingd(keys, pixdim=plan.target_spacing, mode=modes)]
+    elif plan.downsample > 1:
+        chain.append(Downsampled(keys, plan.downsample, plan.num_classes))
     return Compose(chain)
 
 

@@ -29,7 +29,7 @@ from monai.transforms import Invertd
 from unetzoo.config import Config, PredictConfig
 from unetzoo.data.datasets import prediction_inputs
 from unetzoo.data.plan import Plan
-from unetzoo.data.transforms import preprocessing
+from unetzoo.data.transforms import coarse_grid, preprocessing
 from unetzoo.device import inference_precision, resolve_device
 from unetzoo.errors import UnetzooError, file_error
 from unetzoo.inference.postprocessing import keep_largest, parse_rules, run_rules
@@ -276,7 +276,8 @@ class Predictor:
             )
         images = [data["image"].as_tensor()[None].to(self.device) for data in items]
         own_grid = self.upsample == 1 and self.grid_reference is None
-        grid = None if own_grid else self._grid(items[0]["image"], source)
+        coarse = self.plan.downsample > 1  # a 2D plan's coarse grid: back to the input's pixels through a grid
+        grid = None if own_grid and not coarse else self._grid(items[0]["image"], source)
         bf16 = self.precision == "bf16-mixed"
         with inference_context(self.method), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
             probs = (
@@ -292,9 +293,10 @@ class Predictor:
         affine, shape, _ = self.target_geometry(source)
         if self.plan.spatial_dims == 3:
             return Grid.between(image.affine.numpy(), affine, shape)
-        return Grid.refinement(
-            image.shape[1:], self.upsample
-        )  # a PNG is predicted in its own pixel frame: only refinement
+        # a 2D image is predicted in its own pixel frame, refined --upsample times, through the plan's coarse grid
+        pixels = tuple(s // self.upsample for s in shape)
+        to_coarse = coarse_grid(pixels, image.shape[1:])
+        return Grid(shape, to_coarse @ refined_affine(np.eye(len(shape) + 1), self.upsample))
 
     def _invert(self, probs: torch.Tensor, data: dict) -> torch.Tensor:
         image = data["image"]

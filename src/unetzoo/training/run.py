@@ -234,6 +234,7 @@ def _train(dataset, run: RunFolder, config: Config, split: dict, new_splits, sav
             config.seed,
             cap_patch=not whole,
             device=resolve_device(config.train.device).type,
+            resolution=config.data.resolution,
         )
         plan.save(plan_path)
     log.info(plan.describe())
@@ -280,8 +281,10 @@ def _train(dataset, run: RunFolder, config: Config, split: dict, new_splits, sav
             )
         log.info("training done")
         if config.fold == "all":
-            log.info(
-                "fold all: no held-out cases, so no validation/ folder (evaluate a separate test set with predict + evaluate)"
+            log.warning(
+                "fold all: no held-out cases, so no validation/ folder and no post-processing chosen (predictions are "
+                "the network's own; choose one by training a fold, 0 ..., and predicting with that run, or apply "
+                "one by hand with predict --keep-largest)"
             )
         else:
             _calibrate(module, dataset.frame_items(calibration_names), run_dir, log)
