@@ -22,10 +22,10 @@ from unetzoo.data.plan import (
     plan_patch,
     structure_thickness,
 )
-from unetzoo.data.transforms import Downsampled, coarse_grid, preprocessing
+from unetzoo.data.transforms import Downsampled, preprocessing
 from unetzoo.errors import UnetzooError
 from unetzoo.io import read_array, write_array
-from unetzoo.methods.grid import Grid
+from unetzoo.methods.grid import Grid, coarse_grid
 
 BUDGET_2D = STEP_BUDGET["cpu"][2]
 
@@ -64,6 +64,17 @@ def test_factor_is_the_smallest_at_which_the_patch_covers_the_median_image():
     covers = lambda f: all(p >= s for p, s in zip(plan_patch(median / f, None, BUDGET_2D), median / f))  # noqa: E731
     assert covers(factor) and not covers(factor / LOW_FACTOR_STEP)
     assert 2.0 < factor < 2.2
+
+
+def test_an_explicit_patch_decides_the_coverage_and_no_label_no_proposal():
+    """A patch given by hand is the patch on either grid: one that holds the image asks for no coarser grid, a
+    small one is covered once the image shrinks to it (640x640 on a 256x256 patch: 2.5x). A dataset without a
+    labelled voxel has no structure to keep: none, and the reason says so."""
+    assert low_resolution_factor((540, 800), None, BUDGET_2D, lambda: 100.0, [544, 800])[0] is None
+    factor, _ = low_resolution_factor((640, 640), None, BUDGET_2D, lambda: 100.0, [256, 256])
+    assert 640 / factor <= 256 < 640 * LOW_FACTOR_STEP / factor
+    factor, reason = low_resolution_factor((540, 800), None, BUDGET_2D, lambda: None)
+    assert factor is None and reason.endswith("but no case has a labelled voxel")
 
 
 def test_no_proposal_when_the_patch_holds_half_the_image():
@@ -148,10 +159,16 @@ def test_downsampled_labels_keep_thin_structures_and_the_grid_maps_back():
 
 def test_coarse_grid_centres_coarse_pixels_as_pytorch_does():
     """Coarse pixel j is centred on input pixel (j + 1/2) S / n - 1/2 (PyTorch's align_corners=False): the map
-    from input index i is its inverse, i -> (i + 1/2) n / S - 1/2."""
+    from input index i is its inverse, i -> (i + 1/2) n / S - 1/2. Checked by hand, and on a ramp of row indices
+    that :class:`Downsampled` resizes: the coarse pixels hold the input rows the grid puts them on."""
     affine = coarse_grid((10, 8), (5, 2))
     assert affine[:2, :2] == pytest.approx(np.diag([0.5, 0.25]))
     assert affine[:2, 2] == pytest.approx([-0.25, -0.375])
+    rows = torch.arange(540, dtype=torch.float32)[:, None].expand(540, 800)[None]
+    coarse = Downsampled(["image"], 2.094, num_classes=1)({"image": rows})["image"][0]
+    to_coarse = coarse_grid((540, 800), coarse.shape)
+    centres = (np.arange(coarse.shape[0]) - to_coarse[0, 2]) / to_coarse[0, 0]  # input row of each coarse row
+    assert np.abs(coarse[5:-5, 100].numpy() - centres[5:-5]).max() < 0.05
 
 
 @pytest.mark.slow

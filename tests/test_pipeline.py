@@ -101,7 +101,8 @@ def test_fold_all_trains_on_every_case_without_held_out_validation(tmp_path):
     log = next(run.glob("training_log_*.txt")).read_text()
     assert "fold all: 3 training, 3 validation" in log and "no held-out cases" in log
     # nothing held out to choose post-processing on: the run says so, and how to get one
-    assert "no post-processing chosen" in log and "predict --keep-largest" in log
+    assert "no post-processing chosen" in log and "copy its postprocessing.json" in log
+    assert "predict --keep-largest" in log
     assert not (run / "postprocessing.json").exists()
     bad = run_cli("train", data, "--out", tmp_path / "other", "--fold", "first")
     assert bad.returncode == 2 and "a fold number or 'all'" in bad.stderr

@@ -97,7 +97,8 @@ class Plan:
     ``num_classes``, which losses, validation and sampling treat as unlabelled. ``resolution`` is the grid the run
     trains and predicts on ("full" or "low"), ``low_factor`` the coarser grid's factor the plan proposed (None: none;
     kept when the run trains at full resolution) and ``low_reason`` why none was proposed; with "low", spacing (3D),
-    median shape, patch, batch and topology are those of the coarse grid.
+    median shape, patch, batch and topology are those of the coarse grid (``config.json`` keeps the option asked for,
+    ``data.resolution`` "auto", and this field the grid that ran).
     """
 
     spatial_dims: int
@@ -282,7 +283,8 @@ def rounded_shape(shape) -> list[int]:
 def structure_thickness(label: np.ndarray, spacing, ignore_label: int | None = None) -> list[float]:
     """The thickness of every connected component of every foreground class of ``label``: twice the largest
     distance from one of its voxels to the nearest voxel outside it (the diameter of its largest inscribed ball), in
-    the units of ``spacing`` (per array axis; voxels when all ones). A disc of diameter D voxels is about D thick."""
+    the units of ``spacing`` (per array axis; voxels when all ones). Measured to the voxel: a bar w voxels wide is w
+    thick when w is even, w + 1 when odd."""
     from scipy import ndimage
 
     thickness = []
@@ -296,29 +298,35 @@ def structure_thickness(label: np.ndarray, spacing, ignore_label: int | None = N
     return thickness
 
 
-def low_resolution_factor(median_shape, spacing, budget: int, smallest) -> tuple[float | None, str]:
+def low_resolution_factor(median_shape, spacing, budget: int, measure, patch_size=None) -> tuple[float | None, str]:
     """The coarser grid the plan proposes (module docstring), as a factor on the spacing (``spacing`` None: voxel
-    counts), and, when none, why. ``smallest()`` gives the smallest structure's thickness in voxels of the coarsest
-    axis of the full-resolution grid (None: no labelled voxel); it is called only when the patch is small."""
+    counts), and, when none, why. ``measure()`` gives the smallest structure's thickness in voxels of the coarsest
+    axis of the full-resolution grid (None: no labelled voxel); it is called only when the patch is small. An
+    explicit ``patch_size`` is the patch on every grid; otherwise each grid's is planned."""
+
+    def patch(factor: float):
+        scaled = None if spacing is None else np.asarray(spacing, float) * factor
+        return patch_size or plan_patch(median / factor, scaled, budget)
+
     median = np.asarray(median_shape, float)
-    coverage = float(np.prod(plan_patch(median, spacing, budget)) / np.prod(median))
+    coverage = float(np.prod(patch(1.0)) / np.prod(median))
     if coverage >= LOW_RES_COVERAGE:
         return None, f"the patch holds {coverage:.0%} of the median image"
-    smallest = smallest()
-    cap = smallest / MIN_STRUCTURE_PIXELS if smallest else 0.0
+    smallest = measure()
+    if not smallest:
+        return None, f"the patch holds {coverage:.0%} of the median image, but no case has a labelled voxel"
+    cap = smallest / MIN_STRUCTURE_PIXELS
     factor = 1.0
-    while factor < cap:
+    while factor < cap and not all(p >= s for p, s in zip(patch(factor), median / factor)):
         factor = min(factor * LOW_FACTOR_STEP, cap)
-        scaled = None if spacing is None else np.asarray(spacing, float) * factor
-        patch = plan_patch(median / factor, scaled, budget)
-        if all(p >= s for p, s in zip(patch, median / factor)):
-            break
-    if factor < MIN_LOW_FACTOR:
-        return None, (
-            f"the patch holds {coverage:.0%} of the median image, but the smallest labelled structure, "
-            f"{smallest or 0:.3g} voxels across, allows a grid only {max(factor, 1.0):.3g}x coarser"
-        )
-    return round(factor, 3), ""
+    if factor >= MIN_LOW_FACTOR:
+        return round(factor, 3), ""
+    if factor < cap:  # the patch covers the image on a grid barely coarser
+        return None, f"the patch holds {coverage:.0%} of the median image, and covers it {factor:.3g}x coarser"
+    return None, (
+        f"the patch holds {coverage:.0%} of the median image, but the smallest labelled structure, "
+        f"{smallest:.3g} voxels across, allows a grid only {max(factor, 1.0):.3g}x coarser"
+    )
 
 
 def ras_axes(affine: np.ndarray) -> np.ndarray:
@@ -467,6 +475,7 @@ def make_plan(
             spacing if known else None,
             budget,
             lambda: _smallest_structure(_sample(cases, STRUCTURE_CASES, rng), dataset, scale),
+            [int(p) for p in patch_size] if patch_size else None,
         )
     chosen = "low" if resolution == "low" or (resolution == "auto" and cap_patch and low_factor) else "full"
     if chosen == "low":

@@ -137,8 +137,8 @@ class PosNegCentresd(MapTransform):
 class Downsampled(MapTransform):
     """A 2D image and its label ``factor`` times coarser (the plan's low-resolution grid of images without spacing):
     each axis of S pixels becomes ``round(S / factor)``, the grid's extent kept (PyTorch's ``align_corners=False``:
-    pixel j of the coarse grid is centred on pixel ``(j + 1/2) S / n - 1/2`` of the input, as :func:`coarse_grid`
-    says). The image is interpolated linearly with antialiasing; the label one class at a time (nnU-Net resamples
+    pixel j of the coarse grid is centred on pixel ``(j + 1/2) S / n - 1/2`` of the input, as
+    :func:`unetzoo.methods.grid.coarse_grid` says). The image is interpolated linearly with antialiasing; the label one class at a time (nnU-Net resamples
     segmentations as one-hot maps), then argmax, so that a thin structure is not lost to nearest-neighbour picks."""
 
     def __init__(self, keys, factor: float, num_classes: int):
@@ -164,15 +164,6 @@ def _resize(array: torch.Tensor, size: list[int]) -> torch.Tensor:
     return torch.nn.functional.interpolate(
         array[None], size=size, mode="bilinear", align_corners=False, antialias=True
     )[0]
-
-
-def coarse_grid(input_shape, coarse_shape) -> np.ndarray:
-    """The (d+1)x(d+1) map from a voxel index of an input of ``input_shape`` to the continuous index of its
-    :class:`Downsampled` version of ``coarse_shape``: ``i -> (i + 1/2) n / S - 1/2`` per axis."""
-    ratio = np.asarray(coarse_shape, float) / np.asarray(input_shape, float)
-    affine = np.diag([*ratio, 1.0])
-    affine[:-1, -1] = 0.5 * ratio - 0.5
-    return affine
 
 
 def preprocessing(plan, with_label: bool = True) -> Compose:

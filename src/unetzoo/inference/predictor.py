@@ -29,7 +29,7 @@ from monai.transforms import Invertd
 from unetzoo.config import Config, PredictConfig
 from unetzoo.data.datasets import prediction_inputs
 from unetzoo.data.plan import Plan
-from unetzoo.data.transforms import coarse_grid, preprocessing
+from unetzoo.data.transforms import preprocessing
 from unetzoo.device import inference_precision, resolve_device
 from unetzoo.errors import UnetzooError, file_error
 from unetzoo.inference.postprocessing import keep_largest, parse_rules, run_rules
@@ -54,7 +54,7 @@ from unetzoo.io import (
     write_text,
 )
 from unetzoo.methods import Grid, build_method, inference_context, method_class
-from unetzoo.methods.grid import refined_affine
+from unetzoo.methods.grid import coarse_grid, refined_affine
 from unetzoo.runfolder import RunFolder
 
 log = logging.getLogger(__name__)

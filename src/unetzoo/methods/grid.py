@@ -34,6 +34,16 @@ def refined_affine(affine, factor: int) -> np.ndarray:
     return affine @ scale
 
 
+def coarse_grid(input_shape, coarse_shape) -> np.ndarray:
+    """The (d+1)x(d+1) map from a voxel index of an input of ``input_shape`` to the continuous voxel index of the
+    same image resized to ``coarse_shape`` with PyTorch's ``align_corners=False`` (the plan's coarse 2D grid,
+    :class:`unetzoo.data.transforms.Downsampled`): ``i -> (i + 1/2) n / S - 1/2`` per axis, the extent kept."""
+    ratio = np.asarray(coarse_shape, float) / np.asarray(input_shape, float)
+    affine = np.diag([*ratio, 1.0])
+    affine[:-1, -1] = 0.5 * ratio - 0.5
+    return affine
+
+
 @dataclass
 class Grid:
     shape: tuple[int, ...]

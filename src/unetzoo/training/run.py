@@ -283,8 +283,8 @@ def _train(dataset, run: RunFolder, config: Config, split: dict, new_splits, sav
         if config.fold == "all":
             log.warning(
                 "fold all: no held-out cases, so no validation/ folder and no post-processing chosen (predictions are "
-                "the network's own; choose one by training a fold, 0 ..., and predicting with that run, or apply "
-                "one by hand with predict --keep-largest)"
+                "the network's own; to use the choice a run of one fold made on its held-out cases, copy its "
+                "postprocessing.json into this folder, or set one with predict --keep-largest)"
             )
         else:
             _calibrate(module, dataset.frame_items(calibration_names), run_dir, log)
