@@ -157,6 +157,18 @@ def _load_nifti(path: Path, stream: bytes | None = None):
                 log.warning(f"{path}: {message}")
 
 
+def check_same_grid(path, affine: np.ndarray, reference: np.ndarray, what: str, against: str, meaning: str) -> None:
+    """``affine`` (of the file ``path``) is ``reference``'s grid to ``AFFINE_TOLERANCE_MM`` per entry; otherwise one
+    line naming the file: ``{what} differs from {against} by up to X mm: {meaning} (flipped, shifted or
+    rescaled?)``. A label against its image, a channel against the first channel: one check for both."""
+    if not np.allclose(affine, reference, rtol=0, atol=AFFINE_TOLERANCE_MM):
+        raise file_error(
+            path,
+            f"{what} differs from {against} by up to {np.abs(affine - reference).max():.4g} mm: {meaning} "
+            "(flipped, shifted or rescaled?)",
+        )
+
+
 def check_affine(path, affine: np.ndarray, spatial_dims: int = 3) -> None:
     """A voxel-to-world matrix with a zero or non-finite voxel size (or a singular one) makes spacing, resampling
     and surface distances meaningless: a one-line error naming the file."""
@@ -225,14 +237,16 @@ def _read_pillow(path: Path, label: bool = False) -> np.ndarray:
 
 def _read_other(path: Path, label: bool) -> tuple[np.ndarray, np.ndarray]:
     """``(data, affine)`` of a file that is not NIfTI (or of a DICOM series folder), by its ending."""
-    if path.is_dir():
+    ending = None if path.is_dir() else file_ending(path)
+    spacing = spacing_file(path) if ending in TIFF_ENDINGS else None
+    if ending is None:
         data, affine = itk_io.read_dicom_series(path)
-    elif file_ending(path) in ITK_ENDINGS:
+    elif ending in ITK_ENDINGS:
         data, affine = itk_io.read(path)
-    elif file_ending(path) in TIFF_ENDINGS and spacing_file(path):
-        meta = read_json(spacing_file(path))
+    elif spacing:
+        meta = read_json(spacing)
         data, affine = tiff_io.read_volume(path, meta.get("spacing") if isinstance(meta, dict) else None)
-    elif file_ending(path) in TIFF_ENDINGS:
+    elif ending in TIFF_ENDINGS:
         return tiff_io.read_image(path), np.eye(4)
     else:
         return _read_pillow(path, label), np.eye(4)
@@ -320,12 +334,9 @@ def read_image(
             raise file_error(
                 path, f"shape {data.shape[1:]} differs from the first channel's shape {channels[0].shape[1:]}"
             )
-        if channels and not np.allclose(file_affine, affine, rtol=0, atol=AFFINE_TOLERANCE_MM):
-            raise file_error(
-                path,
-                f"affine differs from the first channel's ({paths[0].name}) by up to "
-                f"{np.abs(file_affine - affine).max():.4g} mm: the channels are not on one grid (flipped, shifted or rescaled?)",
-            )
+        if channels:
+            against = f"the first channel's ({paths[0].name})"
+            check_same_grid(path, file_affine, affine, "affine", against, "the channels are not on one grid")
         channels.append(data)
         if affine is None:
             affine, header = file_affine, file_header
@@ -351,8 +362,9 @@ def read_label_frames(path: str | os.PathLike, spatial_dims: int | None = None) 
 
 
 def _label_image(data: np.ndarray, affine: np.ndarray, path: Path, header, spatial_dims: int | None) -> Image:
-    dims = spatial_dims or image_dims(path)
-    if data.ndim == dims + 1 and image_dims(path) == 2:
+    natural = image_dims(path) == 2
+    dims = spatial_dims or (2 if natural else 3)
+    if data.ndim == dims + 1 and natural:
         data = data[..., 0]  # an RGB-saved mask: the channels are copies
     if data.ndim != dims:
         raise file_error(path, f"expected a {dims}D label map, got an array of shape {data.shape}")

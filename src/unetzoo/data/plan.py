@@ -58,7 +58,7 @@ from unetzoo.data.datasets import Case, Dataset, dataset_warnings
 from unetzoo.data.topology import ANISOTROPY, divisor, pool_and_conv, shape_spacing
 from unetzoo.data.transforms import RGB_NAMES
 from unetzoo.errors import UnetzooError, file_error
-from unetzoo.io import AFFINE_TOLERANCE_MM, case_frames, read_image, read_label_frames
+from unetzoo.io import case_frames, check_same_grid, read_image, read_label_frames
 
 log = logging.getLogger(__name__)
 PATCH_CAP = {2: 256, 3: 128}  # largest patch edge of a synthetic plan (benchmarks, tests) per spatial dims
@@ -364,12 +364,10 @@ def verify_case(case: Case, dataset: Dataset):
                 case.label,
                 f"label shape {label.array.shape} differs from image shape {image.spatial_shape} ({case.images[0].name})",
             )
-        if not np.allclose(label.affine, image.affine, rtol=0, atol=AFFINE_TOLERANCE_MM):
-            raise file_error(
-                case.label,
-                f"label affine differs from the image's ({case.images[0].name}) by up to "
-                f"{np.abs(label.affine - image.affine).max():.4g} mm: the label is not on the image's grid (flipped, shifted or rescaled?)",
-            )
+        against = f"the image's ({case.images[0].name})"
+        check_same_grid(
+            case.label, label.affine, image.affine, "label affine", against, "the label is not on the image's grid"
+        )
         values = set(np.unique(label.array).tolist())
         unknown = sorted(values - set(dataset.labels))
         if unknown:

@@ -87,12 +87,13 @@ def train(data_dir: str | Path, run_dir: str | Path, config: Config, resume: boo
         saved = Config.load(run.require().config)
         config = resumed_config(saved, config, run.config)
     first = rank_zero_only.rank == 0  # under DDP the other processes read the files the first one wrote
+    reuse = resume or not first
     dataset = load_dataset(data_dir)
-    split, new_splits = _fold(run, dataset, config, reuse=resume or not first)
+    split, new_splits = _fold(run, dataset, config, reuse)
     before = set(run_dir.iterdir()) if run_dir.is_dir() else None
     with _stop_on_sigterm(), run.locked() if first else nullcontext():
         try:
-            return _train(dataset, run, config, split, new_splits, saved, reuse=resume or not first)
+            return _train(dataset, run, config, split, new_splits, saved, reuse)
         except BaseException as exc:
             if first:
                 _after_failure(run_dir, before, exc)
