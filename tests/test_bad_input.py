@@ -270,6 +270,7 @@ def ids_run(tmp_path_factory):
     (data / "dataset.json").write_text(json.dumps(meta))
     config = tiny_config()
     config.data.folds = 2
+    config.train.select = "best"  # validated per epoch: the history holds each class's pseudo Dice
     return data, train(data, root / "run", config)
 
 
@@ -406,12 +407,12 @@ def test_resume_verifies_again_and_cleans_leftovers(ids_run):
     array[0, 0, 0] = 2  # made bad after the plan: 2 is not a listed id
     write_array(array, label, nib.load(str(label)).affine)
     config = tiny_config(epochs=2)
-    config.data.folds = 2
+    config.data.folds, config.train.select = 2, "best"  # the run's own
     with pytest.raises(UnetzooError, match=r"organs_001.nii.gz: label values \[2\] are not listed"):
         train(data, run, config, resume=True)
     label.write_bytes(original)
     other = tiny_config(epochs=2)
-    other.data.folds = 2
+    other.data.folds, other.train.select = 2, "best"
     other.model_args = {"n_stages": 2}
     with pytest.raises(UnetzooError, match=r"config.json: --resume cannot change model_args.n_stages"):
         train(data, run, other, resume=True)

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import json
-import math
 import signal
 import subprocess
 import sys
@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from scipy.stats import wilcoxon
 
 from unetzoo.cli import main
 from unetzoo.config import Config
@@ -26,17 +25,7 @@ from unetzoo.experiments.compare import compare
 from unetzoo.experiments.executors import LocalExecutor, SubmititExecutor
 from unetzoo.experiments.experiment import Experiment, run_folder
 from unetzoo.experiments.jobs import Job
-from unetzoo.experiments.leaderboard import (
-    BOOTSTRAP,
-    cost_axes,
-    figure,
-    holm,
-    interval,
-    leaderboard,
-    pareto_front,
-    wilcoxon_p,
-    write_leaderboard,
-)
+from unetzoo.experiments.leaderboard import cost_axes, leaderboard, pareto_front, write_leaderboard
 
 MODELS = ["unet", "unet2d-slices", "attention-unet"]
 SETS = [
@@ -91,14 +80,14 @@ def test_step_budget_becomes_whole_epochs_of_the_same_steps(organs):
     config = tiny()
     config.train.iters_per_epoch = 250
     experiment = Experiment.make(organs, ["unet", "unet2d-slices"], [0, 1], config, steps=500)
-    runs = [experiment.run_config(m, f).train for m in experiment.models for f in experiment.folds]
+    runs = [experiment.run_config(m, f, 0).train for m in experiment.models for f in experiment.folds]
     assert {(t.epochs, t.iters_per_epoch, t.max_minutes) for t in runs} == {(2, 250, 0.0)}
     assert len({t.batch_size for t in runs}) == 1  # every run the same batch setting (None: the data's plan decides it)
     # 6 < 250: one epoch of 6
-    assert Experiment.make(organs, ["unet"], [0], config, steps=6).run_config("unet", 0).train.epochs == 1
+    assert Experiment.make(organs, ["unet"], [0], config, steps=6).run_config("unet", 0, 0).train.epochs == 1
     with pytest.raises(UnetzooError, match="not a whole number of epochs of train.iters_per_epoch = 250"):
         Experiment.make(organs, ["unet"], [0], config, steps=300)
-    minutes = Experiment.make(organs, ["unet"], [0], config, minutes=2.5).run_config("unet", 0)
+    minutes = Experiment.make(organs, ["unet"], [0], config, minutes=2.5).run_config("unet", 0, 0)
     assert minutes.train.max_minutes == 2.5
 
 
@@ -139,67 +128,87 @@ def test_changed_experiment_is_refused_and_the_recorded_one_kept(organs, tmp_pat
     experiment.record(tmp_path, None)
     saved = (tmp_path / "compare.json").read_text()
     other = Experiment.make(organs, ["unet"], [0], tiny(Config(seed=3)), steps=2)
-    with pytest.raises(UnetzooError, match=r"compare.json: this experiment was planned otherwise: config.seed 0 -> 3"):
+    with pytest.raises(
+        UnetzooError,
+        match=r"compare.json: this experiment was planned otherwise: seeds \[0\] -> \[3\]; config.seed 0 -> 3",
+    ):
         other.record(tmp_path, None)
     assert (tmp_path / "compare.json").read_text() == saved
 
 
-def test_experiment_round_trips_and_the_committed_results_load(organs, tmp_path):
-    experiment = Experiment.make(organs, ["unet", "unet2d-slices"], [0, 1], tiny(), steps=2)
+def test_experiment_round_trips(organs, tmp_path):
+    experiment = Experiment.make(organs, ["unet", "unet2d-slices"], [0, 1], tiny(), steps=2, seeds=[0, 1])
     assert Experiment.from_dict(experiment.to_dict()) == experiment
     recorded = experiment.record(tmp_path, None)
     assert recorded == Experiment(**{**experiment.to_dict(), "test": None, "executions": []})
     recorded.executions.append({"started": "now", "executor": "local"})
+    recorded.widths["unet"] = 16
     recorded.save(tmp_path)
     assert Experiment.load(tmp_path) == recorded and Experiment.from_dict(recorded.to_dict()) == recorded
     assert list(json.loads((tmp_path / "compare.json").read_text())) == [
         "data",
         "models",
         "folds",
+        "seeds",
         "budget",
         "config",
         "test",
         "executions",
+        "widths",
+        "margin",
     ]
-    committed = Path(__file__).parents[1] / "benchmarks" / "results" / "compare_hippocampus_600steps"
-    text = (committed / "compare.json").read_text()
-    loaded = Experiment.load(committed)
-    assert loaded.to_dict() == json.loads(text)  # the layout of compare.json, nothing lost
-    assert loaded.budget == {"steps": 600} and loaded.models and loaded.executions
-    assert loaded.budget_text().startswith("600 optimiser steps per run of ")
-    assert (committed / "compare.json").read_text() == text  # read-only
     with pytest.raises(UnetzooError, match="compare.json: missing: not a unetzoo compare folder"):
         Experiment.load(tmp_path / "elsewhere")
 
 
+def test_every_seed_trains_the_same_folds_and_the_measured_width(organs, tmp_path):
+    experiment = Experiment.make(organs, ["unet"], [0, 1], tiny(), minutes=1.0, seeds=[0, 7])
+    recorded = experiment.record(tmp_path, None)
+    recorded.widths["unet"] = 8
+    configs = [recorded.run_config("unet", f, s, tmp_path) for s in (0, 7) for f in (0, 1)]
+    assert [c.seed for c in configs] == [0, 0, 7, 7]
+    assert {c.data.splits_file for c in configs} == {str((tmp_path / "splits.json").resolve())}
+    assert {c.model_args["base_features"] for c in configs} == {8}
+    splits = json.loads((tmp_path / "splits.json").read_text())
+    assert len(splits) == 3 and sorted(n for f in splits for n in f["val"]) == sorted(
+        splits[0]["train"] + splits[0]["val"]
+    )
+    with pytest.raises(UnetzooError, match="--seeds 1,1: give distinct seeds"):
+        Experiment.make(organs, ["unet"], [0], tiny(), steps=2, seeds=[1, 1])
+    assert [run.path.relative_to(tmp_path).as_posix() for run in recorded.runs(tmp_path).values()] == [
+        "runs/unet/seed0/fold0",
+        "runs/unet/seed0/fold1",
+        "runs/unet/seed7/fold0",
+        "runs/unet/seed7/fold1",
+    ]
+
+
+def test_the_width_is_measured_once_per_model_before_any_run(organs, tmp_path, monkeypatch):
+    """Under a time budget a `width` job measures each model once and records it; every fold and seed then trains
+    it without measuring again."""
+    from unetzoo.experiments import jobs
+
+    calls = []
+
+    def timer(config, plan, train_cases):
+        calls.append(config.model_args["base_features"])
+        return 10.0 if config.model_args["base_features"] > 8 else 0.01  # only width 8 affords the steps
+
+    monkeypatch.setattr("unetzoo.training.width.step_seconds", timer)
+    config = tiny()
+    config.train.min_steps = 5
+    experiment = Experiment.make(organs, ["unet", "unet2d-slices"], [0, 1], config, minutes=1.0, seeds=[0, 1])
+    experiment.record(tmp_path, None)
+    assert jobs.needs_width(Experiment.load(tmp_path)) == ["unet", "unet2d-slices"]
+    jobs.run_job(tmp_path, "width")
+    recorded = Experiment.load(tmp_path)
+    assert recorded.widths == {"unet": 8, "unet2d-slices": 8} and calls == [32, 16, 8, 32, 16, 8]
+    assert jobs.needs_width(recorded) == []
+    run = recorded.run_config("unet", 1, 1, tmp_path)
+    assert run.model_args["base_features"] == 8  # train's own width rule keeps a width the config sets
+
+
 # ---- statistics -------------------------------------------------------------------------------------------
-def test_figure_is_the_mean_over_classes_of_the_class_means_skipping_undefined_cases():
-    values = np.array([[1.0, np.nan], [0.5, 0.2], [0.0, 0.4]])  # 3 cases, 2 classes; class 2 absent from case 1
-    assert figure(values) == pytest.approx(((1.0 + 0.5 + 0.0) / 3 + (0.2 + 0.4) / 2) / 2)
-
-
-def test_bootstrap_interval_has_the_normal_width_for_a_large_sample():
-    """For a mean of n values the 95 % interval is about mean +- 1.96 sd / sqrt(n)."""
-    x = np.random.default_rng(5).normal(0.8, 0.1, size=(400, 1))
-    lo, hi = interval(x)
-    half = 1.96 * x.std(ddof=1) / math.sqrt(len(x))
-    assert lo < x.mean() < hi
-    assert (hi - lo) / 2 == pytest.approx(half, rel=0.1)
-
-
-def test_holm_adjustment_by_hand():
-    # sorted 0.01, 0.03, 0.04 -> 3 x 0.01 = 0.03, 2 x 0.03 = 0.06, max(0.06, 1 x 0.04) = 0.06
-    adjusted = holm([0.01, 0.04, 0.03, None])
-    assert adjusted[:3] == pytest.approx([0.03, 0.06, 0.06]) and adjusted[3] is None
-
-
-def test_wilcoxon_of_per_case_means():
-    a = np.array([[0.9, 0.8], [0.7, 0.9], [0.6, 0.6], [0.8, 0.7], [0.9, 0.9], [0.5, 0.7]])
-    b = a - np.array([[0.1], [0.05], [0.2], [-0.02], [0.12], [0.03]])
-    assert wilcoxon_p(a, b) == pytest.approx(wilcoxon(a.mean(1) - b.mean(1)).pvalue)
-    assert wilcoxon_p(a, a) == 1.0
-
-
 def test_pareto_front():
     costs, scores = [1.0, 2.0, 3.0, 2.5], [0.5, 0.7, 0.9, 0.6]
     assert pareto_front(costs, scores) == [0, 1, 2]  # 2.5 costs more than 2.0 and scores less
@@ -213,7 +222,8 @@ def _fake_run(run: Path, case_dice: dict[str, list[float]], infer_s: float, para
     ]
     summary = {"label_ids": [1, 2], "cases": cases}
     (run / "validation" / "postprocessed").mkdir(parents=True)
-    (run / "validation" / "postprocessed" / "summary.json").write_text(json.dumps(summary))
+    (run / "validation" / "summary.json").write_text(json.dumps(summary))  # what the leaderboard ranks
+    (run / "validation" / "postprocessed" / "summary.json").write_text(json.dumps({}))  # the run's last file
     (run / "history.json").write_text(
         json.dumps([{"epoch": 0, "epoch_time_s": 10.0}, {"epoch": 1, "epoch_time_s": 12.5}])
     )
@@ -240,9 +250,10 @@ def _fake_run(run: Path, case_dice: dict[str, list[float]], infer_s: float, para
     (run / "benchmark.json").write_text(json.dumps(bench))
 
 
-def test_leaderboard_names_the_best_and_the_cheapest_not_significantly_below_it(organs, tmp_path):
-    """Eight hand-made cases: `unet` best; `unet2d-slices` 0.01 below on 4 cases and 0.01 above on 4 (not significant),
-    cheaper; `attention-unet` 0.2 below on all 8 (Wilcoxon p = 2/2^8, x2 by Holm = 0.0156 < 0.05) and cheapest."""
+def test_leaderboard_names_the_best_and_the_cheapest_within_the_margin(organs, tmp_path):
+    """Eight hand-made cases: `unet` best; `unet2d-slices` 0.01 below on 4 cases and 0.01 above on 4 in class 1
+    (Δ 0, within the 0.01 margin), cheaper; `attention-unet` 0.2 below in class 1 on all 8 (Δ -0.1; exact permutation
+    p = 2/2^8, x2 by Holm) and cheapest."""
     Experiment.make(organs, ["unet", "unet2d-slices", "attention-unet"], [0], tiny(), steps=2).record(tmp_path, None)
     base = {f"case{i}": [0.8 + 0.01 * i, 0.7] for i in range(8)}
     shift = {"unet": 0.0, "unet2d-slices": None, "attention-unet": -0.2}
@@ -257,13 +268,18 @@ def test_leaderboard_names_the_best_and_the_cheapest_not_significantly_below_it(
     assert [e["model"] for e in board["models"]] == ["unet", "unet2d-slices", "attention-unet"]
     below = {e["model"]: e["significantly_below_best"] for e in board["models"]}
     assert below == {"unet": False, "unet2d-slices": False, "attention-unet": True}
-    assert board["models"][2]["to_best"]["p_holm"] == pytest.approx(2 * 2 / 2**8)
-    assert board["most_accurate"] == "unet" and board["cheapest_not_significantly_below"] == "unet2d-slices"
+    slices, attention = board["models"][1]["to_best"], board["models"][2]["to_best"]
+    assert attention["difference"] == pytest.approx(-0.1) and attention["p_holm"] == pytest.approx(2 * 2 / 2**8)
+    assert slices["difference"] == pytest.approx(0.0, abs=1e-12) and slices["within_margin"]
+    assert not attention["within_margin"] and board["margin"] == 0.01
+    assert board["most_accurate"] == "unet" and board["chosen"] == "unet2d-slices"
     assert board["models"][0]["training_time_s"] == 22.5 and board["models"][0]["steps"] == [
         None
     ]  # a history without step counts
     page = write_leaderboard(tmp_path).read_text()
-    assert "**Most accurate:** `unet`" in page and "**Cheapest not significantly below it:** `unet2d-slices`" in page
+    assert (
+        "**Most accurate:** `unet`" in page and "**Chosen (cheapest within 0.01 Dice of it):** `unet2d-slices`" in page
+    )
     assert (
         "| 0:00:22 | ? (2) | n/a |" in page
     )  # training time, steps (epochs) of the one fold, no config: no step shape
@@ -279,7 +295,7 @@ def test_leaderboard_names_the_best_and_the_cheapest_not_significantly_below_it(
         and cost_axes(minutes)[1][1](entry) == entry["cost"]["train_step_s"]
     )
     header = (tmp_path / "leaderboard.csv").read_text().splitlines()[0].split(",")
-    assert header[:4] == ["model", "complete", "cases", "Dice"] and "p_holm" in header
+    assert header[:5] == ["model", "complete", "cases", "subjects", "Dice"] and "p_holm" in header
 
 
 @pytest.mark.slow
@@ -388,7 +404,7 @@ def test_killed_compare_restarts_and_finishes_every_run(experiment):
     for run in runs:  # the same code as `unetzoo train`: a normal run folder with the budget in its config
         config = json.loads((run.path / "config.json").read_text())
         assert (config["train"]["epochs"], config["train"]["iters_per_epoch"]) == (2, 1)
-        assert (run.path / "postprocessing.json").is_file() and (run.path / "checkpoint_best.pt").is_file()
+        assert (run.path / "postprocessing.json").is_file() and (run.path / "checkpoint_last.pt").is_file()
     for name in ("leaderboard.md", "leaderboard.csv", "leaderboard.json", "pareto.png"):
         assert (out / name).is_file()
     assert (out / "benchmark" / "benchmark.json").is_file()
@@ -437,9 +453,7 @@ def test_leaderboard_equals_a_computation_by_hand_from_the_runs_summaries(experi
         cases = [
             c
             for f in (0, 1)
-            for c in json.loads(
-                (run_folder(out, model, f).path / "validation" / "postprocessed" / "summary.json").read_text()
-            )["cases"]
+            for c in json.loads((run_folder(out, model, f).path / "validation" / "summary.json").read_text())["cases"]
         ]
         classes = list(cases[0]["metrics"])
         class_means = [
@@ -469,33 +483,26 @@ def test_leaderboard_equals_a_computation_by_hand_from_the_runs_summaries(experi
     assert board["most_accurate"] == best and [e["model"] for e in board["models"]][0] == best
     others = [m for m in MODELS if m != best]
     raw = []
+    cases = sorted(per_case[best])  # one subject each: an exact sign-flip permutation test over 2^4 swaps
     for model in others:
-        cases = sorted(per_case[best])
         diff = np.array([per_case[model][c] - per_case[best][c] for c in cases])
-        raw.append(1.0 if not diff.any() else wilcoxon(diff).pvalue)
-        assert entries[model]["to_best"]["Dice"] == pytest.approx(dice[model] - dice[best], abs=1e-12)
+        observed = abs(diff.mean())
+        flips = [abs((np.array(signs) * diff).mean()) for signs in itertools.product([1, -1], repeat=len(diff))]
+        raw.append(np.mean([f >= observed - 1e-12 for f in flips]))
+        assert entries[model]["to_best"]["difference"] == pytest.approx(dice[model] - dice[best], abs=1e-12)
         assert entries[model]["to_best"]["p"] == pytest.approx(raw[-1])
     order = np.argsort(raw)  # Holm over 2 comparisons: the smaller p x 2, the larger x 1, made monotone
     smaller, larger = min(1.0, 2 * raw[order[0]]), min(1.0, max(2 * raw[order[0]], raw[order[1]]))
     assert entries[others[order[0]]]["to_best"]["p_holm"] == pytest.approx(smaller)
     assert entries[others[order[1]]]["to_best"]["p_holm"] == pytest.approx(larger)
-    # the best model's 95 % interval: 2000 resamples of its 4 cases from numpy's default_rng(0), percentiles 2.5 and 97.5
-    cases = [
-        c
-        for f in (0, 1)
-        for c in json.loads(
-            (run_folder(out, best, f).path / "validation" / "postprocessed" / "summary.json").read_text()
-        )["cases"]
-    ]
-    table = np.array([[c["metrics"][k]["Dice"] for k in cases[0]["metrics"]] for c in cases], dtype=float)
-    index = np.random.default_rng(0).integers(0, len(table), size=(BOOTSTRAP, len(table)))
-    samples = [np.mean(np.nanmean(table[i], axis=0)) for i in index]
-    assert entries[best]["Dice"]["ci"] == pytest.approx(list(np.percentile(samples, [2.5, 97.5])))
-    candidates = [e for e in board["models"] if not e["significantly_below_best"]]
-    assert (
-        board["cheapest_not_significantly_below"]
-        == min(candidates, key=lambda e: (e["cost"]["infer_s"], e["cost"]["params"]))["model"]
-    )
+    for model in MODELS:  # the held-out Dice at 1/4, 1/2 and all of the 2-step budget, and the ensembles of the pairs
+        assert [p["fraction"] for p in entries[model]["curve"]] == [0.25, 0.5, 1.0]
+        assert entries[model]["curve"][-1]["mean"] == pytest.approx(dice[model], abs=1e-12)
+    assert (out / "learning_curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert board["ensemble"]["pairs_scored"] == 3 and board["ensemble"]["pair"][0] in MODELS
+    assert board["stability"] is not None and "kendall_tau" in board["stability"]
+    within = [e for e in board["models"] if e["to_best"] is None or e["to_best"]["within_margin"]]
+    assert board["chosen"] == min(within, key=lambda e: (e["cost"]["infer_s"], e["cost"]["params"]))["model"]
 
 
 @pytest.mark.slow
@@ -506,7 +513,7 @@ def test_slurm_path_through_submitit_local_executor(organs, tmp_path):
     broken = run_folder(out, "unet2d-slices", 0)
     broken.path.mkdir(parents=True)
     (broken.path / "checkpoint_last.pt").write_bytes(b"")  # a run to resume without its config.json: the job fails
-    failed = r"1 job\(s\) failed \(train_unet2d-slices_fold0: job \d+: unetzoo.errors.UnetzooError: .*config.json: missing: not a unetzoo run folder .* \(log .*/slurm/\d+/\d+_0_log.err\)\)"
+    failed = r"1 job\(s\) failed \(train_unet2d-slices_fold0_seed0: job \d+: unetzoo.errors.UnetzooError: .*config.json: missing: not a unetzoo run folder .* \(log .*/slurm/\d+/\d+_0_log.err\)\)"
     with pytest.raises(UnetzooError, match=failed):
         compare(
             organs,

@@ -18,9 +18,11 @@ from unetzoo.io import read_image
 
 @pytest.fixture(scope="module")
 def altered_run(trained_run, tmp_path_factory):
-    """A copy of the trained run whose checkpoint_last.pt has different weights (its checkpoint_best.pt not)."""
+    """A copy of the trained run whose checkpoint_last.pt has different weights and whose checkpoint_best.pt holds
+    the trained ones."""
     run = tmp_path_factory.mktemp("altered") / "run"
     shutil.copytree(trained_run, run)
+    shutil.copy(run / "checkpoint_last.pt", run / "checkpoint_best.pt")
     checkpoint = torch.load(run / "checkpoint_last.pt", map_location="cpu", weights_only=False)
     generator = torch.Generator().manual_seed(0)
     for key, value in checkpoint["state_dict"].items():

@@ -341,7 +341,7 @@ def test_a_phantom_half_ignored_trains_and_its_validation_counts_labelled_voxels
 
     data = _with_ignore(write_organs_phantom(tmp_path / "data", cases=5, seed=2, shape=SHAPE))
     config = tiny_config()
-    config.train.val_patches = 2
+    config.train.val_patches, config.train.select = 2, "best"  # a per-epoch validation, on inner validation cases
     run = RunFolder(train(data, tmp_path / "run", config))
     assert Plan.load(run.plan).ignore_label == IGNORE
     history = json.loads(run.history.read_text())

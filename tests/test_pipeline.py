@@ -28,21 +28,21 @@ def test_run_folder_holds_nnunet_outputs(trained_run):
         "config.json",
         "plan.json",
         "splits.json",
-        "checkpoint_best.pt",
+        "inner_split.json",
         "checkpoint_last.pt",
         "progress.png",
         "history.json",
     ):
         assert (trained_run / name).is_file(), name
+    assert not (trained_run / "checkpoint_best.pt").exists()  # the default, select=last: no per-epoch validation
     assert list(trained_run.glob("training_log_*.txt"))
     with open(trained_run / "logs" / "csv" / "version_0" / "metrics.csv", newline="") as f:  # Lightning's CSVLogger
         rows = list(csv.DictReader(f))
-    epoch_rows = [r for r in rows if r["val_dice"]]
+    epoch_rows = [r for r in rows if r["train_loss"]]
     history = json.loads((trained_run / "history.json").read_text())
     assert len(epoch_rows) == len(history) == 1
-    assert float(epoch_rows[0]["val_dice"]) == pytest.approx(history[0]["val_dice"])
     assert float(epoch_rows[0]["train_loss"]) == pytest.approx(history[0]["train_loss"])
-    assert {"epoch", "lr", "val_dice_1", "val_dice_2", "val_dice_3"} <= set(rows[0])  # the step loss every 10 steps
+    assert {"epoch", "lr", "train_loss"} <= set(rows[0]) and "val_dice" not in rows[0]
     summary = json.loads((trained_run / "validation" / "summary.json").read_text())
     assert set(summary["mean"]) == {"1", "2", "3"}
     assert {"Dice", "IoU", "NSD", "HD95"} <= set(summary["mean"]["1"])

@@ -171,8 +171,8 @@ def test_loss_mix_schedule_and_whole_volume_prediction():
     method, resolved = build_method(config, Plan.synthetic([12, 10, 9]), train_cases=2)
     assert resolved.method_args == {} and method.whole_volumes
     weights = []
-    for epoch in range(3):
-        method.start_epoch(epoch)
+    for steps in range(3):  # 2 volumes a step, 2 training cases: a pass per step, n = 1, 2, 3
+        method.steps = steps
         weights.append(method.path1_weight())
     assert weights == pytest.approx([0.99, 0.99 * 0.99, 0.99 * 0.99 * 0.99**2])  # c(n+1) = c(n) 0.99^n
     probs = method.predict(torch.rand(1, 1, 12, 10, 9))
@@ -231,7 +231,7 @@ def test_training_takes_whole_volumes_of_any_size():
     """Angermann & Haltmeier 2019, abstract: "The proposed architecture can be applied end-to-end to very large data
     volumes without cropping or sliding-window techniques": a training volume larger than the plan's patch is not
     cropped, a smaller one not padded alone; a batch of both is padded to the larger (image: each volume's minimum;
-    label: -1) and the Dice loss counts only the volumes' own voxels."""
+    label: -1) with each volume's shape, and the Dice loss counts only the volumes' own voxels."""
     config = Config(model="projection-2.5d-unet", model_args={"directions": 2, "n_stages": 2, "base_features": 4})
     method, _ = build_method(config, Plan.synthetic([12, 10, 9]))
     transform = method.train_transform()
@@ -250,6 +250,7 @@ def test_training_takes_whole_volumes_of_any_size():
         cases.append({"image": image, "label": label})
     batch = method.collate(cases)
     assert batch["image"].shape == (2, 1, 20, 14, 9) and batch["label"].shape == (2, 1, 20, 14, 9)
+    assert batch["shape"].tolist() == [[20, 14, 9], [8, 10, 7]]
     small = batch["image"][1, 0]
     assert torch.equal(small[:8, :10, :7], cases[1]["image"][0])
     assert float(small[8:].max()) == float(cases[1]["image"].min()) and float(batch["label"][1, 0, 8:].max()) == -1.0

@@ -139,7 +139,7 @@ def test_compare_json_of_the_wrong_shape(organs, tmp_path, capsys, content):
     before = _files(out)
     assert main(["compare", str(organs), "--models", "unet", "--out", str(out), "--budget", "1"]) == 2
     assert _only_line(capsys) == (
-        f"{out / 'compare.json'}: not a unetzoo compare file: it needs the keys data, models, folds, budget, config"
+        f"{out / 'compare.json'}: not a unetzoo compare file: it needs the keys data, models, folds, seeds, budget, config"
     )
     assert _files(out) == before  # left as it was: no run, no log, no leaderboard
 

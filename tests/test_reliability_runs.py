@@ -169,7 +169,9 @@ def test_compare_counts_an_unfinished_run_as_failed_and_resumes_it(organs, tmp_p
     message = str(error.value)
     assert message.startswith("2 job(s) failed (") and "run the same command again to finish" in message
     for fold in (0, 1):
-        assert f"train_unet_fold{fold}: ended before its run finished ({run_folder(out, 'unet', fold)})" in message
+        assert (
+            f"train_unet_fold{fold}_seed0: ended before its run finished ({run_folder(out, 'unet', fold)})" in message
+        )
     board = leaderboard(out)
     assert [(m["model"], m["complete"]) for m in board["models"]] == [("unet", False)]
     assert "Not ranked" in (out / "leaderboard.md").read_text()
@@ -179,7 +181,7 @@ def test_compare_counts_an_unfinished_run_as_failed_and_resumes_it(organs, tmp_p
     with pytest.raises(UnetzooError, match="2 job"):
         compare(organs, ["unet"], out, folds=(0, 1), config=config, executor=executor, log=lines.append)
     assert "0 finished, 1 to resume, 1 to start" in lines[0]
-    assert [j.name for j in executor.jobs] == ["train_unet_fold0", "train_unet_fold1"]
+    assert [j.name for j in executor.jobs] == ["train_unet_fold0_seed0", "train_unet_fold1_seed0"]
 
 
 def test_slurm_job_is_checkpointable_so_slurm_requeues_it(monkeypatch):

@@ -10,7 +10,16 @@ import pytest
 
 from conftest import run_cli
 from unetzoo.config import Config
-from unetzoo.experiments.report import best_slice, error_overlay, make_report, slice_axis, take_slice, write_overlay
+from unetzoo.experiments.report import (
+    _paired_table,
+    best_slice,
+    error_overlay,
+    make_report,
+    slice_axis,
+    take_slice,
+    write_overlay,
+)
+from unetzoo.experiments.statistics import paired_difference
 
 WHITE, RED, BLUE = [1.0, 1.0, 1.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]
 
@@ -193,9 +202,33 @@ def test_report_from_two_runs(tmp_path):
         "### IoU (Jaccard)" in page and "**0.800 ± 0.010**" in page
     )  # IoU of run a's class 1 (Dice - 0.1) beats run b's
     # per case, run b's Dice is 0.1 below run a's in both classes: a constant paired difference, worse on both cases
-    assert "| slices | 2 | -0.1000 [-0.1000, -0.1000] | 0 / 2 | n/a | n/a |" in page
+    # (2 subjects: too few for BCa, the percentile interval)
+    assert "| slices | 2 / 2 | -0.1000 [-0.1000, -0.1000] (percentile) | 0 / 2 | n/a | n/a |" in page
     for png in ("curves.png", "overlays.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_paired_differences_resample_subjects():
+    """The report's interval is ``paired_difference``'s over the subjects of the first run's ``data.group_by``: the
+    two frames of a patient, equal here, count once, as in the table of one case per patient."""
+    dice = np.random.default_rng(0).uniform(0.6, 0.9, (2, 5))  # (runs, patients)
+
+    def run(i, group_by):
+        cases = [
+            {"case": f"patient{p:03d}_frame{f:02d}", "metrics": {"1": {"Dice": dice[i, p]}}}
+            for p in range(5)
+            for f in (1, 12)
+        ]
+        return {"config": {"data": {"group_by": group_by}}, "summary": {"cases": cases}}
+
+    lines = _paired_table([run(0, r"patient\d+"), run(1, "")], ["a", "b"])
+    caption, row = lines[2], lines[-2]
+    assert r"`data.group_by`, `patient\d+`" in caption and "BCa bootstrap interval over subjects" in caption
+    once = paired_difference(dice[1][:, None], dice[0][:, None], [f"patient{p:03d}" for p in range(5)])
+    lo, hi = once["ci"]
+    better, worse = int((dice[1] > dice[0]).sum()) * 2, int((dice[1] < dice[0]).sum()) * 2
+    interval = f"{once['difference']:+.4f} [{lo:+.4f}, {hi:+.4f}]"
+    assert row == f"| b | 10 / 5 | {interval} | {better} / {worse} | n/a | n/a |" and once["ci_method"] == "BCa"
 
 
 def test_report_without_common_cases_still_writes_the_page(tmp_path):

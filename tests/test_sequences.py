@@ -235,9 +235,10 @@ def test_unet_trains_on_frames_and_predicts_sequences_in_the_input_geometry(hear
 
     config = tiny_config()
     config.data.folds, config.train.iters_per_epoch = 2, 2
+    config.train.select = "best"  # a per-epoch validation, on the frames of an inner validation subject
     run = train(hearts, tmp_path / "run", config)
     log = next(run.glob("training_log_*.txt")).read_text()
-    assert "3D+t cases: 8 training and 8 validation frames" in log
+    assert f"3D+t cases: {FRAMES} training and {FRAMES} per-epoch validation frames" in log  # a subject each
     split = json.loads((run / "splits.json").read_text())[0]
     for name in split["val"]:  # validation: every held-out subject predicted as one 4D file, evaluated per frame
         source, result = (

@@ -51,8 +51,9 @@ def test_patches_are_fixed_bounded_and_of_the_patch_size():
 
 @pytest.mark.slow
 def test_per_epoch_validation_touches_at_most_n_cases_and_the_end_covers_the_fold(organs, tmp_path, monkeypatch):
-    """2 epochs with train.val_patches=1: the method's per-epoch prediction runs once per epoch on one patch of one
-    case, then the held-out fold is predicted whole (every case in validation/summary.json)."""
+    """2 epochs with train.val_patches=1 and train.select=best: the method's per-epoch prediction runs once per epoch
+    on one patch of one inner validation case, then the held-out fold is predicted whole (every case in
+    validation/summary.json)."""
     from unetzoo.training.run import train
 
     seen = []
@@ -64,7 +65,7 @@ def test_per_epoch_validation_touches_at_most_n_cases_and_the_end_covers_the_fol
 
     monkeypatch.setattr(Method, "validation_predict", counting)
     config = tiny_config(epochs=2)
-    config.train.iters_per_epoch, config.train.val_patches = 1, 1
+    config.train.iters_per_epoch, config.train.val_patches, config.train.select = 1, 1, "best"
     run = train(organs, tmp_path / "run", config)
     assert seen == [(1, 1, 16, 16, 16)] * 2
     fold = json.loads((run / "splits.json").read_text())[0]["val"]

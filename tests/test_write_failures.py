@@ -76,8 +76,8 @@ def test_disk_full_at_the_first_checkpoint_leaves_the_folder_as_it_was(organs, t
     run = tmp_path / "run"
     run.mkdir()
     (run / "notes.txt").write_text("mine")
-    fill_disk(monkeypatch, "checkpoint_best.pt")
-    with pytest.raises(UnetzooError, match=rf"^{run / 'checkpoint_best.pt'}: cannot write the file: the disk is full"):
+    fill_disk(monkeypatch, "checkpoint_last.pt")
+    with pytest.raises(UnetzooError, match=rf"^{run / 'checkpoint_last.pt'}: cannot write the file: the disk is full"):
         train(organs, run, tiny_config())
     assert sorted(p.name for p in run.iterdir()) == ["notes.txt"]
 

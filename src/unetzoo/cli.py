@@ -82,7 +82,11 @@ def _parser() -> argparse.ArgumentParser:
         choices=["torchscript", "onnx"],
         help="default torchscript; onnx needs pip install 'unetzoo[onnx]'",
     )
-    p.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    p.add_argument(
+        "--checkpoint",
+        choices=["best", "last"],
+        help="weights to export (default: the run's reported ones, its train.select; best falls back to last)",
+    )
 
     p = sub.add_parser("evaluate", help="compare predictions with reference labels")
     p.add_argument("pred", type=Path)
@@ -161,6 +165,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--folds", default="0", help="comma-separated cross-validation folds to train and hold out (default 0)"
+    )
+    p.add_argument(
+        "--seeds",
+        help="comma-separated training seeds, each (model, fold) trained once per seed on the same folds "
+        "(default: --seed, 0)",
+    )
+    p.add_argument(
+        "--margin",
+        type=float,
+        help="Dice a cheaper model may lose to the most accurate one and still be chosen, judged by the one-sided 95 %% "
+        "bound of their paired difference (default 0.01)",
     )
     budget = p.add_mutually_exclusive_group()
     budget.add_argument(
@@ -375,6 +390,10 @@ def _compare(args) -> None:
         folds = [int(f) for f in args.folds.split(",")]
     except ValueError:
         raise UnetzooError(f"--folds expects comma-separated fold numbers, got {args.folds!r}") from None
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
+    except ValueError:
+        raise UnetzooError(f"--seeds expects comma-separated integers, got {args.seeds!r}") from None
     if args.executor == "slurm":
         executor = SubmititExecutor(slurm)
     else:
@@ -392,6 +411,8 @@ def _compare(args) -> None:
         minutes=args.budget_minutes,
         executor=executor,
         test=args.test,
+        seeds=seeds,
+        margin=args.margin,
     )
 
 

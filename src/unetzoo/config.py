@@ -32,6 +32,7 @@ from pathlib import Path
 from unetzoo.device import DEVICES, INFERENCE_PRECISIONS, PRECISIONS
 from unetzoo.errors import UnetzooError, file_error
 from unetzoo.io import SUPPORTED_ENDINGS
+from unetzoo.runfolder import snapshot_name
 
 
 @dataclass
@@ -84,9 +85,10 @@ class TrainConfig:
     weight_decay: float = 3e-5
     momentum: float = 0.99
     # "poly" (lr * (1 - epoch/epochs)^0.9, nnU-Net), "constant" or "plateau" (halve after 3 epochs without a better
-    # validation Dice, Angermann & Haltmeier 2019)
+    # per-epoch validation Dice, Angermann & Haltmeier 2019)
     scheduler: str = "poly"
-    # stop after this many epochs without a better validation Dice (Angermann & Haltmeier 2019: 5); 0 = never
+    # stop after this many epochs without a better per-epoch validation Dice (Angermann & Haltmeier 2019: 5); 0 = never
+    # (plateau, early_stop and select=best validate per epoch on an inner split of the training cases: training/run.py)
     early_stop: int = 0
     deep_supervision: bool = True
     val_patches: int = (
@@ -99,6 +101,13 @@ class TrainConfig:
     device: str = "auto"  # auto: CUDA when present, else CPU; cpu; cuda
     devices: int = 1
     grad_clip: float = 12.0  # nnU-Net's gradient-norm clip
+    # the run's reported weights: "last" (the final ones, as nnU-Net reports) or "best" (highest per-epoch pseudo Dice
+    # on an inner validation split of the training cases, never the held-out fold)
+    select: str = "last"
+    # fractions of the budget (steps, or time under max_minutes) at which the weights are also saved and, after
+    # training, evaluated on the held-out fold (learning curves); e.g. [0.25, 0.5]
+    snapshots: list[float] = field(default_factory=list)
+    keep_probabilities: bool = False  # the held-out fold's class probabilities saved beside its predictions (CASE.npz)
 
 
 @dataclass
@@ -197,6 +206,10 @@ class Config:
             raise UnetzooError(
                 f"data.pos_neg_ratio: expected a list of 2 numbers >= 0, not both 0, got {self.data.pos_neg_ratio!r}"
             )
+        if len({snapshot_name(f) for f in self.train.snapshots}) < len(self.train.snapshots):  # one file each
+            raise UnetzooError(
+                f"train.snapshots: expected distinct fractions > 0 and < 1, got {self.train.snapshots!r}"
+            )
         return self
 
 
@@ -237,7 +250,7 @@ class PredictConfig(_Options):
     device, where the outputs lie, their post-processing, and overrides of the run's ``inference`` section (None:
     the run's value)."""
 
-    checkpoint: str = "best"
+    checkpoint: str | None = None  # None: the run's reported weights (its train.select)
     device: str = "auto"
     overwrite: bool = False
     save_probabilities: bool = False
@@ -398,14 +411,22 @@ RULES: dict[str, Rule] = {
         ge=1, flag="--devices", help="number of devices (DDP through Lightning; CPU processes over gloo)"
     ),
     "train.grad_clip": Rule(ge=0),
+    "train.select": Rule(
+        choices=("last", "best"),
+        flag="--select",
+        help="the run's reported weights: last (default; the final ones, as nnU-Net) or best (highest per-epoch "
+        "pseudo Dice on an inner validation split of the training cases, kept out of training)",
+    ),
+    "train.snapshots": Rule(gt=0, lt=1),
+    "predict.checkpoint": Rule(
+        flag="--checkpoint",
+        metavar="{best,last,at_N}",  # checked by RunFolder.checkpoint_file
+        help="weights of each run (default: the run's reported ones, its train.select; best falls back to last; "
+        "at_N: the snapshot at N percent of the budget, train.snapshots)",
+    ),
     "inference.overlap": Rule(ge=0, lt=1),
     "inference.sw_batch_size": Rule(ge=1),
     "inference.precision": Rule(choices=INFERENCE_PRECISIONS),
-    "predict.checkpoint": Rule(
-        flag="--checkpoint",
-        metavar="{best,last}",  # checked by RunFolder.checkpoint_file
-        help="weights of each run (default best; falls back to last)",
-    ),
     "predict.device": DEVICE,
     "predict.overwrite": Rule(flag="--overwrite", help="redo cases already predicted"),
     "predict.save_probabilities": Rule(

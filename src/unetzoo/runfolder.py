@@ -2,20 +2,28 @@
 this a run?" and "is it finished?".
 
 A run folder (nnU-Net's outputs, so its users find their way) holds ``config.json`` (the resolved config: what
-ran), ``plan.json``, ``splits.json``, ``budget_width.json`` (under ``--max-minutes``: the width the budget affords),
-``checkpoint_best.pt`` and ``checkpoint_last.pt`` (both written to a temporary name and renamed),
+ran), ``plan.json``, ``splits.json``, ``inner_split.json`` (which of the fold's training cases trained, validated per
+epoch, calibrated), ``budget_width.json`` (under ``--max-minutes``: the width the budget affords),
+``checkpoint_last.pt``, ``checkpoint_best.pt`` (where a per-epoch validation ran) and ``checkpoint_at_N.pt`` (the
+weights at N % of the budget, ``train.snapshots``), all written to a temporary name and renamed,
 ``training_log_<timestamp>.txt``, ``progress.png``, ``history.json``, Lightning's ``logs/`` and, after training,
-``validation/`` (the held-out fold predicted by the full inference procedure, ``summary.json``, ``cases.json``, the
-references linked under ``labels/``), ``postprocessing.json`` (the keep-largest-component choice on that fold),
+``validation/`` (the held-out fold predicted by the full inference procedure with the reported weights,
+``summary.json``, ``cases.json``, the references linked under ``labels/``; with ``train.keep_probabilities`` each
+case's ``CASE.npz``; each snapshot's predictions and ``summary.json`` under ``at_N/``), ``snapshots.json`` (each
+snapshot's steps, seconds and summary), ``postprocessing.json`` (the keep-largest-component choice on that fold),
 ``validation/postprocessed/`` (the fold with it applied, and its ``summary.json``: the run's last file),
 ``inference_precision.json`` (the bf16 check) and, once benchmarked, ``benchmark.json``. While a process trains into
 it, ``.lock`` holds that process's pid and host (:meth:`RunFolder.locked`).
+
+The run's reported weights are those its ``train.select`` names (``last`` unless the run chose ``best``): what
+``validation/`` evaluates and what ``predict`` uses unless told otherwise (:meth:`RunFolder.checkpoint`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,8 +38,15 @@ log = logging.getLogger(__name__)
 BEST, LAST = "checkpoint_best", "checkpoint_last"  # Lightning's checkpoint file names, without the extension
 CHECKPOINT_EXT = ".pt"
 CHECKPOINTS = ("best", "last")
+SNAPSHOT = re.compile(r"at_[0-9.e+-]+")  # a snapshot's name (snapshot_name): at_25, the weights at 25 % of the budget
 INFERENCE_PRECISION = "inference_precision.json"
 NOT_A_RUN = "missing: not a unetzoo run folder (train one with `unetzoo train`)"
+
+
+def snapshot_name(fraction: float) -> str:
+    """The name of the snapshot at ``fraction`` of the budget: ``at_25`` for 0.25 (``checkpoint_at_25.pt``,
+    ``validation/at_25/``)."""
+    return f"at_{fraction * 100:g}"
 
 
 @dataclass(frozen=True)
@@ -61,6 +76,16 @@ class RunFolder:
     @property
     def splits(self) -> Path:
         return self.path / "splits.json"
+
+    @property
+    def inner_split(self) -> Path:
+        """The fold's training cases as the run used them: trained on, validated on per epoch, calibrated on."""
+        return self.path / "inner_split.json"
+
+    @property
+    def snapshots(self) -> Path:
+        """Each snapshot's steps, training seconds and held-out summary, and the reported weights' (fraction 1)."""
+        return self.path / "snapshots.json"
 
     @property
     def budget_width(self) -> Path:
@@ -120,6 +145,10 @@ class RunFolder:
         """The held-out fold's metrics."""
         return self.validation / "summary.json"
 
+    def snapshot_validation(self, fraction: float) -> Path:
+        """The held-out fold predicted with the snapshot at ``fraction`` of the budget, and its ``summary.json``."""
+        return self.validation / snapshot_name(fraction)
+
     @property
     def postprocessed(self) -> Path:
         """The held-out fold with the chosen post-processing applied, and its ``summary.json``."""
@@ -131,10 +160,17 @@ class RunFolder:
         return self.postprocessed / "summary.json"
 
     def checkpoint_file(self, which: str) -> Path:
-        """``checkpoint_best.pt`` or ``checkpoint_last.pt``."""
-        if which not in CHECKPOINTS:
-            raise UnetzooError(f"--checkpoint must be one of {', '.join(CHECKPOINTS)}, got {which!r}")
-        return self.path / f"{BEST if which == 'best' else LAST}{CHECKPOINT_EXT}"
+        """``checkpoint_best.pt``, ``checkpoint_last.pt`` or a snapshot's ``checkpoint_at_N.pt`` (``which`` "at_N")."""
+        if which in CHECKPOINTS:
+            return self.path / f"{BEST if which == 'best' else LAST}{CHECKPOINT_EXT}"
+        if isinstance(which, str) and SNAPSHOT.fullmatch(which):
+            return self.path / f"checkpoint_{which}{CHECKPOINT_EXT}"
+        raise UnetzooError(f"--checkpoint must be one of {', '.join(CHECKPOINTS)} or a snapshot at_N, got {which!r}")
+
+    def selected(self) -> str:
+        """The checkpoint the run reports, its ``train.select``: "last" or "best" (a run from before the option
+        reported its best one)."""
+        return (read_json(self.config, {}).get("train") or {}).get("select", "best")
 
     # ---- state --------------------------------------------------------------------------------------
     @contextmanager
@@ -193,21 +229,24 @@ class RunFolder:
         return self
 
     def has_checkpoint(self) -> bool:
-        """Whether an epoch has finished (a resumable run)."""
-        return any(self.path.glob(f"checkpoint_*{CHECKPOINT_EXT}"))
+        """Whether an epoch has finished (a resumable run); a snapshot taken within the first epoch is not one."""
+        return any(self.checkpoint_file(which).is_file() for which in CHECKPOINTS)
 
     def is_finished(self) -> bool:
         """Training wrote its last file: the post-processed held-out fold's summary."""
         return self.postprocessed_summary.is_file()
 
-    def checkpoint(self, which: str = "best") -> Path:
-        """The weights to predict with: ``best`` falls back to ``last`` with a warning where the run never
-        validated; ``last`` must exist."""
+    def checkpoint(self, which: str | None = None) -> Path:
+        """The weights to predict with: ``which`` None the run's reported ones (:meth:`selected`); ``best`` falls
+        back to ``last`` with a warning where the run never validated; ``last`` and a snapshot must exist."""
+        which = self.selected() if which is None else which
         path = self.checkpoint_file(which)
         if path.is_file():
             return path
         if which == "last":
             raise file_error(path, "missing: the run has not finished an epoch")
+        if which != "best":
+            raise file_error(path, f"missing: the run saved no snapshot {which} (train.snapshots)")
         last = self.checkpoint_file("last")
         if not last.is_file():
             raise file_error(

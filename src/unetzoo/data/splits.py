@@ -8,6 +8,8 @@ its frames stay in one fold whatever the grouping. Subjects, not cases, are shuf
 
 :func:`splits_for` is what ``train`` and ``compare`` call: the splits of ``data.splits_file`` if set (nnU-Net's file
 accepted as is), else :func:`make_splits` grouped by ``data.group_by``; :func:`fold_split` then picks one fold.
+:func:`inner_split` splits a fold's training cases once more, by subjects too, for a per-epoch validation that never
+looks at the held-out fold.
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ from unetzoo.errors import UnetzooError, file_error
 from unetzoo.io import read_json
 
 
-def subjects(case_names: list[str], group_by: str = "") -> dict[str, list[str]]:
+def subjects(case_names: list[str], group_by: str = "", require_match: bool = True) -> dict[str, list[str]]:
     """Subject -> its cases (sorted); the subject is ``group_by``'s match in the case name, else the name itself.
-    A pattern that is not a regular expression, or that matches no case, is a one-line error."""
+    A pattern that is not a regular expression, or (``require_match``) that matches no case, is a one-line error."""
     if not group_by:
         return {name: [name] for name in sorted(case_names)}
     try:
@@ -35,7 +37,7 @@ def subjects(case_names: list[str], group_by: str = "") -> dict[str, list[str]]:
         match = pattern.search(name)
         matched |= match is not None
         groups.setdefault(match.group(0) if match else name, []).append(name)
-    if not matched:
+    if require_match and not matched:
         raise UnetzooError(
             f"--group-by '{group_by}' matches no case name (e.g. {sorted(case_names)[0]!r}); the subject is the part of the name it matches"
         )
@@ -120,3 +122,19 @@ def fold_split(splits: list[dict[str, list[str]]], fold, source: str = "splits.j
     if isinstance(fold, bool) or not isinstance(fold, int) or not 0 <= fold < len(splits):
         raise UnetzooError(f"fold {fold!r} does not exist: {source} has folds 0..{len(splits) - 1} (or use fold all)")
     return splits[fold]
+
+
+def inner_split(train_names: list[str], group_by: str = "", seed: int = 0, fraction: float = 0.2) -> tuple[list, list]:
+    """A fold's training cases split into those that train and an inner validation set: about ``fraction`` of the
+    subjects (:func:`subjects`; at least one, and one left to train), drawn whole with ``seed``, so that a resumed run
+    draws the same. Returns (training cases, inner validation cases), each sorted."""
+    groups = subjects(train_names, group_by, require_match=False)  # the pattern matched the dataset's cases
+    if len(groups) < 2:
+        raise UnetzooError(
+            f"the fold has {len(groups)} training subject(s): too few to keep an inner validation subject out of "
+            "training (needed by train.select=best, train.early_stop and the plateau scheduler); train without them "
+            "or with fewer folds"
+        )
+    count = min(max(1, round(fraction * len(groups))), len(groups) - 1)
+    inner = sorted(name for subject in random.Random(seed).sample(sorted(groups), count) for name in groups[subject])
+    return sorted(set(train_names) - set(inner)), inner

@@ -1,4 +1,4 @@
-"""What ``unetzoo compare`` runs: the experiment (dataset, models, folds, budget, base config), recorded in
+"""What ``unetzoo compare`` runs: the experiment (dataset, models, folds, seeds, budget, base config), recorded in
 ``compare.json`` and checked before any work, and where each of its runs lives."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from unetzoo.config import Config
+from unetzoo.config import SEED_MAX, Config
 from unetzoo.errors import UnetzooError, file_error
 from unetzoo.io import read_json, write_text
 from unetzoo.runfolder import RunFolder
@@ -15,7 +15,9 @@ from unetzoo.runfolder import RunFolder
 EXPERIMENT_FILE = "compare.json"
 
 
-KEYS = ("data", "models", "folds", "budget", "config")  # what makes the experiment; the rest is how it ran
+KEYS = ("data", "models", "folds", "seeds", "budget", "config")  # what makes the experiment; the rest is how it ran
+SPLITS_FILE = "splits.json"  # the folds every run of the experiment uses, whatever its seed
+MARGIN = 0.01  # default --margin: the Dice a cheaper model may lose to the best and still be chosen
 
 
 # ---- the experiment -------------------------------------------------------------------------------------
@@ -31,17 +33,22 @@ def _differences(saved, new, prefix: str) -> list[str]:
 
 @dataclass
 class Experiment:
-    """What ``unetzoo compare`` runs, as ``compare.json`` holds it: the dataset, the models, the folds, the budget
-    (``{"steps": N}`` or ``{"minutes": M}``) and the base config (without model and fold), which make the experiment
-    (:data:`KEYS`); then the test folder and the executions (how it ran)."""
+    """What ``unetzoo compare`` runs, as ``compare.json`` holds it: the dataset, the models, the folds, the training
+    seeds, the budget (``{"steps": N}`` or ``{"minutes": M}``) and the base config (without model and fold; its
+    ``seed`` draws the folds), which make the experiment (:data:`KEYS`); then how it ran and is read: the test
+    folder, the executions, the width measured for each model under a time budget (``widths``, model -> base_features,
+    None for a model that takes none or whose width the config fixes) and the leaderboard's ``margin``."""
 
     data: str
     models: list[str]
     folds: list[int]
+    seeds: list[int]
     budget: dict
     config: dict
     test: str | None = None
     executions: list[dict] = field(default_factory=list)
+    widths: dict = field(default_factory=dict)
+    margin: float = MARGIN
 
     def to_dict(self) -> dict:
         """The layout of ``compare.json``."""
@@ -49,7 +56,13 @@ class Experiment:
 
     @classmethod
     def from_dict(cls, d: dict) -> Experiment:
-        return cls(**{key: d[key] for key in KEYS}, test=d.get("test"), executions=list(d.get("executions", [])))
+        return cls(
+            **{key: d[key] for key in KEYS},
+            test=d.get("test"),
+            executions=list(d.get("executions", [])),
+            widths=dict(d.get("widths", {})),
+            margin=float(d.get("margin", MARGIN)),
+        )
 
     @classmethod
     def make(
@@ -60,9 +73,11 @@ class Experiment:
         config: Config,
         steps: int | None = None,
         minutes: float | None = None,
+        seeds: list[int] | None = None,
     ) -> Experiment:
         """The experiment, checked before any work: every model exists for the data's dimensions, every fold exists,
-        the budget is positive and divides into epochs. ``models`` "all" means every registered model for the data."""
+        the seeds are distinct (default: the config's seed), the budget is positive and divides into epochs.
+        ``models`` "all" means every registered model for the data."""
         from unetzoo.data.datasets import load_dataset
         from unetzoo.data.splits import splits_for
         from unetzoo.models import list_models, model_info
@@ -91,6 +106,9 @@ class Experiment:
                 f"--folds {','.join(map(str, folds))}: give distinct folds among 0..{n_folds - 1} "
                 f"(the splits have {n_folds} folds)"
             )
+        seeds = [config.seed] if seeds is None else list(seeds)
+        if not seeds or len(set(seeds)) < len(seeds) or any(not 0 <= s <= SEED_MAX for s in seeds):
+            raise UnetzooError(f"--seeds {','.join(map(str, seeds))}: give distinct seeds between 0 and {SEED_MAX}")
         if steps is not None and minutes is not None:
             raise UnetzooError("give --budget STEPS or --budget-minutes M, not both")
         if minutes is not None:
@@ -113,15 +131,26 @@ class Experiment:
         if config.data.splits_file:  # the jobs may start in another folder (a SLURM node)
             base["data"]["splits_file"] = str(Path(config.data.splits_file).resolve())
         experiment = cls(
-            data=str(Path(data).resolve()), models=list(models), folds=list(folds), budget=budget, config=base
+            data=str(Path(data).resolve()),
+            models=list(models),
+            folds=list(folds),
+            seeds=seeds,
+            budget=budget,
+            config=base,
         )
-        experiment.run_config(models[0], folds[0])  # the budget fits the config (raises otherwise)
+        experiment.run_config(models[0], folds[0], seeds[0])  # the budget fits the config (raises otherwise)
         return experiment
 
-    def run_config(self, model: str, fold: int) -> Config:
-        """The config of one run: the experiment's base config, the model, the fold and the budget."""
+    def run_config(self, model: str, fold: int, seed: int, out=None) -> Config:
+        """The config of one run: the experiment's base config, the model, the fold, the training seed, the budget,
+        the model's measured width (``widths``) and, with the experiment folder ``out``, its folds
+        (:data:`SPLITS_FILE`, drawn once from the base config's seed, so that every seed trains on the same folds)."""
         config = Config.from_dict(self.config)
-        config.model, config.fold = model, fold
+        config.model, config.fold, config.seed = model, fold, seed
+        if self.widths.get(model) is not None:
+            config.model_args = {"base_features": self.widths[model], **config.model_args}
+        if out is not None and not config.data.splits_file:
+            config.data.splits_file = str((Path(out) / SPLITS_FILE).resolve())
         budget, train = self.budget, config.train
         if "minutes" in budget:
             train.max_minutes = budget["minutes"]
@@ -151,7 +180,7 @@ class Experiment:
                 f"epochs of {train.iters_per_epoch} steps); models differ in the steps they make in that time"
                 + (narrowed if train.min_steps else "")
             )
-        first = self.run_config(self.models[0], self.folds[0]).train
+        first = self.run_config(self.models[0], self.folds[0], self.seeds[0]).train
         batch = f"batch {train.batch_size}" if train.batch_size else "the batch the data's plan gives"
         return (
             f"{budget['steps']} optimiser steps per run of {batch} ({first.epochs} epoch(s) of "
@@ -172,14 +201,18 @@ class Experiment:
         """Write ``compare.json`` into the folder ``out``."""
         write_text(Path(out) / EXPERIMENT_FILE, json.dumps(self.to_dict(), indent=2) + "\n")
 
-    def record(self, out: Path, test: Path | None) -> Experiment:
-        """Write ``compare.json``, or check that the one there holds the same experiment (refused with one line if
-        not); returns the experiment as recorded (its test folder and executions). The test folder may be added to an
-        experiment later, not changed."""
+    def record(self, out: Path, test: Path | None, margin: float | None = None) -> Experiment:
+        """Write ``compare.json`` and the folds (:data:`SPLITS_FILE`, unless the config names a splits file), or check
+        that the ``compare.json`` there holds the same experiment (refused with one line if not); returns the
+        experiment as recorded (its test folder, executions and widths). The test folder may be added to an
+        experiment later, not changed; the margin, which only the leaderboard reads, may change."""
         path = Path(out) / EXPERIMENT_FILE
         test = str(Path(test).resolve()) if test is not None else None
+        if margin is not None and not 0 <= margin < 1:
+            raise UnetzooError(f"--margin must be a Dice difference in [0, 1), got {margin}")
         if not path.is_file():
-            recorded = replace(self, test=test, executions=[])
+            recorded = replace(self, test=test, executions=[], widths={}, margin=MARGIN if margin is None else margin)
+            recorded.write_splits(out)
             recorded.save(out)
             return recorded
         recorded = Experiment.load(out)
@@ -196,13 +229,31 @@ class Experiment:
         if test is not None and recorded.test is None:
             recorded.test = test
             recorded.save(out)
+        if margin is not None and margin != recorded.margin:
+            recorded.margin = margin
+            recorded.save(out)
         return recorded
+
+    def write_splits(self, out: Path) -> None:
+        """The experiment's folds, drawn once from the base config's seed, into ``out``/:data:`SPLITS_FILE`."""
+        from unetzoo.data.datasets import load_dataset
+        from unetzoo.data.splits import splits_for
+
+        config = Config.from_dict(self.config)
+        if config.data.splits_file:
+            return
+        names = [c.name for c in load_dataset(self.data).cases]
+        write_text(Path(out) / SPLITS_FILE, json.dumps(splits_for(names, config.data, config.seed), indent=1) + "\n")
+
+    def runs(self, out) -> dict[tuple[str, int, int], RunFolder]:
+        """Every run of the experiment: (model, fold, seed) -> its folder."""
+        return {(m, f, s): run_folder(out, m, f, s) for m in self.models for s in self.seeds for f in self.folds}
 
 
 # ---- runs -----------------------------------------------------------------------------------------------
-def run_folder(out, model: str, fold: int) -> RunFolder:
-    """The run of ``model`` on ``fold`` in the experiment folder ``out``."""
-    return RunFolder(Path(out) / "runs" / model / f"fold{fold}")
+def run_folder(out, model: str, fold: int, seed: int = 0) -> RunFolder:
+    """The run of ``model`` on ``fold`` with training seed ``seed`` in the experiment folder ``out``."""
+    return RunFolder(Path(out) / "runs" / model / f"seed{seed}" / f"fold{fold}")
 
 
 def test_folder(out, model: str) -> Path:

@@ -1,6 +1,6 @@
 """One job of an experiment, in whatever process an executor started: ``python -m unetzoo.experiments.jobs OUT KIND
-[MODEL [FOLD]]``. A job is ``train MODEL FOLD``, ``benchmark`` or ``test MODEL``; training code does not know which
-executor started it."""
+[MODEL [FOLD SEED]]``. A job is ``width``, ``train MODEL FOLD SEED``, ``benchmark``, ``ensemble`` or ``test MODEL``;
+training code does not know which executor started it."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 from unetzoo.config import Config
 from unetzoo.errors import UnetzooError, file_error
@@ -24,22 +25,24 @@ from unetzoo.io import file_ending, output_folder, read_json, write_text
 
 @dataclass(frozen=True)
 class Job:
-    """One unit of work an executor runs: train one (model, fold), benchmark the models, or predict the test folder."""
+    """One unit of work an executor runs: measure the widths a time budget affords, train one (model, fold, seed),
+    benchmark the models, score the two-model ensembles, or predict the test folder."""
 
-    kind: str  # "train", "benchmark" or "test"
+    kind: str  # "width", "train", "benchmark", "ensemble" or "test"
     model: str | None = None
     fold: int | None = None
+    seed: int | None = None
 
     @property
     def name(self) -> str:
-        return "_".join(
-            [self.kind] + ([self.model] if self.model else []) + ([f"fold{self.fold}"] if self.fold is not None else [])
-        )
+        run = [f"fold{self.fold}", f"seed{self.seed}"] if self.fold is not None else []
+        return "_".join([self.kind] + ([self.model] if self.model else []) + run)
 
     @property
     def args(self) -> list[str]:
         """The job as command-line words (``python -m unetzoo.experiments.jobs OUT ARGS``)."""
-        return [self.kind] + ([self.model] if self.model else []) + ([str(self.fold)] if self.fold is not None else [])
+        run = [str(self.fold), str(self.seed)] if self.fold is not None else []
+        return [self.kind] + ([self.model] if self.model else []) + run
 
 
 def test_cases(test: Path, n_channel_files: int) -> tuple[dict[str, list[Path]], dict[str, Path]]:
@@ -56,24 +59,65 @@ def test_cases(test: Path, n_channel_files: int) -> tuple[dict[str, list[Path]],
 
 
 # ---- jobs -----------------------------------------------------------------------------------------------
-def run_job(out, kind: str, model: str | None = None, fold: int | str | None = None) -> str:
+def run_job(
+    out, kind: str, model: str | None = None, fold: int | str | None = None, seed: int | str | None = None
+) -> str:
     """Run one job of the experiment in ``out`` (in whatever process an executor started); returns what it made."""
     out = Path(out)
     experiment = Experiment.load(out)
+    if kind == "width":
+        return json.dumps(_measure_widths(out, experiment))
     if kind == "train":
         from unetzoo.training.run import train
 
-        fold = int(fold)
-        run = run_folder(out, model, fold)
-        train(
-            experiment.data, run.path, experiment.run_config(model, fold), resume=run.checkpoint_file("last").is_file()
-        )
+        fold, seed = int(fold), int(seed)
+        run = run_folder(out, model, fold, seed)
+        config = experiment.run_config(model, fold, seed, out)
+        train(experiment.data, run.path, config, resume=run.checkpoint_file("last").is_file())
         return str(run)
     if kind == "benchmark":
         return str(_benchmark(out, experiment))
+    if kind == "ensemble":
+        from unetzoo.experiments.ensembles import score_ensembles
+
+        return str(score_ensembles(out, experiment))
     if kind == "test":
         return str(_predict_test(out, experiment, model))
-    raise UnetzooError(f"unknown compare job {kind!r} (train, benchmark or test)")
+    raise UnetzooError(f"unknown compare job {kind!r} (width, train, benchmark, ensemble or test)")
+
+
+def needs_width(experiment: Experiment) -> list[str]:
+    """The models whose width the time budget decides and that have none recorded yet (see
+    :mod:`unetzoo.training.width`): under ``--budget-minutes``, with ``train.min_steps`` > 0, for a model that takes
+    ``base_features`` and whose config does not fix it."""
+    from unetzoo.training.width import default_width
+
+    config = Config.from_dict(experiment.config)
+    if "minutes" not in experiment.budget or config.train.min_steps <= 0 or "base_features" in config.model_args:
+        return []
+    return [m for m in experiment.models if m not in experiment.widths and default_width(m) is not None]
+
+
+def _measure_widths(out: Path, experiment: Experiment) -> dict:
+    """Measure, once and alone, the width each model of :func:`needs_width` trains with under the time budget (the
+    step of the first fold's run, on its plan, device and precision, with this job's threads: those of one training
+    job), and record it in ``compare.json``'s ``widths``: every fold and seed of the model then trains that width,
+    instead of each run timing its own step while other jobs run."""
+    from unetzoo.data.datasets import load_dataset
+    from unetzoo.data.splits import fold_split, load_splits
+    from unetzoo.training.planning import plan_for
+    from unetzoo.training.width import budget_width
+
+    dataset = load_dataset(experiment.data)
+    log = SimpleNamespace(info=print)  # the job's output is its log
+    for model in needs_width(experiment):
+        config = experiment.run_config(model, experiment.folds[0], experiment.seeds[0], out)
+        names = [c.name for c in dataset.cases]
+        split = fold_split(load_splits(config.data.splits_file, names, config.data.group_by), config.fold)
+        measured = budget_width(config, plan_for(dataset, config), len(split["train"]), log)
+        experiment.widths[model] = measured.model_args.get("base_features")
+        experiment.save(out)
+    return experiment.widths
 
 
 def _benchmark(out: Path, experiment: Experiment) -> Path:
@@ -83,7 +127,7 @@ def _benchmark(out: Path, experiment: Experiment) -> Path:
     from unetzoo.device import resolve_device
     from unetzoo.experiments.benchmark import benchmark_models, format_table, write_outputs
 
-    runs = [run_folder(out, m, experiment.folds[0]) for m in experiment.models]
+    runs = [run_folder(out, m, experiment.folds[0], experiment.seeds[0]) for m in experiment.models]
     failed = []
     for run in runs:
         if not run.is_finished() or run.benchmark.is_file():
@@ -112,13 +156,14 @@ def _benchmark(out: Path, experiment: Experiment) -> Path:
 
 
 def _predict_test(out: Path, experiment: Experiment, model: str) -> Path:
-    """The model's fold ensemble (or its one run) predicts the test folder; evaluated where it has labels."""
+    """The ensemble of the model's runs (every fold and seed; or its one run) predicts the test folder; evaluated
+    where it has labels."""
     from unetzoo.evaluation import evaluate_folder
     from unetzoo.inference.predictor import Ensemble, Predictor
 
     if not experiment.test:
         raise file_error(out / EXPERIMENT_FILE, "no test folder recorded (pass --test DIR)")
-    runs = [run_folder(out, model, f) for f in experiment.folds]
+    runs = [run for (m, _, _), run in experiment.runs(out).items() if m == model]
     device = Config.load(runs[0].config).train.device
     predictor = Ensemble(runs, device=device) if len(runs) > 1 else Predictor(runs[0], device=device)
     images, labels = test_cases(Path(experiment.test), predictor.plan.n_channel_files)
@@ -146,7 +191,7 @@ def _predict_test(out: Path, experiment: Experiment, model: str) -> Path:
 
 
 def _main(argv: list[str]) -> int:
-    """``python -m unetzoo.experiments.jobs OUT KIND [MODEL [FOLD]]``: one job, as the local executor starts it."""
+    """``python -m unetzoo.experiments.jobs OUT KIND [MODEL [FOLD SEED]]``: one job, as the local executor starts it."""
     from unetzoo.errors import exit_status
 
     return exit_status(lambda: print(run_job(*argv)))

@@ -1,24 +1,23 @@
-"""The answer of ``unetzoo compare``: the models ranked by cross-validated accuracy, with its uncertainty and their cost.
+"""The answer of ``unetzoo compare``: the models ranked by cross-validated accuracy, with its uncertainty, its
+stability over the budget and their cost.
 
-Computed from files only (the project's design: one experiment, many runs): each run's held-out fold with the run's own
-post-processing (``RUN/validation/postprocessed/summary.json``), its ``history.json`` (training time), the benchmark
-of the model's first run (``RUN/benchmark.json``) and the test folder's evaluation (``OUT/test/MODEL/evaluation``).
-Writes ``leaderboard.md``, ``leaderboard.csv``, ``leaderboard.json`` and ``pareto.png`` into the experiment folder.
+Computed from files only (the project's design: one experiment, many runs): each run's held-out fold
+(``RUN/validation/summary.json``: the run's reported weights, the final ones unless ``train.select=best`` chose on an
+inner split, and no post-processing, whose choice is made on that same fold), its ``snapshots.json`` (the held-out
+fold at 1/4 and 1/2 of the budget), ``history.json`` (training time), ``config.json`` (width), the benchmark of the
+model's first run (``RUN/benchmark.json``), the pairs' ensembles (``OUT/ensembles``) and the test folder's evaluation
+(``OUT/test/MODEL/evaluation``). Writes ``leaderboard.md``, ``.csv``, ``.json``, ``pareto.png`` and
+``learning_curves.png`` into the experiment folder.
 
-Statistics, over the held-out cases of every fold pooled (each case is held out once; one fold: that fold's cases):
+Statistics (:mod:`unetzoo.experiments.statistics`, the module ``report`` uses too), over the held-out cases of every
+fold pooled, every seed: the figure is nnU-Net's foreground mean (the mean over classes of each class's mean over
+cases); intervals resample subjects (``data.group_by``; the frames of a 3D+t case are one subject), and seeds when
+there are several; the paired difference to the most accurate model has the same interval, a permutation test over
+subjects (Holm over the comparisons) and a one-sided 95 % lower bound, which decides the margin rule:
+**most accurate** = highest mean Dice; **chosen** = the cheapest model (inference time per case, fewer parameters on a
+tie) whose bound is above minus the margin (``--margin``, default 0.01): not worse than the best by more than it.
 
-* a metric per class = its mean over the cases (a case where the class is absent from reference and prediction has
-  no value and is skipped, nnU-Net's rule); the model's figure = the mean over the classes (nnU-Net's foreground mean);
-* 95 % confidence interval: percentile bootstrap over cases (``BOOTSTRAP`` resamples of the cases with replacement,
-  ``numpy.random.default_rng(0)``), the figure recomputed on each resample;
-* paired difference to the best model (highest mean Dice) over the cases both predicted: the same resampled cases
-  for both models, the difference of their figures; and the Wilcoxon signed-rank test (two-sided, SciPy) of the
-  per-case differences of the mean Dice over classes, its p-values Holm-adjusted over the comparisons with the best;
-* the rule of the two lines at the top: **most accurate** = highest mean Dice; a model is **not significantly below**
-  it when its Holm-adjusted p >= ``ALPHA`` (0.05); the **cheapest** of those = the lowest inference time per case
-  (benchmark), fewer parameters on a tie.
-
-A model with a fold not finished (or failed) is listed as incomplete and not ranked.
+A model with a run not finished (or failed) is listed as incomplete and not ranked.
 """
 
 from __future__ import annotations
@@ -28,23 +27,22 @@ import io as _io
 import json
 import math
 import textwrap
-import warnings
 from pathlib import Path
 
 import numpy as np
 
-from unetzoo.experiments.experiment import Experiment, run_folder, test_evaluation
+from unetzoo.experiments import statistics as stats
+from unetzoo.experiments.ensembles import ensemble_folder, ensemble_pairs
+from unetzoo.experiments.experiment import Experiment, test_evaluation
 from unetzoo.formatting import duration, human
 from unetzoo.io import read_json, write_bytes, write_text
 from unetzoo.runfolder import RunFolder
 
 METRICS = ("Dice", "NSD", "HD95")
 COST = ("params", "macs", "train_step_s", "train_peak_mem_mb", "infer_s", "infer_peak_mem_mb")
-BOOTSTRAP = 2000
-ALPHA = 0.05
 
 
-# ---- statistics -----------------------------------------------------------------------------------------
+# ---- the held-out table ---------------------------------------------------------------------------------
 def case_table(summaries: list[dict]) -> tuple[list[str], list[str], dict[str, np.ndarray]]:
     """The cases of several evaluation summaries pooled: case keys (3D+t: case and frame), label ids, and per metric
     an array (cases, classes) with NaN where a value is undefined."""
@@ -58,69 +56,35 @@ def case_table(summaries: list[dict]) -> tuple[list[str], list[str], dict[str, n
     return keys, labels, {m: values[:, i] for i, m in enumerate(METRICS)}
 
 
-def _nanmean(values: np.ndarray, axis: int) -> np.ndarray:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # a class with no value in a resample: NaN, skipped above it
-        return np.nanmean(values, axis=axis)
+def seed_table(summaries_per_seed: list[list[dict]]) -> tuple[list[str], list[str], dict[str, np.ndarray]]:
+    """Per seed, the summaries of its folds pooled (:func:`case_table`), stacked: per metric an array (seeds, cases,
+    classes), the cases in the first seed's order (every seed holds out the same cases)."""
+    tables = [case_table(summaries) for summaries in summaries_per_seed]
+    keys, labels, _ = tables[0]
+    for other, _, _ in tables[1:]:
+        if sorted(other) != sorted(keys):
+            raise ValueError("the seeds held out different cases")
+    order = [[table[0].index(k) for k in keys] for table in tables]
+    return keys, labels, {m: np.stack([t[2][m][o] for t, o in zip(tables, order)]) for m in METRICS}
 
 
-def figure(values: np.ndarray) -> np.ndarray:
-    """(..., cases, classes) -> (...): the mean over classes of each class's mean over cases."""
-    return _nanmean(_nanmean(values, axis=-2), axis=-1)
+def _finite(value) -> float | None:
+    value = float(value)
+    return value if math.isfinite(value) else None
 
 
-def resamples(n: int, count: int = BOOTSTRAP) -> np.ndarray:
-    """``count`` bootstrap resamples of ``n`` cases: indices (count, n), always the same for the same n."""
-    return np.random.default_rng(0).integers(0, n, size=(count, n))
+def _stat(values: np.ndarray, subjects) -> dict:
+    lo, hi, method = stats.cluster_interval(values, subjects)
+    return {"mean": _finite(stats.score(values)), "ci": [_finite(lo), _finite(hi)], "ci_method": method}
 
 
-def _percentiles(samples: np.ndarray) -> list[float | None]:
-    samples = samples[np.isfinite(samples)]
-    return [float(v) for v in np.percentile(samples, [2.5, 97.5])] if samples.size else [None, None]
-
-
-def interval(values: np.ndarray) -> list[float | None]:
-    """95 % percentile-bootstrap interval of :func:`figure` over the cases (rows) of ``values``."""
-    return _percentiles(figure(values[resamples(len(values))]))
-
-
-def paired_interval(a: np.ndarray, b: np.ndarray) -> list[float | None]:
-    """95 % bootstrap interval of figure(a) - figure(b) over the same cases (rows aligned), resampled together."""
-    index = resamples(len(a))
-    return _percentiles(figure(a[index]) - figure(b[index]))
-
-
-def wilcoxon_p(a: np.ndarray, b: np.ndarray) -> float | None:
-    """Two-sided Wilcoxon signed-rank p of the per-case differences of the mean over classes (rows aligned); 1 when
-    every difference is zero, None without a case where both have a value."""
-    from scipy.stats import wilcoxon
-
-    diff = _nanmean(a, axis=1) - _nanmean(b, axis=1)
-    diff = diff[np.isfinite(diff)]
-    if diff.size == 0:
-        return None
-    if not np.any(diff):
-        return 1.0
-    return float(wilcoxon(diff).pvalue)
-
-
-def holm(pvalues: list[float | None]) -> list[float | None]:
-    """Holm's step-down adjustment of a family of p-values (None stays None): the i-th smallest of m times (m - i),
-    made monotone, at most 1."""
-    present = sorted((p, i) for i, p in enumerate(pvalues) if p is not None)
-    adjusted, running = list(pvalues), 0.0
-    for rank, (p, i) in enumerate(present):
-        running = max(running, min(1.0, (len(present) - rank) * p))
-        adjusted[i] = running
-    return adjusted
-
-
+# ---- one model --------------------------------------------------------------------------------------------
 def _model_entry(out: Path, experiment: Experiment, model: str) -> dict:
-    runs = [run_folder(out, model, f) for f in experiment.folds]
-    done = [r for r in runs if r.is_finished()]
+    runs = {(f, s): r for (m, f, s), r in experiment.runs(out).items() if m == model}
+    done = [r for r in runs.values() if r.is_finished()]
     entry = {
         "model": model,
-        "runs": [str(r) for r in runs],
+        "runs": [str(r) for r in runs.values()],
         "finished_runs": len(done),
         "complete": len(done) == len(runs),
     }
@@ -129,14 +93,15 @@ def _model_entry(out: Path, experiment: Experiment, model: str) -> dict:
         sum(h.get("epoch_time_s") or 0.0 for history in histories for h in history) if entry["complete"] else None
     )
     entry["epochs"] = [len(history) for history in histories]
-    entry["steps"] = [
-        history[-1].get("steps") if history else None for history in histories
-    ]  # None: written before steps were
-    config = read_json(runs[0].config) if done else None  # resolved by training: what one step saw
+    entry["steps"] = [history[-1].get("steps") if history else None for history in histories]
+    configs = [read_json(r.config) for r in done]  # resolved by training: what one step saw
+    first = configs[0] if configs else None
     entry["step"] = (
-        {"batch_size": config["train"]["batch_size"], "patch": config["data"]["patch_size"]} if config else None
+        {"batch_size": first["train"]["batch_size"], "patch": first["data"]["patch_size"]} if first else None
     )
-    bench = read_json(runs[0].benchmark)
+    entry["widths"] = sorted({c["model_args"].get("base_features") for c in configs if c}, key=str)
+    entry["width_measured"] = experiment.widths.get(model)
+    bench = read_json(runs[experiment.folds[0], experiment.seeds[0]].benchmark)
     entry["cost"] = {k: bench["models"][0].get(k) for k in COST} if bench else None
     entry["benchmark"] = (
         {k: bench.get(k) for k in ("device", "device_name", "threads", "precision", "torch", "infer_shape")}
@@ -144,62 +109,95 @@ def _model_entry(out: Path, experiment: Experiment, model: str) -> dict:
         else None
     )
     if entry["complete"]:
-        entry["_cases"] = case_table([read_json(r.postprocessed_summary) for r in runs])
+        summaries = [[read_json(runs[f, s].summary) for f in experiment.folds] for s in experiment.seeds]
+        entry["_cases"] = seed_table(summaries)
+        entry["_snapshots"] = _snapshot_tables(runs, experiment)
     test = read_json(test_evaluation(out, model) / "summary.json")
     if test:
         keys, _, values = case_table([test])
-        entry["test"] = {
-            "cases": len(keys),
-            "Dice": {"mean": _finite(figure(values["Dice"])), "ci": interval(values["Dice"])},
-        }
+        subjects = stats.subjects_of(keys, experiment.config["data"].get("group_by", ""))
+        entry["test"] = {"cases": len(keys), "Dice": _stat(values["Dice"][None], subjects)}
     else:
         entry["test"] = None
     return entry
 
 
-def _finite(value) -> float | None:
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
-def _accuracy(entry: dict) -> None:
-    keys, labels, values = entry["_cases"]
-    entry["cases"] = len(keys)
-    for metric in METRICS:
-        per_class = {
-            label: {
-                "mean": _finite(_nanmean(values[metric][:, j], axis=0)),
-                "ci": _percentiles(_nanmean(values[metric][resamples(len(keys)), j], axis=-1)),
+def _snapshot_tables(runs: dict, experiment: Experiment) -> list[dict]:
+    """The held-out Dice at each fraction of the budget every run recorded (``RUN/snapshots.json``), as
+    ``{"fraction", "steps", "seconds", "_dice": (seeds, cases, classes)}``; the full budget is the last point."""
+    records = {key: read_json(run.path / "snapshots.json") or [] for key, run in runs.items()}
+    fractions = sorted(set.intersection(*[{r["fraction"] for r in rs} for rs in records.values()]))
+    points = []
+    for fraction in fractions:
+        chosen = {key: next(r for r in rs if r["fraction"] == fraction) for key, rs in records.items()}
+        summaries = [
+            [read_json(runs[f, s].path / chosen[f, s]["summary"]) for f in experiment.folds] for s in experiment.seeds
+        ]
+        points.append(
+            {
+                "fraction": fraction,
+                "steps": float(np.mean([r["steps"] for r in chosen.values()])),
+                "seconds": float(np.mean([r["seconds"] for r in chosen.values()])),
+                "_dice": seed_table(summaries)[2]["Dice"],
             }
-            for j, label in enumerate(labels)
-        }
+        )
+    return points
+
+
+def _accuracy(entry: dict, subjects) -> None:
+    keys, labels, values = entry["_cases"]
+    entry["cases"], entry["subjects"] = len(keys), len(set(subjects))
+    for metric in METRICS:
         entry[metric] = {
-            "mean": _finite(figure(values[metric])),
-            "ci": interval(values[metric]),
-            "per_class": per_class,
+            **_stat(values[metric], subjects),
+            "per_class": {label: _stat(values[metric][..., j : j + 1], subjects) for j, label in enumerate(labels)},
         }
+    entry["Dice"]["per_seed"] = [_finite(stats.score(values["Dice"][k : k + 1])) for k in range(len(values["Dice"]))]
+    entry["curve"] = [
+        {k: v for k, v in point.items() if k != "_dice"} | _stat(point["_dice"], subjects)
+        for point in entry["_snapshots"]
+    ]
 
 
-def _against_best(entries: list[dict], best: dict) -> None:
-    """Paired difference of every other complete model to the best, its interval, Wilcoxon p and Holm's p."""
+def _against_best(entries: list[dict], best: dict, subjects, margin: float) -> None:
+    """Paired difference of every other complete model (and the best ensemble) to the best: its interval, the
+    permutation p (Holm over the comparisons), its one-sided lower bound and the margin decision."""
     others = [e for e in entries if e is not best]
-    best_keys, _, best_values = best["_cases"]
     for entry in others:
-        keys, _, values = entry["_cases"]
-        common = sorted(set(keys) & set(best_keys))
-        a = values["Dice"][[keys.index(k) for k in common]]
-        b = best_values["Dice"][[best_keys.index(k) for k in common]]
         entry["to_best"] = {
             "model": best["model"],
-            "cases": len(common),
-            "Dice": _finite(figure(a) - figure(b)) if common else None,
-            "ci": paired_interval(a, b) if common else [None, None],
-            "p": wilcoxon_p(a, b),
+            **stats.paired_difference(entry["_cases"][2]["Dice"], best["_cases"][2]["Dice"], subjects, margin=margin),
         }
-    for entry, adjusted in zip(others, holm([e["to_best"]["p"] for e in others])):
+    for entry, adjusted in zip(others, stats.holm([e["to_best"]["p"] for e in others])):
         entry["to_best"]["p_holm"] = adjusted
-        entry["significantly_below_best"] = adjusted is not None and adjusted < ALPHA
+        entry["significantly_below_best"] = (
+            adjusted is not None and adjusted < stats.ALPHA and entry["to_best"]["difference"] < 0
+        )
     best["to_best"], best["significantly_below_best"] = None, False
+
+
+def _best_ensemble(out: Path, experiment: Experiment, ranked: list[dict], subjects) -> dict | None:
+    """The pair of models whose averaged held-out probabilities score highest (every fold and seed scored), as a
+    leaderboard entry; None when no pair is."""
+    keys = ranked[0]["_cases"][0] if ranked else []
+    found = []
+    for pair in ensemble_pairs(out, experiment):
+        paths = [
+            [ensemble_folder(out, pair, f, s) / "summary.json" for f in experiment.folds] for s in experiment.seeds
+        ]
+        if not all(p.is_file() for seed in paths for p in seed):
+            continue
+        pair_keys, _, values = seed_table([[read_json(p) for p in seed] for seed in paths])
+        order = [pair_keys.index(k) for k in keys]
+        found.append((stats.score(values["Dice"][:, order]), pair, {m: v[:, order] for m, v in values.items()}))
+    if not found:
+        return None
+    _, pair, values = max(found, key=lambda f: f[0])
+    entry = {"model": " + ".join(pair), "pair": list(pair), "pairs_scored": len(found), "_cases": (keys, None, values)}
+    entry["cases"] = len(keys)
+    for metric in METRICS:
+        entry[metric] = _stat(values[metric], subjects)
+    return entry
 
 
 def leaderboard(out) -> dict:
@@ -208,37 +206,74 @@ def leaderboard(out) -> dict:
     experiment = Experiment.load(out)
     entries = [_model_entry(out, experiment, m) for m in experiment.models]
     ranked = [e for e in entries if e["complete"]]
+    group_by = experiment.config["data"].get("group_by", "")
+    subjects = stats.subjects_of(ranked[0]["_cases"][0], group_by) if ranked else []
     for entry in ranked:
-        _accuracy(entry)
+        _accuracy(entry, subjects)
     ranked.sort(key=lambda e: -(e["Dice"]["mean"] if e["Dice"]["mean"] is not None else -math.inf))
     best = ranked[0] if ranked else None
+    ensemble = _best_ensemble(out, experiment, ranked, subjects) if len(ranked) >= 2 else None
     if best:
-        _against_best(ranked, best)
+        _against_best(ranked, best, subjects, experiment.margin)
+    if ensemble:
+        ensemble["to_best"] = {
+            "model": best["model"],
+            **stats.paired_difference(
+                ensemble["_cases"][2]["Dice"], best["_cases"][2]["Dice"], subjects, margin=experiment.margin
+            ),
+        }
     candidates = [
-        e for e in ranked if not e["significantly_below_best"] and e["cost"] and e["cost"].get("infer_s") is not None
+        e
+        for e in ranked
+        if (e is best or e["to_best"]["within_margin"]) and e["cost"] and e["cost"].get("infer_s") is not None
     ]
-    cheapest = (
-        min(candidates, key=lambda e: (e["cost"]["infer_s"], e["cost"].get("params") or 0)) if candidates else None
-    )
-    for entry in entries:
-        entry.pop("_cases", None)
+    chosen = min(candidates, key=lambda e: (e["cost"]["infer_s"], e["cost"].get("params") or 0)) if candidates else None
+    stability = _stability(ranked)
+    for entry in entries + ([ensemble] if ensemble else []):
+        for key in ("_cases", "_snapshots"):
+            entry.pop(key, None)
     return {
         "data": experiment.data,
         "folds": experiment.folds,
+        "seeds": experiment.seeds,
         "budget": experiment.budget,
         "budget_text": experiment.budget_text(),
+        "group_by": group_by,
+        "subjects": len(set(subjects)),
         "test": experiment.test,
+        "margin": experiment.margin,
         "rule": (
-            f"most accurate: highest mean Dice (mean over classes of the per-class mean over the held-out cases of every fold); "
-            f"not significantly below it: Wilcoxon signed-rank p (two-sided, per-case mean Dice differences, Holm-adjusted over "
-            f"the {max(len(ranked) - 1, 0)} comparison(s) with it) >= {ALPHA}; cheapest: lowest inference time per case "
-            f"(unetzoo benchmark), fewer parameters on a tie"
+            "most accurate: highest mean Dice (the mean over classes of the per-class mean over the held-out cases of "
+            f"every fold and seed); chosen: the cheapest model (inference time per case, fewer parameters on a tie) "
+            f"whose paired difference to it has a one-sided 95 % lower bound above -{experiment.margin:g} Dice, i.e. "
+            f"not worse by more than the margin ({experiment.margin:g}); significantly below: permutation p over "
+            f"subjects, Holm-adjusted over the {max(len(ranked) - 1, 0)} comparison(s), < {stats.ALPHA}"
         ),
         "most_accurate": best["model"] if best else None,
-        "cheapest_not_significantly_below": cheapest["model"] if cheapest else None,
-        "bootstrap_resamples": BOOTSTRAP,
+        "chosen": chosen["model"] if chosen else None,
+        "ensemble": ensemble,
+        "stability": stability,
+        "bootstrap_resamples": stats.BOOTSTRAP,
         "executions": experiment.executions,
+        "widths": experiment.widths,
         "models": ranked + [e for e in entries if not e["complete"]],
+    }
+
+
+def _stability(ranked: list[dict]) -> dict | None:
+    """Whether the ranking at half the budget is the ranking at the full budget: Kendall's tau between the two and the
+    pairs whose order swapped (None without a half-budget point or with fewer than two models)."""
+    half = [next((p["mean"] for p in e["curve"] if p["fraction"] == 0.5), None) for e in ranked]
+    if len(ranked) < 2 or any(h is None for h in half):
+        return None
+    full = [e["Dice"]["mean"] for e in ranked]
+    names = [e["model"] for e in ranked]
+    tau, p = stats.kendall_tau(half, full)
+    return {
+        "from_fraction": 0.5,
+        "kendall_tau": _finite(tau) if tau is not None else None,
+        "p": p,
+        "swapped": [list(pair) for pair in stats.swapped_pairs(names, half, full)],
     }
 
 
@@ -259,30 +294,51 @@ def _steps(entry: dict) -> str:
     return ", ".join(f"{'?' if s is None else s} ({n})" for s, n in zip(entry["steps"], entry["epochs"]))
 
 
+def _delta(diff: dict | None) -> str:
+    if diff is None:
+        return "-"
+    lo, hi = diff["ci"]
+    return f"{_num(diff['difference'], 4)} [{_num(lo, 4)}, {_num(hi, 4)}]"
+
+
 def _headline(board: dict) -> list[str]:
     ranked = [e for e in board["models"] if e["complete"]]
     if not ranked:
-        return ["No model has finished every fold yet: no ranking."]
+        return ["No model has finished every run yet: no ranking."]
     best = ranked[0]
     lines = [
-        f"**Most accurate:** `{best['model']}`, mean Dice {_ci(best['Dice'])} over {best['cases']} held-out cases."
+        f"**Most accurate:** `{best['model']}`, mean Dice {_ci(best['Dice'])} over {best['cases']} held-out cases "
+        f"({best['subjects']} subjects) x {len(board['seeds'])} seed(s).",
     ]
-    cheap = next((e for e in ranked if e["model"] == board["cheapest_not_significantly_below"]), None)
-    if cheap is None:
+    chosen = next((e for e in ranked if e["model"] == board["chosen"]), None)
+    margin = board["margin"]
+    if chosen is None:
         lines.append(
-            "**Cheapest not significantly below it:** no benchmark figures (the benchmark job failed or has not run)."
+            f"**Chosen (cheapest within {margin:g} Dice of it):** no benchmark figures (the benchmark job failed or has not run)."
         )
-    elif cheap is best:
+    elif chosen is best:
         lines.append(
-            f"**Cheapest not significantly below it:** `{best['model']}` itself (inference {_num(best['cost']['infer_s'])} s per case): "
-            "every cheaper model is significantly less accurate."
+            f"**Chosen (cheapest within {margin:g} Dice of it):** `{best['model']}` itself (inference "
+            f"{_num(best['cost']['infer_s'])} s per case): no cheaper model is shown to be within the margin."
         )
     else:
-        diff = cheap["to_best"]
+        diff = chosen["to_best"]
         lines.append(
-            f"**Cheapest not significantly below it:** `{cheap['model']}`, inference {_num(cheap['cost']['infer_s'])} s per case "
-            f"(against {_num(best['cost']['infer_s']) if best['cost'] else 'n/a'} s), Δ Dice {_num(diff['Dice'], 4)} "
-            f"[{_num(diff['ci'][0], 4)}, {_num(diff['ci'][1], 4)}], Wilcoxon p = {_num(diff['p_holm'])} (Holm)."
+            f"**Chosen (cheapest within {margin:g} Dice of it):** `{chosen['model']}`, inference "
+            f"{_num(chosen['cost']['infer_s'])} s per case (against {_num(best['cost']['infer_s']) if best['cost'] else 'n/a'} s), "
+            f"Δ Dice {_delta(diff)}, one-sided 95 % lower bound {_num(diff['lower_one_sided'], 4)} > -{margin:g}."
+        )
+    stability = board["stability"]
+    if stability:
+        swapped = ", ".join(f"`{a}`/`{b}`" for a, b in stability["swapped"])
+        lines.append(
+            f"**Stable over the budget?** Kendall's tau between the ranking at half the budget and at the full budget: "
+            f"{_num(stability['kendall_tau'], 2)}"
+            + (
+                f"; pairs that swapped: {swapped}."
+                if swapped
+                else "; no pair swapped: the ranking held from half the budget on."
+            )
         )
     return lines
 
@@ -293,10 +349,21 @@ def _hd_unit(out: Path, board: dict) -> str:
     return "mm" if plan and plan.get("target_spacing") else "px"
 
 
-def _markdown(out: Path, board: dict) -> str:
+def _spread(entry: dict) -> str:
+    seeds = [v for v in entry["Dice"].get("per_seed", []) if v is not None]
+    return ", ".join(f"{v:.3f}" for v in seeds) + (f" (sd {np.std(seeds, ddof=1):.3f})" if len(seeds) > 1 else "")
 
+
+def _width(entry: dict) -> str:
+    widths = ", ".join("default" if w is None else str(w) for w in entry.get("widths", []))
+    return widths or "n/a"
+
+
+def _markdown(out: Path, board: dict) -> str:
     ranked = [e for e in board["models"] if e["complete"]]
     unit = _hd_unit(out, board)
+    method = ranked[0]["Dice"]["ci_method"] if ranked else ""
+    grouped = f"subjects of `data.group_by` '{board['group_by']}'" if board["group_by"] else "cases (one subject each)"
     lines = [
         f"# unetzoo compare: `{board['data']}`",
         "",
@@ -304,45 +371,57 @@ def _markdown(out: Path, board: dict) -> str:
         "",
         f"Rule: {board['rule']}.",
         "",
-        f"Budget: {board['budget_text']}. Held-out folds: {', '.join(map(str, board['folds']))}; 95 % intervals: percentile "
-        f"bootstrap over cases ({board['bootstrap_resamples']} resamples); figures with each run's own post-processing.",
+        f"Budget: {board['budget_text']}. Held-out folds: {', '.join(map(str, board['folds']))}; seeds: "
+        f"{', '.join(map(str, board['seeds']))}. Figures: each run's reported (final) weights on its held-out fold, "
+        f"without post-processing. 95 % intervals: bootstrap over {grouped} ({method}, "
+        f"{board['bootstrap_resamples']} resamples), seeds resampled too when there are several.",
         "",
     ]
     test = any(e["test"] for e in ranked)
     header = [
         "rank",
         "model",
-        "cases",
+        "cases (subjects)",
         "mean Dice [95 % CI]",
+        "Dice per seed",
         "Δ Dice to best [95 % CI]",
-        "Wilcoxon p (Holm)",
+        "one-sided 95 % bound",
+        "permutation p (Holm)",
         "NSD [95 % CI]",
         f"HD95 ({unit}) [95 % CI]",
     ]
     header += ["test Dice [95 % CI]"] * test
     lines += ["## Accuracy", "", "| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
-    for rank, e in enumerate(ranked, 1):
+    rows = list(enumerate(ranked, 1)) + ([("ensemble", board["ensemble"])] if board["ensemble"] else [])
+    for rank, e in rows:
         diff = e["to_best"]
-        delta = "-" if diff is None else f"{_num(diff['Dice'], 4)} [{_num(diff['ci'][0], 4)}, {_num(diff['ci'][1], 4)}]"
-        p = "-" if diff is None else _num(diff["p_holm"]) + (" (below)" if e["significantly_below_best"] else "")
+        bound = (
+            "-" if diff is None else _num(diff["lower_one_sided"], 4) + (" (within)" if diff["within_margin"] else "")
+        )
+        p = (
+            "-"
+            if diff is None or "p_holm" not in diff
+            else _num(diff["p_holm"]) + (" (below)" if e.get("significantly_below_best") else "")
+        )
         row = [
             str(rank),
             f"`{e['model']}`",
-            str(e["cases"]),
+            f"{e['cases']} ({e.get('subjects', board['subjects'])})",
             _ci(e["Dice"]),
-            delta,
-            p,
+            _spread(e) if rank != "ensemble" else "-",
+            _delta(diff),
+            bound,
+            p if rank != "ensemble" else _num(diff["p"]) + " (unadjusted)",
             _ci(e["NSD"]),
             _ci(e["HD95"], 2),
         ]
-        row += [_ci(e["test"]["Dice"]) + f" ({e['test']['cases']} cases)" if e["test"] else "n/a"] * test
+        row += [(_ci(e["test"]["Dice"]) + f" ({e['test']['cases']} cases)") if e.get("test") else "n/a"] * test
         lines.append("| " + " | ".join(row) + " |")
-    few = [e["model"] for e in ranked if e["to_best"] and e["to_best"]["cases"] < 6]
-    if few:
+    if board["ensemble"]:
         lines += [
             "",
-            f"With fewer than 6 paired cases ({', '.join(f'`{m}`' for m in few)}) the two-sided Wilcoxon test cannot reach "
-            "p < 0.05 (its smallest p is 2/2^n): no difference can be significant; hold out more cases (more folds).",
+            f"ensemble: the best of {board['ensemble']['pairs_scored']} two-model ensembles (the mean of the two models' "
+            "held-out probabilities, nnU-Net's `find_best_configuration`), compared with the best single model.",
         ]
     if ranked:
         labels = list(ranked[0]["Dice"]["per_class"])
@@ -356,23 +435,53 @@ def _markdown(out: Path, board: dict) -> str:
         lines += [
             f"| `{e['model']}` | " + " | ".join(_ci(e["Dice"]["per_class"][k]) for k in labels) + " |" for e in ranked
         ]
+    if ranked and ranked[0]["curve"]:
+        x_unit = "min" if board["budget"].get("minutes") else "steps"
+        fractions = [p["fraction"] for p in ranked[0]["curve"]]
+        lines += [
+            "",
+            "## Learning curves",
+            "",
+            "Held-out mean Dice [95 % CI] with the weights each run had at these fractions of its budget "
+            "(mean steps, or minutes, at that point in brackets):",
+            "",
+            "| model | " + " | ".join(f"{f:g} of the budget" for f in fractions) + " |",
+            "|---" * (len(fractions) + 1) + "|",
+        ]
+        for e in ranked:
+            cells = [
+                _ci(p) + f" ({p['seconds'] / 60:.1f} min)" if x_unit == "min" else _ci(p) + f" ({p['steps']:.0f} steps)"
+                for p in e["curve"]
+            ]
+            lines.append(f"| `{e['model']}` | " + " | ".join(cells) + " |")
+        if (out / "learning_curves.png").is_file():
+            lines += ["", "![learning curves](learning_curves.png)"]
     lines += [
         "",
         "## Cost",
         "",
-        "| model | parameters | MACs / patch | train step (s) | train peak mem (MB) | inference per case (s) | "
-        "infer peak mem (MB) | training time, all folds (h:mm:ss) | steps (epochs) per run | a step: batch x patch |",
-        "|---" * 10 + "|",
+        "| model | width (base_features) | parameters | MACs / patch | train step (s) | train peak mem (MB) | "
+        "inference per case (s) | infer peak mem (MB) | training time, all runs (h:mm:ss) | steps (epochs) per run | "
+        "a step: batch x patch |",
+        "|---" * 11 + "|",
     ]
     for e in ranked + [x for x in board["models"] if not x["complete"]]:
         cost, step = e["cost"] or {}, e["step"]
         lines.append(
-            f"| `{e['model']}` | "
+            f"| `{e['model']}` | {_width(e)} | "
             + " | ".join(human(k, cost.get(k)) if e["cost"] else "n/a" for k in COST)
             + f" | {duration(e['training_time_s'])} | {_steps(e) or 'n/a'} | "
             + (f"{step['batch_size']} x {'x'.join(map(str, step['patch']))}" if step else "n/a")
             + " |"
         )
+    if board["widths"]:
+        lines += [
+            "",
+            "Widths measured once per model, alone, before the trainings (the time budget's width rule); every fold "
+            "and seed trained that width: "
+            + ", ".join(f"`{m}` {'default' if w is None else w}" for m, w in board["widths"].items())
+            + ".",
+        ]
     bench = next((e["benchmark"] for e in ranked if e["benchmark"]), None)
     if bench:
         lines += [
@@ -387,7 +496,7 @@ def _markdown(out: Path, board: dict) -> str:
     if incomplete:
         lines += [
             "",
-            "Not ranked (a fold not finished or failed): "
+            "Not ranked (a run not finished or failed): "
             + ", ".join(f"`{e['model']}` ({e['finished_runs']}/{len(e['runs'])} runs)" for e in incomplete)
             + ".",
         ]
@@ -401,6 +510,39 @@ def _markdown(out: Path, board: dict) -> str:
             "Pareto front (outlined, joined): no other model is both cheaper and more accurate. Bars: 95 % intervals of the mean Dice.",
         ]
     return "\n".join(lines) + "\n"
+
+
+def plot_learning_curves(board: dict) -> bytes | None:
+    """Held-out mean Dice (95 % interval) against the budget spent (minutes or steps), one line per model; None
+    without snapshot points."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ranked = [e for e in board["models"] if e["complete"] and e.get("curve")]
+    if not ranked:
+        return None
+    minutes = bool(board["budget"].get("minutes"))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for k, e in enumerate(ranked):
+        xs = [p["seconds"] / 60 if minutes else p["steps"] for p in e["curve"]]
+        ys = [p["mean"] for p in e["curve"]]
+        lo = [p["mean"] - p["ci"][0] if p["ci"][0] is not None else 0 for p in e["curve"]]
+        hi = [p["ci"][1] - p["mean"] if p["ci"][1] is not None else 0 for p in e["curve"]]
+        ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=e["model"], color=plt.get_cmap("tab10")(k % 10))
+    ax.set(
+        xlabel="training minutes" if minutes else "optimiser steps",
+        ylabel="mean Dice, held-out cases",
+        title="held-out Dice over the budget (95 % intervals)",
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buffer = _io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    return buffer.getvalue()
 
 
 def pareto_front(costs: list[float], scores: list[float]) -> list[int]:
@@ -480,7 +622,7 @@ def _csv(board: dict) -> str:
     ranked = [e for e in board["models"] if e["complete"]]
     labels = list(ranked[0]["Dice"]["per_class"]) if ranked else []
     columns = (
-        ["model", "complete", "cases"]
+        ["model", "complete", "cases", "subjects"]
         + [f"{m}{s}" for m in METRICS for s in ("", "_lo", "_hi")]
         + [f"Dice_{k}" for k in labels]
     )
@@ -488,9 +630,12 @@ def _csv(board: dict) -> str:
         "delta_Dice",
         "delta_lo",
         "delta_hi",
-        "p_wilcoxon",
+        "delta_lower_one_sided",
+        "within_margin",
+        "p_permutation",
         "p_holm",
         "significantly_below_best",
+        "widths",
         *COST,
         "training_time_s",
         "test_Dice",
@@ -505,7 +650,9 @@ def _csv(board: dict) -> str:
             "model": e["model"],
             "complete": e["complete"],
             "cases": e.get("cases"),
+            "subjects": e.get("subjects"),
             "training_time_s": e["training_time_s"],
+            "widths": " ".join(map(str, e["widths"])),
             **(e["cost"] or {}),
         }
         for m in METRICS if e["complete"] else ():
@@ -514,7 +661,13 @@ def _csv(board: dict) -> str:
         if e.get("to_best"):
             d = e["to_best"]
             row.update(
-                delta_Dice=d["Dice"], delta_lo=d["ci"][0], delta_hi=d["ci"][1], p_wilcoxon=d["p"], p_holm=d["p_holm"]
+                delta_Dice=d["difference"],
+                delta_lo=d["ci"][0],
+                delta_hi=d["ci"][1],
+                delta_lower_one_sided=d["lower_one_sided"],
+                within_margin=d["within_margin"],
+                p_permutation=d["p"],
+                p_holm=d["p_holm"],
             )
         if e["complete"]:
             row["significantly_below_best"] = e["significantly_below_best"]
@@ -529,12 +682,13 @@ def _csv(board: dict) -> str:
 
 
 def write_leaderboard(out) -> Path:
-    """Write ``leaderboard.json``, ``.csv``, ``pareto.png`` and ``leaderboard.md`` into ``out``; returns the page."""
+    """Write ``leaderboard.json``, ``.csv``, ``pareto.png``, ``learning_curves.png`` and ``leaderboard.md`` into
+    ``out``; returns the page."""
     out = Path(out)
     board = leaderboard(out)
     write_text(out / "leaderboard.json", json.dumps(board, indent=2) + "\n")
     write_text(out / "leaderboard.csv", _csv(board))
-    png = plot_pareto(board)
-    if png is not None:
-        write_bytes(out / "pareto.png", png)
+    for name, png in (("pareto.png", plot_pareto(board)), ("learning_curves.png", plot_learning_curves(board))):
+        if png is not None:
+            write_bytes(out / name, png)
     return write_text(out / "leaderboard.md", _markdown(out, board))

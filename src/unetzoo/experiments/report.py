@@ -7,7 +7,8 @@ al. 2021, arXiv:2103.11713).
   ``RUN/validation/summary.json``), the best value of each column in bold;
 * Dice and HD95 with the run's connected-component post-processing (``RUN/validation/postprocessed/summary.json``
   and the per-class choice in ``RUN/postprocessing.json``, both written by training);
-* paired per-case differences of Dice and IoU to the first run (mean, 95 % t-interval, cases better / worse);
+* paired differences of Dice and IoU to the first run (the difference of the figures with its bootstrap interval
+  over subjects, :mod:`unetzoo.experiments.statistics`, the same as ``unetzoo compare``; cases better / worse);
 * training: epochs, total and median epoch time (``history.json``), parameters, best pseudo Dice;
 * the benchmark figures where the run has them (``RUN/benchmark.json``, written by
   ``unetzoo benchmark --run RUN``, or a ``benchmark.json`` given with ``benchmark=``, matched by model name);
@@ -362,52 +363,66 @@ def _postprocessing_section(runs: list[dict], names: list[str]) -> list[str]:
     return lines + _metric_tables(post, [n for n, _ in done], metrics=("Dice", "HD95"))
 
 
-def _case_means(run: dict) -> dict[str, dict[str, float]]:
-    """Per held-out case (3D+t: case and frame), the mean over its foreground classes of Dice and IoU (classes without a value skipped)."""
-    from unetzoo.evaluation import nanmean
+def _case_metrics(run: dict) -> dict[str, dict[str, dict]]:
+    """Per held-out case (3D+t: case and frame), its metrics per class."""
+    return {
+        case["case"] if "frame" not in case else f"{case['case']} frame {case['frame']}": case.get("metrics", {})
+        for case in (run["summary"] or {}).get("cases", [])
+    }
 
-    means = {}
-    for case in (run["summary"] or {}).get("cases", []):
-        per_class = list(case.get("metrics", {}).values())
-        key = case["case"] if "frame" not in case else f"{case['case']} frame {case['frame']}"  # 3D+t: pairs of frames
-        means[key] = {metric: nanmean([v.get(metric) for v in per_class]) for metric in ("Dice", "IoU")}
-    return means
+
+def _table(cases: dict[str, dict[str, dict]], keys: list[str], labels: list[str], metric: str) -> np.ndarray:
+    """``metric`` of the cases ``keys`` per class in ``labels``: (cases, classes), NaN where a case has no value."""
+    rows = [[cases[key].get(label, {}).get(metric) for label in labels] for key in keys]
+    return np.array(rows, dtype=float).reshape(len(keys), len(labels))
+
+
+def _signed(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:+.4f}"
 
 
 def _paired_table(runs: list[dict], names: list[str]) -> list[str]:
-    """Each run against the first on the held-out cases both predicted: mean paired difference with a 95 % t-interval,
-    and on how many cases it is better / worse -- whether a gap between two models is more than case-to-case noise."""
-    from scipy import stats
+    """Each run against the first on the held-out cases both predicted: the difference of their figures with the
+    bootstrap interval of :func:`unetzoo.experiments.statistics.paired_difference` (cases of one subject resampled
+    together, as ``unetzoo compare`` does), and on how many cases it is better / worse -- whether a gap between two
+    models is more than case-to-case noise."""
+    from unetzoo.experiments.statistics import figure, paired_difference, subjects_of
 
-    base = _case_means(runs[0])
-    if len(runs) < 2 or not base:
+    if len(runs) < 2 or not (runs[0]["summary"] or {}).get("cases"):
         return []
+    group_by = runs[0]["config"].get("data", {}).get("group_by", "")
+    grouped = f" (subjects by `{names[0]}`'s `data.group_by`, `{group_by}`)" if group_by else ""
     lines = [
         f"## Paired differences to `{names[0]}`",
         "",
-        f"Per held-out case: the run's mean over foreground classes minus `{names[0]}`'s. Mean over the cases both runs "
-        "predicted, 95 % t-interval, and the number of cases on which the run is better / worse.",
+        f"On the held-out cases both runs predicted: the run's figure minus `{names[0]}`'s (the mean over foreground "
+        "classes of each class's mean over the cases), its 95 % BCa bootstrap interval over subjects (a subject's "
+        f"cases{grouped} and a 3D+t case's frames resampled together; the percentile interval, marked, where BCa "
+        "cannot be computed), and the number of cases on which the run's mean over classes is better / worse.",
         "",
-        "| run | cases | Δ Dice [95 % CI] | better / worse | Δ IoU [95 % CI] | better / worse |",
+        "| run | cases / subjects | Δ Dice [95 % CI] | better / worse | Δ IoU [95 % CI] | better / worse |",
         "|---|---|---|---|---|---|",
     ]
     for name, run in zip(names[1:], runs[1:]):
-        other = _case_means(run)
-        common = sorted(set(base) & set(other))
+        ours, theirs = _case_metrics(runs[0]), _case_metrics(run)
+        common = sorted(set(ours) & set(theirs))
+        subjects = subjects_of(common, group_by)
+        labels = sorted({label for key in common for label in (*ours[key], *theirs[key])})
         cells = []
         for metric in ("Dice", "IoU"):
-            diff = np.array([other[c][metric] - base[c][metric] for c in common])
-            diff = diff[np.isfinite(diff)]
-            if diff.size == 0:
+            base, other = _table(ours, common, labels, metric), _table(theirs, common, labels, metric)
+            result = paired_difference(other, base, subjects)
+            if result["difference"] is None:
                 cells += ["n/a", "n/a"]
                 continue
-            mean = diff.mean()
-            text = f"{mean:+.4f}"
-            if diff.size > 1:
-                half = stats.t.ppf(0.975, diff.size - 1) * diff.std(ddof=1) / np.sqrt(diff.size)
-                text += f" [{mean - half:+.4f}, {mean + half:+.4f}]"
-            cells += [text, f"{int((diff > 0).sum())} / {int((diff < 0).sum())}"]
-        lines.append(f"| {name} | {len(common)} | " + " | ".join(cells) + " |")
+            lo, hi = result["ci"]
+            mark = "" if result["ci_method"] == "BCa" else f" ({result['ci_method']})"
+            diff = figure(other[:, None]) - figure(base[:, None])  # per case, the mean over its classes
+            cells += [
+                f"{_signed(result['difference'])} [{_signed(lo)}, {_signed(hi)}]{mark}",
+                f"{int((diff > 0).sum())} / {int((diff < 0).sum())}",
+            ]
+        lines.append(f"| {name} | {len(common)} / {len(set(subjects))} | " + " | ".join(cells) + " |")
     return lines + [""]
 
 

@@ -24,9 +24,12 @@ FORMATS = {"torchscript": "network.pt", "onnx": "network.onnx"}
 ONNX_OPSET = 17
 
 
-def export_run(run_dir: str | Path, out_dir: str | Path, fmt: str = "torchscript", checkpoint: str = "best") -> Path:
-    """Export the network of ``run_dir`` (its ``checkpoint``: "best" falls back to the last one with a warning, and
-    ``export.json`` names the file used) into ``out_dir``; returns the network file."""
+def export_run(
+    run_dir: str | Path, out_dir: str | Path, fmt: str = "torchscript", checkpoint: str | None = None
+) -> Path:
+    """Export the network of ``run_dir`` (its ``checkpoint``: None the run's reported weights, its ``train.select``;
+    "best" falls back to the last one with a warning; ``export.json`` names the file used) into ``out_dir``; returns
+    the network file."""
     from unetzoo.config import PredictConfig
     from unetzoo.inference.predictor import Predictor
 

@@ -169,8 +169,9 @@ class Predictor:
     outputs lie on the input file's own grid, or on a target grid: ``upsample`` F > 1 refines the input's grid
     F times (same world extent), ``grid`` (a NIfTI file) takes that image's grid (another plane, another
     resolution). Methods with a continuous function sample it there; the others' probabilities are resampled.
-    ``checkpoint`` "best" (falls back to the last one, with a warning, when the run has none) or "last"; the file
-    loaded is ``checkpoint_path``. ``overlap``, ``mirror`` and ``precision``, where not None, replace the run's
+    ``checkpoint`` None (default) the run's reported weights (its ``train.select``: "last" unless it chose "best"),
+    "best" (falls back to the last one, with a warning, when the run has none), "last" or a snapshot "at_N"
+    (``train.snapshots``); the file loaded is ``checkpoint_path``. ``overlap``, ``mirror`` and ``precision``, where not None, replace the run's
     ``inference`` settings; ``precision`` (default the run's ``inference.precision``, ``auto``): fp32 unless bf16 was
     checked to give the same labels on this kind of device (:func:`unetzoo.device.inference_precision`).
     Post-processing: ``keep_largest`` ``{class: K}`` keeps the K largest connected components of each listed class
@@ -189,9 +190,9 @@ class Predictor:
     ):
         options = _options(options, fields)
         run = RunFolder(run_dir).require()
-        self.checkpoint_path = run.checkpoint(options.checkpoint)  # a bad or missing one is refused before any build
         run_dir = run.path
-        config = options.override(Config.load(run.config))
+        config = options.override(Config.load(run.config))  # a corrupt one is named before the choice it holds is read
+        self.checkpoint_path = run.checkpoint(options.checkpoint)  # a bad or missing one is refused before any build
         if options.fit_slices != 1:
             # fit at test time on every K-th slice only (Stolt-Ansó et al. 2023, arXiv:2309.08643, Fig. 5)
             if not method_class(config.model).grad_at_inference:

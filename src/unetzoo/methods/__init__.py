@@ -37,7 +37,8 @@ def build_method(config: Config, plan: Plan, train_cases: int | None = None) -> 
     ``plan_defaults``: topology from the plan, number of training subjects ...; the plan's batch size when
     ``train.batch_size`` is None) and the method arguments the model's
     registration asks for, so that the run folder records exactly what was built. ``train_cases`` is the number of
-    training cases (for models with per-subject state); a run folder's resolved config already holds it.
+    training cases (for models with per-subject state, and ``method.train_cases`` for methods that count passes over
+    the training set); a run folder's resolved config already holds it.
     """
     entry = model_info(config.model)
     resolved = copy.deepcopy(config)
@@ -53,4 +54,6 @@ def build_method(config: Config, plan: Plan, train_cases: int | None = None) -> 
         out_channels=plan.num_classes,
         **resolved.model_args,
     )
-    return METHODS[entry.method](model, plan, resolved, **resolved.method_args), resolved
+    method = METHODS[entry.method](model, plan, resolved, **resolved.method_args)
+    method.train_cases = train_cases
+    return method, resolved

@@ -75,6 +75,7 @@ class Method:
     grad_at_inference = False
     exportable = False
     max_validation_patches: int | None = None
+    train_cases: int | None = None  # the run's number of training cases (set by ``build_method``; None: unknown)
 
     def __init__(self, model: nn.Module, plan: Plan, config: Config):
         self.model = model
@@ -97,6 +98,11 @@ class Method:
     def samples_per_draw(self) -> int:
         """Samples cropped from one case per draw (a slice method crops several slices to match a volume patch)."""
         return self.config.data.samples_per_case
+
+    def steps_per_epoch(self) -> int:
+        """Training steps of one epoch (``train.iters_per_epoch``); validation, the plateau scheduler and early
+        stopping run once per epoch."""
+        return self.config.train.iters_per_epoch
 
     def start_epoch(self, epoch: int) -> None:
         """Called by the training at the start of every epoch (0-based), for losses with a schedule."""

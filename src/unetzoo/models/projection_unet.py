@@ -44,7 +44,7 @@ The authors' code was never released; the choices the paper leaves open, with th
   half a voxel towards +1 on every axis (inherent in a 2x2x2 kernel; replicate padding so that edges are not
   damped as with zero padding). The learnable normalisation: per class, the pooled volume normalised by its own
   mean and standard deviation (an instance normalisation: the scale of a sum over p or m directions does not
-  matter, and training and prediction compute the same thing with batch 1), times a learnable scale plus a
+  matter, and training and prediction compute the same thing), times a learnable scale plus a
   learnable shift ("shifts the pooled data by an adjusted parameter"). Initialised to scale 3, shift -9
   (``tuning_scale``, ``tuning_shift``): the decision boundary starts 3 standard deviations above the volume's mean
   (where a Gaussian leaves 0.13 % of the voxels, the order of the paper's 0.24 % foreground) with near-binary
@@ -53,8 +53,13 @@ The authors' code was never released; the choices the paper leaves open, with th
   after 8 minutes of Adam 1e-3, against 0.70 on a held-out case after 60 steps with this initialisation. Dense
   targets (organs) may want a shift nearer 0 (``--set model_args.tuning_shift=...``).
 * Random training (Sec. 3.2): the angle bins Theta_k = [k 180/p, (k+1) 180/p), one whole degree drawn uniformly
-  from each bin (the paper's Theta_k lists whole degrees) at every training step (our choice; the paper
-  says per epoch with one sample per step); path 2 uses the m fixed directions k 180 / m.
+  from each bin (the paper's Theta_k lists whole degrees) at every call of path 1, i.e. for every training volume
+  of every step (our choice; the paper says "for each epoch"); path 2 uses the m fixed directions k 180 / m.
+* Batches: every step of the network works on each volume of a batch by itself (per-volume rotation centre,
+  detector size, MIP floor, instance norms, tuning statistics), so a batch of equal shapes gives each volume the
+  output it has alone. Volumes of different shapes must not be padded into one tensor, since the padding moves
+  the rotation centre and enters the tuning's statistics: the method runs them one at a time
+  (:mod:`unetzoo.methods.projection`).
 """
 
 from __future__ import annotations

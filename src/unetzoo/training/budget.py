@@ -5,13 +5,21 @@ final accuracy in that low-rate end. With an epoch budget progress is ``epoch / 
 (``--max-minutes``) stopping at the deadline would cut the schedule off at a high rate (measured: 0.6x the start
 after 17 of 40 epochs), so progress is the larger of the epoch fraction and the fraction of the time spent, updated
 after every step: a time-boxed run ends at a rate of ~0, as a finished schedule does, and stops at the deadline.
+
+Snapshots (``train.snapshots``, for learning curves) are the weights at fractions of the same budget
+(:class:`Snapshots`).
 """
 
 from __future__ import annotations
 
+import io
+from pathlib import Path
 from time import monotonic
 
+import torch
 from lightning.pytorch.callbacks import Callback
+
+from unetzoo.io import write_bytes
 
 
 def poly_factor(progress: float, exponent: float = 0.9) -> float:
@@ -59,3 +67,54 @@ class TimeBudget(Callback):
     def progress(self, epoch: int, epochs: int) -> float:
         """Schedule progress at ``epoch``: the larger of the epoch fraction and the time fraction spent."""
         return max(min(epoch, epochs - 1) / epochs, self.spent)
+
+
+class Snapshots(Callback):
+    """Saves the model weights when training reaches each fraction of its budget, into ``paths`` (fraction -> file):
+    the fraction done is that of its ``steps`` optimiser steps or, under a time ``budget``, the larger of that and
+    the fraction of the time spent (the poly schedule's progress). A snapshot is a checkpoint as Lightning writes
+    them, weights only (``state_dict``, ``global_step``, ``training_seconds``), written atomically by rank 0. One
+    already on disk is not rewritten, so a ``--resume`` that crosses its fraction again keeps the first; fractions
+    crossed at one step are saved from that step.
+
+    ``training_seconds``, the clock's seconds since training started (``time.monotonic`` unless another is given),
+    summed over resumes, also goes into the run's other checkpoints, which carry it over a ``--resume``."""
+
+    def __init__(self, paths: dict[float, Path], steps: int, budget: TimeBudget | None = None, clock=None):
+        self.paths, self.steps, self.budget = dict(sorted(paths.items())), steps, budget
+        self.clock = clock or monotonic
+        self._before = 0.0  # seconds trained before this process started (a resumed run)
+        self._start = 0.0
+
+    def seconds(self) -> float:
+        """Training seconds so far."""
+        return self._before + self.clock() - self._start
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._start = self.clock()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if not trainer.is_global_zero:
+            return
+        done = trainer.global_step / self.steps
+        if self.budget is not None:
+            done = max(done, self.budget.spent)
+        for fraction, path in self.paths.items():
+            if fraction <= done and not path.is_file():
+                checkpoint = {
+                    "state_dict": pl_module.state_dict(),
+                    "epoch": trainer.current_epoch,
+                    "global_step": trainer.global_step,
+                    "training_seconds": self.seconds(),
+                    "fraction": fraction,
+                }
+                pl_module.on_save_checkpoint(checkpoint)  # the run's config and plan, as in its other checkpoints
+                buffer = io.BytesIO()
+                torch.save(checkpoint, buffer)
+                write_bytes(path, buffer.getbuffer())
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        checkpoint["training_seconds"] = self.seconds()
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        self._before = float(checkpoint.get("training_seconds", 0.0))

@@ -1,5 +1,5 @@
 """The Lightning module that trains any :class:`~unetzoo.methods.base.Method`: its data loaders, steps, the
-per-epoch pseudo-Dice validation and the optimiser."""
+per-epoch pseudo-Dice validation (where the run has one) and the optimiser."""
 
 from __future__ import annotations
 
@@ -58,10 +58,13 @@ def make_optimizer(parameters, cfg) -> torch.optim.Optimizer:
 
 class SegmentationModule(L.LightningModule):
     """Wraps a :class:`Method`: training steps give its loss, the optimizer takes its parameter groups, the
-    per-epoch validation reports nnU-Net's pseudo Dice (global TP/FP/FN per class) over ``train.val_patches`` fixed
-    validation patches (:mod:`unetzoo.data.val_patches`; 0: whole validation cases), predicted by the method's
-    :meth:`Method.validation_predict`. Without ``run_dir`` (the benchmark) nothing is written. With a ``budget`` the poly
-    schedule runs on its time spent (:mod:`unetzoo.training.budget`)."""
+    per-epoch validation reports nnU-Net's pseudo Dice (global TP/FP/FN per class) of ``val_items`` (the run's inner
+    validation cases, never its held-out fold) over ``train.val_patches`` fixed validation patches
+    (:mod:`unetzoo.data.val_patches`; 0: whole validation cases), predicted by the method's
+    :meth:`Method.validation_predict`; a run without one trains with ``limit_val_batches=0`` and records the loss
+    only. Every epoch's record goes into ``history`` (``history.json``) at the epoch's end. Without ``run_dir`` (the
+    benchmark) nothing is written. With a ``budget`` the poly schedule runs on its time spent
+    (:mod:`unetzoo.training.budget`)."""
 
     def __init__(
         self,
@@ -79,7 +82,7 @@ class SegmentationModule(L.LightningModule):
         self.train_items, self.val_items = list(train_items), list(val_items)
         self.history: list[dict] = []
         self._loss_sum, self._loss_count, self._epoch_start, self._epoch_lr = 0.0, 0, time.time(), 0.0
-        self._counts = None
+        self._counts, self._dice = None, None  # the validation's counts, then this epoch's Dice per class
         self.log_file = None
 
     # ---- data -------------------------------------------------------------------------------------
@@ -92,7 +95,7 @@ class SegmentationModule(L.LightningModule):
     def train_dataloader(self):
         cfg = self.config
         # each draw yields the method's samples; the loader batches draws so a step sees batch_size draws
-        length = cfg.train.iters_per_epoch * cfg.train.batch_size * self.trainer.world_size
+        length = self.method.steps_per_epoch() * cfg.train.batch_size * self.trainer.world_size
         dataset = PatchDataset(self._cached(self.train_items), self.method.train_transform(), length)
         return DataLoader(
             dataset,
@@ -160,40 +163,43 @@ class SegmentationModule(L.LightningModule):
             torch.distributed.all_reduce(counts)
         tp, fp, fn = counts[:, 1:]
         dice = (2 * tp / (2 * tp + fp + fn).clamp_min(1)).tolist()
-        mean_dice = float(np.mean(dice)) if dice else 0.0
-        self.log("val_dice", mean_dice, prog_bar=True, sync_dist=False)
-        if self.trainer.sanity_checking or self.run_dir is None:
+        self.log("val_dice", float(np.mean(dice)) if dice else 0.0, prog_bar=True, sync_dist=False)
+        if not self.trainer.sanity_checking:
+            self._dice = dice
+
+    def on_train_epoch_end(self):
+        # after the epoch's validation, if any, and before its checkpoints (which hold the history)
+        dice, self._dice = self._dice, None
+        if self.run_dir is None:
             return
         loss_sum = torch.tensor([self._loss_sum, self._loss_count], dtype=torch.float64, device=self.device)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(loss_sum)
-        record = {
-            "epoch": self.current_epoch,
-            "train_loss": float(loss_sum[0] / max(loss_sum[1], 1)),
-            "val_dice": mean_dice,
-            "val_dice_per_class": dict(zip(map(str, self.plan.label_ids[1:]), dice)),
-            "epoch_time_s": time.time() - self._epoch_start,
-            "lr": self._epoch_lr,
-            "steps": self.trainer.global_step,  # optimiser steps so far: a time budget can end an epoch early
-        }
+        record = {"epoch": self.current_epoch, "train_loss": float(loss_sum[0] / max(loss_sum[1], 1))}
+        if dice is not None:
+            record["val_dice"] = float(np.mean(dice)) if dice else 0.0
+            record["val_dice_per_class"] = dict(zip(map(str, self.plan.label_ids[1:]), dice))
+        record["epoch_time_s"] = time.time() - self._epoch_start
+        record["lr"] = self._epoch_lr
+        record["steps"] = self.trainer.global_step  # optimiser steps so far: a time budget can end an epoch early
         self.history.append(record)
         self.log_dict(
             {
                 "train_loss": record["train_loss"],
                 "lr": record["lr"],
-                **{f"val_dice_{name}": d for name, d in record["val_dice_per_class"].items()},
+                **{f"val_dice_{name}": d for name, d in record.get("val_dice_per_class", {}).items()},
             },
             sync_dist=False,
         )
         if self.trainer.is_global_zero:
-            best = max(h["val_dice"] for h in self.history)
-            per_class = ", ".join(f"{d:.4f}" for d in dice)
-            log = run_logger(self.run_dir)
-            log.info(
-                f"epoch {record['epoch']}: train_loss {record['train_loss']:.4f}  pseudo Dice [{per_class}]  "
-                f"epoch time {record['epoch_time_s']:.1f} s  lr {record['lr']:.2e}"
-                + ("  (new best)" if best == mean_dice else "")
-            )
+            line = f"epoch {record['epoch']}: train_loss {record['train_loss']:.4f}  "
+            if dice is not None:
+                best = max(h["val_dice"] for h in self.history if "val_dice" in h)
+                line += f"pseudo Dice [{', '.join(f'{d:.4f}' for d in dice)}]  "
+            line += f"epoch time {record['epoch_time_s']:.1f} s  lr {record['lr']:.2e}"
+            if dice is not None and best == record["val_dice"]:
+                line += "  (new best)"
+            run_logger(self.run_dir).info(line)
 
     # ---- optimisation and checkpoint state ---------------------------------------------------------
     def configure_optimizers(self):

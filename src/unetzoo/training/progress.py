@@ -1,6 +1,7 @@
 """Training progress: the per-epoch history plot (``progress.png``) and the timestamped run log.
 
-Mirrors nnU-Net's ``progress.png`` (loss and validation Dice per epoch, epoch time) and
+Mirrors nnU-Net's ``progress.png`` (loss and, where the run validates per epoch, validation Dice per epoch; epoch
+time) and
 ``training_log_<timestamp>.txt`` (every line also printed to the console).
 """
 
@@ -46,7 +47,8 @@ def close_run_logger(run_dir: Path, name: str = "unetzoo.train") -> None:
 
 
 def plot_progress(history: list[dict], path: Path, title: str = "") -> None:
-    """Three panels: training loss and validation Dice per epoch; epoch time; learning rate."""
+    """Three panels: training loss and validation Dice per epoch (the epochs that have one: none where the run has no
+    per-epoch validation); epoch time; learning rate."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -59,13 +61,20 @@ def plot_progress(history: list[dict], path: Path, title: str = "") -> None:
     ax = axes[0]
     ax.plot(epochs, [h["train_loss"] for h in history], color="tab:blue", label="training loss")
     ax.set_ylabel("loss")
-    twin = ax.twinx()
-    twin.plot(
-        epochs, [h["val_dice"] for h in history], color="tab:green", marker=".", label="validation Dice (mean fg)"
-    )
-    twin.set_ylabel("Dice")
-    twin.set_ylim(0, 1)
-    lines = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
+    lines = ax.get_legend_handles_labels()[0]
+    validated = [h for h in history if "val_dice" in h]
+    if validated:
+        twin = ax.twinx()
+        twin.plot(
+            [h["epoch"] for h in validated],
+            [h["val_dice"] for h in validated],
+            color="tab:green",
+            marker=".",
+            label="per-epoch pseudo Dice (mean fg)",
+        )
+        twin.set_ylabel("Dice")
+        twin.set_ylim(0, 1)
+        lines += twin.get_legend_handles_labels()[0]
     ax.legend(lines, [line.get_label() for line in lines], loc="center right")
     ax.set_title(title)
     axes[1].plot(epochs, [h["epoch_time_s"] for h in history], color="tab:orange")

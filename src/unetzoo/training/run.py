@@ -1,12 +1,23 @@
 """Training on Lightning's Trainer: one run folder per (dataset, model, fold), resumable, DDP-ready.
 
-Run folder (nnU-Net's outputs, so its users find their way): ``config.json`` (resolved), ``plan.json``,
-``splits.json``, ``budget_width.json`` (under ``--max-minutes``: the width the budget affords), ``checkpoint_best.pt``, ``checkpoint_last.pt`` (both written to a temporary name and
-renamed), ``training_log_<timestamp>.txt``, ``progress.png``, ``history.json``, Lightning's ``logs/`` (CSV, and
-TensorBoard when installed) and, after training,
-``validation/`` with the held-out fold predicted by the full inference procedure and ``summary.json``, then
-``postprocessing.json`` (nnU-Net's per-class keep-largest-component choice on that fold) and
+Run folder (nnU-Net's outputs, so its users find their way): ``config.json`` (resolved; ``train.select`` names the
+reported weights), ``plan.json``, ``splits.json``, ``inner_split.json`` (the fold's training cases: those that
+trained, the inner validation cases, the calibration cases), ``budget_width.json`` (under ``--max-minutes``: the width
+the budget affords), ``checkpoint_last.pt``, ``checkpoint_best.pt`` (where the run validates per epoch) and
+``checkpoint_at_N.pt`` (``train.snapshots``: the weights at N % of the budget), all written to a temporary name and
+renamed, ``training_log_<timestamp>.txt``, ``progress.png``, ``history.json``, Lightning's ``logs/`` (CSV, and
+TensorBoard when installed) and, after training, ``validation/`` with the held-out fold predicted by the full
+inference procedure with the reported weights and ``summary.json`` (with ``train.keep_probabilities`` each case's
+class probabilities, ``CASE.npz``), each snapshot's fold and ``summary.json`` in ``validation/at_N/`` and
+``snapshots.json``, then ``postprocessing.json`` (nnU-Net's per-class keep-largest-component choice on that fold) and
 ``validation/postprocessed/`` (the fold with that choice applied, and its ``summary.json``).
+
+No peeking: the held-out fold is read only after training. A per-epoch validation signal, where the run needs one
+(``train.select=best``, ``train.early_stop``, the plateau schedule: :func:`validates_per_epoch`), comes from an inner
+validation split of the fold's training cases, drawn by subjects as the folds are and kept out of training
+(:func:`unetzoo.data.splits.inner_split`); otherwise nothing is validated during training, every training case
+trains, and the reported weights are the final ones (nnU-Net's practice). The plan (like nnU-Net's fingerprint)
+still reads every case of the dataset, to check it and to fix the spacing, patch and normalisation.
 """
 
 from __future__ import annotations
@@ -25,8 +36,8 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from unetzoo.config import Config
 from unetzoo.data.datasets import load_dataset
-from unetzoo.data.plan import Plan, make_plan, verify_against_plan
-from unetzoo.data.splits import fold_split, load_splits, splits_for
+from unetzoo.data.plan import Plan, verify_against_plan
+from unetzoo.data.splits import fold_split, inner_split, load_splits, splits_for
 from unetzoo.device import device_line, resolve_device, resolve_precision
 from unetzoo.errors import Stopped, UnetzooError, file_error
 from unetzoo.inference.precision_check import check_inference_precision
@@ -36,8 +47,9 @@ from unetzoo.models.registry import check_model_args
 from unetzoo.runfolder import RunFolder
 from unetzoo.training.budget import TimeBudget
 from unetzoo.training.module import SegmentationModule
+from unetzoo.training.planning import plan_for
 from unetzoo.training.progress import close_run_logger, run_logger
-from unetzoo.training.trainer import build_trainer
+from unetzoo.training.trainer import build_trainer, validates_per_epoch
 from unetzoo.training.validation import validate_run
 from unetzoo.training.width import budget_width
 
@@ -53,6 +65,7 @@ RESUMABLE = (
     "data.cache_workers",
     "data.cache_dir",
 )
+INNER_FRACTION = 0.2  # of the fold's training subjects kept out as the inner validation split (at least one)
 
 
 def train(data_dir: str | Path, run_dir: str | Path, config: Config, resume: bool = False) -> Path:
@@ -221,22 +234,18 @@ def _train(dataset, run: RunFolder, config: Config, split: dict, new_splits, sav
         log.info(
             f"{len(calibration_names)} of the training cases kept out of training to calibrate {config.model}'s inference settings: {', '.join(calibration_names)}"
         )
+    train_names, inner_names = _inner_split(train_names, config, log)
+    if rank_zero_only.rank == 0:
+        write_text(
+            run.inner_split,
+            json.dumps({"train": train_names, "inner_val": inner_names, "calibration": calibration_names}, indent=1),
+        )
     plan_path = run.plan
     if reuse:
         plan = Plan.load(plan_path)
         verify_against_plan(dataset, plan, plan_path)
     else:
-        whole = method_class(config.model).whole_volumes
-        plan = make_plan(
-            dataset,
-            dataset.cases,
-            config.data.patch_size,
-            config.data.target_spacing,
-            config.seed,
-            cap_patch=not whole,
-            device=resolve_device(config.train.device).type,
-            resolution=config.data.resolution,
-        )
+        plan = plan_for(dataset, config)
         plan.save(plan_path)
     log.info(plan.describe())
     if not resume:  # a resumed run's width is the checkpoint's, in its config
@@ -263,9 +272,9 @@ def _train(dataset, run: RunFolder, config: Config, split: dict, new_splits, sav
     log.info(
         f"model {config.model}: {n_params:,} parameters, patch {plan.patch_size}, spacing {plan.target_spacing}, args {config.model_args}"
     )
-    train_items, val_items = dataset.frame_items(train_names), dataset.frame_items(split["val"])
-    if len(train_items) + len(val_items) > len(train_names) + len(split["val"]):
-        log.info(f"3D+t cases: {len(train_items)} training and {len(val_items)} validation frames")
+    train_items, val_items = dataset.frame_items(train_names), dataset.frame_items(inner_names)
+    if len(train_items) + len(val_items) > len(train_names) + len(inner_names):
+        log.info(f"3D+t cases: {len(train_items)} training and {len(val_items)} per-epoch validation frames")
     device = resolve_device(config.train.device)
     precision, precision_line = resolve_precision(config.train.precision, device)
     log.info(f"{device_line(config.train.device)}; {precision_line}")
@@ -288,6 +297,7 @@ def _train(dataset, run: RunFolder, config: Config, split: dict, new_splits, sav
                 "postprocessing.json into this folder, or set one with predict --keep-largest)"
             )
         else:
+            log.info(_reported(run, config, inner_names, module.history))
             _calibrate(module, dataset.frame_items(calibration_names), run_dir, log)
             validate_run(run_dir, dataset, split["val"], log)
             check_inference_precision(
@@ -311,8 +321,43 @@ def _calibration_split(names: list[str], config: Config) -> tuple[list[str], lis
     return [n for n in names if n not in held], sorted(held)
 
 
+def _inner_split(train_names: list[str], config: Config, log) -> tuple[list[str], list[str]]:
+    """The cases that train and those the per-epoch validation scores (:func:`validates_per_epoch`; none without
+    it): an inner split of the fold's training cases, kept out of training (:func:`inner_split`, drawn with the
+    seed: a resumed run draws the same), so that the held-out fold stays unseen until :func:`validate_run`. Fold
+    ``all`` has no held-out cases: its per-epoch validation scores the training cases, as nnU-Net's."""
+    if not validates_per_epoch(config):
+        log.info(
+            f"no per-epoch validation (train.select=last, no early stopping, no plateau schedule): all "
+            f"{len(train_names)} training cases train"
+        )
+        return list(train_names), []
+    if config.fold == "all":
+        log.info("per-epoch validation (pseudo Dice) on the training cases: fold all has no held-out cases")
+        return list(train_names), list(train_names)
+    train, inner = inner_split(train_names, config.data.group_by, config.seed, INNER_FRACTION)
+    log.info(
+        f"per-epoch validation (pseudo Dice) on {len(inner)} inner validation case(s) of the fold's training cases, "
+        f"kept out of training (the held-out fold is read only after training): {', '.join(inner)}"
+    )
+    return train, inner
+
+
+def _reported(run: RunFolder, config: Config, inner_names: list[str], history: list[dict]) -> str:
+    """The run log's line on the weights the held-out fold's figures report, and how they were chosen."""
+    if config.train.select == "last":
+        return f"reported weights: {run.checkpoint_file('last').name} (final)"
+    best = max((h for h in history if "val_dice" in h), key=lambda h: h["val_dice"], default=None)
+    if best is None:  # RunFolder.checkpoint falls back to the last weights, with a warning
+        return "reported weights: no epoch was validated, so no checkpoint_best.pt"
+    return (
+        f"reported weights: {run.checkpoint_file('best').name} (highest pseudo-Dice on {len(inner_names)} inner "
+        f"validation cases: {', '.join(inner_names)}; epoch {best['epoch']}, {best['val_dice']:.4f})"
+    )
+
+
 def _calibrate(module: SegmentationModule, items: list[dict], run_dir: Path, log) -> None:
-    """Let the method choose its inference settings, with the best weights, on the calibration cases ``items``
+    """Let the method choose its inference settings, with the reported weights, on the calibration cases ``items``
     (kept out of training; see :func:`_calibration_split`), and record them in ``config.json`` (e.g. NISF's number
     of latent-fitting steps)."""
     from unetzoo.inference.predictor import load_weights
@@ -320,7 +365,7 @@ def _calibrate(module: SegmentationModule, items: list[dict], run_dir: Path, log
     if type(module.method).calibrate is Method.calibrate or not items:  # the method chooses nothing
         return
     run = RunFolder(run_dir)
-    load_weights(module.method.model, run.checkpoint("best"))
+    load_weights(module.method.model, run.checkpoint())
     cases = module._cached(items)
     updates = module.method.calibrate([cases[i] for i in range(len(cases))], log, run_dir)
     if updates:

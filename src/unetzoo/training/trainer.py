@@ -1,5 +1,6 @@
-"""The Lightning Trainer of a run: device, precision, clipping, checkpoints (atomic, best and last), history files and
-loggers; ``trainer_settings`` is shared with the benchmark so both run the same step."""
+"""The Lightning Trainer of a run: device, precision, clipping, checkpoints (atomic: last, best where a per-epoch
+validation runs, snapshots), history files and loggers; ``trainer_settings`` is shared with the benchmark so both
+run the same step."""
 
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ from unetzoo.config import Config
 from unetzoo.device import resolve_device, resolve_precision
 from unetzoo.io import write_bytes, write_text
 from unetzoo.methods import Method
-from unetzoo.runfolder import BEST, CHECKPOINT_EXT, LAST, RunFolder
-from unetzoo.training.budget import TimeBudget
+from unetzoo.runfolder import BEST, CHECKPOINT_EXT, LAST, RunFolder, snapshot_name
+from unetzoo.training.budget import Snapshots, TimeBudget
 from unetzoo.training.progress import plot_progress
 
 
@@ -67,28 +68,41 @@ def trainer_settings(config: Config, method: Method) -> dict:
     }
 
 
+def validates_per_epoch(config: Config) -> bool:
+    """Whether the run needs a per-epoch validation signal: to keep its best checkpoint (``train.select=best``), to
+    stop early or for the plateau schedule. Without one nothing is validated during training."""
+    cfg = config.train
+    return cfg.select == "best" or cfg.early_stop > 0 or cfg.scheduler == "plateau"
+
+
 def build_trainer(config: Config, run_dir: Path, method: Method, budget: TimeBudget | None = None) -> L.Trainer:
-    # best: the epoch of highest validation Dice; last: every epoch (unmonitored), so that a --resume loses at most
-    # the epoch in progress (Lightning's save_last is only written together with a new best)
-    best = ModelCheckpoint(
-        dirpath=run_dir, filename=BEST, monitor="val_dice", mode="max", save_top_k=1, enable_version_counter=False
-    )
-    last = ModelCheckpoint(dirpath=run_dir, filename=LAST, save_top_k=1, enable_version_counter=False)
-    for checkpoint in (best, last):
+    """The run's Trainer. Checkpoints: last, every epoch (unmonitored), so that a --resume loses at most the epoch in
+    progress (Lightning's save_last is only written together with a new best); best, the epoch of highest
+    pseudo Dice, where the run validates per epoch (:func:`validates_per_epoch`; otherwise no validation runs);
+    the snapshots of ``train.snapshots`` (:class:`Snapshots`)."""
+    validating = validates_per_epoch(config)
+    best = {"filename": BEST, "monitor": "val_dice", "mode": "max"}
+    checkpoints = [
+        ModelCheckpoint(dirpath=run_dir, save_top_k=1, enable_version_counter=False, **chosen)
+        for chosen in ([best] if validating else []) + [{"filename": LAST}]
+    ]
+    for checkpoint in checkpoints:
         checkpoint.FILE_EXTENSION = CHECKPOINT_EXT
+    callbacks = [*checkpoints, HistoryFiles()] + ([budget] if budget is not None else [])
+    if config.train.snapshots:
+        run = RunFolder(run_dir)
+        paths = {f: run.checkpoint_file(snapshot_name(f)) for f in config.train.snapshots}
+        callbacks.append(Snapshots(paths, config.train.epochs * method.steps_per_epoch(), budget))
+    if config.train.early_stop > 0:
+        callbacks.append(EarlyStopping(monitor="val_dice", mode="max", patience=config.train.early_stop))
     return L.Trainer(
         **trainer_settings(config, method),
-        callbacks=[best, last, HistoryFiles()]
-        + ([budget] if budget is not None else [])
-        + (
-            [EarlyStopping(monitor="val_dice", mode="max", patience=config.train.early_stop)]
-            if config.train.early_stop > 0
-            else []
-        ),
+        callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
         logger=run_loggers(run_dir),
         default_root_dir=run_dir,
         num_sanity_val_steps=0,
+        limit_val_batches=None if validating else 0,
         log_every_n_steps=10,
     )
 
