@@ -62,10 +62,12 @@ def test_nothing_is_measured_without_a_budget_or_with_a_width(change):
 
 
 def test_default_width_reads_the_builders_signature():
-    """Every model built on the nnU-Net-style encoder takes a width (32 features doubled per stage); NISF's MLP does not."""
+    """Every model built on the nnU-Net-style encoder takes a width (32 features doubled per stage), SegResNet MONAI's
+    8; NISF's MLP does not."""
     from unetzoo.models import list_models
 
-    assert {m: default_width(m) for m in list_models()} == {m: None if m == "nisf" else 32 for m in list_models()}
+    expected = {m: {"nisf": None, "segresnet": 8}.get(m, 32) for m in list_models()}
+    assert {m: default_width(m) for m in list_models()} == expected
 
 
 @pytest.mark.slow

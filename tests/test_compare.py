@@ -21,6 +21,7 @@ import pytest
 from unetzoo.cli import main
 from unetzoo.config import Config
 from unetzoo.errors import UnetzooError
+from unetzoo.experiments import statistics as stats
 from unetzoo.experiments.compare import compare
 from unetzoo.experiments.executors import LocalExecutor, SubmititExecutor
 from unetzoo.experiments.experiment import Experiment, run_folder
@@ -287,7 +288,7 @@ def test_leaderboard_names_the_best_and_the_cheapest_within_the_margin(organs, t
     entry = board["models"][0]
     assert [(label, cost(entry)) for label, cost in cost_axes(board)] == [
         ("inference time per case (s)", entry["cost"]["infer_s"]),
-        ("training time, all folds (min)", 22.5 / 60),
+        ("training time, all runs (min)", 22.5 / 60),
     ]
     minutes = {**board, "budget": {"minutes": 15.0}}  # every run took the same time: the step time is the training cost
     assert (
@@ -296,6 +297,65 @@ def test_leaderboard_names_the_best_and_the_cheapest_within_the_margin(organs, t
     )
     header = (tmp_path / "leaderboard.csv").read_text().splitlines()[0].split(",")
     assert header[:5] == ["model", "complete", "cases", "subjects", "Dice"] and "p_holm" in header
+
+
+def _summary(case_dice: dict[str, list[float]]) -> dict:
+    cases = [
+        {"case": c, "metrics": {str(k + 1): {"Dice": d, "NSD": d, "HD95": 1 - d} for k, d in enumerate(dice)}}
+        for c, dice in case_dice.items()
+    ]
+    return {"label_ids": [1, 2], "cases": cases}
+
+
+def test_leaderboard_over_seeds_subjects_snapshots_and_ensembles(organs, tmp_path):
+    """Two seeds, cases grouped in subjects by `data.group_by` (two cases each): the intervals resample subjects and
+    seeds, the page shows the Dice per seed; the ranking at half the budget swaps the two models (Kendall's tau -1);
+    the best ensemble is a row of its own, in the page and the CSV."""
+    names = [f"organs_00{i}" for i in range(6)]
+    experiment = Experiment.make(organs, ["unet", "unet2d-slices"], [0], tiny(), steps=2, seeds=[0, 1])
+    experiment.record(tmp_path, None)
+    # two subjects of three cases (the match is "organs_00" for cases 0-2, "organs_0" for cases 3-5), as the
+    # leaderboard reads them; the folds were drawn without them
+    experiment.config["data"]["group_by"] = r"organs_00(?=[0-2])|organs_0(?=0[3-5])"
+    experiment.save(tmp_path)
+    full = {"unet": 0.8, "unet2d-slices": 0.7}
+    half = {"unet": 0.5, "unet2d-slices": 0.6}  # unet2d-slices leads at half the budget
+    for (model, fold, seed), run in experiment.runs(tmp_path).items():
+        offset = 0.01 * seed
+        _fake_run(run.path, {n: [full[model] + offset, full[model] + offset] for n in names}, 1.0, 10)
+        (run.path / "validation" / "at_50").mkdir()
+        (run.path / "validation" / "at_50" / "summary.json").write_text(
+            json.dumps(_summary({n: [half[model], half[model]] for n in names}))
+        )
+        (run.path / "snapshots.json").write_text(
+            json.dumps(
+                [
+                    {"fraction": 0.5, "steps": 1, "seconds": 1.0, "summary": "validation/at_50/summary.json"},
+                    {"fraction": 1.0, "steps": 2, "seconds": 2.0, "summary": "validation/summary.json"},
+                ]
+            )
+        )
+        pair = tmp_path / "ensembles" / "unet+unet2d-slices" / f"seed{seed}" / f"fold{fold}"
+        pair.mkdir(parents=True, exist_ok=True)
+        (pair / "summary.json").write_text(json.dumps(_summary({n: [0.9, 0.9] for n in names})))
+    board = leaderboard(tmp_path)
+    unet = board["models"][0]
+    assert unet["model"] == "unet" and board["subjects"] == 2 and unet["cases"] == 6
+    assert unet["Dice"]["per_seed"] == pytest.approx([0.8, 0.81]) and unet["Dice"]["ci_method"] == stats.TWO_LEVEL
+    assert unet["Dice"]["ci"] == pytest.approx([0.8, 0.81])  # every subject alike: only the seeds spread it
+    assert [p["fraction"] for p in unet["curve"]] == [0.5, 1.0] and unet["curve"][0]["mean"] == pytest.approx(0.5)
+    assert board["stability"]["kendall_tau"] == pytest.approx(-1.0)
+    assert board["stability"]["swapped"] == [["unet", "unet2d-slices"]]
+    assert board["ensemble"]["model"] == "unet + unet2d-slices" and board["ensemble"]["Dice"]["mean"] == pytest.approx(
+        0.9
+    )
+    assert board["ensemble"]["to_best"]["difference"] == pytest.approx(0.9 - 0.805)
+    assert board["reported"] == ["best"]  # fake runs have no config.json: an older run reported its best
+    page = write_leaderboard(tmp_path).read_text()
+    assert "0.800, 0.810 (sd 0.007)" in page and "pairs that swapped: `unet`/`unet2d-slices`" in page
+    assert "| ensemble | `unet + unet2d-slices` |" in page and "subjects of `data.group_by`" in page
+    rows = (tmp_path / "leaderboard.csv").read_text().splitlines()
+    assert rows[-1].startswith("unet + unet2d-slices,True,6,2,0.9")
 
 
 @pytest.mark.slow

@@ -136,9 +136,9 @@ def test_snapshots_follow_the_time_budget_and_survive_a_resume(tmp_path):
     saved = {f: torch.load(p, weights_only=False) for f, p in paths.items()}
     assert [(saved[f]["global_step"], saved[f]["training_seconds"]) for f in (0.25, 0.5)] == [(2, 20.0), (3, 31.0)]
     assert torch.equal(saved[0.25]["state_dict"]["model.weight"], module.state_dict()["model.weight"])
-    checkpoint = {}
+    checkpoint = {"global_step": trainer.global_step}
     snapshots.on_save_checkpoint(trainer, module, checkpoint)  # checkpoint_last: the training seconds, for a resume
-    assert checkpoint == {"training_seconds": 40.0}
+    assert checkpoint == {"global_step": 4, "training_seconds": 40.0}
 
     # a resume from that checkpoint: the clock restarts, the seconds go on, the written snapshots stay as they are
     now[0] = 500.0
@@ -149,6 +149,11 @@ def test_snapshots_follow_the_time_budget_and_survive_a_resume(tmp_path):
     now[0] = 505.0
     resumed.on_train_batch_end(trainer, module, None, None, 0)
     assert resumed.seconds() == 45.0 and {f: p.stat().st_mtime_ns for f, p in paths.items()} == written
+
+    # a resume from an earlier checkpoint (step 2: the process died after the 0.5 snapshot of step 3 but before its
+    # next checkpoint): that snapshot's progress is lost, so it goes, to be taken again; the 0.25 one (step 2) stays
+    Snapshots(paths, steps=10**6, clock=clock).on_load_checkpoint(trainer, module, {"global_step": 2})
+    assert paths[0.25].is_file() and not paths[0.5].is_file()
 
 
 def test_fractions_crossed_at_one_step_are_saved_from_it(tmp_path):
@@ -204,7 +209,7 @@ def _labels(names: list[str]) -> set[str]:
 def test_the_reported_fold_is_unread_until_validation(organs, tmp_path, monkeypatch):
     """select=best with early stopping: the per-epoch signal comes from inner validation cases of the fold's training
     cases, kept out of training and apart from the calibration cases; no label of the held-out fold is read after
-    the plan until validate_run, which reads them all."""
+    the plan (which reads the fold's training cases only) until validate_run, which reads them all."""
     reads = _spy_label_reads(monkeypatch)
     config = tiny_config(epochs=2)
     config.data.cache_dir = str(tmp_path / "cache")  # a cold cache: training reads its labels
@@ -219,6 +224,8 @@ def test_the_reported_fold_is_unread_until_validation(organs, tmp_path, monkeypa
     assert sorted(used["train"] + used["inner_val"] + used["calibration"]) == fold["train"]
     during = {name for phase, name in reads if phase == "training"}
     assert during == _labels(used["train"] + used["inner_val"])  # neither the held-out fold nor the calibration case
+    planned = {name for phase, name in reads if phase == "plan"}
+    assert planned == _labels(fold["train"])  # the plan reads the fold's training cases only
     assert _labels(fold["val"]) <= {name for phase, name in reads if phase == "validation"}
     history = json.loads((run / "history.json").read_text())
     assert len(history) == 2 and all("val_dice" in h for h in history)

@@ -88,6 +88,23 @@ def test_fold_all_validates_a_bounded_number_of_patches(organs):
     assert len(list(module.val_dataloader().dataset)) == len(names)
 
 
+def test_whole_volume_methods_validate_per_epoch_on_whole_volumes(organs):
+    """A projection model's output on a crop is not its output on the volume (the rotation centre and the detector
+    follow the extent): its per-epoch validation scores whole cases, whatever train.val_patches says."""
+    from unetzoo.training.module import SegmentationModule
+
+    dataset = load_dataset(organs)
+    plan = make_plan(dataset, dataset.cases, [16, 16, 16], cap_patch=False)
+    method, config = build_method(tiny_config(model="projection-2.5d-unet"), plan)
+    config.train.val_patches = 4
+    names = [c.name for c in dataset.cases]
+    module = SegmentationModule(method, config, plan, dataset.frame_items(names[:2]), dataset.frame_items(names[2:]))
+    cases = list(module.val_dataloader().dataset)
+    assert [tuple(c["image"].shape) for c in cases] == [
+        tuple(module._cached(dataset.frame_items([n]))[0]["image"].shape) for n in names[2:]
+    ]
+
+
 def test_nisf_per_epoch_validation_fits_few_steps(monkeypatch):
     """nisf's per-epoch validation fits ``val_fit_steps`` latent steps of ``val_points`` voxels, not the paper's 672 steps
     (``fit_steps``) of ``points``."""

@@ -169,13 +169,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--seeds",
         help="comma-separated training seeds, each (model, fold) trained once per seed on the same folds "
-        "(default: --seed, 0)",
+        "(default: the config's seed, --set seed=N, 0)",
     )
     p.add_argument(
         "--margin",
         type=float,
-        help="Dice a cheaper model may lose to the most accurate one and still be chosen, judged by the one-sided 95 %% "
-        "bound of their paired difference (default 0.01)",
+        help="Dice a cheaper model may lose to the most accurate one and still be chosen, judged by the one-sided "
+        "95-percent bound of their paired difference (default 0.01)",
     )
     budget = p.add_mutually_exclusive_group()
     budget.add_argument(

@@ -382,9 +382,10 @@ def _labels(dataset: Dataset) -> dict[str, str]:
     return {str(k): v for k, v in sorted(dataset.class_labels.items())}
 
 
-def verify_against_plan(dataset: Dataset, plan: Plan, plan_path: Path) -> None:
+def verify_against_plan(dataset: Dataset, plan: Plan, plan_path: Path, cases: list[Case] | None = None) -> None:
     """Check the dataset against the plan a run already holds (a resumed or restarted run): the same channels and
-    labels, and every case verified again, since files may have changed since the plan was made."""
+    labels, and ``cases`` (default every case; a run passes the cases it was planned from, its training cases)
+    verified again, since files may have changed since the plan was made."""
     from tqdm import tqdm
 
     if (
@@ -401,9 +402,8 @@ def verify_against_plan(dataset: Dataset, plan: Plan, plan_path: Path) -> None:
             "train into a new run folder",
         )
     found: set[int] = set()
-    for case in tqdm(
-        dataset.cases, desc="verifying dataset", unit="case", disable=len(dataset.cases) < 10, leave=False
-    ):
+    cases = dataset.cases if cases is None else cases
+    for case in tqdm(cases, desc="verifying dataset", unit="case", disable=len(cases) < 10, leave=False):
         found |= verify_case(case, dataset)[2]
     for warning in dataset_warnings(dataset, found):
         log.warning(warning)

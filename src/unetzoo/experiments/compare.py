@@ -30,6 +30,7 @@ not know which executor started it.
 
 from __future__ import annotations
 
+import copy
 import time
 from pathlib import Path
 
@@ -67,7 +68,7 @@ def compare(
     from unetzoo.experiments.executors import LocalExecutor
     from unetzoo.experiments.leaderboard import write_leaderboard
 
-    config = config or Config()
+    config = copy.deepcopy(config) if config else Config()  # the caller's config stays as it was
     config.train.keep_probabilities = True
     config.train.snapshots = config.train.snapshots or list(SNAPSHOTS)
     experiment = Experiment.make(data, models, list(folds), config, steps=steps, minutes=minutes, seeds=seeds)

@@ -156,6 +156,11 @@ class Experiment:
             train.max_minutes = budget["minutes"]
             return config
         steps = budget["steps"]
+        if config.method_args.get("pass_epochs"):
+            raise UnetzooError(
+                "--budget counts optimiser steps in epochs of train.iters_per_epoch; method_args.pass_epochs makes "
+                "an epoch one pass over the training cases instead: use --budget-minutes, or drop pass_epochs"
+            )
         per_epoch = min(train.iters_per_epoch, steps)
         if per_epoch < 1 or steps % per_epoch:
             raise UnetzooError(
@@ -193,6 +198,12 @@ class Experiment:
         """The experiment recorded in the folder ``out`` (its ``compare.json``)."""
         path = Path(out) / EXPERIMENT_FILE
         record = read_json(path, missing="missing: not a unetzoo compare folder")
+        if isinstance(record, dict) and "seeds" not in record and all(k in record for k in KEYS if k != "seeds"):
+            raise file_error(
+                path,
+                "made by an older unetzoo (before --seeds, with runs in runs/MODEL/foldK): this version neither "
+                "resumes nor ranks it; give another --out",
+            )
         if not isinstance(record, dict) or any(key not in record for key in KEYS):
             raise file_error(path, f"not a unetzoo compare file: it needs the keys {', '.join(KEYS)}")
         return cls.from_dict(record)

@@ -114,7 +114,7 @@ def _measure_widths(out: Path, experiment: Experiment) -> dict:
         config = experiment.run_config(model, experiment.folds[0], experiment.seeds[0], out)
         names = [c.name for c in dataset.cases]
         split = fold_split(load_splits(config.data.splits_file, names, config.data.group_by), config.fold)
-        measured = budget_width(config, plan_for(dataset, config), len(split["train"]), log)
+        measured = budget_width(config, plan_for(dataset, config, split["train"]), len(split["train"]), log)
         experiment.widths[model] = measured.model_args.get("base_features")
         experiment.save(out)
     return experiment.widths

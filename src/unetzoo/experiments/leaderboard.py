@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from unetzoo.errors import UnetzooError
 from unetzoo.experiments import statistics as stats
 from unetzoo.experiments.ensembles import ensemble_folder, ensemble_pairs
 from unetzoo.experiments.experiment import Experiment, test_evaluation
@@ -100,6 +101,7 @@ def _model_entry(out: Path, experiment: Experiment, model: str) -> dict:
         {"batch_size": first["train"]["batch_size"], "patch": first["data"]["patch_size"]} if first else None
     )
     entry["widths"] = sorted({c["model_args"].get("base_features") for c in configs if c}, key=str)
+    entry["reported"] = sorted({r.selected() for r in done})  # "last" (final weights) or "best" (inner split)
     entry["width_measured"] = experiment.widths.get(model)
     bench = read_json(runs[experiment.folds[0], experiment.seeds[0]].benchmark)
     entry["cost"] = {k: bench["models"][0].get(k) for k in COST} if bench else None
@@ -115,7 +117,7 @@ def _model_entry(out: Path, experiment: Experiment, model: str) -> dict:
     test = read_json(test_evaluation(out, model) / "summary.json")
     if test:
         keys, _, values = case_table([test])
-        subjects = stats.subjects_of(keys, experiment.config["data"].get("group_by", ""))
+        subjects = stats.subjects_of(keys, experiment.config["data"].get("group_by", ""), require_match=False)
         entry["test"] = {"cases": len(keys), "Dice": _stat(values["Dice"][None], subjects)}
     else:
         entry["test"] = None
@@ -142,6 +144,18 @@ def _snapshot_tables(runs: dict, experiment: Experiment) -> list[dict]:
             }
         )
     return points
+
+
+def _aligned(entry: dict, keys: list[str]) -> None:
+    """The entry's held-out table (and its snapshots') in the order of ``keys``, the cases of the first ranked model:
+    paired statistics pair rows by position. Models that held out other cases cannot be compared: an error."""
+    own, labels, values = entry["_cases"]
+    if sorted(own) != sorted(keys):
+        raise UnetzooError(f"{entry['model']} held out other cases than the other models: the runs used other folds")
+    order = [own.index(k) for k in keys]
+    entry["_cases"] = (list(keys), labels, {m: v[:, order] for m, v in values.items()})
+    for point in entry["_snapshots"]:
+        point["_dice"] = point["_dice"][:, order]
 
 
 def _accuracy(entry: dict, subjects) -> None:
@@ -207,21 +221,25 @@ def leaderboard(out) -> dict:
     entries = [_model_entry(out, experiment, m) for m in experiment.models]
     ranked = [e for e in entries if e["complete"]]
     group_by = experiment.config["data"].get("group_by", "")
-    subjects = stats.subjects_of(ranked[0]["_cases"][0], group_by) if ranked else []
+    keys = ranked[0]["_cases"][0] if ranked else []
+    subjects = stats.subjects_of(keys, group_by) if ranked else []
     for entry in ranked:
+        _aligned(entry, keys)
         _accuracy(entry, subjects)
     ranked.sort(key=lambda e: -(e["Dice"]["mean"] if e["Dice"]["mean"] is not None else -math.inf))
     best = ranked[0] if ranked else None
     ensemble = _best_ensemble(out, experiment, ranked, subjects) if len(ranked) >= 2 else None
     if best:
         _against_best(ranked, best, subjects, experiment.margin)
-    if ensemble:
+    if ensemble:  # chosen among the pairs on these very cases: its p is Bonferroni-adjusted over every pair scored
         ensemble["to_best"] = {
             "model": best["model"],
             **stats.paired_difference(
                 ensemble["_cases"][2]["Dice"], best["_cases"][2]["Dice"], subjects, margin=experiment.margin
             ),
         }
+        p = ensemble["to_best"]["p"]
+        ensemble["to_best"]["p_holm"] = None if p is None else min(1.0, p * ensemble["pairs_scored"])
     candidates = [
         e
         for e in ranked
@@ -242,6 +260,7 @@ def leaderboard(out) -> dict:
         "subjects": len(set(subjects)),
         "test": experiment.test,
         "margin": experiment.margin,
+        "reported": sorted({r for e in ranked for r in e["reported"]}),
         "rule": (
             "most accurate: highest mean Dice (the mean over classes of the per-class mean over the held-out cases of "
             f"every fold and seed); chosen: the cheapest model (inference time per case, fewer parameters on a tie) "
@@ -349,6 +368,15 @@ def _hd_unit(out: Path, board: dict) -> str:
     return "mm" if plan and plan.get("target_spacing") else "px"
 
 
+def _reported(board: dict) -> str:
+    """Which weights the runs reported, in words."""
+    words = {
+        "last": "the final weights",
+        "best": "the highest pseudo Dice on an inner validation split of the training cases (train.select=best)",
+    }
+    return "; ".join(words[r] for r in board["reported"]) or "n/a"
+
+
 def _spread(entry: dict) -> str:
     seeds = [v for v in entry["Dice"].get("per_seed", []) if v is not None]
     return ", ".join(f"{v:.3f}" for v in seeds) + (f" (sd {np.std(seeds, ddof=1):.3f})" if len(seeds) > 1 else "")
@@ -372,7 +400,7 @@ def _markdown(out: Path, board: dict) -> str:
         f"Rule: {board['rule']}.",
         "",
         f"Budget: {board['budget_text']}. Held-out folds: {', '.join(map(str, board['folds']))}; seeds: "
-        f"{', '.join(map(str, board['seeds']))}. Figures: each run's reported (final) weights on its held-out fold, "
+        f"{', '.join(map(str, board['seeds']))}. Figures: each run's reported weights ({_reported(board)}) on its held-out fold, "
         f"without post-processing. 95 % intervals: bootstrap over {grouped} ({method}, "
         f"{board['bootstrap_resamples']} resamples), seeds resampled too when there are several.",
         "",
@@ -411,7 +439,7 @@ def _markdown(out: Path, board: dict) -> str:
             _spread(e) if rank != "ensemble" else "-",
             _delta(diff),
             bound,
-            p if rank != "ensemble" else _num(diff["p"]) + " (unadjusted)",
+            p if rank != "ensemble" else _num(diff["p_holm"]) + f" (Bonferroni over {e['pairs_scored']} pairs)",
             _ci(e["NSD"]),
             _ci(e["HD95"], 2),
         ]
@@ -421,7 +449,9 @@ def _markdown(out: Path, board: dict) -> str:
         lines += [
             "",
             f"ensemble: the best of {board['ensemble']['pairs_scored']} two-model ensembles (the mean of the two models' "
-            "held-out probabilities, nnU-Net's `find_best_configuration`), compared with the best single model.",
+            "held-out probabilities, nnU-Net's `find_best_configuration`), compared with the best single model. It is "
+            "chosen on the same held-out cases it is scored on, so its figure is optimistic (the winner of several "
+            "tries); its p is multiplied by the number of pairs tried.",
         ]
     if ranked:
         labels = list(ranked[0]["Dice"]["per_class"])
@@ -528,8 +558,8 @@ def plot_learning_curves(board: dict) -> bytes | None:
     for k, e in enumerate(ranked):
         xs = [p["seconds"] / 60 if minutes else p["steps"] for p in e["curve"]]
         ys = [p["mean"] for p in e["curve"]]
-        lo = [p["mean"] - p["ci"][0] if p["ci"][0] is not None else 0 for p in e["curve"]]
-        hi = [p["ci"][1] - p["mean"] if p["ci"][1] is not None else 0 for p in e["curve"]]
+        lo = [max(p["mean"] - p["ci"][0], 0) if p["ci"][0] is not None else 0 for p in e["curve"]]  # rounding
+        hi = [max(p["ci"][1] - p["mean"], 0) if p["ci"][1] is not None else 0 for p in e["curve"]]
         ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=e["model"], color=plt.get_cmap("tab10")(k % 10))
     ax.set(
         xlabel="training minutes" if minutes else "optimiser steps",
@@ -563,7 +593,7 @@ def cost_axes(board: dict) -> list[tuple]:
         return [inference, ("training step time (s)", lambda e: (e["cost"] or {}).get("train_step_s"))]
     return [
         inference,
-        ("training time, all folds (min)", lambda e: e["training_time_s"] / 60 if e["training_time_s"] else None),
+        ("training time, all runs (min)", lambda e: e["training_time_s"] / 60 if e["training_time_s"] else None),
     ]
 
 
@@ -591,7 +621,7 @@ def plot_pareto(board: dict) -> bytes | None:
         ax.step([xs[i] for i in front], [ys[i] for i in front], where="post", color="grey", alpha=0.6, zorder=1)
         for i, (k, e, x) in enumerate(points):
             lo, hi = e["Dice"]["ci"]
-            err = [[ys[i] - lo], [hi - ys[i]]] if lo is not None else None
+            err = [[max(ys[i] - lo, 0)], [max(hi - ys[i], 0)]] if lo is not None else None
             ax.errorbar(
                 [x],
                 [ys[i]],
@@ -645,19 +675,20 @@ def _csv(board: dict) -> str:
     buffer = _io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(columns)
-    for e in board["models"]:
+    ensemble = [{**board["ensemble"], "complete": True}] if board["ensemble"] else []
+    for e in board["models"] + ensemble:  # the ensemble's row: its model is "A + B"
         row = {
             "model": e["model"],
             "complete": e["complete"],
             "cases": e.get("cases"),
-            "subjects": e.get("subjects"),
-            "training_time_s": e["training_time_s"],
-            "widths": " ".join(map(str, e["widths"])),
-            **(e["cost"] or {}),
+            "subjects": e.get("subjects", board["subjects"] if e["complete"] else None),
+            "training_time_s": e.get("training_time_s"),
+            "widths": " ".join(map(str, e.get("widths", []))),
+            **(e.get("cost") or {}),
         }
         for m in METRICS if e["complete"] else ():
             row.update({m: e[m]["mean"], f"{m}_lo": e[m]["ci"][0], f"{m}_hi": e[m]["ci"][1]})
-            row.update({f"Dice_{k}": v["mean"] for k, v in e["Dice"]["per_class"].items()} if m == "Dice" else {})
+        row.update({f"Dice_{k}": v["mean"] for k, v in e["Dice"].get("per_class", {}).items()} if e["complete"] else {})
         if e.get("to_best"):
             d = e["to_best"]
             row.update(
@@ -669,9 +700,9 @@ def _csv(board: dict) -> str:
                 p_permutation=d["p"],
                 p_holm=d["p_holm"],
             )
-        if e["complete"]:
+        if "significantly_below_best" in e:
             row["significantly_below_best"] = e["significantly_below_best"]
-        if e["test"]:
+        if e.get("test"):
             row.update(
                 test_Dice=e["test"]["Dice"]["mean"],
                 test_lo=e["test"]["Dice"]["ci"][0],

@@ -295,13 +295,15 @@ def swapped_pairs(names: Sequence[str], scores_a, scores_b) -> list[tuple[str, s
     ]
 
 
-def subjects_of(case_keys: Sequence[str], group_by: str = "") -> list[str]:
+def subjects_of(case_keys: Sequence[str], group_by: str = "", require_match: bool = True) -> list[str]:
     """The subject id of each case key: a 3D+t frame's key "CASE frame N" belongs to CASE, and a case to its subject
     by ``group_by`` (:func:`unetzoo.data.splits.subjects`: the regular expression's match in the case name; a case it
     does not match, or every case without ``group_by``, is its own subject). A pattern that matches no case is
-    :func:`~unetzoo.data.splits.subjects`'s one-line error."""
+    :func:`~unetzoo.data.splits.subjects`'s one-line error unless ``require_match`` is False (the cases of a test
+    folder, which may be named otherwise: each its own subject)."""
     cases = [match.group(1) if (match := _FRAME.match(key)) else key for key in case_keys]
     if not cases:
         return []
-    subject = {name: s for s, names in splits.subjects(sorted(set(cases)), group_by).items() for name in names}
+    groups = splits.subjects(sorted(set(cases)), group_by, require_match=require_match)
+    subject = {name: s for s, names in groups.items() for name in names}
     return [subject[case] for case in cases]

@@ -6,7 +6,9 @@ from unetzoo.models import (  # noqa: F401  (each module registers its models)
     implicit_unet,  # implicit-unet
     nisf,  # nisf
     projection_unet,  # projection-2.5d-unet, random-2.5d-unet
+    resenc_unet,  # resenc-unet
     sd_unet,  # sd-unet, sdn-unetpp
+    segresnet,  # segresnet
     tv_softmax,  # regularized-unet
     unet,  # unet, unet2d-slices
     unetpp,  # unetpp

@@ -75,7 +75,8 @@ class Snapshots(Callback):
     the fraction of the time spent (the poly schedule's progress). A snapshot is a checkpoint as Lightning writes
     them, weights only (``state_dict``, ``global_step``, ``training_seconds``), written atomically by rank 0. One
     already on disk is not rewritten, so a ``--resume`` that crosses its fraction again keeps the first; fractions
-    crossed at one step are saved from that step.
+    crossed at one step are saved from that step; one taken after the checkpoint a ``--resume`` starts from is removed
+    and taken again.
 
     ``training_seconds``, the clock's seconds since training started (``time.monotonic`` unless another is given),
     summed over resumes, also goes into the run's other checkpoints, which carry it over a ``--resume``."""
@@ -117,4 +118,15 @@ class Snapshots(Callback):
         checkpoint["training_seconds"] = self.seconds()
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        """A resumed run: its training seconds so far, and the snapshots written after the checkpoint it resumes
+        from removed (the progress they hold is lost with the killed process; the run reaches them again)."""
         self._before = float(checkpoint.get("training_seconds", 0.0))
+        if trainer.is_global_zero:
+            for path in self.paths.values():
+                if path.is_file() and _step(path) > checkpoint.get("global_step", 0):
+                    path.unlink()
+
+
+def _step(path: Path) -> int:
+    """The optimiser step a snapshot was taken at."""
+    return int(torch.load(path, map_location="cpu", weights_only=False).get("global_step", 0))

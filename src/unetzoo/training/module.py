@@ -111,7 +111,7 @@ class SegmentationModule(L.LightningModule):
         cfg = self.config
         limit = cfg.train.val_cases  # the first N validation cases (3D+t: with all their frames)
         items = [item for item in self.val_items if not limit or item["case_index"] < limit]
-        if cfg.train.val_patches == 0:  # whole cases
+        if cfg.train.val_patches == 0 or self.method.whole_volumes:  # whole cases (a whole-volume method sees no crop)
             return DataLoader(self._cached(items), batch_size=1, num_workers=0)
         positive, negative = cfg.data.pos_neg_ratio
         count = min(cfg.train.val_patches, self.method.max_validation_patches or cfg.train.val_patches)

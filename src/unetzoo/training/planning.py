@@ -1,5 +1,7 @@
 """The plan of a run: what ``train`` makes before it builds the network, and what ``compare`` measures a model's
-width on before any run starts (the same call, so that both see the same patch, batch and spacing)."""
+width on before any run starts (the same call, so that both see the same patch, batch and spacing). It is made from
+the fold's training cases only: the held-out cases, their labels included, stay unread until the final evaluation
+(nnU-Net fingerprints every training case of the dataset, held-out folds included)."""
 
 from __future__ import annotations
 
@@ -9,12 +11,14 @@ from unetzoo.device import resolve_device
 from unetzoo.methods import method_class
 
 
-def plan_for(dataset, config: Config) -> Plan:
-    """The plan of ``config``'s model on ``dataset`` (every case; its patch capped unless the method trains on whole
-    volumes), for the run's device and resolution."""
+def plan_for(dataset, config: Config, names: list[str]) -> Plan:
+    """The plan of ``config``'s model from the cases ``names`` of ``dataset`` (the fold's training cases; every case
+    for fold ``all``), its patch capped unless the method trains on whole volumes, for the run's device and
+    resolution."""
+    chosen = set(names)
     return make_plan(
         dataset,
-        dataset.cases,
+        [case for case in dataset.cases if case.name in chosen],
         config.data.patch_size,
         config.data.target_spacing,
         config.seed,

@@ -16,8 +16,9 @@ No peeking: the held-out fold is read only after training. A per-epoch validatio
 (``train.select=best``, ``train.early_stop``, the plateau schedule: :func:`validates_per_epoch`), comes from an inner
 validation split of the fold's training cases, drawn by subjects as the folds are and kept out of training
 (:func:`unetzoo.data.splits.inner_split`); otherwise nothing is validated during training, every training case
-trains, and the reported weights are the final ones (nnU-Net's practice). The plan (like nnU-Net's fingerprint)
-still reads every case of the dataset, to check it and to fix the spacing, patch and normalisation.
+trains, and the reported weights are the final ones (nnU-Net's practice). The plan, too, is made from the fold's
+training cases only (:func:`unetzoo.training.planning.plan_for`): the held-out files are first checked when the
+final evaluation reads them.
 """
 
 from __future__ import annotations
@@ -243,9 +244,9 @@ def _train(dataset, run: RunFolder, config: Config, split: dict, new_splits, sav
     plan_path = run.plan
     if reuse:
         plan = Plan.load(plan_path)
-        verify_against_plan(dataset, plan, plan_path)
+        verify_against_plan(dataset, plan, plan_path, [dataset.case(n) for n in split["train"]])
     else:
-        plan = plan_for(dataset, config)
+        plan = plan_for(dataset, config, split["train"])  # the held-out fold stays unread
         plan.save(plan_path)
     log.info(plan.describe())
     if not resume:  # a resumed run's width is the checkpoint's, in its config
