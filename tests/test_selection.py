@@ -182,8 +182,9 @@ def _spy_label_reads(monkeypatch) -> list[tuple[str, str]]:
             reads.append((phase[0], Path(path).name))
         return read_array(path, *args, **kwargs)
 
-    def planned(*args, **kwargs):
-        plan = plan_for(*args, **kwargs)
+    def planned(dataset, config, names):
+        plan = plan_for(dataset, config, names)
+        reads.append(("planned from", sorted(names)))
         phase[0] = "training"
         return plan
 
@@ -209,7 +210,8 @@ def _labels(names: list[str]) -> set[str]:
 def test_the_reported_fold_is_unread_until_validation(organs, tmp_path, monkeypatch):
     """select=best with early stopping: the per-epoch signal comes from inner validation cases of the fold's training
     cases, kept out of training and apart from the calibration cases; no label of the held-out fold is read after
-    the plan (which reads the fold's training cases only) until validate_run, which reads them all."""
+    the plan (computed from the fold's training cases only; every file is checked before) until validate_run, which
+    reads them all."""
     reads = _spy_label_reads(monkeypatch)
     config = tiny_config(epochs=2)
     config.data.cache_dir = str(tmp_path / "cache")  # a cold cache: training reads its labels
@@ -224,8 +226,8 @@ def test_the_reported_fold_is_unread_until_validation(organs, tmp_path, monkeypa
     assert sorted(used["train"] + used["inner_val"] + used["calibration"]) == fold["train"]
     during = {name for phase, name in reads if phase == "training"}
     assert during == _labels(used["train"] + used["inner_val"])  # neither the held-out fold nor the calibration case
-    planned = {name for phase, name in reads if phase == "plan"}
-    assert planned == _labels(fold["train"])  # the plan reads the fold's training cases only
+    planned = next(names for phase, names in reads if phase == "planned from")
+    assert planned == fold["train"]  # the plan is computed from the fold's training cases only
     assert _labels(fold["val"]) <= {name for phase, name in reads if phase == "validation"}
     history = json.loads((run / "history.json").read_text())
     assert len(history) == 2 and all("val_dice" in h for h in history)

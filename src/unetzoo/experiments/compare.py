@@ -8,7 +8,8 @@ An experiment is a list of ordinary run folders plus one file that says which ru
   first invocation; the same command again finishes what is left (finished runs skipped, killed ones resumed from
   ``checkpoint_last.pt``), another experiment is refused with one line;
 * ``splits.json``: the folds, drawn once from the base config's seed (unless ``data.splits_file`` names them), so
-  that every seed trains and holds out the same cases;
+  that every seed holds out the same cases (each run's seed still draws what it draws inside its fold: the plan's
+  case sample, and an inner validation or calibration split where the run has one);
 * ``runs/MODEL/seedS/foldK/``: one run folder per (model, fold, seed), made by :func:`unetzoo.training.train`, the
   code behind ``unetzoo train`` (resume, logs, held-out predictions and their probabilities, the weights at 1/4 and
   1/2 of the budget and their held-out evaluation);

@@ -1,12 +1,16 @@
 """The plan of a run: what ``train`` makes before it builds the network, and what ``compare`` measures a model's
 width on before any run starts (the same call, so that both see the same patch, batch and spacing). It is made from
-the fold's training cases only: the held-out cases, their labels included, stay unread until the final evaluation
-(nnU-Net fingerprints every training case of the dataset, held-out folds included)."""
+the fold's training cases only (nnU-Net fingerprints every case of the dataset, held-out folds included): nothing
+computed from a held-out case reaches the plan or the training. Every file is still checked before any work, the
+held-out ones too (readable, on its image's grid, label values listed), so that a bad file is one line now and not
+after the training."""
 
 from __future__ import annotations
 
+from tqdm import tqdm
+
 from unetzoo.config import Config
-from unetzoo.data.plan import Plan, make_plan
+from unetzoo.data.plan import Plan, make_plan, verify_case
 from unetzoo.device import resolve_device
 from unetzoo.methods import method_class
 
@@ -16,6 +20,9 @@ def plan_for(dataset, config: Config, names: list[str]) -> Plan:
     for fold ``all``), its patch capped unless the method trains on whole volumes, for the run's device and
     resolution."""
     chosen = set(names)
+    held_out = [case for case in dataset.cases if case.name not in chosen]
+    for case in tqdm(held_out, desc="checking held-out files", unit="case", disable=len(held_out) < 10, leave=False):
+        verify_case(case, dataset)  # checked only: what it reads is dropped
     return make_plan(
         dataset,
         [case for case in dataset.cases if case.name in chosen],

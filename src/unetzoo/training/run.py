@@ -16,9 +16,9 @@ No peeking: the held-out fold is read only after training. A per-epoch validatio
 (``train.select=best``, ``train.early_stop``, the plateau schedule: :func:`validates_per_epoch`), comes from an inner
 validation split of the fold's training cases, drawn by subjects as the folds are and kept out of training
 (:func:`unetzoo.data.splits.inner_split`); otherwise nothing is validated during training, every training case
-trains, and the reported weights are the final ones (nnU-Net's practice). The plan, too, is made from the fold's
-training cases only (:func:`unetzoo.training.planning.plan_for`): the held-out files are first checked when the
-final evaluation reads them.
+trains, and the reported weights are the final ones (nnU-Net's practice). The plan, too, is computed from the
+fold's training cases only (:func:`unetzoo.training.planning.plan_for`; the held-out files are checked before any
+work, as every input is, and what that reads is dropped).
 """
 
 from __future__ import annotations
