@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 
@@ -157,6 +158,7 @@ def test_experiment_round_trips(organs, tmp_path):
         "executions",
         "widths",
         "margin",
+        "external",
     ]
     with pytest.raises(UnetzooError, match="compare.json: missing: not a unetzoo compare folder"):
         Experiment.load(tmp_path / "elsewhere")
@@ -356,6 +358,43 @@ def test_leaderboard_over_seeds_subjects_snapshots_and_ensembles(organs, tmp_pat
     assert "| ensemble | `unet + unet2d-slices` |" in page and "subjects of `data.group_by`" in page
     rows = (tmp_path / "leaderboard.csv").read_text().splitlines()
     assert rows[-1].startswith("unet + unet2d-slices,True,6,2,0.9")
+
+
+def test_external_predictions_are_ranked_as_a_hand_computation(organs, tmp_path):
+    """`--external other=DIR`: another tool's held-out predictions of fold 0, the reference itself for one case and
+    nothing for the other: per class, Dice 1 and 0 where the class is in the reference (a class in neither is
+    skipped), the figure the mean over classes, by hand; ranked beside `unet`, no learning curve, costs unknown."""
+    from unetzoo.experiments.external import score_external
+
+    tool = tmp_path / "tool"
+    tool.mkdir()
+    experiment = Experiment.make(organs, ["unet"], [0], tiny(), steps=2)
+    recorded = experiment.record(tmp_path / "exp", None, external={"other": str(tool)})
+    held_out = json.loads((tmp_path / "exp" / "splits.json").read_text())[0]["val"]
+    per_class = {1: [], 2: [], 3: []}
+    for i, case in enumerate(held_out):
+        reference = nib.load(str(organs / "labelsTr" / f"{case}.nii.gz"))
+        truth = np.asarray(reference.dataobj)
+        predicted = truth if i == 0 else np.zeros_like(truth)
+        nib.save(nib.Nifti1Image(predicted, reference.affine), str(tool / f"{case}.nii.gz"))
+        for label in per_class:
+            if (truth == label).any():
+                per_class[label].append(1.0 if i == 0 else 0.0)
+    by_hand = np.mean([np.mean(v) for v in per_class.values() if v])
+    _fake_run(run_folder(tmp_path / "exp", "unet", 0).path, {c: [0.5, 0.5, 0.5] for c in held_out}, 1.0, 10)
+    summary = json.loads((run_folder(tmp_path / "exp", "unet", 0).path / "validation" / "summary.json").read_text())
+    summary["label_ids"] = [1, 2, 3]
+    (run_folder(tmp_path / "exp", "unet", 0).path / "validation" / "summary.json").write_text(json.dumps(summary))
+    score_external(tmp_path / "exp", recorded)
+    board = leaderboard(tmp_path / "exp")
+    other = next(e for e in board["models"] if e["model"] == "other")
+    assert other["Dice"]["mean"] == pytest.approx(by_hand) and other["cost"] is None and other["curve"] == []
+    assert other["to_best"] is None or other["to_best"]["model"] == "unet"
+    assert {e["model"] for e in board["models"]} == {"unet", "other"} and board["chosen"] == "unet"
+    page = write_leaderboard(tmp_path / "exp").read_text()
+    assert "`other` (external)" in page
+    with pytest.raises(UnetzooError, match="--external other is .* in this experiment, not "):
+        experiment.record(tmp_path / "exp", None, external={"other": str(tmp_path)})
 
 
 @pytest.mark.slow

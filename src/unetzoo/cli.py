@@ -211,6 +211,14 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         help="held-out test folder (a dataset folder, evaluated; or a folder of images) predicted by each model's fold ensemble",
     )
+    p.add_argument(
+        "--external",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="another tool's predictions of the held-out cases of the compared folds (CASE + the dataset's file "
+        "ending, in the reference's geometry), ranked beside the models with the same statistics",
+    )
 
     p = sub.add_parser("report", help="one page comparing trained runs: metrics, training time, cost, curves, overlays")
     p.add_argument("runs", type=Path, nargs="+", metavar="RUN")
@@ -413,6 +421,7 @@ def _compare(args) -> None:
         test=args.test,
         seeds=seeds,
         margin=args.margin,
+        external=args.external,
     )
 
 

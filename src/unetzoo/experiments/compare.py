@@ -40,6 +40,7 @@ from unetzoo.data.datasets import load_dataset
 from unetzoo.errors import UnetzooError, file_error
 from unetzoo.experiments.ensembles import unscored
 from unetzoo.experiments.experiment import Experiment, test_done
+from unetzoo.experiments.external import parse_external, score_external
 from unetzoo.experiments.jobs import Job, needs_width, test_cases
 from unetzoo.io import output_folder
 
@@ -59,13 +60,15 @@ def compare(
     test=None,
     seeds=None,
     margin: float | None = None,
+    external: list[str] | None = None,
     log=print,
 ) -> Path:
     """Make (or check against the one recorded) the experiment in ``out``, run what is left with ``executor``
     (default: local, one job at a time), then write the leaderboard; returns its path. Failed jobs are listed with
     their logs after every other job ran, and end the command with an error. Every run keeps its held-out
     probabilities (for the ensembles) and, unless ``train.snapshots`` names other fractions, its weights at 1/4 and
-    1/2 of the budget (for the learning curves)."""
+    1/2 of the budget (for the learning curves). ``external``: ``NAME=DIR`` folders of another tool's held-out
+    predictions, ranked beside the models (:mod:`unetzoo.experiments.external`)."""
     from unetzoo.experiments.executors import LocalExecutor
     from unetzoo.experiments.leaderboard import write_leaderboard
 
@@ -79,7 +82,7 @@ def compare(
         dataset = load_dataset(experiment.data)
         test_cases(Path(test), len(dataset.cases[0].images))
     out = output_folder(out)
-    recorded = experiment.record(out, test, margin)
+    recorded = experiment.record(out, test, margin, parse_external(external or [], experiment.models))
     executor = executor or LocalExecutor()
     runs = recorded.runs(out)
     todo = [Job("train", m, f, s) for (m, f, s), run in runs.items() if not run.is_finished()]
@@ -110,6 +113,10 @@ def compare(
         failures.update(executor.run(out, [Job("ensemble")], log))
     if recorded.test:
         failures.update(executor.run(out, [Job("test", m) for m in complete if not test_done(out, m)], log))
+    try:
+        score_external(out, recorded)
+    except UnetzooError as error:  # e.g. a held-out case the tool did not predict: the models are still ranked
+        failures["external"] = str(error)
     if not todo and not failures and len(complete) == len(experiment.models):
         log("compare: every run is finished; nothing to train")
     page = write_leaderboard(out)

@@ -37,7 +37,8 @@ class Experiment:
     seeds, the budget (``{"steps": N}`` or ``{"minutes": M}``) and the base config (without model and fold; its
     ``seed`` draws the folds), which make the experiment (:data:`KEYS`); then how it ran and is read: the test
     folder, the executions, the width measured for each model under a time budget (``widths``, model -> base_features,
-    None for a model that takes none or whose width the config fixes) and the leaderboard's ``margin``."""
+    None for a model that takes none or whose width the config fixes), the leaderboard's ``margin`` and the other
+    tools' held-out predictions it ranks too (``external``, name -> folder)."""
 
     data: str
     models: list[str]
@@ -49,6 +50,7 @@ class Experiment:
     executions: list[dict] = field(default_factory=list)
     widths: dict = field(default_factory=dict)
     margin: float = MARGIN
+    external: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         """The layout of ``compare.json``."""
@@ -62,6 +64,7 @@ class Experiment:
             executions=list(d.get("executions", [])),
             widths=dict(d.get("widths", {})),
             margin=float(d.get("margin", MARGIN)),
+            external=dict(d.get("external", {})),
         )
 
     @classmethod
@@ -212,17 +215,27 @@ class Experiment:
         """Write ``compare.json`` into the folder ``out``."""
         write_text(Path(out) / EXPERIMENT_FILE, json.dumps(self.to_dict(), indent=2) + "\n")
 
-    def record(self, out: Path, test: Path | None, margin: float | None = None) -> Experiment:
+    def record(
+        self, out: Path, test: Path | None, margin: float | None = None, external: dict | None = None
+    ) -> Experiment:
         """Write ``compare.json`` and the folds (:data:`SPLITS_FILE`, unless the config names a splits file), or check
         that the ``compare.json`` there holds the same experiment (refused with one line if not); returns the
         experiment as recorded (its test folder, executions and widths). The test folder may be added to an
-        experiment later, not changed; the margin, which only the leaderboard reads, may change."""
+        experiment later, not changed; the margin, which only the leaderboard reads, may change; external tools'
+        predictions may be added, a name's folder not changed."""
         path = Path(out) / EXPERIMENT_FILE
         test = str(Path(test).resolve()) if test is not None else None
         if margin is not None and not 0 <= margin < 1:
             raise UnetzooError(f"--margin must be a Dice difference in [0, 1), got {margin}")
         if not path.is_file():
-            recorded = replace(self, test=test, executions=[], widths={}, margin=MARGIN if margin is None else margin)
+            recorded = replace(
+                self,
+                test=test,
+                executions=[],
+                widths={},
+                margin=MARGIN if margin is None else margin,
+                external=dict(external or {}),
+            )
             recorded.write_splits(out)
             recorded.save(out)
             return recorded
@@ -242,6 +255,14 @@ class Experiment:
             recorded.save(out)
         if margin is not None and margin != recorded.margin:
             recorded.margin = margin
+            recorded.save(out)
+        for name, folder in (external or {}).items():
+            if recorded.external.get(name, folder) != folder:
+                raise file_error(
+                    path, f"--external {name} is {recorded.external[name]} in this experiment, not {folder}"
+                )
+        if external and any(name not in recorded.external for name in external):
+            recorded.external.update(external)
             recorded.save(out)
         return recorded
 

@@ -35,6 +35,7 @@ from unetzoo.errors import UnetzooError
 from unetzoo.experiments import statistics as stats
 from unetzoo.experiments.ensembles import ensemble_folder, ensemble_pairs
 from unetzoo.experiments.experiment import Experiment, test_evaluation
+from unetzoo.experiments.external import external_folder
 from unetzoo.formatting import duration, human
 from unetzoo.io import read_json, write_bytes, write_text
 from unetzoo.runfolder import RunFolder
@@ -121,6 +122,34 @@ def _model_entry(out: Path, experiment: Experiment, model: str) -> dict:
         entry["test"] = {"cases": len(keys), "Dice": _stat(values["Dice"][None], subjects)}
     else:
         entry["test"] = None
+    return entry
+
+
+def _external_entry(out: Path, experiment: Experiment, name: str) -> dict:
+    """Another tool's held-out predictions (``compare --external``), evaluated per fold: ranked as a model with one
+    seed, no learning curve and unknown costs."""
+    summaries = [external_folder(out, name, f) / "summary.json" for f in experiment.folds]
+    done = [s for s in summaries if s.is_file()]
+    entry = {
+        "model": name,
+        "external": experiment.external[name],
+        "runs": [str(s.parent) for s in summaries],
+        "finished_runs": len(done),
+        "complete": len(done) == len(summaries),
+        "training_time_s": None,
+        "epochs": [],
+        "steps": [],
+        "step": None,
+        "widths": [],
+        "width_measured": None,
+        "reported": [],
+        "cost": None,
+        "benchmark": None,
+        "test": None,
+    }
+    if entry["complete"]:
+        entry["_cases"] = seed_table([[read_json(s) for s in summaries]])
+        entry["_snapshots"] = []
     return entry
 
 
@@ -219,6 +248,7 @@ def leaderboard(out) -> dict:
     out = Path(out)
     experiment = Experiment.load(out)
     entries = [_model_entry(out, experiment, m) for m in experiment.models]
+    entries += [_external_entry(out, experiment, name) for name in experiment.external]
     ranked = [e for e in entries if e["complete"]]
     group_by = experiment.config["data"].get("group_by", "")
     keys = ranked[0]["_cases"][0] if ranked else []
@@ -282,11 +312,12 @@ def leaderboard(out) -> dict:
 def _stability(ranked: list[dict]) -> dict | None:
     """Whether the ranking at half the budget is the ranking at the full budget: Kendall's tau between the two and the
     pairs whose order swapped (None without a half-budget point or with fewer than two models)."""
-    half = [next((p["mean"] for p in e["curve"] if p["fraction"] == 0.5), None) for e in ranked]
-    if len(ranked) < 2 or any(h is None for h in half):
+    curves = [e for e in ranked if any(p["fraction"] == 0.5 for p in e["curve"])]  # not the external tools
+    if len(curves) < 2:
         return None
-    full = [e["Dice"]["mean"] for e in ranked]
-    names = [e["model"] for e in ranked]
+    half = [next(p["mean"] for p in e["curve"] if p["fraction"] == 0.5) for e in curves]
+    full = [e["Dice"]["mean"] for e in curves]
+    names = [e["model"] for e in curves]
     tau, p = stats.kendall_tau(half, full)
     return {
         "from_fraction": 0.5,
@@ -433,7 +464,7 @@ def _markdown(out: Path, board: dict) -> str:
         )
         row = [
             str(rank),
-            f"`{e['model']}`",
+            f"`{e['model']}`" + (" (external)" if e.get("external") else ""),
             f"{e['cases']} ({e.get('subjects', board['subjects'])})",
             _ci(e["Dice"]),
             _spread(e) if rank != "ensemble" else "-",
@@ -465,9 +496,10 @@ def _markdown(out: Path, board: dict) -> str:
         lines += [
             f"| `{e['model']}` | " + " | ".join(_ci(e["Dice"]["per_class"][k]) for k in labels) + " |" for e in ranked
         ]
-    if ranked and ranked[0]["curve"]:
+    curved = [e for e in ranked if e["curve"]]  # the trained models (an external tool has no curve)
+    if curved:
         x_unit = "min" if board["budget"].get("minutes") else "steps"
-        fractions = [p["fraction"] for p in ranked[0]["curve"]]
+        fractions = [p["fraction"] for p in curved[0]["curve"]]
         lines += [
             "",
             "## Learning curves",
@@ -478,7 +510,7 @@ def _markdown(out: Path, board: dict) -> str:
             "| model | " + " | ".join(f"{f:g} of the budget" for f in fractions) + " |",
             "|---" * (len(fractions) + 1) + "|",
         ]
-        for e in ranked:
+        for e in curved:
             cells = [
                 _ci(p) + f" ({p['seconds'] / 60:.1f} min)" if x_unit == "min" else _ci(p) + f" ({p['steps']:.0f} steps)"
                 for p in e["curve"]
