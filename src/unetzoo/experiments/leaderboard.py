@@ -344,6 +344,11 @@ def _steps(entry: dict) -> str:
     return ", ".join(f"{'?' if s is None else s} ({n})" for s, n in zip(entry["steps"], entry["epochs"]))
 
 
+def _p(value) -> str:
+    """A p-value: three decimals, or "< 0.001"."""
+    return "n/a" if value is None else "< 0.001" if value < 0.001 else f"{value:.3f}"
+
+
 def _delta(diff: dict | None) -> str:
     if diff is None:
         return "-"
@@ -460,7 +465,7 @@ def _markdown(out: Path, board: dict) -> str:
         p = (
             "-"
             if diff is None or "p_holm" not in diff
-            else _num(diff["p_holm"]) + (" (below)" if e.get("significantly_below_best") else "")
+            else _p(diff["p_holm"]) + (" (below)" if e.get("significantly_below_best") else "")
         )
         row = [
             str(rank),
@@ -470,7 +475,7 @@ def _markdown(out: Path, board: dict) -> str:
             _spread(e) if rank != "ensemble" else "-",
             _delta(diff),
             bound,
-            p if rank != "ensemble" else _num(diff["p_holm"]) + f" (Bonferroni over {e['pairs_scored']} pairs)",
+            p if rank != "ensemble" else _p(diff["p_holm"]) + f" (Bonferroni over {e['pairs_scored']} pairs)",
             _ci(e["NSD"]),
             _ci(e["HD95"], 2),
         ]
