@@ -574,7 +574,7 @@ def test_missing_best_checkpoint_warns_and_export_records_the_file(runs, tmp_pat
         warning == f"{run / 'checkpoint_best.pt'}: missing (the run never validated?): using checkpoint_last.pt instead"
     )
     assert predictor.checkpoint_path == run / "checkpoint_last.pt"
-    result = run_cli("export", run, tmp_path / "export")
+    result = run_cli("export", run, tmp_path / "export", "--checkpoint", "best")
     assert result.returncode == 0, result.stderr
     assert [line for line in result.stderr.splitlines() if "checkpoint" in line] == [warning]
     assert json.loads((tmp_path / "export" / "export.json").read_text())["checkpoint"] == str(

@@ -15,14 +15,21 @@ from unetzoo.device import resolve_device
 from unetzoo.methods import method_class
 
 
+def check_held_out(dataset, names: list[str]) -> None:
+    """Check the files of every case not in ``names`` (the held-out ones) as any input is checked, a bad one a
+    one-line error naming it; what the check reads is dropped."""
+    chosen = set(names)
+    held_out = [case for case in dataset.cases if case.name not in chosen]
+    for case in tqdm(held_out, desc="checking held-out files", unit="case", disable=len(held_out) < 10, leave=False):
+        verify_case(case, dataset)
+
+
 def plan_for(dataset, config: Config, names: list[str]) -> Plan:
     """The plan of ``config``'s model from the cases ``names`` of ``dataset`` (the fold's training cases; every case
     for fold ``all``), its patch capped unless the method trains on whole volumes, for the run's device and
     resolution."""
     chosen = set(names)
-    held_out = [case for case in dataset.cases if case.name not in chosen]
-    for case in tqdm(held_out, desc="checking held-out files", unit="case", disable=len(held_out) < 10, leave=False):
-        verify_case(case, dataset)  # checked only: what it reads is dropped
+    check_held_out(dataset, names)
     return make_plan(
         dataset,
         [case for case in dataset.cases if case.name in chosen],

@@ -48,7 +48,7 @@ from unetzoo.models.registry import check_model_args
 from unetzoo.runfolder import RunFolder
 from unetzoo.training.budget import TimeBudget
 from unetzoo.training.module import SegmentationModule
-from unetzoo.training.planning import plan_for
+from unetzoo.training.planning import check_held_out, plan_for
 from unetzoo.training.progress import close_run_logger, run_logger
 from unetzoo.training.trainer import build_trainer, validates_per_epoch
 from unetzoo.training.validation import validate_run
@@ -245,6 +245,7 @@ def _train(dataset, run: RunFolder, config: Config, split: dict, new_splits, sav
     if reuse:
         plan = Plan.load(plan_path)
         verify_against_plan(dataset, plan, plan_path, [dataset.case(n) for n in split["train"]])
+        check_held_out(dataset, split["train"])
     else:
         plan = plan_for(dataset, config, split["train"])  # the held-out fold stays unread
         plan.save(plan_path)
