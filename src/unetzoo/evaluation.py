@@ -155,6 +155,19 @@ def _nanstd(values) -> float:
     return float(np.nanstd(values)) if np.any(~np.isnan(values)) else math.nan
 
 
+def link_references(labels: dict[str, Path], folder: Path) -> Path:
+    """Link each reference label file into ``folder`` under its case name (``CASE`` + the file's ending), since
+    :func:`evaluate_folder` pairs predictions and references by name; returns ``folder``."""
+    from unetzoo.io import file_ending
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, label in labels.items():
+        link = folder / f"{name}{file_ending(label)}"
+        if not link.exists():
+            link.symlink_to(Path(label).resolve())
+    return folder
+
+
 def label_files(folder: Path) -> dict[str, Path]:
     """Image files of a folder keyed by case name (file name without its ending)."""
     if not folder.is_dir():

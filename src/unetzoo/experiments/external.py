@@ -13,7 +13,6 @@ from pathlib import Path
 
 from unetzoo.errors import UnetzooError, file_error
 from unetzoo.experiments.experiment import SPLITS_FILE, Experiment
-from unetzoo.io import output_folder
 
 
 def external_folder(out, name: str, fold: int) -> Path:
@@ -41,7 +40,7 @@ def score_external(out, experiment: Experiment) -> None:
     """Evaluate every external tool's predictions of every compared fold not evaluated yet."""
     from unetzoo.data.datasets import load_dataset
     from unetzoo.data.splits import fold_split, load_splits
-    from unetzoo.evaluation import evaluate_folder
+    from unetzoo.evaluation import evaluate_folder, link_references
 
     if not experiment.external:
         return
@@ -56,10 +55,6 @@ def score_external(out, experiment: Experiment) -> None:
             target = external_folder(out, name, fold)
             if (target / "summary.json").is_file():
                 continue
-            references = output_folder(target / "labels")
-            for case in fold_split(splits, fold)["val"]:  # evaluate_folder pairs the files by name
-                label = dataset.case(case).label
-                link = references / f"{case}{dataset.file_ending}"
-                if not link.exists():
-                    link.symlink_to(label.resolve())
+            held_out = {case: dataset.case(case).label for case in fold_split(splits, fold)["val"]}
+            references = link_references(held_out, target / "labels")
             evaluate_folder(folder, references, target, label_ids=labels, ignore_label=dataset.ignore_label)

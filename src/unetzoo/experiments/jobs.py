@@ -20,7 +20,7 @@ from unetzoo.experiments.experiment import (
     test_folder,
     test_record,
 )
-from unetzoo.io import file_ending, output_folder, read_json, write_text
+from unetzoo.io import read_json, write_text
 
 
 @dataclass(frozen=True)
@@ -158,7 +158,7 @@ def _benchmark(out: Path, experiment: Experiment) -> Path:
 def _predict_test(out: Path, experiment: Experiment, model: str) -> Path:
     """The ensemble of the model's runs (every fold and seed; or its one run) predicts the test folder; evaluated
     where it has labels."""
-    from unetzoo.evaluation import evaluate_folder
+    from unetzoo.evaluation import evaluate_folder, link_references
     from unetzoo.inference.predictor import Ensemble, Predictor
 
     if not experiment.test:
@@ -175,14 +175,9 @@ def _predict_test(out: Path, experiment: Experiment, model: str) -> Path:
             json.dumps({"cases": sorted(images), "runs": [str(r) for r in runs]}, indent=1) + "\n",
         )
         return folder
-    references = output_folder(folder / "labels")
-    for name, label in labels.items():  # evaluate_folder pairs files by name: link the references under the case names
-        link = references / f"{name}{file_ending(label)}"
-        if not link.exists():
-            link.symlink_to(Path(label).resolve())
     evaluate_folder(
         folder,
-        references,
+        link_references(labels, folder / "labels"),
         test_evaluation(out, model),
         label_ids=predictor.plan.label_ids[1:],
         ignore_label=predictor.plan.ignore_label,

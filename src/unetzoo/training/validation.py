@@ -5,7 +5,6 @@ evaluated, the same for each snapshot of the budget (learning curves), and the p
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,7 @@ def validate_run(run_dir: Path, dataset, val_names: list[str], log) -> dict:
     each case's class probabilities are saved beside its prediction (``CASE.npz``, float16), so that an ensemble of
     runs can be scored later. With ``train.snapshots`` each snapshot is evaluated too (:func:`validate_snapshots`).
     Then the post-processing is chosen (:func:`postprocess_validation`): its summary is the run's last file."""
-    from unetzoo.evaluation import evaluate_folder
+    from unetzoo.evaluation import evaluate_folder, link_references
     from unetzoo.inference.predictor import Predictor
 
     run = RunFolder(run_dir)
@@ -35,11 +34,7 @@ def validate_run(run_dir: Path, dataset, val_names: list[str], log) -> dict:
         {c.name: c.images for c in cases}, out, overwrite=True, save_probabilities=config.train.keep_probabilities
     )
     labels_dir = run.validation_labels
-    labels_dir.mkdir(exist_ok=True)
-    for case in cases:  # evaluate_folder pairs files by name: link the references under the case names
-        link = labels_dir / f"{case.name}{dataset.file_ending}"
-        if not link.exists():
-            os.symlink(case.label.resolve(), link)
+    link_references({c.name: c.label for c in cases}, labels_dir)
     # the source files of every validation case, so that `unetzoo report` can draw image/label/prediction overlays
     write_text(
         run.validation_cases,
