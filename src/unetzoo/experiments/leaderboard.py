@@ -230,14 +230,16 @@ def _best_ensemble(out: Path, experiment: Experiment, ranked: list[dict], subjec
         ]
         if not all(p.is_file() for seed in paths for p in seed):
             continue
-        pair_keys, _, values = seed_table([[read_json(p) for p in seed] for seed in paths])
-        order = [pair_keys.index(k) for k in keys]
-        found.append((stats.score(values["Dice"][:, order]), pair, {m: v[:, order] for m, v in values.items()}))
+        cases = seed_table([[read_json(p) for p in seed] for seed in paths])
+        candidate = {"model": " + ".join(pair), "pair": list(pair), "_cases": cases, "_snapshots": []}
+        _aligned(candidate, keys)  # in the ranked models' case order
+        found.append(candidate)
     if not found:
         return None
-    _, pair, values = max(found, key=lambda f: f[0])
-    entry = {"model": " + ".join(pair), "pair": list(pair), "pairs_scored": len(found), "_cases": (keys, None, values)}
-    entry["cases"] = len(keys)
+    entry = max(found, key=lambda e: stats.score(e["_cases"][2]["Dice"]))
+    entry.pop("_snapshots")
+    values = entry["_cases"][2]
+    entry["pairs_scored"], entry["cases"] = len(found), len(keys)
     for metric in METRICS:
         entry[metric] = _stat(values[metric], subjects)
     return entry
