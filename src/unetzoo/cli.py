@@ -155,7 +155,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--models",
         required=True,
-        help="comma-separated model names, or 'all' (every registered model for the data's dimensions)",
+        help="comma-separated model names, or 'all' (every registered model for the data's dimensions); also "
+        "nnunet and nnunet-2d, nnU-Net v2 itself (pip install -e '.[nnunet]')",
     )
     p.add_argument(
         "--out",

@@ -41,6 +41,7 @@ CHECKPOINTS = ("best", "last")
 SNAPSHOT = re.compile(r"at_[0-9.e+-]+")  # a snapshot's name (snapshot_name): at_25, the weights at 25 % of the budget
 INFERENCE_PRECISION = "inference_precision.json"
 NOT_A_RUN = "missing: not a unetzoo run folder (train one with `unetzoo train`)"
+NNUNET_FOLDER = "nnunet"  # nnU-Net's raw, preprocessed and results folders of a compare run of nnU-Net itself
 
 
 def snapshot_name(fraction: float) -> str:
@@ -222,7 +223,13 @@ class RunFolder:
 
     def require(self) -> RunFolder:
         """This folder if it is a run (training wrote the config and the data plan, what prediction needs), or one
-        line naming the file that makes it none."""
+        line naming the file that makes it none (or that the run is nnU-Net's own, which unetzoo cannot predict with)."""
+        if (self.path / NNUNET_FOLDER).is_dir():
+            raise file_error(
+                self.path,
+                f"a run of nnU-Net itself (compare's nnunet peer): predict with nnUNetv2_predict and its trained "
+                f"model in {self.path / NNUNET_FOLDER / 'results'}",
+            )
         for path in (self.config, self.plan):
             if not path.is_file():
                 raise file_error(path, NOT_A_RUN)

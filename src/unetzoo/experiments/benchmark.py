@@ -204,7 +204,7 @@ def benchmark_models(
     return {
         "models": [{"model": row["model"], **{f: row[f] for f in FIGURES}, **row} for row in rows],
         "device": device,
-        "device_name": _device_name(device),
+        "device_name": device_name(device),
         "torch": torch.__version__,
         "threads": threads_used,
         "patch": list(plan.patch_size),
@@ -231,7 +231,7 @@ def _load_average() -> float | None:
         return None
 
 
-def _device_name(device: str) -> str:
+def device_name(device: str) -> str:
     import torch
 
     if device == "cuda" and torch.cuda.is_available():

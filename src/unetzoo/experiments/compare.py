@@ -42,6 +42,7 @@ from unetzoo.experiments.ensembles import unscored
 from unetzoo.experiments.experiment import Experiment, test_done
 from unetzoo.experiments.external import parse_external, score_external
 from unetzoo.experiments.jobs import Job, needs_width, test_cases
+from unetzoo.experiments.nnunet_peer import is_peer
 from unetzoo.io import output_folder
 
 SNAPSHOTS = (0.25, 0.5)  # fractions of the budget at which every run keeps its weights (learning curves)
@@ -112,7 +113,8 @@ def compare(
     if unscored(out, recorded):
         failures.update(executor.run(out, [Job("ensemble")], log))
     if recorded.test:
-        failures.update(executor.run(out, [Job("test", m) for m in complete if not test_done(out, m)], log))
+        tests = [Job("test", m) for m in complete if not is_peer(m) and not test_done(out, m)]  # nnU-Net: its own
+        failures.update(executor.run(out, tests, log))
     try:
         score_external(out, recorded)
     except UnetzooError as error:  # e.g. a held-out case the tool did not predict: the models are still ranked

@@ -18,6 +18,7 @@ import numpy as np
 from unetzoo.data.plan import Plan
 from unetzoo.errors import file_error
 from unetzoo.experiments.experiment import Experiment
+from unetzoo.experiments.nnunet_peer import is_peer
 from unetzoo.io import label_dtype, read_label_frames, write_array
 
 
@@ -27,9 +28,14 @@ def ensemble_folder(out, models: tuple[str, str], fold: int, seed: int) -> Path:
 
 
 def ensemble_pairs(out, experiment: Experiment) -> list[tuple[str, str]]:
-    """Every pair of models whose runs all finished, in the experiment's order."""
+    """Every pair of models whose runs all finished, in the experiment's order (nnU-Net's runs keep no
+    probabilities: not paired)."""
     runs = experiment.runs(out)
-    done = [m for m in experiment.models if all(r.is_finished() for (model, _, _), r in runs.items() if model == m)]
+    done = [
+        m
+        for m in experiment.models
+        if not is_peer(m) and all(r.is_finished() for (model, _, _), r in runs.items() if model == m)
+    ]
     return list(combinations(done, 2))
 
 

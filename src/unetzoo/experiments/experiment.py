@@ -9,6 +9,7 @@ from pathlib import Path
 
 from unetzoo.config import SEED_MAX, Config
 from unetzoo.errors import UnetzooError, file_error
+from unetzoo.experiments.nnunet_peer import check_peer, is_peer
 from unetzoo.io import read_json, write_text
 from unetzoo.runfolder import RunFolder
 
@@ -96,6 +97,9 @@ class Experiment:
         if len(set(models)) < len(models):
             raise UnetzooError(f"--models: a model is listed twice ({','.join(models)})")
         for name in models:
+            if is_peer(name):  # nnU-Net itself: its configuration for the data, the extra installed
+                check_peer(name, dataset.spatial_dims)
+                continue
             dims = model_info(name).spatial_dims  # an unknown name: the registry's error lists the valid ones
             check_model_args(name, config.model_args)
             if dataset.spatial_dims not in dims:

@@ -20,6 +20,7 @@ from unetzoo.experiments.experiment import (
     test_folder,
     test_record,
 )
+from unetzoo.experiments.nnunet_peer import is_peer
 from unetzoo.io import read_json, write_text
 
 
@@ -73,6 +74,8 @@ def run_job(
         fold, seed = int(fold), int(seed)
         run = run_folder(out, model, fold, seed)
         config = experiment.run_config(model, fold, seed, out)
+        if is_peer(model):
+            return str(_train_peer(experiment, run, config))
         train(experiment.data, run.path, config, resume=run.checkpoint_file("last").is_file())
         return str(run)
     if kind == "benchmark":
@@ -95,7 +98,22 @@ def needs_width(experiment: Experiment) -> list[str]:
     config = Config.from_dict(experiment.config)
     if "minutes" not in experiment.budget or config.train.min_steps <= 0 or "base_features" in config.model_args:
         return []
-    return [m for m in experiment.models if m not in experiment.widths and default_width(m) is not None]
+    return [
+        m for m in experiment.models if not is_peer(m) and m not in experiment.widths and default_width(m) is not None
+    ]
+
+
+def _train_peer(experiment: Experiment, run, config: Config):
+    """A run of nnU-Net itself on the fold (:mod:`unetzoo.experiments.nnunet_peer`)."""
+    from unetzoo.data.datasets import load_dataset
+    from unetzoo.data.splits import fold_split, load_splits
+    from unetzoo.experiments.nnunet_peer import train_peer
+
+    dataset = load_dataset(experiment.data)
+    names = [c.name for c in dataset.cases]
+    split = fold_split(load_splits(config.data.splits_file, names, config.data.group_by), config.fold)
+    train_peer(experiment.data, run, config, dataset.spatial_dims, split["train"], split["val"])
+    return run
 
 
 def _measure_widths(out: Path, experiment: Experiment) -> dict:
@@ -133,6 +151,10 @@ def _benchmark(out: Path, experiment: Experiment) -> Path:
         if not run.is_finished() or run.benchmark.is_file():
             continue
         config = Config.load(run.config)
+        if is_peer(config.model):
+            result = _benchmark_peer(run, config)
+            write_text(run.benchmark, json.dumps(result, indent=2) + "\n")
+            continue
         result = benchmark_models(
             [config.model],
             Plan.load(run.plan),
@@ -153,6 +175,32 @@ def _benchmark(out: Path, experiment: Experiment) -> Path:
     if failed:
         raise UnetzooError(f"benchmark failed for {', '.join(failed)}")
     return out / "benchmark"
+
+
+def _benchmark_peer(run, config: Config) -> dict:
+    """nnU-Net's figures in the layout of ``unetzoo benchmark``'s result (one model)."""
+    import torch
+
+    from unetzoo.config import BenchmarkConfig
+    from unetzoo.device import resolve_device
+    from unetzoo.experiments.benchmark import device_name
+    from unetzoo.experiments.nnunet_peer import benchmark_peer
+
+    options = BenchmarkConfig()
+    device = resolve_device(config.train.device).type
+    figures = benchmark_peer(run, options.warmup, options.steps)
+    return {
+        "device": device,
+        "device_name": device_name(device),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "precision": "fp32" if device == "cpu" else "fp16 autocast (nnU-Net's)",
+        "infer_shape": figures["infer_shape"],
+        "warmup_steps": options.warmup,
+        "timed_steps": options.steps,
+        "memory_method": figures["memory_method"],
+        "models": [{"model": config.model, "run": str(run), **figures}],
+    }
 
 
 def _predict_test(out: Path, experiment: Experiment, model: str) -> Path:

@@ -401,8 +401,8 @@ def _headline(board: dict) -> list[str]:
 
 
 def _hd_unit(out: Path, board: dict) -> str:
-    first = next((e for e in board["models"] if e["complete"]), None)
-    plan = read_json(RunFolder(first["runs"][0]).plan) if first else None
+    plans = [RunFolder(e["runs"][0]).plan for e in board["models"] if e["complete"]]
+    plan = next((read_json(p) for p in plans if p.is_file()), None)  # nnU-Net's runs and other tools' have none
     return "mm" if plan and plan.get("target_spacing") else "px"
 
 
