@@ -63,6 +63,15 @@ def test_labels_with_a_gap_are_refused_in_one_line(organs, tmp_path):
         write_raw(dataset, [dataset.cases[0].name], tmp_path / DATASET)
 
 
+def test_files_nnunet_cannot_read_as_they_are_are_refused_in_one_line(organs, tmp_path):
+    dataset = load_dataset(organs)
+    case = dataset.cases[0]
+    case.label = tmp_path / f"{case.name}.tif"  # TIFF needs nnU-Net's own spacing files
+    case.label.write_bytes(b"")
+    with pytest.raises(UnetzooError, match=r"\.tif: the nnunet peer links files of one ending among \.nii\.gz"):
+        write_raw(dataset, [case.name], tmp_path / DATASET)
+
+
 def test_a_peer_run_is_not_taken_for_a_unetzoo_run(tmp_path):
     (tmp_path / "nnunet").mkdir()
     with pytest.raises(UnetzooError, match="a run of nnU-Net itself.*nnUNetv2_predict"):
@@ -93,6 +102,8 @@ def test_two_fold_phantom_through_compare(organs, tmp_path):
         assert sorted(c["case"] for c in summary["cases"]) == sorted(splits[fold]["val"])
         trained = json.loads((run.path / "nnunet_training.json").read_text())
         assert trained["steps"] == 2  # the step budget as epochs x iterations
+        # saved as nnU-Net saves its own model, so that nnUNetv2_predict finds it
+        assert trained["folder"].endswith(f"{DATASET}/nnUNetTrainer__nnUNetPlans__3d_fullres/fold_all")
         assert [s["fraction"] for s in json.loads(run.snapshots.read_text())] == [0.25, 0.5, 1.0]
         config_json = json.loads(run.config.read_text())
         assert config_json["model_args"]["configuration"] == "3d_fullres" and config_json["train"]["select"] == "last"

@@ -416,6 +416,19 @@ def remove_leftovers(folder: str | os.PathLike) -> list[Path]:
     return leftovers
 
 
+def die_with_parent() -> None:
+    """Linux, as a child process's ``preexec_fn``: the child is killed when its parent dies, even by SIGKILL
+    (``prctl(PR_SET_PDEATHSIG)``), so that a killed ``compare`` leaves no training running into the run folders that
+    the next invocation resumes."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: an interrupted compare may leave its children running
+        pass
+
+
 def process_running(pid: str) -> bool:
     """Whether the process ``pid`` (its number as text) runs on this machine."""
     if not pid.isdigit() or int(pid) == 0:

@@ -227,8 +227,8 @@ class RunFolder:
         if (self.path / NNUNET_FOLDER).is_dir():
             raise file_error(
                 self.path,
-                f"a run of nnU-Net itself (compare's nnunet peer): predict with nnUNetv2_predict and its trained "
-                f"model in {self.path / NNUNET_FOLDER / 'results'}",
+                f"a run of nnU-Net itself (compare's nnunet peer): predict with nnU-Net, "
+                f"nnUNet_results={self.path / NNUNET_FOLDER / 'results'} nnUNetv2_predict -d 999 -c CONF -f all",
             )
         for path in (self.config, self.plan):
             if not path.is_file():

@@ -20,6 +20,7 @@ import submitit
 
 from unetzoo.errors import Stopped, UnetzooError
 from unetzoo.formatting import duration
+from unetzoo.io import die_with_parent
 
 
 def _last_line(path: Path) -> str:
@@ -30,18 +31,6 @@ def _last_line(path: Path) -> str:
     except OSError:
         return ""
     return lines[-1] if lines else ""
-
-
-def _die_with_parent() -> None:
-    """Linux: the child is killed when its parent dies, even by SIGKILL (``prctl(PR_SET_PDEATHSIG)``), so that a killed
-    ``compare`` leaves no training running into the run folders that the next invocation resumes."""
-    import ctypes
-    import signal
-
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux: an interrupted compare may leave its children running
-        pass
 
 
 def available_cpus() -> int:
@@ -103,7 +92,7 @@ class LocalExecutor:
                             stdout=stream,
                             stderr=subprocess.STDOUT,
                             env=self._environment(slot),
-                            preexec_fn=_die_with_parent,
+                            preexec_fn=die_with_parent,
                         )
                     running[slot] = (job, process, path, time.time(), started)
                     log(f"compare [{started}/{total}] {job.name}: started (log {path})")

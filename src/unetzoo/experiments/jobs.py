@@ -152,8 +152,10 @@ def _benchmark(out: Path, experiment: Experiment) -> Path:
             continue
         config = Config.load(run.config)
         if is_peer(config.model):
-            result = _benchmark_peer(run, config)
-            write_text(run.benchmark, json.dumps(result, indent=2) + "\n")
+            try:
+                write_text(run.benchmark, json.dumps(_benchmark_peer(run, config), indent=2) + "\n")
+            except UnetzooError as error:  # the other models are still measured
+                failed.append(f"{config.model} ({error})")
             continue
         result = benchmark_models(
             [config.model],

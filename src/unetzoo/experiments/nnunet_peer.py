@@ -16,22 +16,24 @@ A run is an ordinary compare run folder (``runs/nnunet/seedS/foldK``) whose trai
   ``all`` (every raw case, i.e. the compare fold's training cases; nnU-Net's per-epoch pseudo Dice then runs on
   them, as logging only) with compare's budget: a step budget as epochs x ``train.iters_per_epoch`` iterations
   under nnU-Net's own per-epoch poly schedule; a time budget by :class:`BudgetTrainer`, which stops at the
-  wall-clock budget and runs the poly schedule over the time, per iteration (nnU-Net has no time budget). Everything
+  wall-clock budget (or at ``train.epochs``, as every run) and runs the poly schedule over the time, per iteration
+  (nnU-Net has no time budget). Everything
   else is nnU-Net's default: SGD with Nesterov, learning rate 1e-2, its batch and patch, augmentation, deep
   supervision, its 50 validation iterations per epoch (counted in the time). Its final weights are reported.
 * nnU-Net's predictor (Gaussian sliding windows, step 0.5, mirroring) on the held-out cases and on the weights at
   1/4 and 1/2 of the budget, on the compare device; evaluated by unetzoo's ``evaluate_folder``, so every row has the
   same metrics. nnU-Net chooses its post-processing over a whole cross-validation (``find_best_configuration``),
   which compare does not run: none is applied (``postprocessing.json`` says so).
-* What the leaderboard reads (``config.json``, ``history.json``, ``snapshots.json``, ``validation/``), nnU-Net's own
-  log and progress plot under ``nnunet/results``, and, from the benchmark job, ``benchmark.json``: parameters, the
-  training step (nnU-Net's ``train_step`` on a batch of its plan) and the inference of a volume of its plan's median
-  shape (its sliding-window predictor), timed and probed as :mod:`unetzoo.experiments.benchmark_worker` does for
-  every other model.
+* What the leaderboard reads (``config.json``, ``history.json``, ``snapshots.json``, ``validation/``), and, from the
+  benchmark job, ``benchmark.json``: parameters, MACs, the training step (nnU-Net's ``train_step`` on a batch of its
+  plan) and the inference of its plan's median case at its spacing (its sliding-window predictor), timed and probed
+  as :mod:`unetzoo.experiments.benchmark_worker` does for every other model. The model itself is saved as nnU-Net
+  saves its own (``nnunet/results/Dataset999_unetzoo/nnUNetTrainer__nnUNetPlans__CONF/fold_all``, with its log), so
+  ``nnUNetv2_predict -d 999 -c CONF -f all`` with ``nnUNet_results`` pointing there predicts with it.
 
 nnU-Net cannot resume a run cut short before its first periodic checkpoint (every 50 epochs), so an unfinished peer
 run starts again. Its held-out probabilities are not kept: the peers are not in the two-model ensembles, nor in
-``--test`` (predict a test folder with ``nnUNetv2_predict`` and the run's ``nnunet/results``).
+``--test`` (predict a test folder with ``nnUNetv2_predict`` as above).
 
 The work runs in a child process (``python -m unetzoo.experiments.nnunet_peer train RUN``), since nnU-Net reads its
 folders from the environment when it is imported.
@@ -48,7 +50,7 @@ import time
 from pathlib import Path
 
 from unetzoo.errors import UnetzooError, file_error
-from unetzoo.io import read_json, write_text
+from unetzoo.io import die_with_parent, read_json, write_text
 from unetzoo.runfolder import NNUNET_FOLDER, RunFolder, snapshot_name
 
 PEERS = {"nnunet": None, "nnunet-2d": "2d"}  # name -> nnU-Net configuration (None: 3d_fullres on 3D, 2d on 2D)
@@ -58,6 +60,8 @@ INSTALL = 'pip install -e ".[nnunet]"'
 REQUEST = "nnunet_request.json"  # what the child process trains: written by train_peer
 TRAINED = "nnunet_training.json"  # steps, seconds and snapshots of nnU-Net's training
 PLANS = "nnUNetPlans"
+# the files nnU-Net reads as they are (TIFF needs its own spacing files, DICOM a conversion)
+RAW_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".png", ".bmp")
 
 
 def is_peer(model: str) -> bool:
@@ -94,11 +98,23 @@ def nnunet_folders(run: RunFolder) -> dict[str, str]:
 def train_peer(data: str, run: RunFolder, config, spatial_dims: int, train_cases: list[str], held_out: list[str]):
     """Train, predict and evaluate the peer ``config.model`` on one fold, in a child process with nnU-Net's folders
     set for it alone; a run that did not finish starts again (see the module)."""
+    with run.locked():  # one process per run folder, as every run
+        _clear(run)  # nnU-Net cannot resume before its first periodic checkpoint: a cut run starts again
+        _request(data, run, config, spatial_dims, train_cases, held_out)
+        _child(["train", str(run.path)], run)
+
+
+def _clear(run: RunFolder) -> None:
+    """Remove what an earlier, unfinished attempt left in the run folder (its lock stays)."""
     import shutil
 
-    if (run.path / NNUNET_FOLDER).exists():  # nnU-Net cannot resume before its first periodic checkpoint
-        shutil.rmtree(run.path / NNUNET_FOLDER)
-    run.path.mkdir(parents=True, exist_ok=True)
+    for path in run.path.iterdir():
+        if path != run.lock_file:
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+
+
+def _request(data: str, run: RunFolder, config, spatial_dims: int, train_cases: list[str], held_out: list[str]):
+    """What the child process trains (:data:`REQUEST`): the cases, the configuration, compare's budget and seed."""
     train = config.train
     request = {
         "data": str(data),
@@ -110,14 +126,13 @@ def train_peer(data: str, run: RunFolder, config, spatial_dims: int, train_cases
         "train_cases": train_cases,
         "held_out": held_out,
         "minutes": train.max_minutes or None,
-        "epochs": None if train.max_minutes else train.epochs,
+        "epochs": train.epochs,
         "iters_per_epoch": train.iters_per_epoch,
         "snapshots": sorted(train.snapshots),
         "device": train.device,
         "config": config.to_dict(),
     }
     write_text(run.path / REQUEST, json.dumps(request, indent=1) + "\n")
-    _child(["train", str(run.path)], run)
 
 
 def benchmark_peer(run: RunFolder, warmup: int, steps: int) -> dict:
@@ -140,7 +155,9 @@ def _child(args: list[str], run: RunFolder, **overrides: str) -> None:
     threads = int(env.get("OMP_NUM_THREADS", "0") or 0) or os.cpu_count() or 1
     # data augmentation in the training process when a job has one thread (nnU-Net's default is 12 processes)
     env.setdefault("nnUNet_n_proc_DA", str(threads - 1))
-    done = subprocess.run([sys.executable, "-m", "unetzoo.experiments.nnunet_peer", *args], env=env)
+    done = subprocess.run(
+        [sys.executable, "-m", "unetzoo.experiments.nnunet_peer", *args], env=env, preexec_fn=die_with_parent
+    )
     if done.returncode:
         raise UnetzooError(f"nnU-Net failed in {run.path} (exit status {done.returncode}; its output is above)")
 
@@ -149,7 +166,8 @@ def _child(args: list[str], run: RunFolder, **overrides: str) -> None:
 def write_raw(dataset, cases: list[str], folder: Path) -> None:
     """The cases in nnU-Net's raw layout under ``folder``, as links: ``imagesTr/CASE_000C.ext``,
     ``labelsTr/CASE.ext`` and ``dataset.json``. Refused in one line where nnU-Net would need the images rewritten:
-    several channels or time frames in one file, labels that are not 0..K."""
+    several channels or time frames in one file, labels that are not 0..K, files of another ending or format
+    (:data:`RAW_ENDINGS`)."""
     from unetzoo.io import file_ending
 
     labels = dataset.labels
@@ -166,8 +184,14 @@ def write_raw(dataset, cases: list[str], folder: Path) -> None:
                 case.images[0],
                 f"holds {channels} channels in one file; nnU-Net takes one file per channel (the nnU-Net layout)",
             )
-        if ending is None:
-            ending = file_ending(case.label)
+        ending = ending or file_ending(case.label)
+        for path in [case.label, *case.images]:
+            if file_ending(path) != ending or ending not in RAW_ENDINGS or not Path(path).is_file():
+                raise file_error(
+                    path,
+                    f"the nnunet peer links files of one ending among {', '.join(RAW_ENDINGS)} into nnU-Net's raw "
+                    f"layout (this dataset's first label is {ending}); convert the dataset to NIfTI",
+                )
         if ending in (".nii", ".nii.gz"):
             import nibabel as nib
 
@@ -233,10 +257,15 @@ def _budget_trainer():
         budget_s: float | None = None
         snapshots: tuple = ()
 
+        def progress(self) -> float:
+            """The fraction of the budget spent: of the steps of ``num_epochs``, or of the time, whichever is ahead
+            (a time budget also ends at the epochs, as unetzoo's ``train.max_minutes`` does)."""
+            steps = self.steps / (self.num_epochs * self.num_iterations_per_epoch)
+            return max(steps, (time.perf_counter() - self.started) / self.budget_s) if self.budget_s else steps
+
         def run_training(self):
             self.on_train_start()
             self.started, self.steps, self.taken = time.perf_counter(), 0, []
-            total = self.num_epochs * self.num_iterations_per_epoch
             for _ in range(self.current_epoch, self.num_epochs):
                 self.on_epoch_start()
                 self.on_train_epoch_start()
@@ -244,8 +273,7 @@ def _budget_trainer():
                 for _ in range(self.num_iterations_per_epoch):
                     outputs.append(self.train_step(next(self.dataloader_train)))
                     self.steps += 1
-                    elapsed = time.perf_counter() - self.started
-                    progress = elapsed / self.budget_s if self.budget_s else self.steps / total
+                    elapsed, progress = time.perf_counter() - self.started, self.progress()
                     for fraction in self.snapshots:
                         if progress >= fraction and all(t["fraction"] != fraction for t in self.taken):
                             self.save_checkpoint(
@@ -268,6 +296,8 @@ def _budget_trainer():
                     ]
                     self.on_validation_epoch_end(val)
                 self.on_epoch_end()
+                if self.budget_s and self.progress() >= 1:  # the clock ran out during the validation pass
+                    break
             self.seconds = time.perf_counter() - self.started
             self.on_train_end()
 
@@ -284,11 +314,13 @@ def _budget_trainer():
 
         def train_step(self, batch: dict) -> dict:
             if self.budget_s:
-                fraction = min((time.perf_counter() - self.started) / self.budget_s, 1.0)
                 for group in self.optimizer.param_groups:
-                    group["lr"] = self.initial_lr * (1 - fraction) ** 0.9
+                    group["lr"] = self.initial_lr * (1 - min(self.progress(), 1.0)) ** 0.9
             return super().train_step(batch)
 
+    # recorded as nnU-Net's own trainer (its network, loss and inference are unchanged): the results folder is then
+    # nnUNetTrainer__nnUNetPlans__CONF and nnUNetv2_predict finds the model as it finds any nnU-Net model
+    BudgetTrainer.__name__ = BudgetTrainer.__qualname__ = "nnUNetTrainer"
     np.seterr(all="ignore")
     return BudgetTrainer
 
@@ -326,10 +358,9 @@ def _child_train(run: RunFolder) -> None:
     plans = read_json(folders["nnUNet_preprocessed"] / DATASET / f"{PLANS}.json")
     dataset_json = read_json(folders["nnUNet_preprocessed"] / DATASET / "dataset.json")
     trainer = _budget_trainer()(plans, conf, "all", dataset_json, device=device)
+    trainer.num_epochs = int(request["epochs"])
     if request["minutes"]:
         trainer.budget_s = float(request["minutes"]) * 60
-    else:
-        trainer.num_epochs = int(request["epochs"])
     trainer.num_iterations_per_epoch = int(request["iters_per_epoch"])
     trainer.snapshots = tuple(request["snapshots"])
     trainer.run_training()
@@ -339,7 +370,8 @@ def _child_train(run: RunFolder) -> None:
         {"epoch": e, "epoch_time_s": ends[e] - starts[e], "train_loss": float(logged["train_losses"][e])}
         for e in range(min(len(starts), len(ends), len(logged["train_losses"])))
     ]
-    history[-1]["steps"] = trainer.steps
+    if history:
+        history[-1]["steps"] = trainer.steps
     write_text(run.history, json.dumps(history, indent=1) + "\n")
     trained = {
         "steps": trainer.steps,
@@ -471,10 +503,11 @@ def _child_benchmark(run: RunFolder, phase: str, out: Path, warmup: int, steps: 
     plans = read_json(folder.parent / "plans.json")
     dataset_json = read_json(folder.parent / "dataset.json")
     conf = request["configuration"]
+    trainer_class = _budget_trainer()  # nnunetv2 imported before the probe's baseline: imports never count
     probe = MemoryProbe(device)
     torch.manual_seed(0)
     if phase == "train":
-        trainer = _budget_trainer()(plans, conf, "all", dataset_json, device=device)
+        trainer = trainer_class(plans, conf, "all", dataset_json, device=device)
         trainer.initialize()
         patch = list(trainer.configuration_manager.patch_size)
         channels = trainer.num_input_channels
@@ -483,7 +516,8 @@ def _child_benchmark(run: RunFolder, phase: str, out: Path, warmup: int, steps: 
             torch.randint(0, classes, (trainer.batch_size, 1, *[max(1, round(p * s)) for p, s in zip(patch, scale)]))
             for scale in trainer._get_deep_supervision_scales()
         ]
-        batch = {"data": torch.randn(trainer.batch_size, channels, *patch), "target": target}
+        data = torch.randn(trainer.batch_size, channels, *patch)
+        batch = {"data": data.to(device), "target": [t.to(device) for t in target]}  # on the device, as Lightning's
         patch_in_image_order = image_order(patch, plans, dims)
         trainer.network.train()
         for _ in range(warmup):
@@ -509,10 +543,14 @@ def _child_benchmark(run: RunFolder, phase: str, out: Path, warmup: int, steps: 
         }
     else:
         predictor = _predictor(folder, "checkpoint_final.pth", device)  # loads the weights when it predicts
-        manager = predictor.configuration_manager
-        shape = [int(s) for s in plans["configurations"][conf]["median_image_size_in_voxels"]]
+        # the median case at nnU-Net's spacing, as a whole array (a 2d configuration predicts it slice by slice)
+        configurations = plans["configurations"]
+        median = configurations.get("3d_fullres", configurations[conf])["median_image_size_in_voxels"]
+        shape = [1] * (3 - len(median)) + [int(s) for s in median]
+        window = list(predictor.configuration_manager.patch_size)
+        window = [1] * (3 - len(window)) + window
         channels = len(dataset_json["channel_names"])
-        warm = torch.randn(channels, *[min(p, s) for p, s in zip(manager.patch_size, shape)])
+        warm = torch.randn(channels, *[min(p, s) for p, s in zip(window, shape)])
         predictor.predict_logits_from_preprocessed_data(warm)
         sync(torch, device)
         probe.reset_peak()
@@ -522,7 +560,7 @@ def _child_benchmark(run: RunFolder, phase: str, out: Path, warmup: int, steps: 
         figures = {
             "infer_s": time.perf_counter() - start,
             "infer_peak_mem_mb": probe.peak_mb(),
-            "infer_shape": image_order(shape, plans, dims),
+            "infer_shape": image_order(shape if dims == 3 else shape[1:], plans, dims),
         }
     figures["memory_method"] = probe.method
     out.write_text(json.dumps(figures))
