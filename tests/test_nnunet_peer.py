@@ -84,13 +84,15 @@ def test_two_fold_phantom_through_compare(organs, tmp_path):
     unetzoo's unet on the same folds and budget."""
     pytest.importorskip("nnunetv2", reason='the nnunet extra is not installed (pip install -e ".[nnunet]")')
     from unetzoo.experiments.compare import compare
+    from unetzoo.experiments.executors import LocalExecutor
     from unetzoo.experiments.leaderboard import leaderboard
 
     config = Config()
     for assignment in ("data.folds=3", "train.iters_per_epoch=1", "data.num_workers=0", "data.cache_workers=0"):
         config.set(assignment)
     out = tmp_path / "out"
-    compare(organs, ["unet", "nnunet"], out, folds=(0, 1), config=config, steps=2, log=lambda *a: None)
+    executor = LocalExecutor(jobs=2)  # one thread per job: nnU-Net's planner and augmentation on one thread
+    compare(organs, ["unet", "nnunet"], out, folds=(0, 1), config=config, steps=2, executor=executor, log=print)
     experiment = Experiment.load(out)
     splits = json.loads((out / "splits.json").read_text())
     for fold in (0, 1):

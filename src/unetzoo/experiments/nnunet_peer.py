@@ -152,9 +152,6 @@ def benchmark_peer(run: RunFolder, warmup: int, steps: int) -> dict:
 
 def _child(args: list[str], run: RunFolder, **overrides: str) -> None:
     env = {**os.environ, **nnunet_folders(run), **overrides}
-    threads = int(env.get("OMP_NUM_THREADS", "0") or 0) or os.cpu_count() or 1
-    # data augmentation in the training process when a job has one thread (nnU-Net's default is 12 processes)
-    env.setdefault("nnUNet_n_proc_DA", str(threads - 1))
     done = subprocess.run(
         [sys.executable, "-m", "unetzoo.experiments.nnunet_peer", *args], env=env, preexec_fn=die_with_parent
     )
@@ -344,12 +341,16 @@ def _child_train(run: RunFolder) -> None:
     dataset = load_dataset(request["data"])
     folders = {k: Path(v) for k, v in nnunet_folders(run).items()}
     write_raw(dataset, request["train_cases"], folders["nnUNet_raw"] / DATASET)
-    threads = max(1, torch.get_num_threads())
+    threads = max(1, torch.get_num_threads())  # the job's (OMP_NUM_THREADS)
     conf = request["configuration"]
+    augmentation = os.environ.get("nnUNet_n_proc_DA")
+    os.environ["nnUNet_n_proc_DA"] = augmentation or str(threads)  # the planner sets torch's threads to it
     extract_fingerprints([DATASET_ID], num_processes=threads, check_dataset_integrity=True, clean=True, verbose=False)
     plan_experiments([DATASET_ID])
     preprocess([DATASET_ID], PLANS, configurations=(conf,), num_processes=(threads,))
 
+    # data augmentation in the training process when the job has one thread (nnU-Net's default: 12 processes)
+    os.environ["nnUNet_n_proc_DA"] = augmentation or str(threads - 1)
     seed = int(request["seed"])
     random.seed(seed)
     np.random.seed(seed)
