@@ -296,6 +296,11 @@ def _budget_trainer():
                 if self.budget_s and self.progress() >= 1:  # the clock ran out during the validation pass
                     break
             self.seconds = time.perf_counter() - self.started
+            if self.budget_s:  # nnU-Net logs the per-epoch rate; the one used was set before every step
+                self.print_to_log_file(
+                    f"time budget of {self.budget_s:g} s spent after {self.steps} steps ({self.seconds:.0f} s): the "
+                    f"learning rate followed {self.initial_lr:g} (1 - t / budget)^0.9 step by step"
+                )
             self.on_train_end()
 
         def configure_optimizers(self):
