@@ -546,6 +546,8 @@ def _child_benchmark(run: RunFolder, phase: str, out: Path, warmup: int, steps: 
             "train_peak_mem_mb": probe.peak_mb(),
             "batch_size": trainer.batch_size,
             "patch": patch_in_image_order,
+            "channels": channels,
+            "num_classes": len(trainer.label_manager.all_labels),
         }
     else:
         predictor = _predictor(folder, "checkpoint_final.pth", device)  # loads the weights when it predicts
