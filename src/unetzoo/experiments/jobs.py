@@ -20,7 +20,7 @@ from unetzoo.experiments.experiment import (
     test_folder,
     test_record,
 )
-from unetzoo.experiments.nnunet_peer import is_peer
+from unetzoo.experiments.nnunet_peer import benchmark_peer, is_peer
 from unetzoo.io import read_json, write_text
 
 
@@ -103,15 +103,21 @@ def needs_width(experiment: Experiment) -> list[str]:
     ]
 
 
+def _fold_split(dataset, config: Config) -> dict[str, list[str]]:
+    """The training and held-out cases of a run of the experiment (``config`` from :meth:`Experiment.run_config`)."""
+    from unetzoo.data.splits import fold_split, load_splits
+
+    names = [c.name for c in dataset.cases]
+    return fold_split(load_splits(config.data.splits_file, names, config.data.group_by), config.fold)
+
+
 def _train_peer(experiment: Experiment, run, config: Config):
     """A run of nnU-Net itself on the fold (:mod:`unetzoo.experiments.nnunet_peer`)."""
     from unetzoo.data.datasets import load_dataset
-    from unetzoo.data.splits import fold_split, load_splits
     from unetzoo.experiments.nnunet_peer import train_peer
 
     dataset = load_dataset(experiment.data)
-    names = [c.name for c in dataset.cases]
-    split = fold_split(load_splits(config.data.splits_file, names, config.data.group_by), config.fold)
+    split = _fold_split(dataset, config)
     train_peer(experiment.data, run, config, dataset.spatial_dims, split["train"], split["val"])
     return run
 
@@ -122,7 +128,6 @@ def _measure_widths(out: Path, experiment: Experiment) -> dict:
     job), and record it in ``compare.json``'s ``widths``: every fold and seed of the model then trains that width,
     instead of each run timing its own step while other jobs run."""
     from unetzoo.data.datasets import load_dataset
-    from unetzoo.data.splits import fold_split, load_splits
     from unetzoo.training.planning import plan_for
     from unetzoo.training.width import budget_width
 
@@ -130,8 +135,7 @@ def _measure_widths(out: Path, experiment: Experiment) -> dict:
     log = SimpleNamespace(info=print)  # the job's output is its log
     for model in needs_width(experiment):
         config = experiment.run_config(model, experiment.folds[0], experiment.seeds[0], out)
-        names = [c.name for c in dataset.cases]
-        split = fold_split(load_splits(config.data.splits_file, names, config.data.group_by), config.fold)
+        split = _fold_split(dataset, config)
         measured = budget_width(config, plan_for(dataset, config, split["train"]), len(split["train"]), log)
         experiment.widths[model] = measured.model_args.get("base_features")
         experiment.save(out)
@@ -153,7 +157,7 @@ def _benchmark(out: Path, experiment: Experiment) -> Path:
         config = Config.load(run.config)
         if is_peer(config.model):
             try:
-                write_text(run.benchmark, json.dumps(_benchmark_peer(run, config), indent=2) + "\n")
+                write_text(run.benchmark, json.dumps(benchmark_peer(run, config), indent=2) + "\n")
             except UnetzooError as error:  # the other models are still measured
                 failed.append(f"{config.model} ({error})")
             continue
@@ -177,36 +181,6 @@ def _benchmark(out: Path, experiment: Experiment) -> Path:
     if failed:
         raise UnetzooError(f"benchmark failed for {', '.join(failed)}")
     return out / "benchmark"
-
-
-def _benchmark_peer(run, config: Config) -> dict:
-    """nnU-Net's figures in the layout of ``unetzoo benchmark``'s result (one model)."""
-    import torch
-
-    from unetzoo.config import BenchmarkConfig
-    from unetzoo.device import resolve_device
-    from unetzoo.experiments.benchmark import device_name
-    from unetzoo.experiments.nnunet_peer import benchmark_peer
-
-    options = BenchmarkConfig()
-    device = resolve_device(config.train.device).type
-    figures = benchmark_peer(run, options.warmup, options.steps)
-    return {
-        "device": device,
-        "device_name": device_name(device),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "precision": "fp32" if device == "cpu" else "fp16 autocast (nnU-Net's)",
-        "infer_shape": figures["infer_shape"],
-        "patch": figures["patch"],
-        "batch_size": figures["batch_size"],
-        "channels": figures["channels"],
-        "num_classes": figures["num_classes"],
-        "warmup_steps": options.warmup,
-        "timed_steps": options.steps,
-        "memory_method": figures["memory_method"],
-        "models": [{"model": config.model, "run": str(run), **figures}],
-    }
 
 
 def _predict_test(out: Path, experiment: Experiment, model: str) -> Path:

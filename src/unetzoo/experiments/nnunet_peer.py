@@ -135,19 +135,39 @@ def _request(data: str, run: RunFolder, config, spatial_dims: int, train_cases: 
     write_text(run.path / REQUEST, json.dumps(request, indent=1) + "\n")
 
 
-def benchmark_peer(run: RunFolder, warmup: int, steps: int) -> dict:
-    """The peer's figures as ``unetzoo benchmark`` reports a model's: each phase in a fresh child process."""
+def benchmark_peer(run: RunFolder, config) -> dict:
+    """The peer's figures in the layout of ``unetzoo benchmark``'s result (one model), measured as it measures a
+    model's: each phase in a fresh child process, with its warm-up and timed steps."""
     import tempfile
 
+    import torch
+
+    from unetzoo.config import BenchmarkConfig
+    from unetzoo.device import resolve_device
+    from unetzoo.experiments.benchmark import device_name
+
+    options = BenchmarkConfig()
     figures = {}
     with tempfile.TemporaryDirectory() as tmp:
         for phase in ("train", "infer"):
             out = Path(tmp) / f"{phase}.json"
             # nnU-Net's trainer writes a log where nnUNet_results says: the measurement's goes to the temporary folder
-            args = [f"benchmark-{phase}", str(run.path), str(out), str(warmup), str(steps)]
+            args = [f"benchmark-{phase}", str(run.path), str(out), str(options.warmup), str(options.steps)]
             _child(args, run, nnUNet_results=tmp)
             figures.update(json.loads(out.read_text()))
-    return figures
+    device = resolve_device(config.train.device).type
+    return {
+        "device": device,
+        "device_name": device_name(device),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "precision": "fp32" if device == "cpu" else "fp16 autocast (nnU-Net's)",
+        **{key: figures[key] for key in ("infer_shape", "patch", "batch_size", "channels", "num_classes")},
+        "warmup_steps": options.warmup,
+        "timed_steps": options.steps,
+        "memory_method": figures["memory_method"],
+        "models": [{"model": config.model, "run": str(run), **figures}],
+    }
 
 
 def _child(args: list[str], run: RunFolder, **overrides: str) -> None:
@@ -273,10 +293,11 @@ def _budget_trainer():
                     elapsed, progress = time.perf_counter() - self.started, self.progress()
                     for fraction in self.snapshots:
                         if progress >= fraction and all(t["fraction"] != fraction for t in self.taken):
-                            self.save_checkpoint(
-                                str(Path(self.output_folder) / f"checkpoint_{snapshot_name(fraction)}.pth")
+                            name = f"checkpoint_{snapshot_name(fraction)}.pth"
+                            self.save_checkpoint(str(Path(self.output_folder) / name))
+                            self.taken.append(
+                                {"fraction": fraction, "checkpoint": name, "steps": self.steps, "seconds": elapsed}
                             )
-                            self.taken.append({"fraction": fraction, "steps": self.steps, "seconds": elapsed})
                     if self.budget_s and elapsed >= self.budget_s:
                         cut = True
                         break
@@ -387,7 +408,7 @@ def _child_train(run: RunFolder) -> None:
     }
     write_text(run.path / TRAINED, json.dumps(trained, indent=1) + "\n")
     _write_config(run, request, trainer)
-    _validate(run, request, dataset, trainer, device)
+    _validate(run, request, dataset, trained, device)
 
 
 def _write_config(run: RunFolder, request: dict, trainer) -> None:
@@ -442,18 +463,18 @@ def _predictor(folder: Path, checkpoint: str, device):
     return predictor
 
 
-def _validate(run: RunFolder, request: dict, dataset, trainer, device) -> None:
-    """The held-out cases predicted with the final weights and each snapshot, evaluated like every run's."""
-    from unetzoo.evaluation import evaluate_folder, label_files, link_references
+def _validate(run: RunFolder, request: dict, dataset, trained: dict, device) -> None:
+    """The held-out cases predicted with the final weights and each snapshot (``trained``: what the training
+    recorded), evaluated like every run's."""
+    from unetzoo.evaluation import evaluate_folder, link_references
 
     held_out = {name: dataset.case(name) for name in request["held_out"]}
     inputs = [[str(p) for p in case.images] for case in held_out.values()]
     references = link_references({n: c.label for n, c in held_out.items()}, run.validation_labels)
     labels = sorted(k for k in dataset.class_labels if k)
-    folder = Path(trainer.output_folder)
-    trained = read_json(run.path / TRAINED)
+    folder = Path(trained["folder"])
     entries = []
-    points = [(t["fraction"], f"checkpoint_{snapshot_name(t['fraction'])}.pth", t) for t in trained["snapshots"]]
+    points = [(t["fraction"], t["checkpoint"], t) for t in trained["snapshots"]]
     points.append((1.0, "checkpoint_final.pth", trained))
     for fraction, checkpoint, record in points:
         out = run.validation if fraction == 1.0 else run.snapshot_validation(fraction)
@@ -483,11 +504,8 @@ def _validate(run: RunFolder, request: dict, dataset, trainer, device) -> None:
         )
         + "\n",
     )
-    out = run.postprocessed
-    out.mkdir(parents=True, exist_ok=True)
-    for path in label_files(run.validation).values():  # the predictions as they are
-        (out / path.name).symlink_to(path.resolve())
-    evaluate_folder(out, references, out, label_ids=labels, ignore_label=dataset.ignore_label)  # the last file
+    # none applied: the post-processed fold is the fold as predicted; its summary is the run's last file
+    write_text(run.postprocessed_summary, run.summary.read_text())
 
 
 def _child_benchmark(run: RunFolder, phase: str, out: Path, warmup: int, steps: int) -> None:
