@@ -109,7 +109,9 @@ def test_two_fold_phantom_through_compare(organs, tmp_path):
         assert [s["fraction"] for s in json.loads(run.snapshots.read_text())] == [0.25, 0.5, 1.0]
         config_json = json.loads(run.config.read_text())
         assert config_json["model_args"]["configuration"] == "3d_fullres" and config_json["train"]["select"] == "last"
-    bench = json.loads(run_folder(out, "nnunet", 0, 0).benchmark.read_text())["models"][0]
+    measured = json.loads(run_folder(out, "nnunet", 0, 0).benchmark.read_text())
+    assert measured["cpu_count"] > 0 and "load_average" in measured  # the machine's load, as every model's records
+    bench = measured["models"][0]
     assert bench["params"] > 0 and bench["macs"] > 0 and bench["train_step_s"] > 0 and bench["infer_s"] > 0
     unet_patch = json.loads(run_folder(out, "unet", 0, 0).config.read_text())["data"]["patch_size"]
     assert sorted(bench["patch"]) == sorted(unet_patch)  # the phantom's whole volume, in the image's axis order

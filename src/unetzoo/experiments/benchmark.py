@@ -167,7 +167,7 @@ def benchmark_models(
     infer_shape = [int(round(s)) for s in (infer_shape or plan.median_shape)]
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
     log(f"benchmark: {precision_line}")
-    load = _load_average()  # other work on the machine before we start: times are only comparable on an idle one
+    load = load_average()  # other work on the machine before we start: times are only comparable on an idle one
     rows = []
     for index, name in enumerate(models):
         model_plan = _model_plan(plan, name, fixed_patch=bool(configs.get(name) or patch_given))
@@ -224,7 +224,9 @@ def benchmark_models(
     }
 
 
-def _load_average() -> float | None:
+def load_average() -> float | None:
+    """The machine's 1-minute load average before a measurement (None where the platform has none): CPU times
+    are only comparable on an idle machine, so every benchmark result records it."""
     try:
         return round(os.getloadavg()[0], 2)
     except (OSError, AttributeError):

@@ -144,9 +144,10 @@ def benchmark_peer(run: RunFolder, config) -> dict:
 
     from unetzoo.config import BenchmarkConfig
     from unetzoo.device import resolve_device
-    from unetzoo.experiments.benchmark import device_name
+    from unetzoo.experiments.benchmark import device_name, load_average
 
     options = BenchmarkConfig()
+    load = load_average()  # before the phases, as for every model
     figures = {}
     with tempfile.TemporaryDirectory() as tmp:
         for phase in ("train", "infer"):
@@ -166,6 +167,8 @@ def benchmark_peer(run: RunFolder, config) -> dict:
         "warmup_steps": options.warmup,
         "timed_steps": options.steps,
         "memory_method": figures["memory_method"],
+        "load_average": load,
+        "cpu_count": os.cpu_count(),
         "models": [{"model": config.model, "run": str(run), **figures}],
     }
 
