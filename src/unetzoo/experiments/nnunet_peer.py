@@ -109,8 +109,12 @@ def _clear(run: RunFolder) -> None:
     import shutil
 
     for path in run.path.iterdir():
-        if path != run.lock_file:
-            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+        if path == run.lock_file:
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:  # a file, or a link (to a file or a folder: the link goes, not what it points to)
+            path.unlink()
 
 
 def _request(data: str, run: RunFolder, config, spatial_dims: int, train_cases: list[str], held_out: list[str]):
